@@ -1,0 +1,435 @@
+"""Where images come from: TFDS, Fashion-MNIST IDX files and image folders.
+
+Every source yields `{'image': uint8 [H, W, 3], 'label': int64}` examples
+(label -1 for unlabeled images) and knows its split sizes, so pipelines can
+compute steps per epoch and pad evaluation batches exactly.
+"""
+
+import concurrent.futures
+import difflib
+import os
+import socket
+import types
+from typing import NamedTuple
+
+from absl import logging
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from simclr_tf import idx
+from simclr_tf.config import DataConfig
+
+UNLABELED = -1
+FOLDER_PREFIX = 'folder:'
+FASHION_MNIST_SYSTEM_DIR = '/usr/share/datasets/fashion-mnist'
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif')
+# Share of a folder without train/ and val/ sub-folders held out for eval.
+FOLDER_HELD_OUT_FRACTION = 0.1
+OFFLINE_HINT = ('Offline, use --dataset=fashion_mnist (IDX files in --data_dir '
+                f'or {FASHION_MNIST_SYSTEM_DIR}, Debian package '
+                'dataset-fashion-mnist) or --dataset=folder:PATH.')
+
+
+class DatasetError(ValueError):
+  """A dataset request that cannot be served; the message is for the user."""
+
+
+class SplitSlice(NamedTuple):
+  splitname: str
+  from_: int
+  to: int
+
+
+class Source:
+  """A dataset with named splits.
+
+  Examples come in two steps so that shuffling, sharding and subsetting act
+  on small records (an index, a path, encoded bytes) and only the images that
+  are used get decoded: `records(split)` then `decode(record)`.
+  """
+
+  name: str
+  num_classes: int | None  # None when the images carry no labels.
+  split_sizes: dict[str, int]
+  default_eval_split: str
+  native_image_size: int | None  # Side of square images when all share it.
+  # Whether decoding may fail on a bad file (then pipelines skip it).
+  decode_may_fail = False
+
+  @property
+  def has_labels(self) -> bool:
+    return self.num_classes is not None
+
+  def resolve(self, split: str) -> list[SplitSlice]:
+    """TFDS split syntax ('train[:10%]+test') -> absolute slices."""
+    infos = {name: types.SimpleNamespace(num_examples=size)
+             for name, size in self.split_sizes.items()}
+    try:
+      parts = tfds.core.ReadInstruction.from_spec(split).to_absolute(infos)
+      return [SplitSlice(p.splitname, p.from_ or 0,
+                         self.split_sizes[p.splitname] if p.to is None
+                         else p.to) for p in parts]
+    except (ValueError, AssertionError) as e:
+      raise DatasetError(
+          f'Split {split!r} of {self.name}: {e} Available splits: '
+          f'{", ".join(f"{k} ({v})" for k, v in self.split_sizes.items())}.'
+      ) from None
+
+  def num_examples(self, split: str) -> int:
+    return sum(part.to - part.from_ for part in self.resolve(split))
+
+  def records(self, split: str) -> tf.data.Dataset:
+    """`{'record', 'label'}` for every example of `split`, in a fixed order."""
+    parts = [self._records(p.splitname, p.from_, p.to)
+             for p in self.resolve(split)]
+    dataset = parts[0]
+    for part in parts[1:]:
+      dataset = dataset.concatenate(part)
+    return dataset
+
+  def decode(self, record: tf.Tensor) -> tf.Tensor:
+    """A record -> uint8 image [H, W, 3]."""
+    raise NotImplementedError
+
+  def load(self, split: str) -> tf.data.Dataset:
+    """Decoded `{'image', 'label'}` examples of `split`, in a fixed order."""
+    dataset = self.records(split).map(
+        lambda ex: {'image': self.decode(ex['record']), 'label': ex['label']},
+        num_parallel_calls=tf.data.AUTOTUNE)
+    return dataset.ignore_errors() if self.decode_may_fail else dataset
+
+  def labels(self, split: str) -> np.ndarray:
+    """Labels of `split` in `records` order, without decoding images."""
+    return np.concatenate([self._labels(p.splitname, p.from_, p.to)
+                           for p in self.resolve(split)])
+
+  def _records(self, split: str, start: int, stop: int) -> tf.data.Dataset:
+    raise NotImplementedError
+
+  def _labels(self, split: str, start: int, stop: int) -> np.ndarray:
+    raise NotImplementedError
+
+
+def _gray_to_rgb(image):
+  return tf.image.grayscale_to_rgb(image) if image.shape[-1] == 1 else image
+
+
+class ArraySource(Source):
+  """Images held in memory as numpy arrays (Fashion-MNIST, tests).
+
+  A record is the row of the image in one array that holds every split.
+  """
+
+  def __init__(self, name, images: dict, labels: dict, num_classes,
+               default_eval_split='test'):
+    self.name = name
+    self.num_classes = num_classes
+    self.default_eval_split = default_eval_split
+    self.split_sizes = {k: len(v) for k, v in images.items()}
+    self._offsets, offset = {}, 0
+    for split, size in self.split_sizes.items():
+      self._offsets[split] = offset
+      offset += size
+    all_images = np.concatenate(list(images.values()))
+    if all_images.ndim == 3:
+      all_images = all_images[..., np.newaxis]
+    self._images = tf.constant(all_images, tf.uint8)
+    self._labels_by_split = labels
+    height, width = all_images.shape[1:3]
+    self.native_image_size = height if height == width else None
+
+  def _records(self, split, start, stop):
+    offset = self._offsets[split]
+    rows = np.arange(offset + start, offset + stop, dtype=np.int64)
+    labels = self._labels_by_split[split][start:stop].astype(np.int64)
+    return tf.data.Dataset.from_tensor_slices({'record': rows,
+                                               'label': labels})
+
+  def decode(self, record):
+    return _gray_to_rgb(tf.gather(self._images, record))
+
+  def _labels(self, split, start, stop):
+    return self._labels_by_split[split][start:stop]
+
+
+def fashion_mnist_source(directory: str) -> ArraySource:
+  images, labels = {}, {}
+  for split in idx.FASHION_MNIST_FILES:
+    images[split], labels[split] = idx.load_fashion_mnist_split(directory,
+                                                                split)
+  logging.info('Fashion-MNIST from IDX files in %s.', directory)
+  return ArraySource('fashion_mnist', images, labels, num_classes=10)
+
+
+# --- Image folders -----------------------------------------------------------
+
+
+def _is_hidden(name):
+  return name.startswith('.') or name.startswith('_')
+
+
+def _files_under(directory):
+  """Non-hidden files below `directory`, recursively, sorted."""
+  found = []
+  for root, dirs, files in os.walk(directory):
+    dirs[:] = sorted(d for d in dirs if not _is_hidden(d))
+    found.extend(os.path.join(root, f) for f in files if not _is_hidden(f))
+  return sorted(found)
+
+
+def is_readable_image(path: str) -> bool:
+  """Cheap check (header and structure, not a full decode) that TF can read it."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  if not path.lower().endswith(IMAGE_EXTENSIONS):
+    return False
+  try:
+    with Image.open(path) as image:
+      image_format = image.format
+      image.verify()
+    if image_format == 'JPEG':
+      # A truncated JPEG passes verify(); a complete one ends with EOI.
+      with open(path, 'rb') as f:
+        f.seek(-2, os.SEEK_END)
+        return f.read(2) == b'\xff\xd9'
+    return image_format in ('JPEG', 'PNG', 'BMP', 'GIF')
+  except Exception:  # pylint: disable=broad-except
+    return False
+
+
+def _keep_readable(paths, where):
+  """Drops files that are not readable images and says how many, once."""
+  with concurrent.futures.ThreadPoolExecutor(8) as pool:
+    readable = list(pool.map(is_readable_image, paths))
+  skipped = [p for p, ok in zip(paths, readable) if not ok]
+  if skipped:
+    examples = ', '.join(os.path.relpath(p, where) for p in skipped[:3])
+    logging.warning('Skipped %d of %d files under %s that are not readable '
+                    'JPEG/PNG/BMP/GIF images (e.g. %s).', len(skipped),
+                    len(paths), where, examples)
+  return [p for p, ok in zip(paths, readable) if ok], len(skipped)
+
+
+def _scan_split_dir(directory, class_names=None):
+  """Returns (paths, labels, class_names, num_skipped) for one directory.
+
+  Sub-folders are classes; without sub-folders the images are unlabeled.
+  """
+  subdirs = sorted(d for d in os.listdir(directory)
+                   if os.path.isdir(os.path.join(directory, d))
+                   and not _is_hidden(d))
+  if not subdirs:
+    paths, skipped = _keep_readable(_files_under(directory), directory)
+    return paths, np.full(len(paths), UNLABELED, np.int64), None, skipped
+  class_names = class_names or subdirs
+  unknown = sorted(set(subdirs) - set(class_names))
+  if unknown:
+    raise DatasetError(f'{directory} has class folders {unknown} that the '
+                       'training split does not have; give every split the '
+                       'same class folders.')
+  paths, labels, skipped_total = [], [], 0
+  for name in subdirs:
+    class_paths, skipped = _keep_readable(
+        _files_under(os.path.join(directory, name)), directory)
+    if not class_paths:
+      raise DatasetError(f'Class folder {os.path.join(directory, name)} '
+                         'has no readable images; add images or remove it.')
+    paths.extend(class_paths)
+    labels.extend([class_names.index(name)] * len(class_paths))
+    skipped_total += skipped
+  return paths, np.array(labels, np.int64), class_names, skipped_total
+
+
+def _hold_out(labels, fraction, seed=0):
+  """Deterministic per-class split into (train, eval) index arrays."""
+  rng = np.random.RandomState(seed)
+  train_idx, eval_idx = [], []
+  for label in np.unique(labels):
+    members = np.flatnonzero(labels == label)
+    members = members[rng.permutation(len(members))]
+    # At least one held-out image per class that has two or more.
+    n_eval = max(1, int(round(fraction * len(members))))
+    n_eval = n_eval if len(members) > 1 else 0
+    eval_idx.extend(members[:n_eval])
+    train_idx.extend(members[n_eval:])
+  return (np.sort(np.array(train_idx, np.int64)),
+          np.sort(np.array(eval_idx, np.int64)))
+
+
+class FolderSource(Source):
+  """Images in a folder: class sub-folders, or flat for unlabeled images.
+
+  With `train/` and `val/` (or `test/`) sub-folders those are the splits;
+  otherwise 10% of each class is held out, deterministically, as `test`.
+  """
+
+  def __init__(self, path: str):
+    path = os.path.abspath(os.path.expanduser(path))
+    if not os.path.isdir(path):
+      raise DatasetError(f'--dataset=folder:{path}: no such directory.')
+    self.name = f'folder:{path}'
+    self.path = path
+    split_dirs = {s: os.path.join(path, s) for s in ('train', 'val', 'test')
+                  if os.path.isdir(os.path.join(path, s))}
+    self._files = {}
+    if 'train' in split_dirs and len(split_dirs) > 1:
+      paths, labels, classes, _ = _scan_split_dir(split_dirs.pop('train'))
+      self._files['train'] = (paths, labels)
+      for split, directory in split_dirs.items():
+        s_paths, s_labels, _, _ = _scan_split_dir(directory, classes)
+        self._files[split] = (s_paths, s_labels)
+      self.default_eval_split = 'val' if 'val' in split_dirs else 'test'
+    else:
+      paths, labels, classes, _ = _scan_split_dir(path)
+      train_idx, eval_idx = _hold_out(labels, FOLDER_HELD_OUT_FRACTION)
+      self._files['train'] = ([paths[i] for i in train_idx], labels[train_idx])
+      self._files['test'] = ([paths[i] for i in eval_idx], labels[eval_idx])
+      self.default_eval_split = 'test'
+    if not self._files['train'][0]:
+      raise DatasetError(f'{path} has no readable JPEG/PNG/BMP/GIF images.')
+    self.class_names = classes
+    self.num_classes = len(classes) if classes else None
+    self.split_sizes = {k: len(v[0]) for k, v in self._files.items()}
+    self.native_image_size = None
+
+  def paths(self, split: str) -> list[str]:
+    return [p for part in self.resolve(split)
+            for p in self._files[part.splitname][0][part.from_:part.to]]
+
+  decode_may_fail = True  # The scan is cheap, not a full decode.
+
+  def _records(self, split, start, stop):
+    paths, labels = self._files[split]
+    return tf.data.Dataset.from_tensor_slices({
+        'record': np.array(paths[start:stop], dtype=object),
+        'label': labels[start:stop]})
+
+  def decode(self, record):
+    return tf.io.decode_image(tf.io.read_file(record), channels=3,
+                              expand_animations=False)
+
+  def _labels(self, split, start, stop):
+    return self._files[split][1][start:stop]
+
+
+# --- TFDS --------------------------------------------------------------------
+
+
+class TFDSSource(Source):
+  """A prepared TFDS dataset."""
+
+  def __init__(self, builder):
+    self._builder = builder
+    info = builder.info
+    self.name = info.name
+    label = info.features['label'] if 'label' in info.features else None
+    self.num_classes = getattr(label, 'num_classes', None)
+    self.split_sizes = {k: v.num_examples for k, v in info.splits.items()}
+    self.default_eval_split = next(
+        (s for s in ('test', 'validation', 'val') if s in self.split_sizes),
+        'train')
+    self._image_feature = info.features['image']
+    shape = self._image_feature.shape
+    self.native_image_size = (shape[0] if shape[0] and shape[0] == shape[1]
+                              else None)
+
+  def records(self, split):
+    dataset = self._builder.as_dataset(
+        split=split, shuffle_files=False,
+        decoders={'image': tfds.decode.SkipDecoding()})
+    has_label = self.has_labels
+    return dataset.map(lambda ex: {
+        'record': ex['image'],
+        'label': (ex['label'] if has_label
+                  else tf.constant(UNLABELED, tf.int64))})
+
+  def decode(self, record):
+    return _gray_to_rgb(self._image_feature.decode_example(record))
+
+  def labels(self, split):
+    if not self.has_labels:
+      return np.full(self.num_examples(split), UNLABELED, np.int64)
+    labels = self.records(split).map(lambda ex: ex['label']).batch(4096)
+    return np.concatenate(list(labels.as_numpy_iterator()))
+
+
+def _network_reachable(host='storage.googleapis.com', timeout=3.0) -> bool:
+  try:
+    socket.create_connection((host, 443), timeout=timeout).close()
+    return True
+  except OSError:
+    return False
+
+
+def tfds_source(name: str, data_dir: str) -> TFDSSource:
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+  except tfds.core.registered.DatasetNotFoundError:
+    known = tfds.list_builders() + ['fashion_mnist', 'folder:PATH']
+    close = difflib.get_close_matches(name, known, n=3)
+    hint = f' Did you mean {" or ".join(close)}?' if close else ''
+    raise DatasetError(f'Unknown dataset {name!r}.{hint} Use a TFDS name '
+                       '(cifar10, imagenet2012, ...) or folder:PATH.') from None
+  if not builder.is_prepared():
+    if not _network_reachable():
+      raise DatasetError(
+          f'Dataset {name!r} is not prepared in {builder.data_dir} and cannot '
+          f'be downloaded (no network). {OFFLINE_HINT}')
+    logging.info('Downloading and preparing %s into %s.', name, data_dir)
+    builder.download_and_prepare()
+  return TFDSSource(builder)
+
+
+def require_labels(source: Source, purpose: str):
+  """Fails with one line when `purpose` needs labels the source lacks."""
+  if not source.has_labels:
+    raise DatasetError(
+        f'{source.name} has no labels, so it cannot be used for {purpose}. '
+        'Put the images in one sub-folder per class, or pretrain only '
+        '(--mode=train --train_mode=pretrain).')
+
+
+def make_source(config: DataConfig) -> Source:
+  """The source named by `config.dataset`."""
+  name = config.dataset
+  if name.startswith(FOLDER_PREFIX):
+    return FolderSource(name[len(FOLDER_PREFIX):])
+  if name == 'fashion_mnist':
+    directory = idx.find_fashion_mnist([config.data_dir,
+                                        FASHION_MNIST_SYSTEM_DIR])
+    if directory:
+      return fashion_mnist_source(directory)
+  return tfds_source(name, config.data_dir)
+
+
+# --- Label fraction ----------------------------------------------------------
+
+
+def label_fraction_indices(labels: np.ndarray, fraction: float,
+                           seed: int) -> np.ndarray:
+  """Sorted indices of a class-balanced, seeded subset of labeled examples.
+
+  Every class contributes the same number of examples, round(fraction * N /
+  num_classes) (at least 1, at most what the class has), as in the paper's
+  1% / 10% ImageNet subsets.
+  """
+  classes = np.unique(labels[labels != UNLABELED])
+  per_class = max(1, int(round(fraction * len(labels) / len(classes))))
+  rng = np.random.RandomState(seed)
+  chosen = []
+  for label in classes:
+    members = np.flatnonzero(labels == label)
+    chosen.extend(rng.choice(members, min(per_class, len(members)),
+                             replace=False))
+  return np.sort(np.array(chosen, np.int64))
+
+
+def select(dataset: tf.data.Dataset, indices: np.ndarray,
+           num_total: int) -> tf.data.Dataset:
+  """Keeps the examples of `dataset` at `indices`."""
+  keep = np.zeros(num_total, bool)
+  keep[indices] = True
+  keep = tf.constant(keep)
+  return dataset.enumerate().filter(
+      lambda i, _: tf.gather(keep, i)).map(lambda _, example: example)
+

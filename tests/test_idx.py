@@ -1,0 +1,78 @@
+"""The IDX reader on hand-made files and on the real Fashion-MNIST files."""
+
+import gzip
+import os
+
+import numpy as np
+import pytest
+
+from simclr_tf import datasets
+from simclr_tf import idx
+from simclr_tf.config import DataConfig
+
+
+def _write_idx(path, array, type_code=0x08):
+  header = bytes([0, 0, type_code, array.ndim]) + b''.join(
+      int(d).to_bytes(4, 'big') for d in array.shape)
+  opener = gzip.open if path.endswith('.gz') else open
+  with opener(path, 'wb') as f:
+    f.write(header + array.tobytes())
+
+
+@pytest.mark.parametrize('name', ['images.idx', 'images.idx.gz'])
+def test_read_idx_round_trips(tmp_path, rng, name):
+  array = rng.integers(0, 256, (5, 7, 3), dtype=np.uint8)
+  path = str(tmp_path / name)
+  _write_idx(path, array)
+  np.testing.assert_array_equal(idx.read_idx(path), array)
+
+
+def test_read_idx_reads_big_endian_ints(tmp_path):
+  array = np.array([1, -2, 70000], '>i4')
+  _write_idx(str(tmp_path / 'x.idx'), array, type_code=0x0C)
+  assert idx.read_idx(str(tmp_path / 'x.idx')).tolist() == [1, -2, 70000]
+
+
+def test_read_idx_rejects_bad_and_truncated_files(tmp_path):
+  (tmp_path / 'bad').write_bytes(b'\x01\x02\x08\x01')
+  with pytest.raises(ValueError, match='not an IDX file'):
+    idx.read_idx(str(tmp_path / 'bad'))
+  _write_idx(str(tmp_path / 'ok'), np.zeros((10, 4), np.uint8))
+  data = (tmp_path / 'ok').read_bytes()
+  (tmp_path / 'short').write_bytes(data[:-5])
+  with pytest.raises(ValueError, match='truncated'):
+    idx.read_idx(str(tmp_path / 'short'))
+
+
+_FASHION_DIR = idx.find_fashion_mnist([datasets.FASHION_MNIST_SYSTEM_DIR])
+
+
+@pytest.mark.skipif(_FASHION_DIR is None, reason=(
+    'Fashion-MNIST IDX files not installed (apt-get install '
+    'dataset-fashion-mnist); .ci/run installs them.'))
+def test_fashion_mnist_has_the_published_counts_and_labels():
+  source = datasets.make_source(DataConfig(dataset='fashion_mnist',
+                                                    data_dir='/nonexistent'))
+  assert source.split_sizes == {'train': 60000, 'test': 10000}
+  assert source.num_classes == 10 and source.native_image_size == 28
+  train_labels = source.labels('train')
+  test_labels = source.labels('test')
+  assert np.bincount(train_labels).tolist() == [6000] * 10
+  assert np.bincount(test_labels).tolist() == [1000] * 10
+  # The first training and test images are both ankle boots (class 9).
+  assert train_labels[0] == 9 and test_labels[0] == 9
+  first = next(iter(source.load('train')))
+  assert first['image'].shape == (28, 28, 3)
+  image = first['image'].numpy()
+  assert (image[..., 0] == image[..., 2]).all() and image.max() > 200
+
+
+def test_find_fashion_mnist_looks_in_data_dir_subfolders(tmp_path):
+  target = tmp_path / 'fashion_mnist'
+  target.mkdir()
+  for pair in idx.FASHION_MNIST_FILES.values():
+    for name in pair:
+      (target / name).write_bytes(b'')
+  assert idx.find_fashion_mnist([str(tmp_path)]) == str(target)
+  os.remove(target / 't10k-labels-idx1-ubyte.gz')
+  assert idx.find_fashion_mnist([str(tmp_path)]) is None

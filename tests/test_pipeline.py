@@ -1,0 +1,137 @@
+"""Input pipelines: training batches, sharding and exactly-once evaluation."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from simclr_tf import datasets
+from simclr_tf import pipeline
+from simclr_tf.config import AugmentConfig
+from tests import helpers
+
+_AUGMENT = AugmentConfig(image_size=16, use_blur=True)
+
+
+def _source(n_train=40, n_test=37):
+  """Labels are the example ids, so tests can tell examples apart."""
+  rng = np.random.default_rng(0)
+  images = {'train': rng.integers(0, 256, (n_train, 20, 20, 3), np.uint8),
+            'test': rng.integers(0, 256, (n_test, 20, 20, 3), np.uint8)}
+  labels = {'train': np.arange(n_train), 'test': np.arange(n_test)}
+  return datasets.ArraySource('ids', images, labels, num_classes=None)
+
+
+def _first_batches(dataset, n):
+  return list(dataset.take(n).as_numpy_iterator())
+
+
+def test_pretrain_batches_hold_two_different_views_in_range():
+  source = _source()
+  dataset = pipeline.train_dataset(
+      source, pipeline.Split('train'), global_batch_size=8,
+      augment_config=_AUGMENT, views=2, seed=1)
+  batch = _first_batches(dataset, 1)[0]
+  assert batch['view1'].shape == (8, 16, 16, 3)
+  assert batch['view2'].shape == (8, 16, 16, 3)
+  assert batch['label'].shape == (8,)
+  for view in ('view1', 'view2'):
+    assert batch[view].min() >= 0 and batch[view].max() <= 1
+  assert np.abs(batch['view1'] - batch['view2']).max() > 0.05
+
+
+def test_training_batches_repeat_for_the_same_seed_only():
+  source = _source()
+
+  def batches(seed):
+    return _first_batches(pipeline.train_dataset(
+        source, pipeline.Split('train'), global_batch_size=8,
+        augment_config=_AUGMENT, views=2, seed=seed), 6)
+
+  first, again, other = batches(5), batches(5), batches(6)
+  for a, b in zip(first, again):
+    np.testing.assert_array_equal(a['view1'], b['view1'])
+    np.testing.assert_array_equal(a['label'], b['label'])
+  assert any(not np.array_equal(a['label'], c['label'])
+             for a, c in zip(first, other))
+  # Six batches of 8 span more than one epoch of 40 and every id shows up.
+  ids = np.concatenate([b['label'] for b in first])
+  assert set(ids[:40].tolist()) == set(range(40))
+
+
+def test_finetune_batches_use_only_the_label_fraction_subset():
+  source = _source()
+  keep = np.array([1, 5, 9, 30])
+  dataset = pipeline.train_dataset(
+      source, pipeline.Split('train', keep), global_batch_size=4,
+      augment_config=_AUGMENT, views=1, seed=0)
+  batches = _first_batches(dataset, 5)
+  assert batches[0]['image'].shape == (4, 16, 16, 3)
+  seen = np.concatenate([b['label'] for b in batches])
+  assert set(seen.tolist()) == {1, 5, 9, 30}
+
+
+def _distributed_ids(strategy, make_dataset, steps):
+  dist = strategy.distribute_datasets_from_function(make_dataset)
+  seen = []
+  for _, batch in zip(range(steps), dist):
+    for part in strategy.experimental_local_results(batch):
+      seen.append(part)
+  return seen
+
+
+def test_training_input_is_sharded_per_replica_batch():
+  strategy = helpers.cpu_strategy(2)
+  source = _source()
+  parts = _distributed_ids(strategy, lambda ctx: pipeline.train_dataset(
+      source, pipeline.Split('train'), global_batch_size=8,
+      augment_config=_AUGMENT, views=2, seed=0, input_context=ctx), 2)
+  assert len(parts) == 4
+  assert all(p['view1'].shape == (4, 16, 16, 3) for p in parts)
+
+
+@pytest.mark.parametrize('replicas,global_batch', [(1, 8), (2, 8), (4, 8),
+                                                    (4, 12)])
+def test_eval_pipeline_sees_every_example_exactly_once(replicas,
+                                                       global_batch):
+  source = _source(n_test=37)
+  strategy = helpers.cpu_strategy(replicas)
+  steps = pipeline.eval_num_steps(37, global_batch)
+  parts = _distributed_ids(strategy, lambda ctx: pipeline.eval_dataset(
+      source, pipeline.Split('test'), global_batch_size=global_batch,
+      augment_config=_AUGMENT, input_context=ctx), steps + 1)
+  # Exactly `steps` steps of full per-replica batches, nothing after.
+  assert len(parts) == steps * replicas
+  assert all(p['image'].shape[0] == global_batch // replicas for p in parts)
+  labels = np.concatenate([p['label'].numpy() for p in parts])
+  mask = np.concatenate([p['mask'].numpy() for p in parts])
+  assert sorted(labels[mask == 1].tolist()) == list(range(37))
+  assert (labels[mask == 0] == -1).all()
+  assert mask.sum() == 37
+
+
+def test_eval_images_are_the_deterministic_eval_view():
+  source = _source(n_test=5)
+  batch = _first_batches(pipeline.eval_dataset(
+      source, pipeline.Split('test'), global_batch_size=8,
+      augment_config=AugmentConfig(image_size=20)), 1)[0]
+  images = source.load('test')
+  expected = np.stack([e['image'] / 255.0 for e in
+                       images.as_numpy_iterator()])
+  np.testing.assert_allclose(batch['image'][:5], expected, atol=1e-6)
+  assert (batch['image'][5:] == 0).all()
+
+
+def test_folder_pipeline_skips_a_file_that_fails_to_decode(tmp_path, rng,
+                                                           monkeypatch):
+  root = helpers.make_class_folder(str(tmp_path / 'f'), rng, per_class=4)
+  # A file that passes the cheap scan but does not decode: the pipeline must
+  # skip it rather than crash mid-epoch.
+  monkeypatch.setattr(datasets, 'is_readable_image', lambda path: True)
+  helpers.write(f'{root}/cat/zz_broken.png', b'\x89PNG\r\n\x1a\n broken')
+  source = datasets.FolderSource(root)
+  dataset = pipeline.train_dataset(
+      source, pipeline.Split('train'), global_batch_size=2,
+      augment_config=_AUGMENT, views=2, seed=0)
+  batches = _first_batches(dataset, 12)
+  assert len(batches) == 12
+  assert all(b['view1'].shape == (2, 16, 16, 3) for b in batches)

@@ -1,0 +1,47 @@
+"""`run.py --mode=preview` end to end, and its one-line errors."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+from PIL import Image
+
+from tests import helpers
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run(*flags):
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', CUDA_VISIBLE_DEVICES='')
+  return subprocess.run([sys.executable, os.path.join(REPO, 'run.py'),
+                         *flags], capture_output=True, text=True, env=env,
+                        cwd=REPO, timeout=300)
+
+
+def test_preview_writes_a_grid_of_originals_and_view_pairs(tmp_path, rng):
+  root = helpers.make_class_folder(str(tmp_path / 'imgs'), rng,
+                                   size=(40, 50))
+  out = tmp_path / 'views.png'
+  result = run('--mode=preview', f'--dataset=folder:{root}',
+               '--image_size=24', '--preview_images=3', '--preview_pairs=2',
+               f'--preview_path={out}')
+  assert result.returncode == 0, result.stderr
+  grid = np.asarray(Image.open(out))
+  # Tiles are enlarged x4 to 96 px; columns: original, 2 pairs; 4 px gaps.
+  tile, gap = 96, 4
+  assert grid.shape == (3 * tile + 2 * gap, 5 * tile + 8 * gap, 3)
+  first_row = grid[:tile]
+  originals = first_row[:, :tile]
+  first_view = first_row[:, tile + 2 * gap:2 * tile + 2 * gap]
+  assert not np.array_equal(originals, first_view)
+
+
+def test_bad_dataset_fails_with_one_line_and_exit_code_2(tmp_path):
+  result = run('--mode=preview', f'--dataset=folder:{tmp_path}/nothing')
+  assert result.returncode == 2
+  lines = [line for line in result.stderr.splitlines()
+           if line.startswith('run.py')]
+  assert lines == [f'run.py: error: --dataset=folder:{tmp_path}/nothing: '
+                   'no such directory.']
+  assert 'Traceback' not in result.stderr
