@@ -52,3 +52,74 @@ class AugmentConfig:
   @property
   def is_small_image(self) -> bool:
     return self.image_size <= SMALL_IMAGE_MAX_SIZE
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderConfig:
+  """The ResNet encoder (`resnet_depth`, `width_multiplier`, ...)."""
+
+  depth: int = 50
+  width_multiplier: float = 1.0
+  sk_ratio: float = 0.0
+  se_ratio: float = 0.0
+  # The CIFAR stem (3x3/1 conv, no max pool) for images of 32 px and below.
+  cifar_stem: bool = False
+  global_bn: bool = True
+  batch_norm_decay: float = 0.9
+
+
+PROJ_HEAD_MODES = ('none', 'linear', 'nonlinear')
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadConfig:
+  """Projection and supervised heads."""
+
+  proj_head_mode: str = 'nonlinear'
+  proj_out_dim: int = 128
+  num_proj_layers: int = 3
+  # Which projection-head layer feeds the supervised head: 0 is the encoder
+  # output, k the output of the k-th projection layer.
+  ft_proj_selector: int = 0
+  zero_init_logits_layer: bool = False
+
+  @property
+  def num_layers(self) -> int:
+    return {'none': 0, 'linear': 1,
+            'nonlinear': self.num_proj_layers}[self.proj_head_mode]
+
+
+TRAIN_MODES = ('pretrain', 'finetune')
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Encoder, heads, and what the supervised head is for."""
+
+  encoder: EncoderConfig = EncoderConfig()
+  head: HeadConfig = HeadConfig()
+  # Classes of the supervised head; None: no supervised head.
+  num_classes: int | None = None
+  train_mode: str = 'pretrain'
+  # Pretraining also trains a linear classifier on stop_gradient(features).
+  lineareval_while_pretraining: bool = True
+  # -1: fine-tune everything; 0: freeze the stem; 1-4: freeze up to that
+  # block group.
+  fine_tune_after_block: int = -1
+
+
+OPTIMIZERS = ('lars', 'momentum', 'adam')
+LEARNING_RATE_SCALINGS = ('linear', 'sqrt')
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+  """Optimizer and learning-rate schedule."""
+
+  optimizer: str = 'lars'
+  learning_rate: float = 0.3
+  learning_rate_scaling: str = 'linear'
+  warmup_epochs: float = 10.0
+  weight_decay: float = 1e-6
+  momentum: float = 0.9
+  eeta: float = 0.001

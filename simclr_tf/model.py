@@ -1,0 +1,47 @@
+"""The SimCLR model: encoder, projection head and supervised head."""
+
+import keras
+import tensorflow as tf
+
+from simclr_tf.config import ModelConfig
+from simclr_tf.heads import ProjectionHead, SupervisedHead
+from simclr_tf.resnet import ResNet
+
+
+class SimCLRModel(keras.Model):
+  """`call(images)` returns a dict of named outputs.
+
+  * `final_avg_pool`: the representation, [batch, feature_dim].
+  * `proj_head_output`: the projection fed to the contrastive loss.
+  * `logits_sup` (with a supervised head): class logits. When pretraining,
+    the head sees stop_gradient(features), so linear evaluation runs
+    alongside pretraining without changing the encoder.
+  """
+
+  def __init__(self, config: ModelConfig, **kwargs):
+    super().__init__(**kwargs)
+    self.config = config
+    self.encoder = ResNet(config.encoder, name='resnet')
+    self.projection_head = ProjectionHead(config.head, config.encoder,
+                                          name='head_projection')
+    wants_head = (config.train_mode == 'finetune' or
+                  config.lineareval_while_pretraining)
+    self.supervised_head = None
+    if config.num_classes and wants_head:
+      self.supervised_head = SupervisedHead(
+          config.num_classes, config.head.zero_init_logits_layer,
+          name='head_supervised')
+    if config.train_mode == 'finetune':
+      self.encoder.freeze_through(config.fine_tune_after_block)
+
+  def call(self, images, training=None):
+    features = self.encoder(images, training=training)['final_avg_pool']
+    projection, hiddens = self.projection_head(features, training=training)
+    outputs = {'final_avg_pool': features, 'proj_head_output': projection}
+    if self.supervised_head is not None:
+      head_input = hiddens[self.config.head.ft_proj_selector]
+      if self.config.train_mode == 'pretrain':
+        head_input = tf.stop_gradient(head_input)
+      outputs['logits_sup'] = self.supervised_head(head_input,
+                                                   training=training)
+    return outputs

@@ -1,0 +1,135 @@
+"""Heads and the assembled SimCLR model."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from simclr_tf import heads
+from simclr_tf import objective
+from simclr_tf import optim
+from simclr_tf.config import (EncoderConfig, HeadConfig, ModelConfig,
+                              OptimConfig)
+from simclr_tf.model import SimCLRModel
+from tests import helpers
+
+_ENCODER = EncoderConfig(depth=18, width_multiplier=0.25, cifar_stem=True)
+
+
+def _model(**kwargs):
+  head = kwargs.pop('head', HeadConfig(proj_out_dim=16, num_proj_layers=3))
+  config = ModelConfig(encoder=_ENCODER, head=head, num_classes=5, **kwargs)
+  model = SimCLRModel(config)
+  model(tf.zeros([2, 16, 16, 3]), training=False)
+  return model
+
+
+@pytest.mark.parametrize('mode,layers,out_dim', [('none', 0, 128),
+                                                 ('linear', 1, 16),
+                                                 ('nonlinear', 3, 16)])
+def test_projection_head_modes(mode, layers, out_dim):
+  config = HeadConfig(proj_head_mode=mode, proj_out_dim=16, num_proj_layers=3)
+  head = heads.ProjectionHead(config, _ENCODER)
+  features = tf.random.normal([4, 128])
+  output, hiddens = head(features, training=True)
+  assert output.shape == (4, out_dim) and len(hiddens) == layers + 1
+  assert hiddens[0] is features
+  # Middle layers keep the input width and have a bias (BN beta); the last
+  # has neither bias nor beta.
+  for j, layer in enumerate(head.projection_layers):
+    last = j == layers - 1
+    assert layer.dense.units == (16 if last else 128)
+    assert not layer.dense.use_bias and layer.bn.bn.center == (not last)
+
+
+def test_nonlinear_head_matches_numpy_in_inference_mode(rng):
+  config = HeadConfig(proj_out_dim=3, num_proj_layers=2)
+  head = heads.ProjectionHead(config, _ENCODER)
+  x = rng.normal(size=(4, 6)).astype(np.float32)
+  head(tf.constant(x), training=False)
+  for v in head.weights:  # Non-trivial BN parameters and statistics.
+    v.assign(rng.uniform(0.5, 1.5, size=v.shape).astype(np.float32))
+  out, _ = head(tf.constant(x), training=False)
+
+  def layer(inputs, l):
+    bn = l.bn.bn
+    y = inputs @ l.dense.kernel.numpy()
+    y = (y - bn.moving_mean.numpy()) / np.sqrt(bn.moving_variance.numpy() +
+                                               1e-5) * bn.gamma.numpy()
+    return y + (bn.beta.numpy() if bn.center else 0)
+
+  first, second = head.projection_layers
+  expected = layer(np.maximum(layer(x, first), 0), second)
+  np.testing.assert_allclose(out.numpy(), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_ft_proj_selector_chooses_the_supervised_head_input():
+  for selector, width in [(0, 128), (1, 128), (3, 16)]:
+    head = HeadConfig(proj_out_dim=16, num_proj_layers=3,
+                      ft_proj_selector=selector)
+    model = _model(head=head, train_mode='finetune')
+    assert model.supervised_head.linear.dense.kernel.shape == (width, 5)
+
+
+def test_zero_init_logits_layer():
+  model = _model(train_mode='finetune',
+                 head=HeadConfig(zero_init_logits_layer=True))
+  logits = model(tf.random.uniform([3, 16, 16, 3]))['logits_sup']
+  assert not np.any(logits.numpy())
+  assert model.supervised_head.linear.dense.use_bias
+
+
+def test_outputs_with_and_without_a_supervised_head():
+  config = ModelConfig(encoder=_ENCODER, num_classes=None)
+  outputs = SimCLRModel(config)(tf.zeros([2, 16, 16, 3]))
+  assert set(outputs) == {'final_avg_pool', 'proj_head_output'}
+  outputs = _model()(tf.zeros([2, 16, 16, 3]))
+  assert set(outputs) == {'final_avg_pool', 'proj_head_output', 'logits_sup'}
+  assert outputs['logits_sup'].shape == (2, 5)
+
+
+@pytest.mark.parametrize('train_mode,reaches_encoder', [('pretrain', False),
+                                                        ('finetune', True)])
+def test_supervised_loss_reaches_the_encoder_only_when_fine_tuning(
+    train_mode, reaches_encoder):
+  model = _model(train_mode=train_mode)
+  with tf.GradientTape() as tape:
+    logits = model(tf.random.uniform([4, 16, 16, 3]), training=True)[
+        'logits_sup']
+    loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
+        tf.constant([0, 1, 2, 3]), logits))
+  encoder_vars = model.encoder.trainable_variables
+  grads = tape.gradient(loss, encoder_vars)
+  reached = any(g is not None and np.any(g.numpy()) for g in grads)
+  assert reached == reaches_encoder
+
+
+def test_pretraining_step_under_mirrored_strategy_keeps_replicas_in_sync():
+  strategy = helpers.cpu_strategy(2)
+  with strategy.scope():
+    model = SimCLRModel(ModelConfig(encoder=_ENCODER, num_classes=None))
+    model(tf.zeros([2, 16, 16, 3]), training=False)
+    optimizer = optim.build_optimizer(OptimConfig(), 0.5)
+    optimizer.build(model.trainable_variables)
+  before = [v.numpy() for v in model.trainable_variables]
+  views = strategy.experimental_distribute_values_from_function(
+      lambda ctx: tf.random.stateless_uniform(
+          [8, 16, 16, 3], [ctx.replica_id_in_sync_group, 0]))
+
+  @tf.function
+  def step(images):
+    with tf.GradientTape() as tape:
+      hidden = model(images, training=True)['proj_head_output']
+      loss, _, _ = objective.contrastive_loss(hidden, 0.5)
+      scaled = loss / strategy.num_replicas_in_sync
+    grads = tape.gradient(scaled, model.trainable_variables)
+    optimizer.apply(grads, model.trainable_variables)
+    return loss
+
+  losses = strategy.experimental_local_results(strategy.run(step, (views,)))
+  assert all(np.isfinite(l.numpy()) for l in losses)
+  changed = 0
+  for v, old in zip(model.trainable_variables, before):
+    copies = [c.numpy() for c in v.value.values]
+    np.testing.assert_array_equal(copies[0], copies[1])
+    changed += not np.allclose(copies[0], old)
+  assert changed > len(before) // 2

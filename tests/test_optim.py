@@ -1,0 +1,171 @@
+"""LARS, weight decay and the schedule against numpy and the formulas."""
+
+import math
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from simclr_tf import optim
+from simclr_tf.config import OptimConfig
+from tests import helpers
+
+
+def lars_numpy(weights, grads_per_step, lr, momentum, weight_decay, eeta,
+               decay, adapt):
+  """Independent LARS: one array per variable, flags per variable."""
+  weights = [w.astype(np.float64).copy() for w in weights]
+  velocity = [np.zeros_like(w) for w in weights]
+  for grads in grads_per_step:
+    for i, (w, g) in enumerate(zip(weights, grads)):
+      g = g + weight_decay * w if decay[i] else g
+      trust = 1.0
+      if adapt[i]:
+        w_norm, g_norm = np.linalg.norm(w), np.linalg.norm(g)
+        trust = eeta * w_norm / g_norm if w_norm > 0 and g_norm > 0 else 1.0
+      velocity[i] = momentum * velocity[i] + lr * trust * g
+      weights[i] = w - velocity[i]
+  return weights
+
+
+def _toy_model():
+  inputs = keras.Input([3])
+  x = keras.layers.Dense(4, name='dense')(inputs)
+  x = keras.layers.BatchNormalization(name='bn')(x)
+  outputs = keras.layers.Dense(2, name=optim.SUPERVISED_HEAD)(x)
+  return keras.Model(inputs, outputs)
+
+
+def _toy_loss(model, x, training=True):
+  return tf.reduce_mean(tf.square(model(x, training=training) - 1.0))
+
+
+@pytest.mark.parametrize('steps', [1, 4])
+def test_lars_matches_numpy(steps, rng):
+  model = _toy_model()
+  x = tf.constant(rng.normal(size=(8, 3)), tf.float32)
+  optimizer = optim.LARS(0.5, momentum=0.9, weight_decay=0.01, eeta=0.002,
+                         exclude_from_weight_decay=[optim.SUPERVISED_HEAD])
+  variables = model.trainable_variables
+  optimizer.build(variables)
+  initial = [v.numpy() for v in variables]
+  grads_per_step = []
+  for _ in range(steps):
+    with tf.GradientTape() as tape:
+      loss = _toy_loss(model, x)
+    grads = tape.gradient(loss, variables)
+    grads_per_step.append([g.numpy().astype(np.float64) for g in grads])
+    optimizer.apply(grads, variables)
+  # Which variables decay / adapt, decided here by hand from the model:
+  # only the first dense kernel does; biases, BN and the head do not.
+  names = [v.path for v in variables]
+  assert names == ['dense/kernel', 'dense/bias', 'bn/gamma', 'bn/beta',
+                   'head_supervised/kernel', 'head_supervised/bias']
+  flags = [True, False, False, False, False, False]
+  expected = lars_numpy(initial, grads_per_step, 0.5, 0.9, 0.01, 0.002,
+                        flags, flags)
+  for variable, want in zip(variables, expected):
+    np.testing.assert_allclose(variable.numpy(), want, rtol=2e-5, atol=1e-6)
+
+
+def test_lars_trust_ratio_is_one_for_zero_norms():
+  variable = keras.Variable(np.zeros((2, 2), np.float32), name='kernel')
+  optimizer = optim.LARS(0.1, momentum=0.0, eeta=0.001)
+  optimizer.build([variable])
+  optimizer.apply([tf.ones((2, 2))], [variable])
+  # |w| = 0: the full learning rate applies, not eeta * 0.
+  np.testing.assert_allclose(variable.numpy(), -0.1 * np.ones((2, 2)))
+  optimizer.apply([tf.zeros((2, 2))], [variable])  # |g| = 0: no NaN.
+  assert np.isfinite(variable.numpy()).all()
+
+
+def test_lars_step_is_identical_under_mirrored_strategy(rng):
+  x = rng.normal(size=(8, 3)).astype(np.float32)
+  keras.utils.set_random_seed(1)
+  single = _toy_model()
+  keras.utils.set_random_seed(1)
+  strategy = helpers.cpu_strategy(2)
+  with strategy.scope():
+    mirrored = _toy_model()
+    mirrored_opt = optim.LARS(1.0, weight_decay=1e-3)
+    mirrored_opt.build(mirrored.trainable_variables)
+  single_opt = optim.LARS(1.0, weight_decay=1e-3)
+  single_opt.build(single.trainable_variables)
+
+  with tf.GradientTape() as tape:
+    # Inference-mode BN so the two set-ups see identical statistics.
+    loss = _toy_loss(single, tf.constant(x), training=False)
+  single_opt.apply(tape.gradient(loss, single.trainable_variables),
+                   single.trainable_variables)
+
+  halves = strategy.experimental_distribute_values_from_function(
+      lambda ctx: tf.constant(x[ctx.replica_id_in_sync_group * 4:][:4]))
+
+  @tf.function
+  def step(batch):
+    with tf.GradientTape() as tape:
+      loss = _toy_loss(mirrored, batch, training=False) / 2
+    grads = tape.gradient(loss, mirrored.trainable_variables)
+    mirrored_opt.apply(grads, mirrored.trainable_variables)
+
+  strategy.run(step, args=(halves,))
+  for a, b in zip(single.trainable_variables, mirrored.trainable_variables):
+    np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-7)
+
+
+def test_weight_decay_loss_per_optimizer(rng):
+  model = _toy_model()
+  model(tf.zeros([1, 3]))
+  for v in model.trainable_variables:
+    v.assign(rng.normal(size=v.shape).astype(np.float32))
+  values = {v.path: v.numpy() for v in model.trainable_variables}
+
+  def l2(*paths):
+    return sum(0.5 * np.sum(values[p] ** 2) for p in paths)
+
+  lars = optim.weight_decay_loss(OptimConfig(optimizer='lars',
+                                             weight_decay=0.1), model)
+  assert abs(float(lars) - 0.1 * l2('head_supervised/kernel')) < 1e-5
+  momentum = optim.weight_decay_loss(
+      OptimConfig(optimizer='momentum', weight_decay=0.1), model)
+  assert abs(float(momentum) - 0.1 * l2(
+      'dense/kernel', 'dense/bias', 'head_supervised/kernel',
+      'head_supervised/bias')) < 1e-5
+
+
+def test_build_optimizer_kinds():
+  lr = 0.1
+  assert isinstance(optim.build_optimizer(OptimConfig(), lr), optim.LARS)
+  sgd = optim.build_optimizer(OptimConfig(optimizer='momentum'), lr)
+  assert isinstance(sgd, keras.optimizers.SGD) and sgd.nesterov
+  assert isinstance(optim.build_optimizer(OptimConfig(optimizer='adam'), lr),
+                    keras.optimizers.Adam)
+
+
+@pytest.mark.parametrize('scaling,expected', [('linear', 0.3 * 512 / 256),
+                                              ('sqrt', 0.3 * math.sqrt(512))])
+def test_learning_rate_scaling(scaling, expected):
+  config = OptimConfig(learning_rate=0.3, learning_rate_scaling=scaling)
+  assert abs(optim.scaled_learning_rate(config, 512) - expected) < 1e-12
+
+
+def test_schedule_is_linear_warmup_then_cosine():
+  config = OptimConfig(learning_rate=1.0, learning_rate_scaling='linear')
+  schedule = optim.learning_rate_schedule(config, 256, total_steps=100,
+                                          warmup_steps=10)
+
+  def formula(step):
+    if step < 10:
+      return step / 10
+    return 0.5 * (1 + math.cos(math.pi * (step - 10) / 90))
+
+  for step in [0, 1, 5, 9, 10, 11, 40, 55, 99, 100, 150]:
+    assert abs(float(schedule(step)) - formula(min(step, 100))) < 1e-6
+
+
+def test_schedule_without_warmup_starts_at_the_peak():
+  schedule = optim.learning_rate_schedule(OptimConfig(learning_rate=0.5), 256,
+                                          total_steps=10, warmup_steps=0)
+  assert abs(float(schedule(0)) - 0.5) < 1e-7
+  assert abs(float(schedule(10))) < 1e-7
