@@ -1,23 +1,37 @@
 """SimCLR command line: `python run.py --mode=MODE [flags]`.
 
 Flags are read here and nowhere else: they become frozen config objects that
-are passed down to `simclr_tf`.
+are passed down to `simclr_tf`. Flag names follow the original SimCLR code.
 """
 
+import dataclasses
+import json
 import os
+import re
 import sys
 
 from absl import app
 from absl import flags
 from absl import logging
 
-from simclr_tf import config as config_lib
-from simclr_tf.datasets import DatasetError
+# Keep TensorFlow's C++ start-up chatter out of the way unless asked for.
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
-MODES = ('preview',)
+MODES = ('train', 'eval', 'train_then_eval', 'export', 'preview')
 
-# --- Data ---------------------------------------------------------------------
+# --- What to run ----------------------------------------------------------------
 flags.DEFINE_enum('mode', None, MODES, 'What to run.')
+flags.DEFINE_enum('train_mode', 'pretrain', ['pretrain', 'finetune'],
+                  'Contrastive pretraining, or supervised fine-tuning.')
+flags.DEFINE_string('model_dir', None,
+                    'Checkpoints, summaries, result.json and exports; '
+                    'default: models/<dataset>-<train_mode>.')
+flags.DEFINE_string('checkpoint', None,
+                    'Initial encoder weights for a new run (fine-tuning): a '
+                    'checkpoint prefix or a directory; for --mode=export, '
+                    'the checkpoint to export.')
+
+# --- Data -----------------------------------------------------------------------
 flags.DEFINE_string(
     'dataset', 'cifar10',
     'A TFDS name (cifar10, imagenet2012, fashion_mnist, ...) or folder:PATH '
@@ -35,20 +49,105 @@ flags.DEFINE_float('label_fraction', 1.0,
                    'fine-tuning (0.01 and 0.1 in the paper).')
 flags.DEFINE_boolean('cache_dataset', False,
                      'Cache the training records in memory.')
-flags.DEFINE_integer('seed', 0, 'Seed of augmentations, shuffling and '
-                     'label-fraction subsets.')
+flags.DEFINE_integer('seed', 0, 'Seed of weights, augmentations, shuffling '
+                     'and label-fraction subsets.')
 
-# --- Augmentation -------------------------------------------------------------
+# --- Augmentation ---------------------------------------------------------------
 flags.DEFINE_integer('image_size', None,
                      'Input side in pixels; default: the dataset\'s own size '
-                     'for small square images, else 224.')
-flags.DEFINE_float('color_jitter_strength', 1.0,
+                     'for square images of 32 px or less, else 224.')
+flags.DEFINE_float('color_jitter_strength', 0.5,
                    'Strength s of colour jitter (brightness, contrast, '
-                   'saturation 0.8 s; hue 0.2 s).')
+                   'saturation 0.8 s; hue 0.2 s); 1.0 for ImageNet.')
 flags.DEFINE_boolean('use_blur', None,
                      'Gaussian blur in pretraining; default: on above 32 px.')
 
-# --- Preview ------------------------------------------------------------------
+# --- Model ----------------------------------------------------------------------
+flags.DEFINE_integer('resnet_depth', 18, 'ResNet depth: 18, 34, 50, 101, '
+                     '152 or 200.')
+flags.DEFINE_float('width_multiplier', 1.0, 'ResNet width multiplier.')
+flags.DEFINE_float('sk_ratio', 0.0, 'Selective-kernel ratio (SimCLRv2: '
+                   '0.0625); 0 turns selective kernels off.')
+flags.DEFINE_float('se_ratio', 0.0, 'Squeeze-excitation ratio; 0 turns it '
+                   'off.')
+flags.DEFINE_boolean('global_bn', True,
+                     'Batch-norm statistics over the global batch.')
+flags.DEFINE_float('batch_norm_decay', 0.9, 'Batch-norm moving-average '
+                   'momentum.')
+flags.DEFINE_enum('proj_head_mode', 'nonlinear',
+                  ['none', 'linear', 'nonlinear'], 'Projection head.')
+flags.DEFINE_integer('proj_out_dim', 128, 'Projection output width.')
+flags.DEFINE_integer('num_proj_layers', 3,
+                     'Layers of the nonlinear projection head.')
+flags.DEFINE_integer('ft_proj_selector', 0,
+                     'Projection layer feeding the supervised head (0: the '
+                     'encoder output).')
+flags.DEFINE_boolean('zero_init_logits_layer', False,
+                     'Start the supervised head at zero.')
+flags.DEFINE_integer('fine_tune_after_block', -1,
+                     'Fine-tuning freezes the stem (0) or up to block group '
+                     '1-4; -1 trains everything.')
+flags.DEFINE_boolean('lineareval_while_pretraining', True,
+                     'Train a linear head on stop_gradient(features) while '
+                     'pretraining.')
+
+# --- Loss and optimisation ------------------------------------------------------
+flags.DEFINE_float('temperature', 0.5, 'NT-Xent temperature.')
+flags.DEFINE_boolean('hidden_norm', True,
+                     'L2-normalise projections before the loss.')
+flags.DEFINE_enum('optimizer', 'lars', ['lars', 'momentum', 'adam'],
+                  'Optimizer.')
+flags.DEFINE_float('learning_rate', 1.0, 'Base learning rate (scaled by '
+                   '--learning_rate_scaling).')
+flags.DEFINE_enum('learning_rate_scaling', 'linear', ['linear', 'sqrt'],
+                  'lr x batch/256 (linear) or lr x sqrt(batch).')
+flags.DEFINE_float('warmup_epochs', 10, 'Linear warmup length in epochs.')
+flags.DEFINE_float('weight_decay', 1e-4, 'Weight decay.')
+flags.DEFINE_float('momentum', 0.9, 'Momentum.')
+
+# --- Training loop --------------------------------------------------------------
+flags.DEFINE_integer('train_batch_size', 512, 'Global training batch size.')
+flags.DEFINE_float('train_epochs', 1000, 'Training epochs.')
+flags.DEFINE_integer('train_steps', 0, 'Training steps; > 0 overrides '
+                     '--train_epochs.')
+flags.DEFINE_float('checkpoint_epochs', 1, 'Epochs between checkpoints.')
+flags.DEFINE_integer('checkpoint_steps', 0, 'Steps between checkpoints; > 0 '
+                     'overrides --checkpoint_epochs.')
+flags.DEFINE_integer('keep_checkpoint_max', 5, 'Checkpoints kept.')
+flags.DEFINE_integer('keep_hub_module_max', 1, 'SavedModel exports kept.')
+flags.DEFINE_integer('summary_steps', 100, 'Steps between TensorBoard '
+                     'summaries.')
+flags.DEFINE_integer('steps_per_loop', 10, 'Steps per tf.function call.')
+
+# --- Evaluation -----------------------------------------------------------------
+flags.DEFINE_integer('eval_batch_size', 256, 'Global evaluation batch size.')
+flags.DEFINE_integer('eval_steps', 0, 'Evaluation batches; 0: the whole '
+                     'split, each example exactly once.')
+flags.DEFINE_boolean('knn', True, 'Run the kNN monitor (k-NN on '
+                     'final_avg_pool features) when labels exist.')
+flags.DEFINE_integer('knn_k', 200, 'Neighbours of the kNN monitor.')
+flags.DEFINE_float('knn_temperature', 0.1, 'Temperature of the kNN '
+                   'monitor\'s vote weights.')
+flags.DEFINE_integer('knn_every_n_checkpoints', 0, 'Also run the kNN monitor '
+                     'at every N-th checkpoint; 0: only at the end.')
+flags.DEFINE_boolean('linear_probe', False, 'Also fit a logistic-regression '
+                     'probe on frozen features.')
+flags.DEFINE_integer('linear_probe_steps', 500, 'Full-batch steps of the '
+                     'linear probe.')
+flags.DEFINE_boolean('random_baseline', False, 'Also evaluate the same '
+                     'encoder with random weights (kNN and linear probe).')
+flags.DEFINE_boolean('eval_watch', False, '--mode=eval keeps evaluating new '
+                     'checkpoints in --model_dir.')
+flags.DEFINE_float('eval_timeout', 0, 'Seconds --eval_watch waits for a new '
+                   'checkpoint before stopping; 0: forever.')
+
+# --- Devices --------------------------------------------------------------------
+flags.DEFINE_integer('cpu_replicas', 1, 'Split the CPU into this many '
+                     'logical devices and train on all (MirroredStrategy).')
+flags.DEFINE_boolean('use_tpu', False, 'Train on a Cloud TPU.')
+flags.DEFINE_string('tpu_name', None, 'TPU name or address.')
+
+# --- Preview --------------------------------------------------------------------
 flags.DEFINE_string('preview_path', 'views.png',
                     'PNG written by --mode=preview.')
 flags.DEFINE_integer('preview_images', 6, 'Rows (images) in the preview.')
@@ -67,51 +166,196 @@ def _check(condition, message):
     raise UsageError(message)
 
 
-def data_config() -> config_lib.DataConfig:
+def _default_model_dir():
+  name = FLAGS.dataset
+  if name.startswith('folder:'):
+    name = os.path.basename(os.path.normpath(name[len('folder:'):]))
+  return os.path.join('models', re.sub(r'[^\w.-]+', '_', name) +
+                      f'-{FLAGS.train_mode}')
+
+
+def check_flags():
+  """Fails before any work on values that cannot work."""
+  positive = ['train_batch_size', 'eval_batch_size', 'proj_out_dim',
+              'num_proj_layers', 'summary_steps', 'steps_per_loop',
+              'keep_checkpoint_max', 'keep_hub_module_max', 'cpu_replicas',
+              'knn_k', 'preview_images', 'preview_pairs']
+  for name in positive:
+    _check(FLAGS[name].value > 0, f'--{name}={FLAGS[name].value} must be > 0.')
   _check(0 < FLAGS.label_fraction <= 1,
          f'--label_fraction={FLAGS.label_fraction} must be in (0, 1].')
-  return config_lib.DataConfig(
-      dataset=FLAGS.dataset, data_dir=FLAGS.data_dir,
-      train_split=FLAGS.train_split, eval_split=FLAGS.eval_split,
-      label_fraction=FLAGS.label_fraction, cache_dataset=FLAGS.cache_dataset,
-      seed=FLAGS.seed)
-
-
-def augment_config(native_image_size) -> config_lib.AugmentConfig:
-  image_size = FLAGS.image_size or native_image_size or 224
-  _check(image_size >= 8, f'--image_size={image_size} is too small: use 8 '
-         'or more.')
+  _check(FLAGS.temperature > 0, '--temperature must be > 0.')
+  _check(FLAGS.width_multiplier > 0, '--width_multiplier must be > 0.')
   _check(FLAGS.color_jitter_strength >= 0,
          '--color_jitter_strength must be >= 0.')
+  _check(FLAGS.train_epochs > 0 or FLAGS.train_steps > 0,
+         'Give --train_epochs or --train_steps > 0.')
+  _check(-1 <= FLAGS.fine_tune_after_block <= 4,
+         '--fine_tune_after_block must be in [-1, 4].')
+  if FLAGS.fine_tune_after_block >= 0:
+    _check(FLAGS.train_mode == 'finetune',
+           '--fine_tune_after_block needs --train_mode=finetune.')
+  head_layers = {'none': 0, 'linear': 1}.get(FLAGS.proj_head_mode,
+                                             FLAGS.num_proj_layers)
+  _check(0 <= FLAGS.ft_proj_selector <= head_layers,
+         f'--ft_proj_selector={FLAGS.ft_proj_selector} needs a projection '
+         f'head with that many layers; --proj_head_mode='
+         f'{FLAGS.proj_head_mode} has {head_layers}.')
+  from simclr_tf import resnet  # pylint: disable=g-import-not-at-top
+  _check(FLAGS.resnet_depth in resnet.SUPPORTED_DEPTHS,
+         f'--resnet_depth={FLAGS.resnet_depth} is not one of '
+         f'{resnet.SUPPORTED_DEPTHS}.')
+  if FLAGS.image_size is not None:
+    _check(FLAGS.image_size >= 8, f'--image_size={FLAGS.image_size} is too '
+           'small: use 8 or more.')
+
+
+def build_config(source, strategy):
+  """Flags (and what the dataset tells) -> RunConfig."""
+  # pylint: disable=g-import-not-at-top
+  from simclr_tf import config as c
+  native = source.native_image_size
+  image_size = FLAGS.image_size or (
+      native if native and native <= c.SMALL_IMAGE_MAX_SIZE else 224)
+  _check(image_size >= 8, f'--image_size={image_size} is too small.')
+  if image_size > c.SMALL_IMAGE_MAX_SIZE:
+    _check(image_size >= 32, f'--image_size={image_size}: the ImageNet stem '
+           'downsamples 32x; use 32 or more.')
   use_blur = FLAGS.use_blur
   if use_blur is None:
-    use_blur = config_lib.default_use_blur(image_size)
-  return config_lib.AugmentConfig(
-      image_size=image_size, color_jitter_strength=FLAGS.color_jitter_strength,
-      use_blur=use_blur)
+    use_blur = c.default_use_blur(image_size)
+  replicas = strategy.num_replicas_in_sync
+  for name in ('train_batch_size', 'eval_batch_size'):
+    _check(FLAGS[name].value % replicas == 0,
+           f'--{name}={FLAGS[name].value} is not divisible by the '
+           f'{replicas} replicas; use a multiple of {replicas}.')
+  num_classes = source.num_classes
+  if FLAGS.train_mode == 'finetune':
+    from simclr_tf import datasets  # pylint: disable=g-import-not-at-top
+    datasets.require_labels(source, 'fine-tuning')
+  return c.RunConfig(
+      data=c.DataConfig(
+          dataset=FLAGS.dataset, data_dir=FLAGS.data_dir,
+          train_split=FLAGS.train_split, eval_split=FLAGS.eval_split,
+          label_fraction=FLAGS.label_fraction,
+          cache_dataset=FLAGS.cache_dataset, seed=FLAGS.seed),
+      augment=c.AugmentConfig(
+          image_size=image_size,
+          color_jitter_strength=FLAGS.color_jitter_strength,
+          use_blur=use_blur),
+      model=c.ModelConfig(
+          encoder=c.EncoderConfig(
+              depth=FLAGS.resnet_depth,
+              width_multiplier=FLAGS.width_multiplier,
+              sk_ratio=FLAGS.sk_ratio, se_ratio=FLAGS.se_ratio,
+              cifar_stem=image_size <= c.SMALL_IMAGE_MAX_SIZE,
+              global_bn=FLAGS.global_bn,
+              batch_norm_decay=FLAGS.batch_norm_decay),
+          head=c.HeadConfig(
+              proj_head_mode=FLAGS.proj_head_mode,
+              proj_out_dim=FLAGS.proj_out_dim,
+              num_proj_layers=FLAGS.num_proj_layers,
+              ft_proj_selector=FLAGS.ft_proj_selector,
+              zero_init_logits_layer=FLAGS.zero_init_logits_layer),
+          num_classes=num_classes, train_mode=FLAGS.train_mode,
+          lineareval_while_pretraining=FLAGS.lineareval_while_pretraining,
+          fine_tune_after_block=FLAGS.fine_tune_after_block),
+      optim=c.OptimConfig(
+          optimizer=FLAGS.optimizer, learning_rate=FLAGS.learning_rate,
+          learning_rate_scaling=FLAGS.learning_rate_scaling,
+          warmup_epochs=FLAGS.warmup_epochs,
+          weight_decay=FLAGS.weight_decay, momentum=FLAGS.momentum),
+      train=c.TrainConfig(
+          model_dir=FLAGS.model_dir or _default_model_dir(),
+          train_mode=FLAGS.train_mode,
+          train_batch_size=FLAGS.train_batch_size,
+          train_epochs=FLAGS.train_epochs, train_steps=FLAGS.train_steps,
+          checkpoint_epochs=FLAGS.checkpoint_epochs,
+          checkpoint_steps=FLAGS.checkpoint_steps,
+          summary_steps=FLAGS.summary_steps,
+          steps_per_loop=FLAGS.steps_per_loop,
+          keep_checkpoint_max=FLAGS.keep_checkpoint_max,
+          keep_hub_module_max=FLAGS.keep_hub_module_max,
+          checkpoint=FLAGS.checkpoint, temperature=FLAGS.temperature,
+          hidden_norm=FLAGS.hidden_norm),
+      eval=c.EvalConfig(
+          eval_batch_size=FLAGS.eval_batch_size,
+          eval_steps=FLAGS.eval_steps, knn=FLAGS.knn, knn_k=FLAGS.knn_k,
+          knn_temperature=FLAGS.knn_temperature,
+          knn_every_n_checkpoints=FLAGS.knn_every_n_checkpoints,
+          linear_probe=FLAGS.linear_probe,
+          linear_probe_steps=FLAGS.linear_probe_steps,
+          random_baseline=FLAGS.random_baseline))
+
+
+def write_flags(config):
+  """flags.json: every flag of this run and the configuration it became."""
+  values = {f.name: f.value
+            for f in FLAGS.get_flags_for_module(sys.modules['__main__'])}
+  path = os.path.join(config.train.model_dir, 'flags.json')
+  os.makedirs(config.train.model_dir, exist_ok=True)
+  with open(path + '.tmp', 'w') as f:
+    json.dump({'flags': values, 'config': dataclasses.asdict(config)}, f,
+              indent=2, sort_keys=True, default=str)
+  os.replace(path + '.tmp', path)
 
 
 def run_preview():
   # pylint: disable=g-import-not-at-top
+  from simclr_tf import config as c
   from simclr_tf import datasets
   from simclr_tf import preview
-  _check(FLAGS.preview_images > 0 and FLAGS.preview_pairs > 0,
-         '--preview_images and --preview_pairs must be positive.')
-  data = data_config()
-  source = datasets.make_source(data)
-  augment = augment_config(source.native_image_size)
-  grid = preview.preview_grid(source, FLAGS.train_split, augment,
+  source = datasets.make_source(c.DataConfig(
+      dataset=FLAGS.dataset, data_dir=FLAGS.data_dir, seed=FLAGS.seed))
+  config = build_config(source, _single_device())
+  grid = preview.preview_grid(source, FLAGS.train_split, config.augment,
                               FLAGS.preview_images, FLAGS.preview_pairs,
-                              data.seed)
+                              FLAGS.seed)
   os.makedirs(os.path.dirname(os.path.abspath(FLAGS.preview_path)),
               exist_ok=True)
   preview.write_png(grid, FLAGS.preview_path)
   print(f'Wrote {FLAGS.preview_path}: {FLAGS.preview_images} images of '
-        f'{source.name} at {augment.image_size} px, each followed by '
+        f'{source.name} at {config.augment.image_size} px, each followed by '
         f'{FLAGS.preview_pairs} pairs of SimCLR views.')
 
 
-RUNNERS = {'preview': run_preview}
+def _single_device():
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  return tf.distribute.get_strategy()
+
+
+def run_mode():
+  # pylint: disable=g-import-not-at-top
+  import keras
+  from simclr_tf import config as c
+  from simclr_tf import datasets
+  from simclr_tf import distribute
+  from simclr_tf import runner
+  if FLAGS.cpu_replicas > 1:
+    distribute.split_cpu(FLAGS.cpu_replicas)
+  strategy = distribute.make_strategy(FLAGS.cpu_replicas, FLAGS.use_tpu,
+                                      FLAGS.tpu_name)
+  source = datasets.make_source(c.DataConfig(
+      dataset=FLAGS.dataset, data_dir=FLAGS.data_dir, seed=FLAGS.seed))
+  config = build_config(source, strategy)
+  if FLAGS.mode in ('eval', 'train_then_eval'):
+    datasets.require_labels(source, 'evaluation')
+  if FLAGS.mode in ('train', 'train_then_eval') and FLAGS.checkpoint:
+    from simclr_tf import checkpoints
+    checkpoints.resolve(FLAGS.checkpoint)  # Fails now if it is missing.
+  keras.utils.set_random_seed(FLAGS.seed)
+  run = runner.Run(config, strategy, source)
+  if run.chief and FLAGS.mode != 'export':
+    write_flags(config)
+  logging.info('Model directory: %s', config.train.model_dir)
+  if FLAGS.mode == 'train':
+    runner.run_train(run, then_eval=False)
+  elif FLAGS.mode == 'train_then_eval':
+    runner.run_train(run, then_eval=True)
+  elif FLAGS.mode == 'eval':
+    runner.run_eval(run, FLAGS.eval_watch, FLAGS.eval_timeout)
+  elif FLAGS.mode == 'export':
+    runner.run_export(run, FLAGS.checkpoint)
 
 
 def main(argv):
@@ -119,9 +363,16 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   if FLAGS.mode is None:
     raise app.UsageError(f'--mode is required: one of {", ".join(MODES)}.')
+  # pylint: disable=g-import-not-at-top
+  from simclr_tf.checkpoints import CheckpointError
+  from simclr_tf.datasets import DatasetError
   try:
-    RUNNERS[FLAGS.mode]()
-  except (UsageError, DatasetError) as e:
+    check_flags()
+    if FLAGS.mode == 'preview':
+      run_preview()
+    else:
+      run_mode()
+  except (UsageError, DatasetError, CheckpointError, FloatingPointError) as e:
     logging.flush()
     print(f'run.py: error: {e}', file=sys.stderr)
     sys.exit(2)

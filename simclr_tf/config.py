@@ -123,3 +123,58 @@ class OptimConfig:
   weight_decay: float = 1e-6
   momentum: float = 0.9
   eeta: float = 0.001
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """The training loop: length, checkpoints, summaries, loss settings."""
+
+  model_dir: str
+  train_mode: str = 'pretrain'
+  train_batch_size: int = 512
+  train_epochs: float = 100
+  train_steps: int = 0  # > 0 overrides train_epochs.
+  checkpoint_epochs: float = 1
+  checkpoint_steps: int = 0  # > 0 overrides checkpoint_epochs.
+  summary_steps: int = 100
+  # Training steps run inside one tf.function call between Python-side work.
+  steps_per_loop: int = 10
+  keep_checkpoint_max: int = 5
+  keep_hub_module_max: int = 1
+  # Initial weights (encoder and projection head) for a new run: a
+  # checkpoint prefix or a directory holding checkpoints.
+  checkpoint: str | None = None
+  temperature: float = 0.1
+  hidden_norm: bool = True
+  log_every_seconds: float = 5.0
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+  """Evaluation: supervised-head accuracy, kNN monitor, linear probe."""
+
+  eval_batch_size: int = 256
+  eval_steps: int = 0  # > 0 evaluates only that many batches.
+  knn: bool = True
+  knn_k: int = 200
+  knn_temperature: float = 0.1
+  # Also run the kNN monitor at every N-th checkpoint (0: only at the end).
+  knn_every_n_checkpoints: int = 0
+  # Fit a logistic-regression probe on frozen features (train split) and
+  # report its test accuracy.
+  linear_probe: bool = False
+  linear_probe_steps: int = 500
+  # Also evaluate the same encoder with random weights (kNN and probe).
+  random_baseline: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+  """Everything one run of run.py needs."""
+
+  data: DataConfig
+  augment: AugmentConfig
+  model: ModelConfig
+  optim: OptimConfig
+  train: TrainConfig
+  eval: EvalConfig

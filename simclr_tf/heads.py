@@ -11,7 +11,7 @@ import keras
 import tensorflow as tf
 
 from simclr_tf.config import EncoderConfig, HeadConfig
-from simclr_tf.resnet import BatchNormRelu
+from simclr_tf.resnet import BatchNormRelu, get_layers, set_layers
 
 
 class LinearLayer(keras.layers.Layer):
@@ -53,12 +53,17 @@ class ProjectionHead(keras.layers.Layer):
                **kwargs):
     super().__init__(**kwargs)
     self.config = config
-    self.projection_layers = []
+    layers = []
     for j in range(config.num_layers):
       last = j == config.num_layers - 1
-      self.projection_layers.append(LinearLayer(
+      layers.append(LinearLayer(
           config.proj_out_dim if last else None, encoder_config,
-          use_bias=not last, use_bn=True, name=f'layer{j}'))
+          use_bias=not last, use_bn=True, name=f'layer{j + 1}'))
+    self.num_layers = set_layers(self, 'layer', layers)
+
+  @property
+  def projection_layers(self):
+    return get_layers(self, 'layer', self.num_layers)
 
   def call(self, inputs, training=None):
     hiddens = [inputs]

@@ -33,6 +33,22 @@ def _width(base: int, multiplier: float) -> int:
   return max(1, int(round(base * multiplier)))
 
 
+def set_layers(owner, prefix: str, layers) -> int:
+  """Makes each layer a named attribute of `owner`; returns how many.
+
+  Keras 3 does not put lists of layers into `tf.train.Checkpoint`s, so
+  sequences of sub-layers are kept as attributes `prefix1`, `prefix2`, ...
+  and read back with `get_layers`.
+  """
+  for i, layer in enumerate(layers, start=1):
+    setattr(owner, f'{prefix}{i}', layer)
+  return len(layers)
+
+
+def get_layers(owner, prefix: str, count: int) -> list:
+  return [getattr(owner, f'{prefix}{i}') for i in range(1, count + 1)]
+
+
 def _conv_initializer():
   return keras.initializers.VarianceScaling()
 
@@ -220,9 +236,14 @@ class BlockGroup(keras.layers.Layer):
   def __init__(self, config: EncoderConfig, block_cls, filters, num_blocks,
                strides, **kwargs):
     super().__init__(**kwargs)
-    self.blocks = [block_cls(config, filters, strides if i == 0 else 1,
-                             use_projection=(i == 0), name=f'block{i + 1}')
-                   for i in range(num_blocks)]
+    self.num_blocks = set_layers(self, 'block', [
+        block_cls(config, filters, strides if i == 0 else 1,
+                  use_projection=(i == 0), name=f'block{i + 1}')
+        for i in range(num_blocks)])
+
+  @property
+  def blocks(self):
+    return get_layers(self, 'block', self.num_blocks)
 
   def call(self, inputs, training=None):
     for block in self.blocks:
@@ -242,21 +263,22 @@ class Stem(keras.layers.Layer):
     super().__init__(**kwargs)
     width = _width(64, config.width_multiplier)
     if config.cifar_stem:
-      self.convs = [FixedPaddingConv2D(width, 3, 1)]
+      convs = [FixedPaddingConv2D(width, 3, 1)]
     elif config.sk_ratio > 0:
-      self.convs = [FixedPaddingConv2D(width // 2, 3, 2),
-                    FixedPaddingConv2D(width // 2, 3, 1),
-                    FixedPaddingConv2D(width, 3, 1)]
+      convs = [FixedPaddingConv2D(width // 2, 3, 2),
+               FixedPaddingConv2D(width // 2, 3, 1),
+               FixedPaddingConv2D(width, 3, 1)]
     else:
-      self.convs = [FixedPaddingConv2D(width, 7, 2)]
-    self.bns = [BatchNormRelu(config) for _ in self.convs]
+      convs = [FixedPaddingConv2D(width, 7, 2)]
+    self.num_convs = set_layers(self, 'conv', convs)
+    set_layers(self, 'bn', [BatchNormRelu(config) for _ in convs])
     self.pool = (None if config.cifar_stem else
                  keras.layers.MaxPooling2D(3, 2, padding='same'))
 
   def call(self, inputs, training=None):
     endpoints = {}
     x = inputs
-    for conv, bn in zip(self.convs, self.bns):
+    for conv, bn in zip(self.convs, get_layers(self, 'bn', self.num_convs)):
       x = conv(x)
       if conv is self.convs[-1]:
         endpoints['initial_conv'] = x
@@ -265,6 +287,10 @@ class Stem(keras.layers.Layer):
       x = self.pool(x)
       endpoints['initial_max_pool'] = x
     return x, endpoints
+
+  @property
+  def convs(self):
+    return get_layers(self, 'conv', self.num_convs)
 
 
 class ResNet(keras.Model):
@@ -284,15 +310,19 @@ class ResNet(keras.Model):
     kind, blocks_per_group = _DEPTHS[config.depth]
     block_cls = BasicBlock if kind == 'basic' else BottleneckBlock
     self.stem = Stem(config, name='stem')
-    self.block_groups = [
+    set_layers(self, 'block_group', [
         BlockGroup(config, block_cls,
                    _width(base, config.width_multiplier), num_blocks,
                    strides=1 if i == 0 else 2, name=f'block_group{i + 1}')
         for i, (base, num_blocks) in enumerate(zip((64, 128, 256, 512),
-                                                   blocks_per_group))]
+                                                   blocks_per_group))])
     self.feature_dim = (_width(512, config.width_multiplier) *
                         block_cls.expansion)
     self.frozen_stages = 0
+
+  @property
+  def block_groups(self):
+    return get_layers(self, 'block_group', 4)
 
   def freeze_through(self, stage: int):
     """Freezes the stem (0) and block groups up to `stage` (1-4); -1: none.

@@ -1,0 +1,115 @@
+"""SavedModel export for TF Serving and TF Hub-style reuse.
+
+`<model_dir>/saved_model/<global_step>/` holds:
+* signature `serving_default`: `images` float32 [batch, size, size, 3] in
+  [0, 1] -> `default` (= `final_avg_pool`), `final_avg_pool`,
+  `proj_head_output`, `logits_sup`, `probabilities` (the last three when the
+  model has those heads);
+* signature `serving_bytes`: `image_bytes` string [batch] of encoded
+  JPEG/PNG/BMP/GIF, decoded and given the evaluation preprocessing inside;
+* a reusable object: `obj(images, training=False)` -> features, with
+  `variables`, `trainable_variables` and `regularization_losses`, for
+  `hub.KerasLayer(path, trainable=True)`.
+"""
+
+import os
+import shutil
+import time
+
+from absl import logging
+import tensorflow as tf
+
+from simclr_tf import augment
+from simclr_tf.config import AugmentConfig
+
+SAVED_MODEL_DIR = 'saved_model'
+
+
+def _outputs(model, images, training=False):
+  outputs = model(images, training=training)
+  result = {'default': outputs['final_avg_pool'],
+            'final_avg_pool': outputs['final_avg_pool']}
+  if model.projection_head.num_layers:
+    result['proj_head_output'] = outputs['proj_head_output']
+  if 'logits_sup' in outputs:
+    result['logits_sup'] = outputs['logits_sup']
+    result['probabilities'] = tf.nn.softmax(outputs['logits_sup'])
+  return result
+
+
+def build_module(model, augment_config: AugmentConfig) -> tf.Module:
+  """The object that `tf.saved_model.save` writes, with its signatures."""
+  size = augment_config.image_size
+  image_spec = tf.TensorSpec([None, size, size, 3], tf.float32, name='images')
+  bytes_spec = tf.TensorSpec([None], tf.string, name='image_bytes')
+
+  # A plain trackable root: hub.KerasLayer reads these attributes.
+  root = tf.train.Checkpoint()
+  root.model = model
+  root.variables = list(model.variables)
+  root.trainable_variables = list(model.trainable_variables)
+  root.regularization_losses = []
+
+  @tf.function
+  def call(images, training=False):
+    return model(images, training=training)['final_avg_pool']
+
+  call.get_concrete_function(image_spec, training=False)
+  call.get_concrete_function(image_spec, training=True)
+  root.__call__ = call
+
+  @tf.function(input_signature=[image_spec])
+  def serving_default(images):
+    return _outputs(model, images)
+
+  def decode(encoded):
+    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+    image.set_shape([None, None, 3])
+    return augment.eval_view(image, augment_config)
+
+  @tf.function(input_signature=[bytes_spec])
+  def serving_bytes(image_bytes):
+    images = tf.map_fn(decode, image_bytes,
+                       fn_output_signature=tf.TensorSpec([size, size, 3],
+                                                         tf.float32))
+    return _outputs(model, images)
+
+  root.serving_default = serving_default
+  root.serving_bytes = serving_bytes
+  return root
+
+
+def export(model, augment_config: AugmentConfig, model_dir: str,
+           global_step: int, keep: int = 1) -> str:
+  """Writes `<model_dir>/saved_model/<global_step>/` atomically.
+
+  The SavedModel is written to a hidden temporary directory and renamed, so
+  TF Serving (which watches numeric sub-directories) never sees half an
+  export; then only the newest `keep` exports are kept.
+  """
+  base = os.path.join(model_dir, SAVED_MODEL_DIR)
+  os.makedirs(base, exist_ok=True)
+  final = os.path.join(base, str(global_step))
+  temporary = os.path.join(base, f'.tmp-{global_step}-{os.getpid()}')
+  shutil.rmtree(temporary, ignore_errors=True)
+  start = time.time()
+  root = build_module(model, augment_config)
+  try:
+    tf.saved_model.save(root, temporary, signatures={
+        'serving_default': root.serving_default,
+        'serving_bytes': root.serving_bytes})
+    if os.path.exists(final):
+      shutil.rmtree(final)
+    os.rename(temporary, final)
+  finally:
+    shutil.rmtree(temporary, ignore_errors=True)
+  logging.info('Exported SavedModel to %s in %.1f s.', final,
+               time.time() - start)
+  _keep_newest(base, keep)
+  return final
+
+
+def _keep_newest(base: str, keep: int):
+  versions = sorted(int(d) for d in os.listdir(base) if d.isdigit())
+  for version in versions[:-keep] if keep > 0 else []:
+    shutil.rmtree(os.path.join(base, str(version)), ignore_errors=True)

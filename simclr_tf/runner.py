@@ -1,0 +1,234 @@
+"""The modes of run.py: train, eval, train_then_eval, export."""
+
+import json
+import os
+import time
+
+from absl import logging
+import keras
+import tensorflow as tf
+
+from simclr_tf import checkpoints
+from simclr_tf import datasets
+from simclr_tf import distribute
+from simclr_tf import evaluate
+from simclr_tf import export
+from simclr_tf import pipeline
+from simclr_tf import train as train_lib
+from simclr_tf.config import RunConfig
+
+RESULT_FILE = 'result.json'
+
+
+class Run:
+  """A run's configuration, dataset source and strategy."""
+
+  def __init__(self, config: RunConfig, strategy: tf.distribute.Strategy,
+               source: datasets.Source):
+    self.config = config
+    self.strategy = strategy
+    self.source = source
+    self.chief = distribute.is_chief(strategy)
+
+  @property
+  def model_dir(self):
+    return self.config.train.model_dir
+
+  @property
+  def eval_split(self):
+    return self.config.data.eval_split or self.source.default_eval_split
+
+  def eval_data(self, split: str) -> evaluate.EvalData:
+    return evaluate.EvalData(
+        self.source, pipeline.Split(split), self.config.augment,
+        self.config.eval.eval_batch_size, self.config.eval.eval_steps)
+
+
+def _knn(run: Run, train_features, train_labels, test_features, test_labels):
+  scores = evaluate.knn_scores(
+      train_features, train_labels, test_features,
+      run.source.num_classes, k=run.config.eval.knn_k,
+      temperature=run.config.eval.knn_temperature)
+  return {'knn_top_1_accuracy': evaluate.accuracy(scores, test_labels, 1),
+          'knn_top_5_accuracy': evaluate.accuracy(scores, test_labels, 5)}
+
+
+def _probe(run: Run, train_features, train_labels, test_features,
+           test_labels):
+  scores = evaluate.linear_probe(
+      train_features, train_labels, test_features, run.source.num_classes,
+      steps=run.config.eval.linear_probe_steps)
+  return {'linear_probe_top_1_accuracy':
+              evaluate.accuracy(scores, test_labels, 1),
+          'linear_probe_top_5_accuracy':
+              evaluate.accuracy(scores, test_labels, 5)}
+
+
+def feature_metrics(run: Run, model, knn=True, probe=False) -> dict:
+  """kNN and linear-probe accuracy of `model`'s frozen features."""
+  if not (knn or probe):
+    return {}
+  started = time.time()
+  train_x, train_y = evaluate.extract_features(
+      model, run.strategy, run.eval_data(run.config.data.train_split))
+  test_x, test_y = evaluate.extract_features(
+      model, run.strategy, run.eval_data(run.eval_split))
+  results = {}
+  if knn:
+    results.update(_knn(run, train_x, train_y, test_x, test_y))
+  if probe:
+    results.update(_probe(run, train_x, train_y, test_x, test_y))
+  logging.info('Feature evaluation (%d train, %d test) took %.0f s.',
+               len(train_y), len(test_y), time.time() - started)
+  return results
+
+
+def evaluate_model(run: Run, model, global_step: int) -> dict:
+  """Everything result.json holds for `model` at `global_step`."""
+  datasets.require_labels(run.source, 'evaluation')
+  config = run.config.eval
+  result = {'global_step': global_step, 'eval_split': run.eval_split}
+  has_head = model.supervised_head is not None
+  if has_head:
+    result.update(evaluate.label_accuracy(model, run.strategy,
+                                          run.eval_data(run.eval_split)))
+  # The random-weights baseline has no trained head: compare probes.
+  probe = config.linear_probe or config.random_baseline or not has_head
+  result.update(feature_metrics(run, model, knn=config.knn, probe=probe))
+  if not has_head:  # Linear evaluation then comes from the probe.
+    result['label_top_1_accuracy'] = result['linear_probe_top_1_accuracy']
+    result['label_top_5_accuracy'] = result['linear_probe_top_5_accuracy']
+  if config.random_baseline:
+    with run.strategy.scope():
+      keras.utils.set_random_seed(run.config.data.seed)
+      random_model = train_lib.build_model(run.config)
+    baseline = feature_metrics(run, random_model, knn=config.knn, probe=True)
+    result.update({f'random_init_{k}': v for k, v in baseline.items()})
+  return result
+
+
+def write_result(run: Run, result: dict):
+  if not run.chief:
+    return
+  path = os.path.join(run.model_dir, RESULT_FILE)
+  temporary = path + '.tmp'
+  with open(temporary, 'w') as f:
+    json.dump(result, f, indent=2, sort_keys=True)
+  os.replace(temporary, path)
+  writer = tf.summary.create_file_writer(os.path.join(run.model_dir, 'eval'))
+  with writer.as_default(step=result['global_step']):
+    for name, value in result.items():
+      if isinstance(value, float):
+        tf.summary.scalar(name, value)
+  writer.flush()
+
+
+def print_result(result: dict):
+  """A short table; with a random baseline, learned next to random."""
+  rows = [('linear eval top-1 (supervised head)', 'label_top_1_accuracy'),
+          ('linear probe top-1 (frozen features)',
+           'linear_probe_top_1_accuracy'),
+          ('kNN top-1 (frozen features)', 'knn_top_1_accuracy')]
+  baseline = any(k.startswith('random_init_') for k in result)
+  header = f'{"":40s} {"learned":>8s}' + (f' {"random":>8s}' if baseline
+                                           else '')
+  lines = [f'Results at step {result["global_step"]} on '
+           f'{result.get("num_eval_examples", "")} {result["eval_split"]} '
+           'images:', header]
+  for title, key in rows:
+    if key not in result:
+      continue
+    line = f'{title:40s} {result[key]:8.4f}'
+    if baseline:
+      random_value = result.get(f'random_init_{key}')
+      line += f' {random_value:8.4f}' if random_value is not None else ''
+    lines.append(line)
+  print('\n'.join(lines), flush=True)
+
+
+def _export(run: Run, model, global_step: int):
+  if run.chief:
+    export.export(model, run.config.augment, run.model_dir, global_step,
+                  run.config.train.keep_hub_module_max)
+
+
+def run_train(run: Run, then_eval: bool) -> dict | None:
+  config = run.config
+
+  def on_checkpoint(model, step, index, final):
+    # The end of training has its own evaluation below.
+    every = config.eval.knn_every_n_checkpoints
+    if (every and index % every == 0 and not final and config.eval.knn and
+        run.source.has_labels):
+      results = feature_metrics(run, model, knn=True)
+      logging.info('kNN monitor at step %d: %s', step, results)
+      write_summary(run, step, results)
+
+  result = train_lib.train(config, run.strategy, run.source, run.chief,
+                           on_checkpoint)
+  _export(run, result.model, result.global_step)
+  if then_eval:
+    evaluation = evaluate_model(run, result.model, result.global_step)
+    write_result(run, evaluation)
+    print_result(evaluation)
+    return evaluation
+  if config.eval.knn and run.source.has_labels:
+    results = feature_metrics(run, result.model, knn=True)
+    write_summary(run, result.global_step, results)
+    logging.info('kNN monitor at the end of training: %s', results)
+  return None
+
+
+def write_summary(run: Run, step: int, values: dict):
+  if not run.chief:
+    return
+  writer = tf.summary.create_file_writer(os.path.join(run.model_dir, 'eval'))
+  with writer.as_default(step=step):
+    for name, value in values.items():
+      tf.summary.scalar(name, value)
+  writer.flush()
+
+
+def _restored_model(run: Run, path: str):
+  with run.strategy.scope():
+    model = train_lib.build_model(run.config)
+  tf.train.Checkpoint(model=model).read(path).expect_partial() \
+      .assert_existing_objects_matched()
+  return model, checkpoints.step_of(path)
+
+
+def run_eval(run: Run, watch: bool = False, timeout: float = 0) -> dict:
+  """Evaluates the latest checkpoint, or each new one while watching."""
+  result = None
+  if watch:
+    for path in tf.train.checkpoints_iterator(run.model_dir,
+                                              timeout=timeout or None):
+      model, step = _restored_model(run, path)
+      result = evaluate_model(run, model, step)
+      write_result(run, result)
+      print_result(result)
+    return result
+  path = checkpoints.latest_in(run.model_dir)
+  if path is None:
+    raise checkpoints.CheckpointError(
+        f'--model_dir={run.model_dir} holds no checkpoint to evaluate; train '
+        'first (--mode=train) or point --model_dir at a training run.')
+  model, step = _restored_model(run, path)
+  result = evaluate_model(run, model, step)
+  write_result(run, result)
+  print_result(result)
+  return result
+
+
+def run_export(run: Run, checkpoint: str | None) -> str:
+  path = (checkpoints.resolve(checkpoint) if checkpoint
+          else checkpoints.latest_in(run.model_dir))
+  if path is None:
+    raise checkpoints.CheckpointError(
+        f'--model_dir={run.model_dir} holds no checkpoint to export; give '
+        '--checkpoint=PATH or train first.')
+  model, step = _restored_model(run, path)
+  exported = export.export(model, run.config.augment, run.model_dir, step,
+                           run.config.train.keep_hub_module_max)
+  print(f'Exported {path} to {exported}', flush=True)
+  return exported

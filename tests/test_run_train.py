@@ -1,0 +1,153 @@
+"""run.py end to end on a tiny image folder: train_then_eval, resume,
+fine-tune with a label fraction, eval, and the artefacts DESIGN.md lists."""
+
+import glob
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorboard.backend.event_processing import event_accumulator
+
+from simclr_tf.config import EncoderConfig, ModelConfig
+from simclr_tf.model import SimCLRModel
+from tests import helpers
+from tests.test_run_preview import run
+
+TINY = ['--image_size=16', '--resnet_depth=18', '--width_multiplier=0.25',
+        '--train_batch_size=8', '--eval_batch_size=8', '--summary_steps=2',
+        '--steps_per_loop=2', '--knn_k=5', '--seed=3']
+
+
+@pytest.fixture(scope='module')
+def folder(tmp_path_factory):
+  root = tmp_path_factory.mktemp('data') / 'shapes'
+  helpers.make_class_folder(str(root), np.random.default_rng(0),
+                            classes=('a', 'b', 'c'), per_class=12,
+                            size=(20, 20))
+  return str(root)
+
+
+@pytest.fixture(scope='module')
+def pretrained(folder, tmp_path_factory):
+  model_dir = str(tmp_path_factory.mktemp('runs') / 'pretrain')
+  result = run('--mode=train_then_eval', f'--dataset=folder:{folder}',
+               f'--model_dir={model_dir}', '--train_steps=4',
+               '--checkpoint_steps=2', *TINY)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return model_dir, result
+
+
+def _tags(directory):
+  tags = set()
+  for path in glob.glob(os.path.join(directory, 'events.out.tfevents.*')):
+    accumulator = event_accumulator.EventAccumulator(path)
+    accumulator.Reload()
+    tags |= set(accumulator.Tags()['tensors']) | set(
+        accumulator.Tags()['images'])
+  return tags
+
+
+def _encoder_kernels(model_dir, train_mode):
+  """Kernels per encoder stage, restored from the run's latest checkpoint."""
+  config = ModelConfig(
+      encoder=EncoderConfig(depth=18, width_multiplier=0.25, cifar_stem=True),
+      num_classes=3, train_mode=train_mode)
+  model = SimCLRModel(config)
+  model(tf.zeros([1, 16, 16, 3]))
+  tf.train.Checkpoint(model=model).read(
+      tf.train.latest_checkpoint(model_dir)).expect_partial()
+  stages = [model.encoder.stem, *model.encoder.block_groups]
+  return {stage.name: [v.numpy() for v in stage.weights
+                       if v.name == 'kernel'] for stage in stages}
+
+
+def test_train_then_eval_leaves_every_artefact(pretrained):
+  model_dir, result = pretrained
+  assert tf.train.latest_checkpoint(model_dir).endswith('ckpt-4')
+  assert os.path.exists(os.path.join(model_dir, 'ckpt-2.index'))
+  flags = json.load(open(os.path.join(model_dir, 'flags.json')))
+  assert flags['flags']['train_steps'] == 4
+  assert flags['config']['augment']['image_size'] == 16
+  outcome = json.load(open(os.path.join(model_dir, 'result.json')))
+  assert outcome['global_step'] == 4
+  for key in ('label_top_1_accuracy', 'label_top_5_accuracy',
+              'knn_top_1_accuracy'):
+    assert 0.0 <= outcome[key] <= 1.0
+  assert outcome['num_eval_examples'] == 3  # 10% of each class held out.
+  assert os.listdir(os.path.join(model_dir, 'saved_model')) == ['4']
+  assert {'total_loss', 'contrast_loss', 'contrast_acc', 'contrast_entropy',
+          'supervised_loss', 'supervised_acc', 'learning_rate',
+          'weight_decay', 'images_per_second', 'augmented_views'} <= _tags(
+              os.path.join(model_dir, 'train'))
+  assert {'label_top_1_accuracy', 'knn_top_1_accuracy'} <= _tags(
+      os.path.join(model_dir, 'eval'))
+  assert 'Results at step 4' in result.stdout
+
+
+def test_eval_mode_reproduces_result_json(pretrained, folder):
+  model_dir, _ = pretrained
+  before = json.load(open(os.path.join(model_dir, 'result.json')))
+  result = run('--mode=eval', f'--dataset=folder:{folder}',
+               f'--model_dir={model_dir}', *TINY)
+  assert result.returncode == 0, result.stderr[-3000:]
+  after = json.load(open(os.path.join(model_dir, 'result.json')))
+  for key in ('global_step', 'label_top_1_accuracy', 'label_top_5_accuracy',
+              'knn_top_1_accuracy', 'num_eval_examples'):
+    assert after[key] == before[key], key
+
+
+def test_finetune_with_label_fraction_changes_only_unfrozen_blocks(
+    pretrained, folder, tmp_path):
+  model_dir, _ = pretrained
+  finetune_dir = str(tmp_path / 'finetune')
+  result = run('--mode=train', f'--dataset=folder:{folder}',
+               '--train_mode=finetune', f'--checkpoint={model_dir}',
+               f'--model_dir={finetune_dir}', '--label_fraction=0.34',
+               '--fine_tune_after_block=2', '--train_steps=3',
+               '--learning_rate=0.5', '--knn=False', *TINY)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'Restored the encoder and projection head' in result.stderr
+  # round(0.34 * 33 / 3) = 4 of each class's 11 training images.
+  assert 'Fine-tuning on 12 labeled examples' in result.stderr
+  before = _encoder_kernels(model_dir, 'pretrain')
+  after = _encoder_kernels(finetune_dir, 'finetune')
+  changed = {stage: [not np.array_equal(x, y)
+                     for x, y in zip(before[stage], after[stage])]
+             for stage in before}
+  assert not any(changed['stem'] + changed['block_group1'] +
+                 changed['block_group2'])
+  assert any(changed['block_group3']) and any(changed['block_group4'])
+  assert os.listdir(os.path.join(finetune_dir, 'saved_model')) == ['3']
+
+
+def test_a_second_invocation_resumes(pretrained, folder, tmp_path):
+  model_dir, _ = pretrained
+  resumed_dir = str(tmp_path / 'resumed')
+  import shutil  # pylint: disable=g-import-not-at-top
+  shutil.copytree(model_dir, resumed_dir)
+  result = run('--mode=train', f'--dataset=folder:{folder}',
+               f'--model_dir={resumed_dir}', '--train_steps=6',
+               '--checkpoint_steps=2', '--knn=False', *TINY)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'Resuming from' in result.stderr and 'ckpt-4' in result.stderr
+  assert 'step 6/6' in result.stderr
+  assert tf.train.latest_checkpoint(resumed_dir).endswith('ckpt-6')
+  # Only steps 5 and 6 ran: the weights at 4 were the starting point.
+  reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(resumed_dir))
+  assert reader.get_tensor(
+      'optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE') == 6
+  assert sorted(os.listdir(os.path.join(resumed_dir, 'saved_model'))) == [
+      '6']
+
+
+def test_evaluation_of_unlabeled_images_says_so(tmp_path, rng):
+  for i in range(6):
+    helpers.write(str(tmp_path / 'flat' / f'{i}.png'),
+                  helpers.encode(helpers.random_rgb(rng), 'PNG'))
+  result = run('--mode=train_then_eval', f'--dataset=folder:{tmp_path}/flat',
+               f'--model_dir={tmp_path}/m', '--train_steps=1', *TINY)
+  assert result.returncode == 2
+  assert 'has no labels, so it cannot be used for evaluation' in result.stderr
+  assert not os.path.exists(tmp_path / 'm' / 'checkpoint')
