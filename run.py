@@ -17,7 +17,7 @@ from absl import logging
 # Keep TensorFlow's C++ start-up chatter out of the way unless asked for.
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
-MODES = ('train', 'eval', 'train_then_eval', 'export', 'preview')
+MODES = ('train', 'eval', 'train_then_eval', 'export', 'preview', 'embed')
 
 # --- What to run ----------------------------------------------------------------
 flags.DEFINE_enum('mode', None, MODES, 'What to run.')
@@ -153,6 +153,14 @@ flags.DEFINE_string('preview_path', 'views.png',
 flags.DEFINE_integer('preview_images', 6, 'Rows (images) in the preview.')
 flags.DEFINE_integer('preview_pairs', 3,
                      'Pairs of augmented views per preview row.')
+
+# --- Embedding ------------------------------------------------------------------
+flags.DEFINE_string('saved_model', None, '--mode=embed: the exported '
+                    'SavedModel directory (saved_model/<step>).')
+flags.DEFINE_string('output', 'embeddings.npz', '--mode=embed: the .npz '
+                    'written (embeddings, paths, labels, neighbours).')
+flags.DEFINE_integer('neighbors', 0, '--mode=embed: also store each image\'s '
+                     'K nearest neighbours by cosine similarity.')
 
 FLAGS = flags.FLAGS
 
@@ -319,6 +327,24 @@ def run_preview():
         f'{FLAGS.preview_pairs} pairs of SimCLR views.')
 
 
+def run_embed():
+  # pylint: disable=g-import-not-at-top
+  from simclr_tf import datasets
+  from simclr_tf import embed
+  _check(FLAGS.saved_model, '--mode=embed needs --saved_model=DIR '
+         '(a model_dir\'s saved_model/<step>).')
+  _check(os.path.exists(os.path.join(FLAGS.saved_model, 'saved_model.pb')),
+         f'--saved_model={FLAGS.saved_model} holds no saved_model.pb.')
+  _check(FLAGS.dataset.startswith(datasets.FOLDER_PREFIX),
+         '--mode=embed takes --dataset=folder:PATH.')
+  _check(FLAGS.neighbors >= 0, '--neighbors must be >= 0.')
+  arrays = embed.embed_folder(
+      FLAGS.saved_model, FLAGS.dataset[len(datasets.FOLDER_PREFIX):],
+      FLAGS.output, FLAGS.neighbors, FLAGS.eval_batch_size)
+  print(f'Wrote {FLAGS.output}: {arrays["embeddings"].shape[0]} embeddings '
+        f'of size {arrays["embeddings"].shape[1]}.')
+
+
 def _single_device():
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   return tf.distribute.get_strategy()
@@ -370,6 +396,8 @@ def main(argv):
     check_flags()
     if FLAGS.mode == 'preview':
       run_preview()
+    elif FLAGS.mode == 'embed':
+      run_embed()
     else:
       run_mode()
   except (UsageError, DatasetError, CheckpointError, FloatingPointError) as e:

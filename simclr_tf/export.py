@@ -25,34 +25,64 @@ from simclr_tf.config import AugmentConfig
 SAVED_MODEL_DIR = 'saved_model'
 
 
-def _outputs(model, images, training=False):
-  outputs = model(images, training=training)
-  result = {'default': outputs['final_avg_pool'],
-            'final_avg_pool': outputs['final_avg_pool']}
-  if model.projection_head.num_layers:
-    result['proj_head_output'] = outputs['proj_head_output']
-  if 'logits_sup' in outputs:
-    result['logits_sup'] = outputs['logits_sup']
-    result['probabilities'] = tf.nn.softmax(outputs['logits_sup'])
-  return result
+def _unique_names(variables):
+  """Keras paths, made unique: TF1-style loaders (TF Serving, saved_model_cli
+  run) restore variables by name, and Keras 3's own TF variable names repeat
+  (`sim_clr_model/kernel`)."""
+  names, seen = [], {}
+  for variable in variables:
+    name = variable.path
+    seen[name] = seen.get(name, 0) + 1
+    names.append(name if seen[name] == 1 else f'{name}_{seen[name] - 1}')
+  return names
+
+
+def _own_copies(variables, trainable):
+  return [tf.Variable(v.numpy(), name=name, trainable=trainable)
+          for v, name in zip(variables, _unique_names(variables))]
 
 
 def build_module(model, augment_config: AugmentConfig) -> tf.Module:
-  """The object that `tf.saved_model.save` writes, with its signatures."""
+  """The object that `tf.saved_model.save` writes, with its signatures.
+
+  It owns uniquely named copies of the model's variables and runs the model
+  through `stateless_call` on them, so the SavedModel holds nothing else.
+  """
   size = augment_config.image_size
   image_spec = tf.TensorSpec([None, size, size, 3], tf.float32, name='images')
   bytes_spec = tf.TensorSpec([None], tf.string, name='image_bytes')
+  trainable = _own_copies(model.trainable_variables, trainable=True)
+  non_trainable = _own_copies(model.non_trainable_variables, trainable=False)
+  has_projection = model.projection_head.num_layers > 0
+
+  def run_model(images, training):
+    outputs, updated = model.stateless_call(trainable, non_trainable, images,
+                                            training=training)
+    if training:  # Batch-norm statistics move when fine-tuned.
+      for variable, value in zip(non_trainable, updated):
+        variable.assign(value)
+    return outputs
+
+  def named_outputs(images):
+    outputs = run_model(images, training=False)
+    result = {'default': outputs['final_avg_pool'],
+              'final_avg_pool': outputs['final_avg_pool']}
+    if has_projection:
+      result['proj_head_output'] = outputs['proj_head_output']
+    if 'logits_sup' in outputs:
+      result['logits_sup'] = outputs['logits_sup']
+      result['probabilities'] = tf.nn.softmax(outputs['logits_sup'])
+    return result
 
   # A plain trackable root: hub.KerasLayer reads these attributes.
   root = tf.train.Checkpoint()
-  root.model = model
-  root.variables = list(model.variables)
-  root.trainable_variables = list(model.trainable_variables)
+  root.variables = trainable + non_trainable
+  root.trainable_variables = list(trainable)
   root.regularization_losses = []
 
   @tf.function
   def call(images, training=False):
-    return model(images, training=training)['final_avg_pool']
+    return run_model(images, training)['final_avg_pool']
 
   call.get_concrete_function(image_spec, training=False)
   call.get_concrete_function(image_spec, training=True)
@@ -60,7 +90,7 @@ def build_module(model, augment_config: AugmentConfig) -> tf.Module:
 
   @tf.function(input_signature=[image_spec])
   def serving_default(images):
-    return _outputs(model, images)
+    return named_outputs(images)
 
   def decode(encoded):
     image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
@@ -72,7 +102,7 @@ def build_module(model, augment_config: AugmentConfig) -> tf.Module:
     images = tf.map_fn(decode, image_bytes,
                        fn_output_signature=tf.TensorSpec([size, size, 3],
                                                          tf.float32))
-    return _outputs(model, images)
+    return named_outputs(images)
 
   root.serving_default = serving_default
   root.serving_bytes = serving_bytes
@@ -90,17 +120,23 @@ def export(model, augment_config: AugmentConfig, model_dir: str,
   base = os.path.join(model_dir, SAVED_MODEL_DIR)
   os.makedirs(base, exist_ok=True)
   final = os.path.join(base, str(global_step))
+  for stale in os.listdir(base):  # Left by a process killed mid-export.
+    if stale.startswith('.tmp-'):
+      shutil.rmtree(os.path.join(base, stale), ignore_errors=True)
   temporary = os.path.join(base, f'.tmp-{global_step}-{os.getpid()}')
-  shutil.rmtree(temporary, ignore_errors=True)
   start = time.time()
   root = build_module(model, augment_config)
   try:
     tf.saved_model.save(root, temporary, signatures={
         'serving_default': root.serving_default,
         'serving_bytes': root.serving_bytes})
-    if os.path.exists(final):
-      shutil.rmtree(final)
-    os.rename(temporary, final)
+    if os.path.exists(final):  # Re-export of the same step: swap it out.
+      replaced = f'{temporary}-old'
+      os.rename(final, replaced)
+      os.rename(temporary, final)
+      shutil.rmtree(replaced)
+    else:
+      os.rename(temporary, final)
   finally:
     shutil.rmtree(temporary, ignore_errors=True)
   logging.info('Exported SavedModel to %s in %.1f s.', final,

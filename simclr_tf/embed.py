@@ -1,0 +1,63 @@
+"""Embeddings of an image folder with an exported SavedModel.
+
+Uses the `serving_bytes` signature, so images get exactly the decoding and
+preprocessing that a TF Serving client gets.
+"""
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from simclr_tf.datasets import FolderSource
+
+
+def embed_files(saved_model_dir: str, paths: list[str],
+                batch_size: int = 64) -> np.ndarray:
+  """`default` outputs [N, F] for the image files at `paths`."""
+  serve = tf.saved_model.load(saved_model_dir).signatures['serving_bytes']
+  progress = keras.utils.Progbar(len(paths), unit_name='image')
+  embeddings = []
+  for start in range(0, len(paths), batch_size):
+    batch = paths[start:start + batch_size]
+    encoded = tf.stack([tf.io.read_file(p) for p in batch])
+    embeddings.append(serve(image_bytes=encoded)['default'].numpy())
+    progress.add(len(batch))
+  return np.concatenate(embeddings)
+
+
+def nearest_neighbors(embeddings: np.ndarray, k: int, chunk_size=1024):
+  """(indices [N, k], cosine similarities [N, k]) of each row's k nearest
+  other rows, most similar first."""
+  k = min(k, len(embeddings) - 1)
+  unit = tf.math.l2_normalize(tf.constant(embeddings, tf.float32), -1)
+  indices, similarities = [], []
+  for start in range(0, len(embeddings), chunk_size):
+    rows = unit[start:start + chunk_size]
+    similarity = tf.matmul(rows, unit, transpose_b=True)
+    # An image is not its own neighbour.
+    own = tf.range(start, start + rows.shape[0])
+    similarity -= 3.0 * tf.one_hot(own, len(embeddings))
+    top = tf.math.top_k(similarity, k)
+    indices.append(top.indices.numpy())
+    similarities.append(top.values.numpy())
+  return np.concatenate(indices), np.concatenate(similarities)
+
+
+def embed_folder(saved_model_dir: str, folder: str, output: str,
+                 neighbors: int = 0, batch_size: int = 64) -> dict:
+  """Writes `output` (.npz): `embeddings`, `paths`, and `labels` /
+  `class_names` when the folder has classes, `neighbors` /
+  `neighbor_similarities` when `neighbors` > 0."""
+  source = FolderSource(folder)
+  splits = '+'.join(source.split_sizes)
+  paths = source.paths(splits)
+  arrays = {'embeddings': embed_files(saved_model_dir, paths, batch_size),
+            'paths': np.array(paths)}
+  if source.has_labels:
+    arrays['labels'] = source.labels(splits)
+    arrays['class_names'] = np.array(source.class_names)
+  if neighbors > 0:
+    arrays['neighbors'], arrays['neighbor_similarities'] = (
+        nearest_neighbors(arrays['embeddings'], neighbors))
+  np.savez(output, **arrays)
+  return arrays
