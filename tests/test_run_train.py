@@ -34,7 +34,7 @@ def pretrained(folder, tmp_path_factory):
   model_dir = str(tmp_path_factory.mktemp('runs') / 'pretrain')
   result = run('--mode=train_then_eval', f'--dataset=folder:{folder}',
                f'--model_dir={model_dir}', '--train_steps=4',
-               '--checkpoint_steps=2', *TINY)
+               '--checkpoint_steps=2', '--knn_every_n_checkpoints=1', *TINY)
   assert result.returncode == 0, result.stderr[-3000:]
   return model_dir, result
 
@@ -86,16 +86,49 @@ def test_train_then_eval_leaves_every_artefact(pretrained):
   assert 'Results at step 4' in result.stdout
 
 
+def _scalar_steps(directory, tag):
+  steps = []
+  for path in glob.glob(os.path.join(directory, 'events.out.tfevents.*')):
+    accumulator = event_accumulator.EventAccumulator(path)
+    accumulator.Reload()
+    if tag in accumulator.Tags()['tensors']:
+      steps += [event.step for event in accumulator.Tensors(tag)]
+  return sorted(steps)
+
+
+def test_knn_monitor_runs_at_checkpoints_and_at_the_end(pretrained):
+  model_dir, _ = pretrained
+  assert _scalar_steps(os.path.join(model_dir, 'eval'),
+                       'knn_top_1_accuracy') == [2, 4]
+
+
+def test_export_mode_exports_a_given_checkpoint(pretrained, folder,
+                                                tmp_path):
+  model_dir, _ = pretrained
+  export_dir = str(tmp_path / 'exported')
+  result = run('--mode=export', f'--dataset=folder:{folder}',
+               f'--model_dir={export_dir}',
+               f'--checkpoint={os.path.join(model_dir, "ckpt-2")}', *TINY)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert os.listdir(os.path.join(export_dir, 'saved_model')) == ['2']
+  loaded = tf.saved_model.load(os.path.join(export_dir, 'saved_model', '2'))
+  assert loaded.signatures['serving_default'](
+      images=tf.zeros([2, 16, 16, 3]))['logits_sup'].shape == (2, 3)
+
+
 def test_eval_mode_reproduces_result_json(pretrained, folder):
   model_dir, _ = pretrained
   before = json.load(open(os.path.join(model_dir, 'result.json')))
-  result = run('--mode=eval', f'--dataset=folder:{folder}',
-               f'--model_dir={model_dir}', *TINY)
-  assert result.returncode == 0, result.stderr[-3000:]
-  after = json.load(open(os.path.join(model_dir, 'result.json')))
-  for key in ('global_step', 'label_top_1_accuracy', 'label_top_5_accuracy',
-              'knn_top_1_accuracy', 'num_eval_examples'):
-    assert after[key] == before[key], key
+  # Plain, then --eval_watch, which evaluates the checkpoint there and stops
+  # after waiting --eval_timeout seconds for a newer one.
+  for watch in ([], ['--eval_watch', '--eval_timeout=1']):
+    result = run('--mode=eval', f'--dataset=folder:{folder}',
+                 f'--model_dir={model_dir}', *watch, *TINY)
+    assert result.returncode == 0, result.stderr[-3000:]
+    after = json.load(open(os.path.join(model_dir, 'result.json')))
+    for key in ('global_step', 'label_top_1_accuracy', 'label_top_5_accuracy',
+                'knn_top_1_accuracy', 'num_eval_examples'):
+      assert after[key] == before[key], key
 
 
 def test_finetune_with_label_fraction_changes_only_unfrozen_blocks(

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The README's main job: set up .venv and pretrain on Fashion-MNIST on a CPU
+# (about 8 minutes on 2 cores), then print linear-eval and kNN accuracy next
+# to the same encoder with random weights. Extra arguments go to run.py.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Offline data: Debian's dataset-fashion-mnist (else TFDS downloads it).
+if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null; then
+  sudo_cmd=""; [ "$(id -u)" = 0 ] || sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq && $sudo_cmd apt-get install -y -qq dataset-fashion-mnist \
+    || echo "Could not install dataset-fashion-mnist; TFDS will try to download."
+fi
+
+python3 -m venv .venv
+.venv/bin/pip install -q -r requirements.txt
+exec .venv/bin/python run.py --mode=train_then_eval --dataset=fashion_mnist \
+  --resnet_depth=18 --width_multiplier=0.25 --train_batch_size=256 \
+  --train_epochs=1.5 --warmup_epochs=0.1 --learning_rate=1.0 --temperature=0.5 \
+  --checkpoint_epochs=1 --eval_batch_size=1000 --random_baseline \
+  --model_dir=models/quickstart "$@"
