@@ -60,7 +60,7 @@ def latest_in(model_dir: str) -> str | None:
   return tf.train.latest_checkpoint(model_dir)
 
 
-def manager(checkpoint, model_dir: str, max_to_keep: int):
-  os.makedirs(model_dir, exist_ok=True)
-  return tf.train.CheckpointManager(checkpoint, model_dir, max_to_keep,
+def manager(checkpoint, directory: str, max_to_keep: int):
+  os.makedirs(directory, exist_ok=True)
+  return tf.train.CheckpointManager(checkpoint, directory, max_to_keep,
                                     checkpoint_name=CHECKPOINT_NAME)

@@ -75,15 +75,16 @@ def extract_features(model, strategy, data: EvalData):
     def replica_fn(batch):
       features = model(batch['image'], training=False)['final_avg_pool']
       return features, batch['label'], batch['mask']
-    return strategy.run(replica_fn, args=(batch,))
+    # Every replica's rows, on every worker (each worker reads a shard).
+    return [strategy.gather(value, axis=0)
+            for value in strategy.run(replica_fn, args=(batch,))]
 
   features, labels, masks = [], [], []
   for _, batch in zip(range(data.num_steps()), data.distributed(strategy)):
-    for f, l, m in zip(*[strategy.experimental_local_results(v)
-                         for v in step(batch)]):
-      features.append(f.numpy())
-      labels.append(l.numpy())
-      masks.append(m.numpy())
+    f, l, m = step(batch)
+    features.append(f.numpy())
+    labels.append(l.numpy())
+    masks.append(m.numpy())
   keep = np.concatenate(masks) > 0
   return np.concatenate(features)[keep], np.concatenate(labels)[keep]
 

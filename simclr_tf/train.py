@@ -8,6 +8,8 @@ writes summaries, checkpoints and a progress line.
 import dataclasses
 import math
 import os
+import shutil
+import tempfile
 import time
 
 from absl import logging
@@ -210,14 +212,17 @@ def train(config: RunConfig, strategy: tf.distribute.Strategy,
     metrics = {name: keras.metrics.Mean(name=name) for name in metric_names}
 
   checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
-  manager = checkpoints.manager(checkpoint, tc.model_dir,
-                                tc.keep_checkpoint_max)
-  if manager.latest_checkpoint:
-    status = checkpoint.restore(manager.latest_checkpoint)
-    status.assert_existing_objects_matched()
-    logging.info('Resuming from %s.', manager.latest_checkpoint)
+  latest = checkpoints.latest_in(tc.model_dir)
+  if latest:
+    checkpoint.restore(latest).assert_existing_objects_matched()
+    logging.info('Resuming from %s.', latest)
   elif tc.checkpoint:
     checkpoints.restore_encoder(model, tc.checkpoint)
+  # Every worker saves (saving is collective under multi-worker strategies),
+  # but only the chief into model_dir; the others into a temporary place
+  # that is removed at the end (the TensorFlow multi-worker guide's recipe).
+  save_dir = tc.model_dir if chief else tempfile.mkdtemp(prefix='worker-')
+  manager = checkpoints.manager(checkpoint, save_dir, tc.keep_checkpoint_max)
 
   views = 2 if pretrain else 1
   dataset = strategy.distribute_datasets_from_function(
@@ -256,7 +261,7 @@ def train(config: RunConfig, strategy: tf.distribute.Strategy,
     if not np.isfinite(results['total_loss']):
       raise FloatingPointError(
           f'The loss became {results["total_loss"]} at step {step}; the last '
-          f'good checkpoint is {manager.latest_checkpoint}.')
+          f'good checkpoint is {checkpoints.latest_in(tc.model_dir)}.')
     at_end = step >= plan.total_steps
     progress.update(step, images_per_second, results, force=at_end)
     if step % tc.summary_steps == 0 or at_end:
@@ -266,9 +271,23 @@ def train(config: RunConfig, strategy: tf.distribute.Strategy,
       for metric in metrics.values():
         metric.reset_state()
     if step % plan.checkpoint_steps == 0 or at_end:
-      if chief:
-        manager.save(checkpoint_number=step)
+      manager.save(checkpoint_number=step)
       checkpoint_index += 1
       if on_checkpoint is not None:
         on_checkpoint(model, step, checkpoint_index, at_end)
+  if not chief:
+    shutil.rmtree(save_dir, ignore_errors=True)
+  logging.info('Trained to step %d; weights fingerprint %.8e.', step,
+               weights_fingerprint(model))
   return TrainResult(model, step, plan)
+
+
+def weights_fingerprint(model) -> float:
+  """A number that differs when any weight differs (to compare replicas and
+  workers): the sum of every weight times a fixed pseudo-random factor."""
+  total = 0.0
+  for i, variable in enumerate(model.weights):
+    values = np.asarray(variable.numpy(), np.float64).ravel()
+    factors = np.random.default_rng(i).uniform(0.5, 1.5, values.size)
+    total += float(values @ factors)
+  return total

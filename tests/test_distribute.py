@@ -1,0 +1,179 @@
+"""Proofs that training computes the same thing at any scale."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from simclr_tf import optim
+from simclr_tf import train
+from simclr_tf.config import (AugmentConfig, DataConfig, EncoderConfig,
+                              EvalConfig, HeadConfig, ModelConfig,
+                              OptimConfig, RunConfig, TrainConfig)
+from tests import helpers
+from tests.test_run_preview import REPO, run
+
+GLOBAL_BATCH = 8
+SIZE = 12
+
+
+def _config(global_bn):
+  return RunConfig(
+      data=DataConfig(dataset='unused'),
+      augment=AugmentConfig(image_size=SIZE),
+      model=ModelConfig(
+          encoder=EncoderConfig(depth=18, width_multiplier=0.125,
+                                cifar_stem=True, global_bn=global_bn),
+          head=HeadConfig(proj_out_dim=16, num_proj_layers=2),
+          num_classes=3),
+      optim=OptimConfig(optimizer='lars', weight_decay=1e-4),
+      train=TrainConfig(model_dir='unused', train_batch_size=GLOBAL_BATCH,
+                        temperature=0.5),
+      eval=EvalConfig())
+
+
+def _batch():
+  rng = np.random.default_rng(0)
+  views = rng.uniform(0, 1, (2, GLOBAL_BATCH, SIZE, SIZE, 3))
+  return {'view1': views[0].astype(np.float32),
+          'view2': views[1].astype(np.float32),
+          'label': rng.integers(0, 3, GLOBAL_BATCH)}
+
+
+def _initial_weights(config):
+  keras.utils.set_random_seed(0)
+  model = train.build_model(config)
+  for v in model.weights:  # Zero-gamma blocks would hide the encoder.
+    if v.name == 'gamma':
+      v.assign(tf.ones_like(v) * 0.7)
+  return [w.numpy() for w in model.weights]
+
+
+def one_step(replicas, global_bn):
+  """One training step on the same global batch split over `replicas`."""
+  config = _config(global_bn)
+  weights = _initial_weights(config)
+  batch = _batch()
+  local = GLOBAL_BATCH // replicas
+  strategy = helpers.cpu_strategy(replicas)
+  with strategy.scope():
+    model = train.build_model(config)
+    model.set_weights(weights)
+    optimizer = optim.build_optimizer(config.optim, 0.5)
+    optimizer.build(model.trainable_variables)
+    metrics = {name: keras.metrics.Mean(name=name)
+               for name in train.PRETRAIN_METRICS}
+  step_fn = train.make_step_fn(config, model, optimizer, metrics, replicas)
+  values = strategy.experimental_distribute_values_from_function(
+      lambda ctx: {k: tf.constant(v[ctx.replica_id_in_sync_group * local:]
+                                  [:local]) for k, v in batch.items()})
+  tf.function(lambda b: strategy.run(step_fn, args=(b,)))(values)
+  results = {name: float(m.result()) for name, m in metrics.items()}
+  return results, weights, [w.numpy() for w in model.weights]
+
+
+@pytest.fixture(scope='module')
+def single():
+  return one_step(1, global_bn=True)
+
+
+@pytest.mark.parametrize('replicas', [2, 4])
+def test_one_step_is_the_same_on_1_2_and_4_replicas(single, replicas):
+  reference, initial, expected = single
+  results, _, weights = one_step(replicas, global_bn=True)
+  for name in ('total_loss', 'contrast_loss', 'contrast_acc',
+               'contrast_entropy', 'supervised_loss', 'supervised_acc'):
+    assert results[name] == pytest.approx(reference[name], rel=1e-4), name
+  moved = 0
+  for before, want, got in zip(initial, expected, weights):
+    # Relative 1e-4 per variable (elementwise, a weight that the update
+    # moved to near zero would compare float32 rounding noise).
+    assert np.linalg.norm(got - want) <= 1e-4 * np.linalg.norm(want) + 1e-9
+    update, want_update = got - before, want - before
+    if np.abs(want_update).max() > 0:
+      moved += 1
+      assert (np.linalg.norm(update - want_update) <=
+              1e-3 * np.linalg.norm(want_update) + 1e-9)
+  assert moved > len(initial) // 2
+
+
+def test_without_global_bn_replicas_see_different_statistics(single):
+  reference, _, _ = single
+  results, _, _ = one_step(2, global_bn=False)
+  assert abs(results['contrast_loss'] - reference['contrast_loss']) > 1e-3
+
+
+def test_batch_not_divisible_by_replicas_fails_before_work(tmp_path, rng):
+  root = helpers.make_class_folder(str(tmp_path / 'd'), rng, per_class=4)
+  result = run('--mode=train', f'--dataset=folder:{root}',
+               '--cpu_replicas=3', '--train_batch_size=8',
+               f'--model_dir={tmp_path}/m')
+  assert result.returncode == 2
+  assert ('run.py: error: --train_batch_size=8 is not divisible by the 3 '
+          'replicas; use a multiple of 3.') in result.stderr
+  assert not os.path.exists(tmp_path / 'm')
+
+
+def test_run_py_trains_on_two_cpu_replicas(tmp_path, rng):
+  root = helpers.make_class_folder(str(tmp_path / 'd'), rng,
+                                   classes=('a', 'b'), per_class=8,
+                                   size=(16, 16))
+  result = run('--mode=train_then_eval', f'--dataset=folder:{root}',
+               '--cpu_replicas=2', '--image_size=16', '--resnet_depth=18',
+               '--width_multiplier=0.125', '--train_batch_size=8',
+               '--eval_batch_size=4', '--train_steps=3', '--knn_k=3',
+               f'--model_dir={tmp_path}/m')
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'MirroredStrategy over 2 logical CPU devices' in result.stderr
+  outcome = json.load(open(tmp_path / 'm' / 'result.json'))
+  assert outcome['global_step'] == 3 and outcome['num_eval_examples'] == 2
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def test_two_workers_train_identically_and_only_the_chief_writes(tmp_path,
+                                                                  rng):
+  root = helpers.make_class_folder(str(tmp_path / 'd'), rng,
+                                   classes=('a', 'b'), per_class=8,
+                                   size=(16, 16))
+  model_dir = tmp_path / 'm'
+  workers = [f'127.0.0.1:{_free_port()}' for _ in range(2)]
+  flags = ['--mode=train', f'--dataset=folder:{root}', '--image_size=16',
+           '--resnet_depth=18', '--width_multiplier=0.125',
+           '--train_batch_size=8', '--eval_batch_size=4', '--train_steps=3',
+           '--checkpoint_steps=2', '--knn_k=3', f'--model_dir={model_dir}']
+  processes = []
+  started = time.time()
+  for index in range(2):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', CUDA_VISIBLE_DEVICES='',
+               TF_CONFIG=json.dumps({'cluster': {'worker': workers},
+                                     'task': {'type': 'worker',
+                                              'index': index}}))
+    processes.append(subprocess.Popen(
+        [sys.executable, os.path.join(REPO, 'run.py'), *flags], env=env,
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+  outputs = [p.communicate(timeout=600) for p in processes]
+  elapsed = time.time() - started
+  for p, (_, err) in zip(processes, outputs):
+    assert p.returncode == 0, err[-3000:]
+  fingerprints = [[l.split('weights fingerprint ')[1] for l in err.splitlines()
+                   if 'weights fingerprint' in l] for _, err in outputs]
+  assert fingerprints[0] and fingerprints[0] == fingerprints[1]
+  # The chief (worker 0) wrote everything; worker 1 wrote nothing there.
+  assert sorted(os.listdir(model_dir)) == [
+      'checkpoint', 'ckpt-2.data-00000-of-00001', 'ckpt-2.index',
+      'ckpt-3.data-00000-of-00001', 'ckpt-3.index', 'eval', 'flags.json',
+      'saved_model', 'train']
+  assert os.listdir(model_dir / 'saved_model') == ['3']
+  print(f'multi-worker test: {elapsed:.1f} s')
