@@ -141,6 +141,10 @@ flags.DEFINE_boolean('eval_watch', False, '--mode=eval keeps evaluating new '
 flags.DEFINE_float('eval_timeout', 0, 'Seconds --eval_watch waits for a new '
                    'checkpoint before stopping; 0: forever.')
 
+flags.DEFINE_boolean('deterministic', False, 'Deterministic TensorFlow ops, '
+                     'so a run killed and resumed ends with the same weights '
+                     'as an uninterrupted one (slower on GPUs).')
+
 # --- Devices --------------------------------------------------------------------
 flags.DEFINE_integer('cpu_replicas', 1, 'Split the CPU into this many '
                      'logical devices and train on all (MirroredStrategy).')
@@ -215,7 +219,7 @@ def check_flags():
          f'{resnet.SUPPORTED_DEPTHS}.')
   if FLAGS.image_size is not None:
     _check(FLAGS.image_size >= 8, f'--image_size={FLAGS.image_size} is too '
-           'small: use 8 or more.')
+           'small for the CIFAR stem: use 8 or more.')
 
 
 def build_config(source, strategy):
@@ -225,10 +229,8 @@ def build_config(source, strategy):
   native = source.native_image_size
   image_size = FLAGS.image_size or (
       native if native and native <= c.SMALL_IMAGE_MAX_SIZE else 224)
-  _check(image_size >= 8, f'--image_size={image_size} is too small.')
-  if image_size > c.SMALL_IMAGE_MAX_SIZE:
-    _check(image_size >= 32, f'--image_size={image_size}: the ImageNet stem '
-           'downsamples 32x; use 32 or more.')
+  _check(image_size >= 8, f'--image_size={image_size} is too small for the '
+         'CIFAR stem: use 8 or more.')
   use_blur = FLAGS.use_blur
   if use_blur is None:
     use_blur = c.default_use_blur(image_size)
@@ -296,6 +298,35 @@ def build_config(source, strategy):
           random_baseline=FLAGS.random_baseline))
 
 
+def _check_writable(model_dir):
+  """Fails before any work when --model_dir cannot be written."""
+  probe = os.path.join(model_dir, f'.write-test-{os.getpid()}')
+  try:
+    os.makedirs(model_dir, exist_ok=True)
+    with open(probe, 'w') as f:
+      f.write('ok')
+    os.remove(probe)
+  except OSError as e:
+    raise UsageError(f'--model_dir={model_dir} is not writable: '
+                     f'{e.strerror or e}.') from None
+
+
+# What a failed write says, whichever layer (Python or TensorFlow) raised it.
+_STORAGE_ERRORS = ('No space left on device', 'File too large',
+                   'Permission denied', 'Read-only file system',
+                   'Disk quota exceeded')
+
+
+def _storage_error(error) -> str | None:
+  text = str(error)
+  for reason in _STORAGE_ERRORS:
+    if reason in text:
+      return (f'could not write to --model_dir ({reason}). What was already '
+              'written there (checkpoints, exports) is intact: free space or '
+              'fix permissions and run the same command to resume.')
+  return None
+
+
 def write_flags(config):
   """flags.json: every flag of this run and the configuration it became."""
   values = {f.name: f.value
@@ -357,6 +388,9 @@ def run_mode():
   from simclr_tf import datasets
   from simclr_tf import distribute
   from simclr_tf import runner
+  import tensorflow as tf
+  if FLAGS.deterministic:
+    tf.config.experimental.enable_op_determinism()
   if FLAGS.cpu_replicas > 1:
     distribute.split_cpu(FLAGS.cpu_replicas)
   strategy = distribute.make_strategy(FLAGS.cpu_replicas, FLAGS.use_tpu,
@@ -369,8 +403,10 @@ def run_mode():
   if FLAGS.mode in ('train', 'train_then_eval') and FLAGS.checkpoint:
     from simclr_tf import checkpoints
     checkpoints.resolve(FLAGS.checkpoint)  # Fails now if it is missing.
-  keras.utils.set_random_seed(FLAGS.seed)
   run = runner.Run(config, strategy, source)
+  if run.chief:
+    _check_writable(config.train.model_dir)
+  keras.utils.set_random_seed(FLAGS.seed)
   if run.chief and FLAGS.mode != 'export':
     write_flags(config)
   logging.info('Model directory: %s', config.train.model_dir)
@@ -390,8 +426,10 @@ def main(argv):
   if FLAGS.mode is None:
     raise app.UsageError(f'--mode is required: one of {", ".join(MODES)}.')
   # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
   from simclr_tf.checkpoints import CheckpointError
   from simclr_tf.datasets import DatasetError
+  from simclr_tf.train import Preempted
   try:
     check_flags()
     if FLAGS.mode == 'preview':
@@ -401,9 +439,22 @@ def main(argv):
     else:
       run_mode()
   except (UsageError, DatasetError, CheckpointError, FloatingPointError) as e:
-    logging.flush()
-    print(f'run.py: error: {e}', file=sys.stderr)
-    sys.exit(2)
+    _fail(str(e), 2)
+  except Preempted as e:
+    # 128 + SIGTERM: the conventional code of a job stopped by SIGTERM.
+    logging.warning('%s', e)
+    sys.exit(143)
+  except (OSError, tf.errors.OpError) as e:
+    message = _storage_error(e)
+    if message is None:
+      raise
+    _fail(message, 1)
+
+
+def _fail(message, code):
+  logging.flush()
+  print(f'run.py: error: {message}', file=sys.stderr)
+  sys.exit(code)
 
 
 if __name__ == '__main__':

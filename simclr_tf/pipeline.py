@@ -14,9 +14,10 @@ from simclr_tf import augment
 from simclr_tf.config import AugmentConfig
 from simclr_tf.datasets import Source, select
 
-# Shuffling acts on records (indices, paths, encoded bytes), so a buffer of
-# this many is cheap even for large images.
-_SHUFFLE_BUFFER = 100_000
+# Shuffling permutes windows of this many records. Records are indices or
+# paths (a window covers a whole CIFAR- or Fashion-MNIST-sized split) or, for
+# TFDS, encoded images, whose files TFDS already shuffled when preparing them.
+_SHUFFLE_WINDOW = 65_536
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,29 +66,58 @@ def _with_options(dataset):
   return dataset.with_options(options)
 
 
+def _shard_size(num_examples, input_context):
+  if input_context is None or input_context.num_input_pipelines == 1:
+    return num_examples
+  return len(range(input_context.input_pipeline_id, num_examples,
+                   input_context.num_input_pipelines))
+
+
 def train_dataset(source: Source, split: Split, *, global_batch_size: int,
                   augment_config: AugmentConfig, views: int, seed: int,
-                  cache: bool = False, input_context=None):
+                  cache: bool = False, input_context=None,
+                  start_step: int = 0):
   """Endless shuffled, augmented batches for training.
 
   Args:
     views: 2 for SimCLR pretraining (`view1`, `view2` from the pretraining
       augmentation); 1 for fine-tuning (`image`, crop and flip only).
+    start_step: training steps already taken; the stream starts where an
+      uninterrupted run would be at that step.
 
-  Each example's randomness comes from a seed stream that is part of the
-  pipeline, so the same `seed` gives the same batches.
+  The stream is a pure function of `seed` and the position: epoch e is
+  permuted with a seed made from (seed, e), and example number i of the
+  stream is augmented with seed (seed, i). Resuming therefore needs no
+  iterator state: skipping to the position costs only reading records.
   """
   pipeline_seed = _pipeline_seed(seed, input_context)
   records = _shard(_records(source, split), input_context)
   if cache:
     records = records.cache()
-  num_records = split.num_examples(source)
-  records = records.shuffle(min(num_records, _SHUFFLE_BUFFER),
-                            seed=pipeline_seed, reshuffle_each_iteration=True)
-  records = records.repeat()
-  augment_seeds = tf.data.Dataset.random(seed=pipeline_seed).batch(2)
+  num_records = _shard_size(split.num_examples(source), input_context)
+  batch_size = _per_replica_batch(global_batch_size, input_context)
+  num_pipelines = input_context.num_input_pipelines if input_context else 1
+  replicas = input_context.num_replicas_in_sync if input_context else 1
+  consumed = start_step * batch_size * (replicas // num_pipelines)
+  first_epoch, offset = divmod(consumed, num_records)
+  window = min(num_records, _SHUFFLE_WINDOW)
 
-  def make_example(record, example_seed):
+  def epoch_records(epoch):
+    # tf.data's shuffle takes no per-epoch tensor seed: permute each window
+    # of records with a stateless permutation seeded by (seed, epoch, window).
+    def permute(index, block):
+      size = tf.shape(block['label'])[0]
+      order = tf.argsort(tf.random.stateless_uniform(
+          [size], tf.stack([pipeline_seed * 100_003 + epoch, index])))
+      return tf.data.Dataset.from_tensor_slices(
+          tf.nest.map_structure(lambda t: tf.gather(t, order), block))
+    return records.batch(window).enumerate().flat_map(permute)
+
+  stream = tf.data.Dataset.range(first_epoch, 2**62).flat_map(epoch_records)
+  stream = stream.skip(offset).enumerate(start=consumed)
+
+  def make_example(index, record):
+    example_seed = tf.stack([tf.constant(pipeline_seed, tf.int64), index])
     image = source.decode(record['record'])
     if views == 2:
       seed1, seed2 = augment.split_seed(example_seed, 2)
@@ -98,12 +128,10 @@ def train_dataset(source: Source, split: Split, *, global_batch_size: int,
                                            augment_config),
             'label': record['label']}
 
-  dataset = tf.data.Dataset.zip(records, augment_seeds).map(
-      make_example, num_parallel_calls=tf.data.AUTOTUNE)
+  dataset = stream.map(make_example, num_parallel_calls=tf.data.AUTOTUNE)
   if source.decode_may_fail:
     dataset = dataset.ignore_errors(log_warning=True)
-  dataset = dataset.batch(_per_replica_batch(global_batch_size, input_context),
-                          drop_remainder=True)
+  dataset = dataset.batch(batch_size, drop_remainder=True)
   return _with_options(dataset.prefetch(tf.data.AUTOTUNE))
 
 

@@ -166,43 +166,57 @@ class Shortcut(keras.layers.Layer):
     return self.bn(self.conv(inputs), training=training)
 
 
-class BasicBlock(keras.layers.Layer):
+class _ResidualBlock(keras.layers.Layer):
+  """relu(residual(x) [gated by squeeze-excitation] + shortcut(x))."""
+
+  def __init__(self, config: EncoderConfig, filters, filters_out, strides,
+               use_projection, **kwargs):
+    super().__init__(**kwargs)
+    self.shortcut = (Shortcut(config, filters_out, strides) if use_projection
+                     else None)
+    self.se = (SqueezeExcite(filters, config.se_ratio)
+               if config.se_ratio > 0 else None)
+
+  def residual(self, inputs, training):
+    raise NotImplementedError
+
+  def call(self, inputs, training=None):
+    shortcut = (self.shortcut(inputs, training=training) if self.shortcut
+                else inputs)
+    x = self.residual(inputs, training)
+    if self.se is not None:
+      x = self.se(x)
+    return tf.nn.relu(x + shortcut)
+
+
+class BasicBlock(_ResidualBlock):
   """Two 3x3 convolutions (ResNet-18 and -34)."""
 
   expansion = 1
 
   def __init__(self, config: EncoderConfig, filters, strides, use_projection,
                **kwargs):
-    super().__init__(**kwargs)
-    self.shortcut = (Shortcut(config, filters, strides) if use_projection
-                     else None)
+    super().__init__(config, filters, filters, strides, use_projection,
+                     **kwargs)
     self.conv1 = FixedPaddingConv2D(filters, 3, strides)
     self.bn1 = BatchNormRelu(config)
     self.conv2 = FixedPaddingConv2D(filters, 3, 1)
     self.bn2 = BatchNormRelu(config, relu=False, zero_gamma=True)
-    self.se = (SqueezeExcite(filters, config.se_ratio)
-               if config.se_ratio > 0 else None)
 
-  def call(self, inputs, training=None):
-    shortcut = (self.shortcut(inputs, training=training) if self.shortcut
-                else inputs)
+  def residual(self, inputs, training):
     x = self.bn1(self.conv1(inputs), training=training)
-    x = self.bn2(self.conv2(x), training=training)
-    if self.se is not None:
-      x = self.se(x)
-    return tf.nn.relu(x + shortcut)
+    return self.bn2(self.conv2(x), training=training)
 
 
-class BottleneckBlock(keras.layers.Layer):
+class BottleneckBlock(_ResidualBlock):
   """1x1 reduce, 3x3 (strided), 1x1 expand x4 (ResNet-50 and deeper)."""
 
   expansion = 4
 
   def __init__(self, config: EncoderConfig, filters, strides, use_projection,
                **kwargs):
-    super().__init__(**kwargs)
-    self.shortcut = (Shortcut(config, 4 * filters, strides) if use_projection
-                     else None)
+    super().__init__(config, filters, 4 * filters, strides, use_projection,
+                     **kwargs)
     self.conv1 = FixedPaddingConv2D(filters, 1, 1)
     self.bn1 = BatchNormRelu(config)
     if config.sk_ratio > 0:
@@ -214,20 +228,13 @@ class BottleneckBlock(keras.layers.Layer):
       self.bn2 = BatchNormRelu(config)
     self.conv3 = FixedPaddingConv2D(4 * filters, 1, 1)
     self.bn3 = BatchNormRelu(config, relu=False, zero_gamma=True)
-    self.se = (SqueezeExcite(filters, config.se_ratio)
-               if config.se_ratio > 0 else None)
 
-  def call(self, inputs, training=None):
-    shortcut = (self.shortcut(inputs, training=training) if self.shortcut
-                else inputs)
+  def residual(self, inputs, training):
     x = self.bn1(self.conv1(inputs), training=training)
     x = self.conv2(x, training=training)
     if self.bn2 is not None:
       x = self.bn2(x, training=training)
-    x = self.bn3(self.conv3(x), training=training)
-    if self.se is not None:
-      x = self.se(x)
-    return tf.nn.relu(x + shortcut)
+    return self.bn3(self.conv3(x), training=training)
 
 
 class BlockGroup(keras.layers.Layer):

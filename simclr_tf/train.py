@@ -9,7 +9,9 @@ import dataclasses
 import math
 import os
 import shutil
+import signal
 import tempfile
+import threading
 import time
 
 from absl import logging
@@ -152,6 +154,34 @@ class _Summaries:
       tf.summary.image('augmented_views', pairs, max_outputs=max_images)
 
 
+class Preempted(Exception):
+  """Training stopped early on request (SIGTERM), after a checkpoint."""
+
+
+class _StopRequest:
+  """Turns SIGTERM (what schedulers send before killing) into a request
+  that the loop honours after the current steps, with a checkpoint."""
+
+  def __init__(self):
+    self.requested = False
+    self.signal_name = None
+    self._previous = None
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    del frame
+    self.requested = True
+    self.signal_name = signal.Signals(signum).name
+    logging.warning('%s received: saving a checkpoint and stopping.',
+                    self.signal_name)
+
+  def restore(self):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+      self._previous = None
+
+
 class ProgressLog:
   """One log line every few seconds: step / total, metrics, images/s, ETA.
 
@@ -225,11 +255,14 @@ def train(config: RunConfig, strategy: tf.distribute.Strategy,
   manager = checkpoints.manager(checkpoint, save_dir, tc.keep_checkpoint_max)
 
   views = 2 if pretrain else 1
+  step = int(optimizer.iterations.numpy())
+  # The input continues where the checkpointed step left it.
   dataset = strategy.distribute_datasets_from_function(
       lambda ctx: pipeline.train_dataset(
           source, split, global_batch_size=tc.train_batch_size,
           augment_config=config.augment, views=views, seed=config.data.seed,
-          cache=config.data.cache_dataset, input_context=ctx))
+          cache=config.data.cache_dataset, input_context=ctx,
+          start_step=step))
   iterator = iter(dataset)
   step_fn = make_step_fn(config, model, optimizer, metrics,
                          strategy.num_replicas_in_sync)
@@ -240,7 +273,6 @@ def train(config: RunConfig, strategy: tf.distribute.Strategy,
       strategy.run(step_fn, args=(next(iterator),))
 
   summaries = _Summaries(os.path.join(tc.model_dir, 'train'), chief)
-  step = int(optimizer.iterations.numpy())
   start_step = step
   if step == 0:
     summaries.views(0, next(iter(pipeline.train_dataset(
@@ -248,6 +280,7 @@ def train(config: RunConfig, strategy: tf.distribute.Strategy,
         augment_config=config.augment, views=views, seed=config.data.seed))))
   progress = ProgressLog(plan.total_steps, start_step, tc.log_every_seconds)
   checkpoint_index = 0
+  stop = _StopRequest()
   while step < plan.total_steps:
     num_steps = min(tc.steps_per_loop, plan.total_steps - step,
                     tc.summary_steps - step % tc.summary_steps,
@@ -270,11 +303,17 @@ def train(config: RunConfig, strategy: tf.distribute.Strategy,
           'images_per_second': images_per_second})
       for metric in metrics.values():
         metric.reset_state()
-    if step % plan.checkpoint_steps == 0 or at_end:
+    if step % plan.checkpoint_steps == 0 or at_end or stop.requested:
       manager.save(checkpoint_number=step)
       checkpoint_index += 1
+      if stop.requested:
+        stop.restore()
+        raise Preempted(f'Stopped by {stop.signal_name} at step {step} with '
+                        f'checkpoint {manager.latest_checkpoint}; run the '
+                        'same command again to resume.')
       if on_checkpoint is not None:
         on_checkpoint(model, step, checkpoint_index, at_end)
+  stop.restore()
   if not chief:
     shutil.rmtree(save_dir, ignore_errors=True)
   logging.info('Trained to step %d; weights fingerprint %.8e.', step,

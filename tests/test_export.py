@@ -269,3 +269,13 @@ def test_nearest_neighbors_in_chunks(rng):
   whole = embed.nearest_neighbors(x, 5)
   chunked = embed.nearest_neighbors(x, 5, chunk_size=7)
   np.testing.assert_array_equal(whole[0], chunked[0])
+
+
+def test_serving_bytes_rejects_a_bad_request_and_keeps_serving(exported):
+  _, path, _ = exported
+  serve = tf.saved_model.load(path).signatures['serving_bytes']
+  with pytest.raises(tf.errors.InvalidArgumentError):
+    serve(image_bytes=tf.constant([b'not an image']))
+  good = helpers.encode(helpers.random_rgb(np.random.default_rng(5), SIZE,
+                                           SIZE), 'PNG')
+  assert serve(image_bytes=tf.constant([good]))['default'].shape == (1, 128)

@@ -135,3 +135,40 @@ def test_folder_pipeline_skips_a_file_that_fails_to_decode(tmp_path, rng,
   batches = _first_batches(dataset, 12)
   assert len(batches) == 12
   assert all(b['view1'].shape == (2, 16, 16, 3) for b in batches)
+
+
+@pytest.mark.parametrize('views', [1, 2])
+def test_a_resumed_stream_continues_exactly_where_it_stopped(views):
+  source = _source(n_train=13)
+
+  def batches(start_step, count):
+    return _first_batches(pipeline.train_dataset(
+        source, pipeline.Split('train'), global_batch_size=4,
+        augment_config=_AUGMENT, views=views, seed=7,
+        start_step=start_step), count)
+
+  # 9 steps of 4 cross two epoch boundaries of 13 examples.
+  whole = batches(0, 9)
+  for start in (1, 3, 4, 7):
+    for a, b in zip(whole[start:], batches(start, 9 - start)):
+      for key in a:
+        np.testing.assert_array_equal(a[key], b[key])
+  # Each epoch visits every example once, in a new order.
+  ids = np.concatenate([b['label'] for b in whole])
+  assert sorted(ids[:13]) == list(range(13))
+  assert sorted(ids[13:26]) == list(range(13))
+  assert list(ids[:13]) != list(ids[13:26])
+
+
+def test_resuming_across_replicas_continues_each_replica_stream():
+  source = _source(n_train=10)
+  strategy = helpers.cpu_strategy(2)
+
+  def ids(start_step, steps):
+    parts = _distributed_ids(strategy, lambda ctx: pipeline.train_dataset(
+        source, pipeline.Split('train'), global_batch_size=4,
+        augment_config=_AUGMENT, views=1, seed=1, input_context=ctx,
+        start_step=start_step), steps)
+    return [p['label'].numpy().tolist() for p in parts]
+
+  assert ids(0, 5)[4:] == ids(2, 3)
