@@ -115,12 +115,8 @@ def write_result(run: Run, result: dict):
   with open(temporary, 'w') as f:
     json.dump(result, f, indent=2, sort_keys=True)
   os.replace(temporary, path)
-  writer = tf.summary.create_file_writer(os.path.join(run.model_dir, 'eval'))
-  with writer.as_default(step=result['global_step']):
-    for name, value in result.items():
-      if isinstance(value, float):
-        tf.summary.scalar(name, value)
-  writer.flush()
+  write_summary(run, result['global_step'],
+                {k: v for k, v in result.items() if isinstance(v, float)})
 
 
 def print_result(result: dict):
@@ -192,32 +188,33 @@ def write_summary(run: Run, step: int, values: dict):
 def _restored_model(run: Run, path: str):
   with run.strategy.scope():
     model = train_lib.build_model(run.config)
-  tf.train.Checkpoint(model=model).read(path).expect_partial() \
-      .assert_existing_objects_matched()
+  status = tf.train.Checkpoint(model=model).read(path)
+  status.expect_partial().assert_existing_objects_matched()  # No optimizer.
   return model, checkpoints.step_of(path)
+
+
+def _evaluate_checkpoint(run: Run, path: str) -> dict:
+  model, step = _restored_model(run, path)
+  result = evaluate_model(run, model, step)
+  write_result(run, result)
+  print_result(result)
+  return result
 
 
 def run_eval(run: Run, watch: bool = False, timeout: float = 0) -> dict:
   """Evaluates the latest checkpoint, or each new one while watching."""
-  result = None
   if watch:
+    result = None
     for path in tf.train.checkpoints_iterator(run.model_dir,
                                               timeout=timeout or None):
-      model, step = _restored_model(run, path)
-      result = evaluate_model(run, model, step)
-      write_result(run, result)
-      print_result(result)
+      result = _evaluate_checkpoint(run, path)
     return result
   path = checkpoints.latest_in(run.model_dir)
   if path is None:
     raise checkpoints.CheckpointError(
         f'--model_dir={run.model_dir} holds no checkpoint to evaluate; train '
         'first (--mode=train) or point --model_dir at a training run.')
-  model, step = _restored_model(run, path)
-  result = evaluate_model(run, model, step)
-  write_result(run, result)
-  print_result(result)
-  return result
+  return _evaluate_checkpoint(run, path)
 
 
 def run_export(run: Run, checkpoint: str | None) -> str:

@@ -213,7 +213,6 @@ class ProgressLog:
 class TrainResult:
   model: SimCLRModel
   global_step: int
-  plan: Plan
 
 
 def train(config: RunConfig, strategy: tf.distribute.Strategy,
@@ -318,7 +317,7 @@ def train(config: RunConfig, strategy: tf.distribute.Strategy,
     shutil.rmtree(save_dir, ignore_errors=True)
   logging.info('Trained to step %d; weights fingerprint %.8e.', step,
                weights_fingerprint(model))
-  return TrainResult(model, step, plan)
+  return TrainResult(model, step)
 
 
 def weights_fingerprint(model) -> float:

@@ -6,7 +6,6 @@ import time
 
 import numpy as np
 import pytest
-import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from simclr_tf import datasets

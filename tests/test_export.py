@@ -2,14 +2,12 @@
 TF Hub-style reuse, Keras 3 loading, embeddings, and crash safety."""
 
 import base64
-import io
 import json
 import os
 import subprocess
 import sys
 
 import numpy as np
-from PIL import Image
 import pytest
 import tensorflow as tf
 

@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from simclr_tf import datasets
 from simclr_tf import pipeline

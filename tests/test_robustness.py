@@ -67,7 +67,7 @@ def _wait_for_checkpoint_after(model_dir, step, process, timeout=120):
 
 
 def test_killed_runs_resume_to_the_uninterrupted_weights(folder, tmp_path):
-  flags = [f'--dataset=folder:{folder}', '--mode=train', '--train_steps=60',
+  flags = [f'--dataset=folder:{folder}', '--mode=train', '--train_steps=100',
            '--checkpoint_steps=4', '--deterministic', *TINY]
   reference = run(*flags, f'--model_dir={tmp_path}/reference')
   assert reference.returncode == 0, reference.stderr[-3000:]
@@ -94,7 +94,7 @@ def test_killed_runs_resume_to_the_uninterrupted_weights(folder, tmp_path):
   assert kills == 3
   final = run(*flags, f'--model_dir={model_dir}')
   assert final.returncode == 0, final.stderr[-3000:]
-  assert _latest_step(model_dir) == 60
+  assert _latest_step(model_dir) == 100
   assert _fingerprint(final.stderr) == expected
   # Tensor by tensor, the final checkpoints are identical.
   killed = tf.train.latest_checkpoint(model_dir)
