@@ -125,6 +125,7 @@ def export(model, augment_config: AugmentConfig, model_dir: str,
       shutil.rmtree(os.path.join(base, stale), ignore_errors=True)
   temporary = os.path.join(base, f'.tmp-{global_step}-{os.getpid()}')
   start = time.time()
+  logging.info('Exporting step %d to %s.', global_step, final)
   root = build_module(model, augment_config)
   try:
     tf.saved_model.save(root, temporary, signatures={

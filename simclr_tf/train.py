@@ -6,6 +6,7 @@ writes summaries, checkpoints and a progress line.
 """
 
 import dataclasses
+import gc
 import math
 import os
 import shutil
@@ -317,6 +318,12 @@ def train(config: RunConfig, strategy: tf.distribute.Strategy,
     shutil.rmtree(save_dir, ignore_errors=True)
   logging.info('Trained to step %d; weights fingerprint %.8e.', step,
                weights_fingerprint(model))
+  # Tear the input pipeline down first, then the loop: in the other order
+  # (as the garbage collector left it) this stalled for up to a minute.
+  del iterator, dataset
+  gc.collect()
+  del train_loop
+  gc.collect()
   return TrainResult(model, step)
 
 
