@@ -340,12 +340,8 @@ def write_flags(config):
 
 
 def run_preview():
-  # pylint: disable=g-import-not-at-top
-  from simclr_tf import config as c
-  from simclr_tf import datasets
-  from simclr_tf import preview
-  source = datasets.make_source(c.DataConfig(
-      dataset=FLAGS.dataset, data_dir=FLAGS.data_dir, seed=FLAGS.seed))
+  from simclr_tf import preview  # pylint: disable=g-import-not-at-top
+  source = _make_source()
   config = build_config(source, _single_device())
   grid = preview.preview_grid(source, FLAGS.train_split, config.augment,
                               FLAGS.preview_images, FLAGS.preview_pairs,
@@ -376,6 +372,14 @@ def run_embed():
         f'of size {arrays["embeddings"].shape[1]}.')
 
 
+def _make_source():
+  # pylint: disable=g-import-not-at-top
+  from simclr_tf import config as c
+  from simclr_tf import datasets
+  return datasets.make_source(c.DataConfig(dataset=FLAGS.dataset,
+                                           data_dir=FLAGS.data_dir))
+
+
 def _single_device():
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   return tf.distribute.get_strategy()
@@ -384,7 +388,6 @@ def _single_device():
 def run_mode():
   # pylint: disable=g-import-not-at-top
   import keras
-  from simclr_tf import config as c
   from simclr_tf import datasets
   from simclr_tf import distribute
   from simclr_tf import runner
@@ -395,8 +398,7 @@ def run_mode():
     distribute.split_cpu(FLAGS.cpu_replicas)
   strategy = distribute.make_strategy(FLAGS.cpu_replicas, FLAGS.use_tpu,
                                       FLAGS.tpu_name)
-  source = datasets.make_source(c.DataConfig(
-      dataset=FLAGS.dataset, data_dir=FLAGS.data_dir, seed=FLAGS.seed))
+  source = _make_source()
   config = build_config(source, strategy)
   if FLAGS.mode in ('eval', 'train_then_eval'):
     datasets.require_labels(source, 'evaluation')
