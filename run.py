@@ -146,6 +146,15 @@ flags.DEFINE_boolean('deterministic', False, 'Deterministic TensorFlow ops, '
                      'as an uninterrupted one (slower on GPUs).')
 
 # --- Devices --------------------------------------------------------------------
+flags.DEFINE_enum('mixed_precision', 'auto',
+                  ['auto', 'float32', 'bfloat16', 'float16'],
+                  'Compute precision (variables, loss and softmax stay '
+                  'float32; float16 adds loss scaling). auto: float32 on '
+                  'CPU, bfloat16 on TPUs and GPUs of compute capability 8+, '
+                  'float16 on 7.x GPUs.')
+flags.DEFINE_boolean('jit_compile', None, 'Compile the training step with '
+                     'XLA. Default: on for a single GPU, off otherwise (it '
+                     'is slower on CPU).')
 flags.DEFINE_integer('cpu_replicas', 1, 'Split the CPU into this many '
                      'logical devices and train on all (MirroredStrategy).')
 flags.DEFINE_boolean('use_tpu', False, 'Train on a Cloud TPU.')
@@ -226,6 +235,7 @@ def build_config(source, strategy):
   """Flags (and what the dataset tells) -> RunConfig."""
   # pylint: disable=g-import-not-at-top
   from simclr_tf import config as c
+  from simclr_tf import precision
   native = source.native_image_size
   image_size = FLAGS.image_size or (
       native if native and native <= c.SMALL_IMAGE_MAX_SIZE else 224)
@@ -269,7 +279,9 @@ def build_config(source, strategy):
               zero_init_logits_layer=FLAGS.zero_init_logits_layer),
           num_classes=num_classes, train_mode=FLAGS.train_mode,
           lineareval_while_pretraining=FLAGS.lineareval_while_pretraining,
-          fine_tune_after_block=FLAGS.fine_tune_after_block),
+          fine_tune_after_block=FLAGS.fine_tune_after_block,
+          precision=precision.resolve_precision(FLAGS.mixed_precision,
+                                                strategy)),
       optim=c.OptimConfig(
           optimizer=FLAGS.optimizer, learning_rate=FLAGS.learning_rate,
           learning_rate_scaling=FLAGS.learning_rate_scaling,
@@ -287,7 +299,10 @@ def build_config(source, strategy):
           keep_checkpoint_max=FLAGS.keep_checkpoint_max,
           keep_hub_module_max=FLAGS.keep_hub_module_max,
           checkpoint=FLAGS.checkpoint, temperature=FLAGS.temperature,
-          hidden_norm=FLAGS.hidden_norm),
+          hidden_norm=FLAGS.hidden_norm,
+          jit_compile=(FLAGS.jit_compile if FLAGS.jit_compile is not None
+                       else precision.default_jit_compile(
+                           precision.device_type(strategy), replicas))),
       eval=c.EvalConfig(
           eval_batch_size=FLAGS.eval_batch_size,
           eval_steps=FLAGS.eval_steps, knn=FLAGS.knn, knn_k=FLAGS.knn_k,
@@ -380,6 +395,12 @@ def _make_source():
                                            data_dir=FLAGS.data_dir))
 
 
+def precision_device(strategy):
+  from simclr_tf import precision  # pylint: disable=g-import-not-at-top
+  return (f'{strategy.num_replicas_in_sync} '
+          f'{precision.device_type(strategy)} replica(s)')
+
+
 def _single_device():
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   return tf.distribute.get_strategy()
@@ -400,6 +421,9 @@ def run_mode():
                                       FLAGS.tpu_name)
   source = _make_source()
   config = build_config(source, strategy)
+  logging.info('Computing in %s%s on %s.', config.model.precision,
+               ' with XLA' if config.train.jit_compile else '',
+               precision_device(strategy))
   if FLAGS.mode in ('eval', 'train_then_eval'):
     datasets.require_labels(source, 'evaluation')
   if FLAGS.mode in ('train', 'train_then_eval') and FLAGS.checkpoint:

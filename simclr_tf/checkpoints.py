@@ -29,8 +29,14 @@ def resolve(path: str) -> str:
 def step_of(path: str) -> int:
   """The global step a checkpoint was saved at (0 when unknown)."""
   reader = tf.train.load_checkpoint(path)
-  key = 'optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE'
-  return int(reader.get_tensor(key)) if reader.has_tensor(key) else 0
+  # First the optimizer inside float16's loss-scaling wrapper (the wrapper's
+  # own counter stays 0), then a plain optimizer.
+  for key in ('optimizer/inner_optimizer/_iterations/.ATTRIBUTES/'
+              'VARIABLE_VALUE',
+              'optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE'):
+    if reader.has_tensor(key):
+      return int(reader.get_tensor(key))
+  return 0
 
 
 def restore_encoder(model, path: str):

@@ -106,6 +106,8 @@ class ModelConfig:
   # -1: fine-tune everything; 0: freeze the stem; 1-4: freeze up to that
   # block group.
   fine_tune_after_block: int = -1
+  # Compute precision (precision.PRECISIONS); variables stay float32.
+  precision: str = 'float32'
 
 
 OPTIMIZERS = ('lars', 'momentum', 'adam')
@@ -147,6 +149,8 @@ class TrainConfig:
   temperature: float = 0.1
   hidden_norm: bool = True
   log_every_seconds: float = 5.0
+  # Compile each replica's training step with XLA.
+  jit_compile: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

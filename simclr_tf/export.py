@@ -61,7 +61,9 @@ def build_module(model, augment_config: AugmentConfig) -> tf.Module:
     if training:  # Batch-norm statistics move when fine-tuned.
       for variable, value in zip(non_trainable, updated):
         variable.assign(value)
-    return outputs
+    # The contract is float32 whatever precision the model computes in.
+    return {name: tf.cast(value, tf.float32)
+            for name, value in outputs.items()}
 
   def named_outputs(images):
     outputs = run_model(images, training=False)

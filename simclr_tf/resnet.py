@@ -53,6 +53,47 @@ def _conv_initializer():
   return keras.initializers.VarianceScaling()
 
 
+class FusedBatchNormalization(keras.layers.BatchNormalization):
+  """Keras batch norm that trains through TensorFlow's fused kernel when the
+  statistics are local (one replica, or `synchronized=False`).
+
+  Keras 3 computes training statistics with separate reduce/multiply ops and
+  differentiates through each of them; the fused kernel (oneDNN on CPU, cuDNN
+  on GPU) does the forward and backward pass in one op each. Profiling a
+  ResNet-18 step on CPU put the unfused ops at about a fifth of the step.
+  Cross-replica statistics keep Keras' synchronized path.
+  """
+
+  def call(self, inputs, training=None, mask=None):
+    if not (training and self.trainable and mask is None and self.scale
+            and self.axis in (-1, len(inputs.shape) - 1)
+            and not self._statistics_are_synchronized()):
+      return super().call(inputs, training=training, mask=mask)
+    channels = inputs.shape[-1]
+    as_4d = tf.reshape(inputs, [-1, 1, 1, channels]) if (
+        len(inputs.shape) != 4) else inputs
+    outputs, mean, variance = tf.compat.v1.nn.fused_batch_norm(
+        as_4d, tf.cast(self.gamma, tf.float32),
+        tf.cast(self.beta, tf.float32) if self.center
+        else tf.zeros([channels], tf.float32),
+        epsilon=self.epsilon, is_training=True)
+    # The kernel returns the unbiased variance; Keras' moving average (and
+    # its synchronized path) uses the biased one.
+    count = tf.cast(tf.size(as_4d) // channels, tf.float32)
+    variance = variance * (count - 1.0) / tf.maximum(count, 2.0)
+    self.moving_mean.assign(self.moving_mean * self.momentum +
+                            mean * (1.0 - self.momentum))
+    self.moving_variance.assign(self.moving_variance * self.momentum +
+                                variance * (1.0 - self.momentum))
+    return tf.cast(tf.reshape(outputs, tf.shape(inputs)), self.compute_dtype)
+
+  def _statistics_are_synchronized(self):
+    if not self.synchronized:
+      return False
+    context = tf.distribute.get_replica_context()
+    return context is not None and context.num_replicas_in_sync > 1
+
+
 class BatchNormRelu(keras.layers.Layer):
   """Batch norm (global when `synchronized`), then an optional ReLU."""
 
@@ -60,7 +101,7 @@ class BatchNormRelu(keras.layers.Layer):
                center=True, **kwargs):
     super().__init__(**kwargs)
     self.relu = relu
-    self.bn = keras.layers.BatchNormalization(
+    self.bn = FusedBatchNormalization(
         momentum=config.batch_norm_decay, epsilon=BATCH_NORM_EPSILON,
         center=center, synchronized=config.global_bn,
         gamma_initializer='zeros' if zero_gamma else 'ones')

@@ -185,7 +185,7 @@ def write_summary(run: Run, step: int, values: dict):
   writer.flush()
 
 
-def _restored_model(run: Run, path: str):
+def restored_model(run: Run, path: str):
   with run.strategy.scope():
     model = train_lib.build_model(run.config)
   status = tf.train.Checkpoint(model=model).read(path)
@@ -194,7 +194,7 @@ def _restored_model(run: Run, path: str):
 
 
 def _evaluate_checkpoint(run: Run, path: str) -> dict:
-  model, step = _restored_model(run, path)
+  model, step = restored_model(run, path)
   result = evaluate_model(run, model, step)
   write_result(run, result)
   print_result(result)
@@ -224,7 +224,7 @@ def run_export(run: Run, checkpoint: str | None) -> str:
     raise checkpoints.CheckpointError(
         f'--model_dir={run.model_dir} holds no checkpoint to export; give '
         '--checkpoint=PATH or train first.')
-  model, step = _restored_model(run, path)
+  model, step = restored_model(run, path)
   exported = export.export(model, run.config.augment, run.model_dir, step,
                            run.config.train.keep_hub_module_max)
   print(f'Exported {path} to {exported}', flush=True)

@@ -26,6 +26,7 @@ from simclr_tf import datasets
 from simclr_tf import objective
 from simclr_tf import optim
 from simclr_tf import pipeline
+from simclr_tf import precision
 from simclr_tf.config import RunConfig
 from simclr_tf.model import SimCLRModel
 
@@ -76,10 +77,23 @@ def training_split(config: RunConfig, source: datasets.Source):
 
 def build_model(config: RunConfig) -> SimCLRModel:
   """The model with its variables created (call inside strategy.scope())."""
-  model = SimCLRModel(config.model)
+  with precision.dtype_policy(config.model.precision):
+    model = SimCLRModel(config.model)
   size = config.augment.image_size
   model(tf.zeros([1, size, size, 3]), training=False)
   return model
+
+
+def build_optimizer(config: RunConfig, plan: Plan):
+  """LARS (or the configured optimizer) on the warmup + cosine schedule;
+  float16 adds dynamic loss scaling (bfloat16 has float32's range)."""
+  schedule = optim.learning_rate_schedule(
+      config.optim, config.train.train_batch_size, plan.total_steps,
+      plan.warmup_steps)
+  optimizer = optim.build_optimizer(config.optim, schedule)
+  if config.model.precision == 'float16':
+    optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+  return optimizer
 
 
 def _supervised(labels, logits):
@@ -125,11 +139,15 @@ def make_step_fn(config: RunConfig, model, optimizer, metrics,
       values['total_loss'] = loss
       # Gradients are summed over replicas: scale for the global batch.
       scaled_loss = loss / num_replicas
+      if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        scaled_loss = optimizer.scale_loss(scaled_loss)
     variables = model.trainable_variables
     optimizer.apply(tape.gradient(scaled_loss, variables), variables)
     for name, value in values.items():
       metrics[name].update_state(value)
 
+  if config.train.jit_compile:
+    return tf.function(step_fn, jit_compile=True)
   return step_fn
 
 
@@ -234,12 +252,12 @@ def train(config: RunConfig, strategy: tf.distribute.Strategy,
 
   with strategy.scope():
     model = build_model(config)
-    schedule = optim.learning_rate_schedule(
-        config.optim, tc.train_batch_size, plan.total_steps,
-        plan.warmup_steps)
-    optimizer = optim.build_optimizer(config.optim, schedule)
+    optimizer = build_optimizer(config, plan)
     optimizer.build(model.trainable_variables)
     metric_names = PRETRAIN_METRICS if pretrain else FINETUNE_METRICS
+    if model.supervised_head is None:
+      metric_names = [name for name in metric_names
+                      if not name.startswith('supervised')]
     metrics = {name: keras.metrics.Mean(name=name) for name in metric_names}
 
   checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)

@@ -1,0 +1,302 @@
+"""How good is the representation after a fixed CPU budget? SimCLR on
+Fashion-MNIST against the baselines, with a learning curve.
+
+  python -m benchmarks.fashion_mnist --output=benchmarks/results/fashion_mnist
+
+1. Pretrains the recipe below (no labels) for at most `--budget_minutes`,
+   keeping a checkpoint every `--checkpoint_epochs` and the pretraining time
+   at which each was written (tracing included, evaluation excluded).
+2. Evaluates every checkpoint's frozen encoder: a linear probe fitted on all
+   60k training labels and a kNN classifier, both tested on the 10k test
+   images. That is the learning curve.
+3. Baselines, probed the same way: logistic regression on raw pixels, the same
+   encoder with random weights, and (`--supervised_minutes` > 0) the same
+   encoder trained with labels (cross-entropy, crop+flip) for that long.
+
+Writes result.json, methods.png (bar chart) and learning_curve.png.
+"""
+
+import dataclasses
+import json
+import os
+import time
+
+from absl import app
+from absl import flags
+from absl import logging
+import keras
+import numpy as np
+import tensorflow as tf
+
+from simclr_tf import checkpoints
+from simclr_tf import config as c
+from simclr_tf import datasets
+from simclr_tf import evaluate
+from simclr_tf import runner
+from simclr_tf import train as train_lib
+
+flags.DEFINE_string('output', 'benchmarks/results/fashion_mnist',
+                    'Directory for result.json and the PNG charts.')
+flags.DEFINE_string('model_dir', '/tmp/simclr_fashion_mnist',
+                    'Checkpoints of the runs (removed first unless '
+                    '--resume).')
+flags.DEFINE_boolean('resume', False, 'Keep --model_dir and continue.')
+flags.DEFINE_string('data_dir', 'data', 'Where Fashion-MNIST is looked for '
+                    '(then /usr/share/datasets/fashion-mnist).')
+flags.DEFINE_float('budget_minutes', 60, 'Pretraining time limit; training '
+                   'stops at the first checkpoint past it.')
+flags.DEFINE_float('train_epochs', 22, 'Pretraining epochs (the cosine '
+                   'schedule\'s length); chosen to fit the budget.')
+flags.DEFINE_float('checkpoint_epochs', 3, 'Epochs between points of the '
+                   'learning curve.')
+flags.DEFINE_float('width_multiplier', 0.25, 'ResNet-18 width.')
+flags.DEFINE_integer('batch_size', 512, 'Pretraining batch size.')
+flags.DEFINE_float('temperature', 0.5, 'NT-Xent temperature.')
+flags.DEFINE_float('learning_rate', 0.075, 'Base LARS learning rate '
+                   '(times sqrt(batch size)).')
+flags.DEFINE_float('supervised_minutes', 10, 'Budget of the supervised '
+                   'baseline; 0 skips it.')
+flags.DEFINE_integer('probe_steps', 1000, 'Full-batch steps of the linear '
+                     'probe.')
+FLAGS = flags.FLAGS
+
+NUM_TRAIN = 60000
+
+
+def recipe(model_dir: str, train_mode: str = 'pretrain',
+           epochs: float = 22) -> c.RunConfig:
+  """The small-budget recipe (tuned on this CPU; see the README)."""
+  pretrain = train_mode == 'pretrain'
+  return c.RunConfig(
+      data=c.DataConfig(dataset='fashion_mnist', data_dir=FLAGS.data_dir),
+      augment=c.AugmentConfig(
+          image_size=28, color_jitter_strength=0.5, use_blur=False,
+          # A 28 px image cropped to 8% is mostly background; a milder
+          # lower bound learns faster in a short budget.
+          crop_area_range=(0.2, 1.0) if pretrain else (0.08, 1.0)),
+      model=c.ModelConfig(
+          encoder=c.EncoderConfig(depth=18,
+                                  width_multiplier=FLAGS.width_multiplier,
+                                  cifar_stem=True),
+          num_classes=None if pretrain else 10, train_mode=train_mode,
+          lineareval_while_pretraining=False),
+      optim=c.OptimConfig(
+          optimizer='lars', learning_rate=FLAGS.learning_rate,
+          learning_rate_scaling='sqrt', warmup_epochs=min(2, epochs / 10),
+          weight_decay=1e-6),
+      train=c.TrainConfig(
+          model_dir=model_dir, train_mode=train_mode,
+          train_batch_size=FLAGS.batch_size, train_epochs=epochs,
+          checkpoint_epochs=FLAGS.checkpoint_epochs if pretrain else epochs,
+          keep_checkpoint_max=1000, temperature=FLAGS.temperature,
+          log_every_seconds=30),
+      eval=c.EvalConfig(eval_batch_size=1000,
+                        linear_probe_steps=FLAGS.probe_steps))
+
+
+class _BudgetSpent(Exception):
+  pass
+
+
+_TIMES_FILE = 'pretrain_seconds.json'
+
+
+def pretrain(config: c.RunConfig, source, budget_seconds: float):
+  """Trains; returns [(checkpoint path, seconds of training)].
+
+  The time of each checkpoint is kept next to it, so that --resume (after a
+  crash in the evaluations) still draws the curve."""
+  times_path = os.path.join(config.train.model_dir, _TIMES_FILE)
+  times = {}
+  if tf.io.gfile.exists(times_path):
+    with tf.io.gfile.GFile(times_path) as f:
+      times = {int(step): seconds for step, seconds in json.load(f).items()}
+  started = time.monotonic() - max(times.values(), default=0.0)
+
+  def on_checkpoint(model, step, index, final):
+    del model, index
+    previous = max(times.values(), default=0.0)
+    times[step] = time.monotonic() - started
+    with tf.io.gfile.GFile(times_path, 'w') as f:
+      json.dump(times, f)
+    # Stop early if the next checkpoint would come after the budget.
+    if not final and 2 * times[step] - previous > budget_seconds:
+      raise _BudgetSpent()
+
+  try:
+    train_lib.train(config, tf.distribute.get_strategy(), source,
+                    on_checkpoint=on_checkpoint)
+  except _BudgetSpent:
+    logging.warning('Pretraining budget spent; stopping at step %d.',
+                    max(times))
+  state = tf.train.get_checkpoint_state(config.train.model_dir)
+  return [(path, times.get(checkpoints.step_of(path)))
+          for path in state.all_model_checkpoint_paths]
+
+
+# Logistic-regression penalties tried; the one with the best accuracy on the
+# last 10k training images (fitted on the first 50k) is refitted on all 60k.
+PROBE_L2 = (0.0, 1e-5, 1e-4, 1e-3)
+
+
+def tuned_probe(train_x, train_y, test_x, test_y, steps: int,
+                standardize: bool = True) -> dict:
+  """Linear probe with its L2 penalty chosen on a validation split."""
+  fit, held_out = slice(0, NUM_TRAIN - 10000), slice(NUM_TRAIN - 10000, None)
+  validation = {
+      l2: evaluate.accuracy(evaluate.linear_probe(
+          train_x[fit], train_y[fit], train_x[held_out], 10, steps=steps,
+          l2=l2, standardize=standardize), train_y[held_out])
+      for l2 in PROBE_L2}
+  best = max(PROBE_L2, key=lambda l2: validation[l2])
+  scores = evaluate.linear_probe(train_x, train_y, test_x, 10, steps=steps,
+                                 l2=best, standardize=standardize)
+  return {'linear_probe_top_1_accuracy': evaluate.accuracy(scores, test_y),
+          'linear_probe_l2': best,
+          'linear_probe_validation_accuracy': validation[best]}
+
+
+def probe_and_knn(run: runner.Run, model) -> dict:
+  """kNN (k=200, T=0.1) and the tuned linear probe on frozen features."""
+  train_x, train_y = evaluate.extract_features(
+      model, run.strategy, run.eval_data('train'))
+  test_x, test_y = evaluate.extract_features(
+      model, run.strategy, run.eval_data('test'))
+  scores = evaluate.knn_scores(train_x, train_y, test_x, 10)
+  return {'knn_top_1_accuracy': evaluate.accuracy(scores, test_y),
+          **tuned_probe(train_x, train_y, test_x, test_y, FLAGS.probe_steps)}
+
+
+def raw_pixel_probe(source, steps: int) -> dict:
+  """Logistic regression on the 784 pixels (the usual ~84% baseline)."""
+  def pixels(split):
+    batches = list(source.load(split).batch(10000).as_numpy_iterator())
+    images = np.concatenate([b['image'][..., 0] for b in batches])  # Gray.
+    labels = np.concatenate([b['label'] for b in batches])
+    return images.reshape(len(images), -1).astype(np.float32) / 255, labels
+  # Pixels in [0, 1] as they are (standardising the nearly constant border
+  # pixels costs ~4 points).
+  return tuned_probe(*pixels('train'), *pixels('test'), steps,
+                     standardize=False)
+
+
+def supervised_baseline(source, model_dir: str, minutes: float) -> dict:
+  """The same encoder trained with labels for about `minutes`."""
+  # Supervised steps run ~2x faster per image than pretraining steps (one
+  # view, no contrastive loss); time a short run to pick the epochs.
+  if tf.io.gfile.exists(model_dir):
+    tf.io.gfile.rmtree(model_dir)
+  config = recipe(model_dir, 'finetune', epochs=1)
+  started = time.monotonic()
+  result = train_lib.train(config, tf.distribute.get_strategy(), source)
+  seconds_per_epoch = time.monotonic() - started
+  epochs = max(1, round(minutes * 60 / seconds_per_epoch))
+  tf.io.gfile.rmtree(model_dir)
+  config = recipe(model_dir, 'finetune', epochs=epochs)
+  started = time.monotonic()
+  result = train_lib.train(config, tf.distribute.get_strategy(), source)
+  seconds = time.monotonic() - started
+  run = runner.Run(config, tf.distribute.get_strategy(), source)
+  metrics = probe_and_knn(run, result.model)
+  metrics.update(evaluate.label_accuracy(
+      result.model, run.strategy, run.eval_data('test')))
+  return {'epochs': epochs, 'train_seconds': seconds, **metrics}
+
+
+def plot(result: dict, directory: str):
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  methods = result['methods']
+  names = list(methods)
+  values = [100 * methods[n] for n in names]
+  fig, ax = plt.subplots(figsize=(7, 3.2))
+  bars = ax.barh(names[::-1], values[::-1], color='tab:blue')
+  ax.bar_label(bars, fmt='%.1f', padding=3)
+  ax.set_xlim(min(values) - 10, 100)
+  ax.set_xlabel('Fashion-MNIST test accuracy (%)')
+  ax.set_title(result['title'], fontsize=9)
+  fig.tight_layout()
+  fig.savefig(os.path.join(directory, 'methods.png'), dpi=120)
+
+  curve = result['curve']
+  minutes = [p['train_seconds'] / 60 for p in curve]
+  fig, ax = plt.subplots(figsize=(6, 3.5))
+  ax.plot(minutes, [100 * p['linear_probe_top_1_accuracy'] for p in curve],
+          'o-', label='SimCLR, linear probe')
+  ax.plot(minutes, [100 * p['knn_top_1_accuracy'] for p in curve], 's-',
+          label='SimCLR, kNN')
+  ax.axhline(100 * methods['raw pixels, logistic regression'], ls='--',
+             color='gray', label='raw pixels, logistic regression')
+  ax.axhline(100 * methods['random-weights encoder, linear probe'], ls=':',
+             color='gray', label='random-weights encoder, linear probe')
+  ax.axhline(88, lw=0.8, color='tab:red', label='88% (the one-hour goal)')
+  ax.set_xlabel('pretraining time on 2 CPU cores (minutes)')
+  ax.set_ylabel('test accuracy (%)')
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8, loc='lower right')
+  fig.tight_layout()
+  fig.savefig(os.path.join(directory, 'learning_curve.png'), dpi=120)
+
+
+def main(_):
+  tf.io.gfile.makedirs(FLAGS.output)
+  if not FLAGS.resume and tf.io.gfile.exists(FLAGS.model_dir):
+    tf.io.gfile.rmtree(FLAGS.model_dir)
+  pretrain_dir = os.path.join(FLAGS.model_dir, 'pretrain')
+  config = recipe(pretrain_dir, epochs=FLAGS.train_epochs)
+  source = datasets.make_source(config.data)
+  run = runner.Run(config, tf.distribute.get_strategy(), source)
+
+  points = pretrain(config, source, FLAGS.budget_minutes * 60)
+  curve = []
+  for path, seconds in points:
+    model, step = runner.restored_model(run, path)
+    metrics = probe_and_knn(run, model)
+    curve.append({'step': step, 'epochs': step * FLAGS.batch_size / NUM_TRAIN,
+                  'train_seconds': seconds, **metrics})
+    logging.info('Checkpoint %s (%.1f min): %s', path,
+                 (seconds or 0) / 60, metrics)
+
+  keras.utils.set_random_seed(config.data.seed)
+  random_model = train_lib.build_model(config)
+  random_init = probe_and_knn(run, random_model)
+  final = curve[-1]
+  raw_pixels = raw_pixel_probe(source, FLAGS.probe_steps)
+  methods = {
+      'raw pixels, logistic regression':
+          raw_pixels['linear_probe_top_1_accuracy'],
+      'random-weights encoder, linear probe':
+          random_init['linear_probe_top_1_accuracy'],
+      'random-weights encoder, kNN': random_init['knn_top_1_accuracy'],
+      'SimCLR, linear probe': final['linear_probe_top_1_accuracy'],
+      'SimCLR, kNN': final['knn_top_1_accuracy'],
+  }
+  supervised = None
+  if FLAGS.supervised_minutes > 0:
+    supervised = supervised_baseline(
+        source, os.path.join(FLAGS.model_dir, 'supervised'),
+        FLAGS.supervised_minutes)
+    methods[f'supervised ({supervised["train_seconds"] / 60:.0f} min), '
+            'its own head'] = supervised['label_top_1_accuracy']
+  result = {
+      'title': (f'ResNet-18 x{FLAGS.width_multiplier}, '
+                f'{final["train_seconds"] / 60:.0f} min of SimCLR '
+                f'pretraining on 2 CPU cores ({final["epochs"]:.0f} epochs)'),
+      'recipe': dataclasses.asdict(config),
+      'methods': methods,
+      'curve': curve,
+      'random_init': random_init,
+      'raw_pixels': raw_pixels,
+      'supervised': supervised,
+      'date': time.strftime('%Y-%m-%d'),
+  }
+  with open(os.path.join(FLAGS.output, 'result.json'), 'w') as f:
+    json.dump(result, f, indent=2)
+  plot(result, FLAGS.output)
+  print(json.dumps(methods, indent=2))
+
+
+if __name__ == '__main__':
+  app.run(main)

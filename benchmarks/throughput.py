@@ -1,0 +1,237 @@
+"""Steady-state SimCLR pretraining throughput, split into its parts.
+
+  python -m benchmarks.throughput --output=benchmarks/results/throughput_cpu.json
+
+For each configuration (default: ResNet-18 at 32 px batch 128, ResNet-50 at
+32 px batch 128, ResNet-50 at 224 px batch 32; CIFAR stem at 32 px, LARS,
+the 2-layer projection head and the linear head trained alongside, as the
+original code's pretraining), in a fresh process each:
+
+* `train`: the training loop of `simclr_tf.train` (input pipeline, model,
+  NT-Xent, LARS) on in-memory random images, images/s after the first calls
+  (tracing, warm-up) are excluded;
+* `input`: the augmentation pipeline alone (two views per image);
+* `model`: the training step alone, on one cached batch;
+* peak resident memory of the process after `train` (before the others run);
+* GFLOP/s achieved: 3 x forward FLOPs (forward + backward) x 2 views per
+  image, forward FLOPs counted by TensorFlow's profiler.
+"""
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+from absl import app
+from absl import flags
+import keras
+import numpy as np
+import tensorflow as tf
+
+from simclr_tf import config as c
+from simclr_tf import datasets
+from simclr_tf import pipeline
+from simclr_tf import precision
+from simclr_tf import train as train_lib
+
+CONFIGS = {  # name: (depth, image size, batch size, stored image size)
+    'resnet18_32px_b128': (18, 32, 128, 32),
+    'resnet50_32px_b128': (50, 32, 128, 32),
+    'resnet50_224px_b32': (50, 224, 32, 256),
+}
+
+flags.DEFINE_list('configs', list(CONFIGS), f'Any of {list(CONFIGS)}.')
+flags.DEFINE_enum('mixed_precision', 'auto',
+                  ['auto', *precision.PRECISIONS], 'As run.py.')
+flags.DEFINE_boolean('jit_compile', None, 'As run.py (default per device).')
+flags.DEFINE_integer('warmup_calls', 2, 'Untimed loop calls (tracing).')
+flags.DEFINE_integer('timed_steps', 6, 'Timed training steps.')
+flags.DEFINE_string('output', None, 'JSON file for the results.')
+flags.DEFINE_string('profile_dir', None, 'Also profile two model steps per '
+                    'configuration into DIR/<config> (TensorBoard\'s profile '
+                    'tab) and add the time per op type to the results.')
+flags.DEFINE_string('child', None, 'Internal: run one configuration here.')
+FLAGS = flags.FLAGS
+
+_NUM_IMAGES = 512
+
+
+def run_config(depth, image_size, batch_size, stored_size, strategy):
+  config = c.RunConfig(
+      data=c.DataConfig(dataset='random'),
+      augment=c.AugmentConfig(image_size=image_size,
+                              use_blur=c.default_use_blur(image_size)),
+      model=c.ModelConfig(
+          encoder=c.EncoderConfig(depth=depth,
+                                  cifar_stem=image_size <= 32),
+          head=c.HeadConfig(num_proj_layers=2), num_classes=10,
+          precision=precision.resolve_precision(FLAGS.mixed_precision,
+                                                strategy)),
+      optim=c.OptimConfig(),
+      train=c.TrainConfig(
+          model_dir='/tmp/unused', train_batch_size=batch_size,
+          steps_per_loop=1, temperature=0.5,
+          jit_compile=(FLAGS.jit_compile if FLAGS.jit_compile is not None
+                       else precision.default_jit_compile(
+                           precision.device_type(strategy),
+                           strategy.num_replicas_in_sync))),
+      eval=c.EvalConfig())
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, [_NUM_IMAGES, stored_size, stored_size, 3],
+                        dtype=np.uint8)
+  labels = rng.integers(0, 10, [_NUM_IMAGES]).astype(np.int64)
+  source = datasets.ArraySource('random', {'train': images},
+                                {'train': labels}, num_classes=10)
+  return config, source
+
+
+def forward_flops(model, image_size) -> int:
+  """FLOPs of one image's forward pass (multiply-add = 2)."""
+
+  @tf.function
+  def forward(images):
+    return model(images, training=False)['proj_head_output']
+
+  graph = forward.get_concrete_function(
+      tf.TensorSpec([1, image_size, image_size, 3])).graph
+  options = (tf.compat.v1.profiler.ProfileOptionBuilder(
+      tf.compat.v1.profiler.ProfileOptionBuilder.float_operation())
+             .with_empty_output().build())
+  return tf.compat.v1.profiler.profile(graph, options=options).total_float_ops
+
+
+def _timed(loop, iterator, steps_per_call, calls):
+  for _ in range(FLAGS.warmup_calls):
+    loop(iterator, tf.constant(steps_per_call)).numpy()
+  started = time.perf_counter()
+  for _ in range(calls):
+    loop(iterator, tf.constant(steps_per_call)).numpy()
+  return time.perf_counter() - started
+
+
+def measure(name):
+  depth, image_size, batch_size, stored_size = CONFIGS[name]
+  strategy = tf.distribute.get_strategy()
+  config, source = run_config(depth, image_size, batch_size, stored_size,
+                              strategy)
+  plan = train_lib.Plan(_NUM_IMAGES, _NUM_IMAGES // batch_size, 10**6, 0, 1)
+  model = train_lib.build_model(config)
+  optimizer = train_lib.build_optimizer(config, plan)
+  optimizer.build(model.trainable_variables)
+  metrics = {n: keras.metrics.Mean() for n in train_lib.PRETRAIN_METRICS}
+  step_fn = train_lib.make_step_fn(config, model, optimizer, metrics, 1)
+
+  @tf.function
+  def loop(iterator, num_steps):
+    for _ in tf.range(num_steps):
+      step_fn(next(iterator))
+    return optimizer.iterations
+
+  def dataset():
+    return pipeline.train_dataset(
+        source, pipeline.Split('train'), global_batch_size=batch_size,
+        augment_config=config.augment, views=2, seed=0)
+
+  images = batch_size * FLAGS.timed_steps
+  train_seconds = _timed(loop, iter(dataset()), 1, FLAGS.timed_steps)
+  peak_bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+  cached = iter(dataset().take(1).cache().repeat())
+  model_seconds = _timed(loop, cached, 1, FLAGS.timed_steps)
+
+  batches = iter(dataset())
+  for _ in range(3):
+    next(batches)
+  input_batches = max(20, 2000 // batch_size)
+  started = time.perf_counter()
+  for _ in range(input_batches):
+    next(batches)
+  input_seconds = time.perf_counter() - started
+
+  flops = forward_flops(model, image_size) * 3 * 2
+  op_types = (profile(loop, cached, os.path.join(FLAGS.profile_dir, name))
+              if FLAGS.profile_dir else None)
+  return {
+      'config': name, 'resnet_depth': depth, 'image_size': image_size,
+      'batch_size': batch_size, 'precision': config.model.precision,
+      'jit_compile': config.train.jit_compile,
+      'device': precision.device_type(strategy),
+      'train_images_per_second': images / train_seconds,
+      'model_images_per_second': images / model_seconds,
+      'input_images_per_second': input_batches * batch_size / input_seconds,
+      'peak_memory_gb': peak_bytes / 1e9,
+      'training_gflop_per_image': flops / 1e9,
+      'train_gflop_per_second': flops * images / train_seconds / 1e9,
+      'model_gflop_per_second': flops * images / model_seconds / 1e9,
+      'profile_op_time_share': op_types,
+  }
+
+
+def profile(loop, iterator, directory, steps=2):
+  """Traces `steps` model steps; returns {op type: share of op time}."""
+  tf.profiler.experimental.start(directory)
+  loop(iterator, tf.constant(steps)).numpy()
+  tf.profiler.experimental.stop()
+  try:  # TensorBoard's op table, computed by TensorFlow's own converter.
+    from tensorflow.python.profiler.internal import _pywrap_profiler_plugin  # pylint: disable=g-import-not-at-top
+    paths = tf.io.gfile.glob(os.path.join(directory, '**', '*.xplane.pb'))
+    data, _ = _pywrap_profiler_plugin.xspace_to_tools_data(
+        paths[-1:], 'framework_op_stats', {'tqx': 'out:csv;'})
+    table = json.loads(data)[0]
+  except (ImportError, IndexError, ValueError, KeyError):
+    return None
+  columns = [column['id'] for column in table['cols']]
+  totals = {}
+  for row in table['rows']:
+    values = dict(zip(columns, [cell.get('v') if cell else None
+                                for cell in row['c']]))
+    if values['type'] != 'IDLE':
+      totals[values['type']] = (totals.get(values['type'], 0) +
+                                values['total_self_time'])
+  total = sum(totals.values())
+  return {op: round(t / total, 4) for op, t in
+          sorted(totals.items(), key=lambda item: -item[1])[:12]}
+
+
+def main(_):
+  if FLAGS.child:
+    print('RESULT ' + json.dumps(measure(FLAGS.child)), flush=True)
+    return
+  passed = [a for a in sys.argv[1:] if not a.startswith('--output')
+            and not a.startswith('--configs')]
+  results = []
+  for name in FLAGS.configs:
+    if name not in CONFIGS:
+      raise app.UsageError(f'--configs: unknown {name!r}; use any of '
+                           f'{list(CONFIGS)}.')
+    # A process per configuration: its peak memory is its own.
+    out = subprocess.run(
+        [sys.executable, '-m', 'benchmarks.throughput', f'--child={name}',
+         *passed], check=True, capture_output=True, text=True).stdout
+    result = json.loads(out.split('RESULT ', 1)[1])
+    results.append(result)
+    print(json.dumps(result), flush=True)
+  record = {'date': time.strftime('%Y-%m-%d'), 'machine': _machine(),
+            'tensorflow': tf.__version__, 'results': results}
+  if FLAGS.output:
+    with open(FLAGS.output, 'w') as f:
+      json.dump(record, f, indent=2)
+
+
+def _machine():
+  cpu = 'unknown CPU'
+  try:
+    with open('/proc/cpuinfo') as f:
+      cpu = next(l.split(':', 1)[1].strip() for l in f
+                 if l.startswith('model name'))
+  except (OSError, StopIteration):
+    pass
+  gpus = [tf.config.experimental.get_device_details(g).get('device_name')
+          for g in tf.config.list_physical_devices('GPU')]
+  return {'cpu': cpu, 'cpu_cores': os.cpu_count(), 'gpus': gpus}
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,205 @@
+"""Fused batch norm, mixed precision, loss scaling and XLA."""
+
+import dataclasses
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from simclr_tf import checkpoints
+from simclr_tf import config as c
+from simclr_tf import export
+from simclr_tf import objective
+from simclr_tf import precision
+from simclr_tf import train as train_lib
+from simclr_tf.resnet import BATCH_NORM_EPSILON, FusedBatchNormalization
+from tests import helpers
+from tests.test_run_preview import run
+
+_ENCODER = c.EncoderConfig(depth=18, width_multiplier=0.125, cifar_stem=True)
+
+
+def _run_config(model_dir='/tmp/unused', **model_kwargs):
+  return c.RunConfig(
+      data=c.DataConfig(), augment=c.AugmentConfig(image_size=16),
+      model=c.ModelConfig(encoder=_ENCODER, num_classes=3, **model_kwargs),
+      optim=c.OptimConfig(warmup_epochs=0),
+      train=c.TrainConfig(model_dir=model_dir, train_batch_size=8,
+                          temperature=0.5),
+      eval=c.EvalConfig())
+
+
+def _numpy_batch_norm(x, gamma, beta, eps):
+  axes = tuple(range(x.ndim - 1))
+  mean, var = x.mean(axes), x.var(axes)
+  return gamma * (x - mean) / np.sqrt(var + eps) + beta, mean, var
+
+
+@pytest.mark.parametrize('shape,center', [((6, 5, 4, 3), True),
+                                          ((10, 7), True), ((10, 7), False)])
+def test_fused_batch_norm_matches_numpy_and_keras(shape, center, rng):
+  x = rng.normal(2.0, 3.0, shape).astype(np.float32)
+  channels = shape[-1]
+  layers = []
+  for cls in (FusedBatchNormalization, keras.layers.BatchNormalization):
+    layer = cls(momentum=0.9, epsilon=BATCH_NORM_EPSILON, center=center)
+    layer.build(shape)
+    layer.gamma.assign(rng.normal(1, 0.2, channels).astype(np.float32))
+    if center:
+      layer.beta.assign(rng.normal(0, 0.2, channels).astype(np.float32))
+    layers.append(layer)
+  layers[1].set_weights(layers[0].get_weights())
+  gamma = layers[0].gamma.numpy()
+  beta = layers[0].beta.numpy() if center else 0.0
+  expected, mean, var = _numpy_batch_norm(x.astype(np.float64), gamma, beta,
+                                          BATCH_NORM_EPSILON)
+  upstream = tf.constant(rng.normal(size=shape).astype(np.float32))
+  gradients = []
+  for layer in layers:
+    inputs = tf.constant(x)
+    with tf.GradientTape() as tape:
+      tape.watch(inputs)
+      y = layer(inputs, training=True)
+      loss = tf.reduce_sum(y * upstream)
+    gradients.append(tape.gradient(loss, [inputs, *layer.trainable_weights]))
+    np.testing.assert_allclose(y.numpy(), expected, rtol=1e-4, atol=1e-4)
+    # Moving statistics use the biased batch variance, as Keras does.
+    np.testing.assert_allclose(layer.moving_mean.numpy(), 0.1 * mean,
+                               rtol=1e-5)
+    np.testing.assert_allclose(layer.moving_variance.numpy(),
+                               0.9 + 0.1 * var, rtol=1e-5)
+  for fused, reference in zip(*gradients):
+    np.testing.assert_allclose(fused.numpy(), reference.numpy(), rtol=1e-3,
+                               atol=1e-4)
+  # Inference uses the moving statistics (Keras' own path).
+  np.testing.assert_allclose(layers[0](x, training=False).numpy(),
+                             layers[1](x, training=False).numpy(), rtol=1e-5,
+                             atol=1e-6)
+
+
+@pytest.mark.parametrize('device,capability,expected', [
+    ('CPU', None, 'float32'), ('TPU', None, 'bfloat16'),
+    ('GPU', (9, 0), 'bfloat16'), ('GPU', (8, 0), 'bfloat16'),
+    ('GPU', (7, 0), 'float16'), ('GPU', (6, 1), 'float32')])
+def test_default_precision_per_device(device, capability, expected):
+  assert precision.default_precision(device, capability) == expected
+
+
+def test_defaults_on_this_cpu_are_float32_without_xla():
+  strategy = tf.distribute.get_strategy()
+  assert precision.device_type(strategy) == 'CPU'
+  assert precision.resolve_precision('auto', strategy) == 'float32'
+  assert precision.resolve_precision('float16', strategy) == 'float16'
+  assert not precision.default_jit_compile('CPU', 1)
+  assert precision.default_jit_compile('GPU', 1)
+  assert not precision.default_jit_compile('GPU', 2)
+
+
+@pytest.mark.parametrize('name', ['bfloat16', 'float16'])
+def test_mixed_model_keeps_float32_variables_and_global_policy(name):
+  model = train_lib.build_model(_run_config(precision=name))
+  assert keras.config.dtype_policy().name == 'float32'  # Restored.
+  outputs = model(tf.zeros([2, 16, 16, 3]), training=False)
+  assert outputs['final_avg_pool'].dtype == name
+  assert outputs['logits_sup'].dtype == tf.float32
+  assert all(v.dtype == tf.float32 for v in model.weights)
+
+
+def _one_step(config, images, labels, max_calls=1):
+  """Training steps from the seeded initialisation until one is applied
+  (float16 loss scaling skips steps whose scaled gradients overflow)."""
+  keras.utils.set_random_seed(0)
+  model = train_lib.build_model(config)
+  plan = train_lib.Plan(64, 8, 100, 0, 10)
+  optimizer = train_lib.build_optimizer(config, plan)
+  optimizer.build(model.trainable_variables)
+  metrics = {n: keras.metrics.Mean() for n in train_lib.PRETRAIN_METRICS}
+  step_fn = tf.function(
+      train_lib.make_step_fn(config, model, optimizer, metrics, 1))
+  for _ in range(max_calls):
+    step_fn({'view1': images[0], 'view2': images[1], 'label': labels})
+    if int(optimizer.iterations.numpy()) == 1:
+      break
+  return model, optimizer, {k: float(m.result()) for k, m in metrics.items()}
+
+
+def test_xla_step_matches_the_plain_step(rng):
+  images = rng.uniform(size=(2, 8, 16, 16, 3)).astype(np.float32)
+  labels = rng.integers(0, 3, 8)
+  plain = _run_config()
+  # Both start from the same seeded weights.
+  model, _, plain_metrics = _one_step(plain, images, labels)
+  jit = dataclasses.replace(
+      plain, train=dataclasses.replace(plain.train, jit_compile=True))
+  jit_model, _, jit_metrics = _one_step(jit, images, labels)
+  for name in ('contrast_loss', 'contrast_acc', 'supervised_loss'):
+    assert jit_metrics[name] == pytest.approx(plain_metrics[name], rel=1e-4)
+  for a, b in zip(model.get_weights(), jit_model.get_weights()):
+    np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
+
+
+def test_float16_step_scales_the_loss_and_checkpoints_its_step(rng,
+                                                               tmp_path):
+  images = rng.uniform(size=(2, 8, 16, 16, 3)).astype(np.float32)
+  labels = rng.integers(0, 3, 8)
+  config = _run_config(precision='float16')
+  keras.utils.set_random_seed(0)
+  initial = train_lib.build_model(config).get_weights()
+  model, optimizer, metrics = _one_step(config, images, labels, max_calls=30)
+  assert isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+  # Steps whose scaled gradients overflow are skipped and halve the scale
+  # (from 2**15); then one is applied.
+  assert int(optimizer.iterations.numpy()) == 1
+  assert float(optimizer.dynamic_scale.numpy()) <= 2.0**15
+  assert np.isfinite(metrics['contrast_loss'])
+  assert not all(np.array_equal(a, b)
+                 for a, b in zip(initial, model.get_weights()))
+  path = tf.train.Checkpoint(model=model, optimizer=optimizer).save(
+      str(tmp_path / 'ckpt'))
+  assert checkpoints.step_of(path) == 1
+
+
+def test_float16_loss_matches_float32_at_the_same_weights(rng):
+  images = tf.constant(rng.uniform(size=(16, 16, 16, 3)), tf.float32)
+  keras.utils.set_random_seed(0)
+  float32_model = train_lib.build_model(_run_config())
+  losses = {}
+  for name in ('float32', 'float16', 'bfloat16'):
+    model = train_lib.build_model(_run_config(precision=name))
+    model.set_weights(float32_model.get_weights())
+    hidden = model(images, training=True)['proj_head_output']
+    loss, _, _ = objective.contrastive_loss(hidden, 0.5)
+    assert loss.dtype == tf.float32
+    losses[name] = float(loss)
+  assert losses['float16'] == pytest.approx(losses['float32'], rel=5e-3)
+  assert losses['bfloat16'] == pytest.approx(losses['float32'], rel=3e-2)
+
+
+def test_export_of_a_bfloat16_model_serves_float32(tmp_path):
+  config = _run_config(precision='bfloat16')
+  model = train_lib.build_model(config)
+  path = export.export(model, config.augment, str(tmp_path), 1)
+  loaded = tf.saved_model.load(path)
+  outputs = loaded.signatures['serving_default'](
+      images=tf.zeros([2, 16, 16, 3]))
+  assert all(v.dtype == tf.float32 for v in outputs.values())
+  expected = model(tf.zeros([2, 16, 16, 3]), training=False)
+  np.testing.assert_allclose(
+      outputs['final_avg_pool'].numpy(),
+      tf.cast(expected['final_avg_pool'], tf.float32).numpy(), rtol=1e-6)
+
+
+def test_run_py_trains_in_float16_with_xla_and_says_so(tmp_path, rng):
+  folder = helpers.make_class_folder(str(tmp_path / 'data'), rng,
+                                     per_class=8, size=(16, 16))
+  model_dir = str(tmp_path / 'run')
+  result = run('--mode=train', f'--dataset=folder:{folder}',
+               f'--model_dir={model_dir}', '--image_size=16',
+               '--width_multiplier=0.125', '--train_batch_size=8',
+               '--train_steps=2', '--steps_per_loop=2', '--knn=false',
+               '--mixed_precision=float16', '--jit_compile')
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'Computing in float16 with XLA on 1 CPU replica(s).' in result.stderr
+  latest = tf.train.latest_checkpoint(model_dir)
+  assert checkpoints.step_of(latest) == 2
