@@ -17,6 +17,7 @@ original code's pretraining), in a fresh process each:
   image, forward FLOPs counted by TensorFlow's profiler.
 """
 
+import glob
 import json
 import os
 import resource
@@ -176,7 +177,8 @@ def profile(loop, iterator, directory, steps=2):
   tf.profiler.experimental.stop()
   try:  # TensorBoard's op table, computed by TensorFlow's own converter.
     from tensorflow.python.profiler.internal import _pywrap_profiler_plugin  # pylint: disable=g-import-not-at-top
-    paths = tf.io.gfile.glob(os.path.join(directory, '**', '*.xplane.pb'))
+    paths = sorted(glob.glob(os.path.join(directory, '**', '*.xplane.pb'),
+                             recursive=True))
     data, _ = _pywrap_profiler_plugin.xspace_to_tools_data(
         paths[-1:], 'framework_op_stats', {'tqx': 'out:csv;'})
     table = json.loads(data)[0]
