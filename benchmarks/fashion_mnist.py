@@ -216,7 +216,7 @@ def plot(result: dict, directory: str):
   ax.bar_label(bars, fmt='%.1f', padding=3)
   ax.set_xlim(min(values) - 10, 100)
   ax.set_xlabel('Fashion-MNIST test accuracy (%)')
-  ax.set_title(result['title'], fontsize=9)
+  fig.suptitle(result['title'], fontsize=8)
   fig.tight_layout()
   fig.savefig(os.path.join(directory, 'methods.png'), dpi=120)
 
