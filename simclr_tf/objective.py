@@ -19,7 +19,13 @@ def _gather_across_replicas(tensor):
 
 
 def contrastive_loss(hidden, temperature, hidden_norm=True):
-  """The paper's NT-Xent loss.
+  """The paper's NT-Xent loss, at the original SimCLR code's scale.
+
+  The original code returns the mean loss of the view-1 anchors plus the mean
+  of the view-2 anchors: twice the paper's eq. 1 average over 2B anchors. We
+  keep that scale because LARS does not adapt the steps of biases and
+  batch-norm parameters and weighs the gradient against weight decay, so the
+  original's published hyper-parameters hold only at its scale.
 
   Args:
     hidden: [2B, D], view 1 of the local batch stacked on view 2.
@@ -27,7 +33,7 @@ def contrastive_loss(hidden, temperature, hidden_norm=True):
     hidden_norm: L2-normalise `hidden` first (cosine similarity).
 
   Returns:
-    (loss, logits_ab, labels): the loss averaged over all 2B anchors; the
+    (loss, logits_ab, labels): the sum of the two views' mean losses; the
     view-1-to-view-2 similarities / temperature, [B, global B]; and one-hot
     labels [B, 2 global B] whose positives sit at this replica's offset.
     Inside a replica context with several replicas, every replica's examples
@@ -59,7 +65,7 @@ def contrastive_loss(hidden, temperature, hidden_norm=True):
       labels, tf.concat([logits_ab, logits_aa], axis=1))
   loss_b = tf.nn.softmax_cross_entropy_with_logits(
       labels, tf.concat([logits_ba, logits_bb], axis=1))
-  loss = tf.reduce_mean(tf.concat([loss_a, loss_b], axis=0))
+  loss = tf.reduce_mean(loss_a) + tf.reduce_mean(loss_b)
   return loss, logits_ab, labels
 
 
