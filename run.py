@@ -4,6 +4,7 @@ Flags are read here and nowhere else: they become frozen config objects that
 are passed down to `simclr_tf`. Flag names follow the original SimCLR code.
 """
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -59,6 +60,8 @@ flags.DEFINE_integer('image_size', None,
 flags.DEFINE_float('color_jitter_strength', 0.5,
                    'Strength s of colour jitter (brightness, contrast, '
                    'saturation 0.8 s; hue 0.2 s); 1.0 for ImageNet.')
+flags.DEFINE_float('min_crop_area', 0.08, 'Smallest area of a random crop, '
+                   'as a fraction of the image (the paper: 0.08).')
 flags.DEFINE_boolean('use_blur', None,
                      'Gaussian blur in pretraining; default: on above 32 px.')
 
@@ -131,11 +134,12 @@ flags.DEFINE_float('knn_temperature', 0.1, 'Temperature of the kNN '
 flags.DEFINE_integer('knn_every_n_checkpoints', 0, 'Also run the kNN monitor '
                      'at every N-th checkpoint; 0: only at the end.')
 flags.DEFINE_boolean('linear_probe', False, 'Also fit a logistic-regression '
-                     'probe on frozen features.')
-flags.DEFINE_integer('linear_probe_steps', 500, 'Full-batch steps of the '
-                     'linear probe.')
-flags.DEFINE_boolean('random_baseline', False, 'Also evaluate the same '
-                     'encoder with random weights (kNN and linear probe).')
+                     'probe (L-BFGS to convergence, L2 chosen on held-out '
+                     'training data) on frozen features.')
+flags.DEFINE_boolean('random_baseline', False, 'Also evaluate the baselines '
+                     'with the same kNN and probe: raw pixels, and the same '
+                     'encoder with random weights at standard '
+                     'initialisation.')
 flags.DEFINE_boolean('eval_watch', False, '--mode=eval keeps evaluating new '
                      'checkpoints in --model_dir.')
 flags.DEFINE_float('eval_timeout', 0, 'Seconds --eval_watch waits for a new '
@@ -209,6 +213,7 @@ def check_flags():
   _check(FLAGS.width_multiplier > 0, '--width_multiplier must be > 0.')
   _check(FLAGS.color_jitter_strength >= 0,
          '--color_jitter_strength must be >= 0.')
+  _check(0 < FLAGS.min_crop_area <= 1, '--min_crop_area must be in (0, 1].')
   _check(FLAGS.train_epochs > 0 or FLAGS.train_steps > 0,
          'Give --train_epochs or --train_steps > 0.')
   _check(-1 <= FLAGS.fine_tune_after_block <= 4,
@@ -262,6 +267,7 @@ def build_config(source, strategy):
       augment=c.AugmentConfig(
           image_size=image_size,
           color_jitter_strength=FLAGS.color_jitter_strength,
+          crop_area_range=(FLAGS.min_crop_area, 1.0),
           use_blur=use_blur),
       model=c.ModelConfig(
           encoder=c.EncoderConfig(
@@ -309,7 +315,6 @@ def build_config(source, strategy):
           knn_temperature=FLAGS.knn_temperature,
           knn_every_n_checkpoints=FLAGS.knn_every_n_checkpoints,
           linear_probe=FLAGS.linear_probe,
-          linear_probe_steps=FLAGS.linear_probe_steps,
           random_baseline=FLAGS.random_baseline))
 
 
@@ -411,6 +416,7 @@ def run_mode():
   import keras
   from simclr_tf import datasets
   from simclr_tf import distribute
+  from simclr_tf import lock
   from simclr_tf import runner
   import tensorflow as tf
   if FLAGS.deterministic:
@@ -432,18 +438,23 @@ def run_mode():
   run = runner.Run(config, strategy, source)
   if run.chief:
     _check_writable(config.train.model_dir)
-  keras.utils.set_random_seed(FLAGS.seed)
-  if run.chief and FLAGS.mode != 'export':
-    write_flags(config)
-  logging.info('Model directory: %s', config.train.model_dir)
-  if FLAGS.mode == 'train':
-    runner.run_train(run, then_eval=False)
-  elif FLAGS.mode == 'train_then_eval':
-    runner.run_train(run, then_eval=True)
-  elif FLAGS.mode == 'eval':
-    runner.run_eval(run, FLAGS.eval_watch, FLAGS.eval_timeout)
-  elif FLAGS.mode == 'export':
-    runner.run_export(run, FLAGS.checkpoint)
+  # One training process per model_dir (the chief's); evaluators and
+  # exports may run beside it.
+  trains = FLAGS.mode in ('train', 'train_then_eval')
+  with (lock.exclusive(config.train.model_dir) if run.chief and trains
+        else contextlib.nullcontext()):
+    keras.utils.set_random_seed(FLAGS.seed)
+    if run.chief and FLAGS.mode != 'export':
+      write_flags(config)
+    logging.info('Model directory: %s', config.train.model_dir)
+    if FLAGS.mode == 'train':
+      runner.run_train(run, then_eval=False)
+    elif FLAGS.mode == 'train_then_eval':
+      runner.run_train(run, then_eval=True)
+    elif FLAGS.mode == 'eval':
+      runner.run_eval(run, FLAGS.eval_watch, FLAGS.eval_timeout)
+    elif FLAGS.mode == 'export':
+      runner.run_export(run, FLAGS.checkpoint)
 
 
 def main(argv):
@@ -455,6 +466,7 @@ def main(argv):
   import tensorflow as tf
   from simclr_tf.checkpoints import CheckpointError
   from simclr_tf.datasets import DatasetError
+  from simclr_tf.lock import LockError
   from simclr_tf.train import Preempted
   try:
     check_flags()
@@ -464,12 +476,13 @@ def main(argv):
       run_embed()
     else:
       run_mode()
-  except (UsageError, DatasetError, CheckpointError, FloatingPointError) as e:
+  except (UsageError, DatasetError, CheckpointError, LockError,
+          FloatingPointError) as e:
     _fail(str(e), 2)
   except Preempted as e:
-    # 128 + SIGTERM: the conventional code of a job stopped by SIGTERM.
+    # 128 + the signal: 143 for SIGTERM, 130 for Ctrl-C, as shells report.
     logging.warning('%s', e)
-    sys.exit(143)
+    sys.exit(e.exit_code)
   except (OSError, tf.errors.OpError) as e:
     message = _storage_error(e)
     if message is None:

@@ -66,6 +66,10 @@ class EncoderConfig:
   cifar_stem: bool = False
   global_bn: bool = True
   batch_norm_decay: float = 0.9
+  # The last batch norm of every residual block starts at gamma = 0 (each
+  # block starts as its shortcut), as SimCLR trains; False: gamma = 1, the
+  # standard initialisation that random-weights baselines use.
+  zero_init_residual: bool = True
 
 
 PROJ_HEAD_MODES = ('none', 'linear', 'nonlinear')
@@ -167,8 +171,8 @@ class EvalConfig:
   # Fit a logistic-regression probe on frozen features (train split) and
   # report its test accuracy.
   linear_probe: bool = False
-  linear_probe_steps: int = 500
-  # Also evaluate the same encoder with random weights (kNN and probe).
+  # Also evaluate the baselines, probed the same way: raw pixels and the same
+  # encoder with random weights at standard initialisation.
   random_baseline: bool = False
 
 

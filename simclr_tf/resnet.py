@@ -242,7 +242,8 @@ class BasicBlock(_ResidualBlock):
     self.conv1 = FixedPaddingConv2D(filters, 3, strides)
     self.bn1 = BatchNormRelu(config)
     self.conv2 = FixedPaddingConv2D(filters, 3, 1)
-    self.bn2 = BatchNormRelu(config, relu=False, zero_gamma=True)
+    self.bn2 = BatchNormRelu(config, relu=False,
+                              zero_gamma=config.zero_init_residual)
 
   def residual(self, inputs, training):
     x = self.bn1(self.conv1(inputs), training=training)
@@ -268,7 +269,8 @@ class BottleneckBlock(_ResidualBlock):
       self.conv2 = FixedPaddingConv2D(filters, 3, strides)
       self.bn2 = BatchNormRelu(config)
     self.conv3 = FixedPaddingConv2D(4 * filters, 1, 1)
-    self.bn3 = BatchNormRelu(config, relu=False, zero_gamma=True)
+    self.bn3 = BatchNormRelu(config, relu=False,
+                              zero_gamma=config.zero_init_residual)
 
   def residual(self, inputs, training):
     x = self.bn1(self.conv1(inputs), training=training)

@@ -1,5 +1,6 @@
 """The modes of run.py: train, eval, train_then_eval, export."""
 
+import dataclasses
 import json
 import os
 import time
@@ -54,14 +55,14 @@ def _knn(run: Run, train_features, train_labels, test_features, test_labels):
 
 
 def _probe(run: Run, train_features, train_labels, test_features,
-           test_labels):
-  scores = evaluate.linear_probe(
+           test_labels, standardize=True):
+  probe = evaluate.linear_probe(
       train_features, train_labels, test_features, run.source.num_classes,
-      steps=run.config.eval.linear_probe_steps)
-  return {'linear_probe_top_1_accuracy':
-              evaluate.accuracy(scores, test_labels, 1),
-          'linear_probe_top_5_accuracy':
-              evaluate.accuracy(scores, test_labels, 5)}
+      standardize=standardize, seed=run.config.data.seed)
+  if not probe.converged:
+    logging.warning('The linear probe stopped at its iteration limit before '
+                    'converging; its accuracy may be understated.')
+  return probe.metrics(test_labels)
 
 
 def feature_metrics(run: Run, model, knn=True, probe=False) -> dict:
@@ -83,6 +84,29 @@ def feature_metrics(run: Run, model, knn=True, probe=False) -> dict:
   return results
 
 
+def standard_init_model(config: RunConfig):
+  """The run's architecture with random weights at standard initialisation:
+  gamma = 1 in every batch norm (not the zero-gamma start that training
+  uses, whose residual branches all output 0), statistics as initialised."""
+  encoder = dataclasses.replace(config.model.encoder,
+                                zero_init_residual=False)
+  keras.utils.set_random_seed(config.data.seed)
+  return train_lib.build_model(dataclasses.replace(
+      config, model=dataclasses.replace(config.model, encoder=encoder)))
+
+
+def pixel_metrics(run: Run) -> dict:
+  """The raw-pixel baseline: the same probe on the evaluation-preprocessed
+  pixels in [0, 1] (not standardised) and kNN on them."""
+  train_x, train_y = evaluate.extract_pixels(
+      run.eval_data(run.config.data.train_split))
+  test_x, test_y = evaluate.extract_pixels(run.eval_data(run.eval_split))
+  results = _probe(run, train_x, train_y, test_x, test_y, standardize=False)
+  if run.config.eval.knn:
+    results.update(_knn(run, train_x, train_y, test_x, test_y))
+  return results
+
+
 def evaluate_model(run: Run, model, global_step: int) -> dict:
   """Everything result.json holds for `model` at `global_step`."""
   datasets.require_labels(run.source, 'evaluation')
@@ -92,7 +116,7 @@ def evaluate_model(run: Run, model, global_step: int) -> dict:
   if has_head:
     result.update(evaluate.label_accuracy(model, run.strategy,
                                           run.eval_data(run.eval_split)))
-  # The random-weights baseline has no trained head: compare probes.
+  # The baselines have no trained head: compare probes.
   probe = config.linear_probe or config.random_baseline or not has_head
   result.update(feature_metrics(run, model, knn=config.knn, probe=probe))
   if not has_head:  # Linear evaluation then comes from the probe.
@@ -100,10 +124,11 @@ def evaluate_model(run: Run, model, global_step: int) -> dict:
     result['label_top_5_accuracy'] = result['linear_probe_top_5_accuracy']
   if config.random_baseline:
     with run.strategy.scope():
-      keras.utils.set_random_seed(run.config.data.seed)
-      random_model = train_lib.build_model(run.config)
+      random_model = standard_init_model(run.config)
     baseline = feature_metrics(run, random_model, knn=config.knn, probe=True)
     result.update({f'random_init_{k}': v for k, v in baseline.items()})
+    result.update({f'raw_pixels_{k}': v
+                   for k, v in pixel_metrics(run).items()})
   return result
 
 
@@ -116,29 +141,32 @@ def write_result(run: Run, result: dict):
     json.dump(result, f, indent=2, sort_keys=True)
   os.replace(temporary, path)
   write_summary(run, result['global_step'],
-                {k: v for k, v in result.items() if isinstance(v, float)})
+                {k: v for k, v in result.items()
+                 if isinstance(v, float) and not k.endswith('_c')})
 
 
 def print_result(result: dict):
-  """A short table; with a random baseline, learned next to random."""
+  """A short table; with baselines, learned next to random weights at
+  standard initialisation and raw pixels, probed the same way."""
   rows = [('linear eval top-1 (supervised head)', 'label_top_1_accuracy'),
           ('linear probe top-1 (frozen features)',
            'linear_probe_top_1_accuracy'),
           ('kNN top-1 (frozen features)', 'knn_top_1_accuracy')]
-  baseline = any(k.startswith('random_init_') for k in result)
-  header = f'{"":40s} {"learned":>8s}' + (f' {"random":>8s}' if baseline
-                                           else '')
+  columns = [('learned', ''), ('random', 'random_init_'),
+             ('pixels', 'raw_pixels_')]
+  columns = [(name, prefix) for name, prefix in columns
+             if any(k.startswith(prefix) for k in result)]
   lines = [f'Results at step {result["global_step"]} on '
            f'{result.get("num_eval_examples", "")} {result["eval_split"]} '
-           'images:', header]
+           'images:',
+           f'{"":40s}' + ''.join(f' {name:>8s}' for name, _ in columns)]
   for title, key in rows:
     if key not in result:
       continue
-    line = f'{title:40s} {result[key]:8.4f}'
-    if baseline:
-      random_value = result.get(f'random_init_{key}')
-      line += f' {random_value:8.4f}' if random_value is not None else ''
-    lines.append(line)
+    values = [result.get(prefix + key) for _, prefix in columns]
+    lines.append(f'{title:40s}' + ''.join(
+        f' {value:8.4f}' if value is not None else f' {"":8s}'
+        for value in values))
   print('\n'.join(lines), flush=True)
 
 

@@ -1,6 +1,7 @@
 """Evaluation pieces against numpy: padded top-k, kNN, linear probe."""
 
 import numpy as np
+import scipy.optimize
 import pytest
 import tensorflow as tf
 
@@ -25,10 +26,10 @@ class _LinearOnPixels(tf.Module):
             'final_avg_pool': features}
 
 
-def _source(n_test=29, num_classes=7):
+def _source(n_test=29, num_classes=7, channels=3):
   rng = np.random.default_rng(1)
-  images = {'train': rng.integers(0, 256, (10, 8, 8, 3), np.uint8),
-            'test': rng.integers(0, 256, (n_test, 8, 8, 3), np.uint8)}
+  images = {'train': rng.integers(0, 256, (10, 8, 8, channels), np.uint8),
+            'test': rng.integers(0, 256, (n_test, 8, 8, channels), np.uint8)}
   labels = {'train': rng.integers(0, num_classes, 10),
             'test': rng.integers(0, num_classes, n_test)}
   return datasets.ArraySource('toy', images, labels, num_classes)
@@ -66,6 +67,22 @@ def test_extract_features_returns_every_example_once():
   np.testing.assert_array_equal(labels, source.labels('test'))
 
 
+@pytest.mark.parametrize('grayscale', [False, True])
+def test_extract_pixels_returns_every_image_once_in_0_1(grayscale):
+  # Grayscale sources decode to three equal channels.
+  source = _source(n_test=13, channels=1 if grayscale else 3)
+  data = evaluate.EvalData(source, pipeline.Split('test'),
+                           AugmentConfig(image_size=8), batch_size=4)
+  pixels, labels = evaluate.extract_pixels(data)
+  images = np.stack([e['image'] / 255.0 for e in
+                     source.load('test').as_numpy_iterator()])
+  if grayscale:  # One of the three equal channels is kept.
+    np.testing.assert_array_equal(images[..., 0], images[..., 2])
+    images = images[..., :1]
+  np.testing.assert_allclose(pixels, images.reshape(13, -1), atol=1e-6)
+  np.testing.assert_array_equal(labels, source.labels('test'))
+
+
 def _knn_numpy(train_x, train_y, test_x, num_classes, k, temperature):
   train = train_x / np.linalg.norm(train_x, axis=1, keepdims=True)
   scores = np.zeros((len(test_x), num_classes))
@@ -87,15 +104,76 @@ def test_knn_matches_a_numpy_loop(rng):
   assert evaluate.accuracy(np.eye(3), np.array([0, 1, 0])) == 2 / 3
 
 
+def _softmax_regression_scipy(x, y, num_classes, c):
+  """Scikit-learn's objective, C * sum of cross-entropies + ||W||^2 / 2
+  (bias not penalised), written in numpy and minimised by scipy's L-BFGS."""
+  n, d = x.shape
+  onehot = np.eye(num_classes)[y]
+
+  def objective(theta):
+    weights = theta[:d * num_classes].reshape(d, num_classes)
+    logits = x @ weights + theta[d * num_classes:]
+    logits -= logits.max(1, keepdims=True)
+    log_norm = np.log(np.exp(logits).sum(1))
+    loss = c * np.sum(log_norm - (logits * onehot).sum(1))
+    residual = c * (np.exp(logits - log_norm[:, None]) - onehot)
+    grad = np.concatenate([(x.T @ residual + weights).ravel(),
+                           residual.sum(0)])
+    return loss + 0.5 * np.sum(weights ** 2), grad
+
+  theta = scipy.optimize.minimize(
+      objective, np.zeros(d * num_classes + num_classes), jac=True,
+      method='L-BFGS-B', options={'maxiter': 5000, 'gtol': 1e-9,
+                                  'ftol': 1e-15}).x
+  return theta[:d * num_classes].reshape(d, num_classes), \
+      theta[d * num_classes:]
+
+
+def test_linear_probe_agrees_with_an_independent_solver(rng):
+  centers = rng.normal(size=(3, 6))
+  train_y = rng.integers(0, 3, 400)
+  test_y = rng.integers(0, 3, 100)
+  train_x = centers[train_y] + 1.5 * rng.normal(size=(400, 6))
+  test_x = centers[test_y] + 1.5 * rng.normal(size=(100, 6))
+  probe = evaluate.linear_probe(train_x, train_y, test_x, 3,
+                                standardize=False, c_grid=(0.05,))
+  assert probe.converged and probe.c == 0.05
+  weights, bias = _softmax_regression_scipy(train_x, train_y, 3, 0.05)
+  expected = test_x @ weights + bias
+  # Softmax regression scores are defined up to a per-example constant.
+  np.testing.assert_allclose(
+      probe.scores - probe.scores.mean(1, keepdims=True),
+      expected - expected.mean(1, keepdims=True), atol=2e-3)
+
+
+def test_linear_probe_picks_the_penalty_on_held_out_data(rng):
+  # 20 weakly informative features among 600 noise ones: a weak penalty
+  # overfits, so held-out accuracy must pick a strong one.
+  train_y = rng.integers(0, 2, 1000)
+  signal = np.where(train_y[:, None] == 1, 0.15, -0.15)
+  train_x = np.concatenate([signal + rng.normal(size=(1000, 20)),
+                            rng.normal(size=(1000, 600))], axis=1)
+  probe = evaluate.linear_probe(train_x, train_y, train_x[:5], 2,
+                                validation_fraction=0.3,
+                                c_grid=(1e-4, 1e-3, 1e-2, 1e-1, 1, 10))
+  assert probe.c <= 1e-2
+  assert probe.converged and probe.iterations > 0
+
+
 def test_linear_probe_separates_separable_classes(rng):
   centers = rng.normal(size=(4, 16)) * 3
   train_y = rng.integers(0, 4, 800)
   test_y = rng.integers(0, 4, 200)
   train_x = centers[train_y] + rng.normal(size=(800, 16))
   test_x = centers[test_y] + rng.normal(size=(200, 16))
-  scores = evaluate.linear_probe(train_x, train_y, test_x, 4, steps=200)
-  assert evaluate.accuracy(scores, test_y) > 0.97
+  probe = evaluate.linear_probe(train_x, train_y, test_x, 4)
+  assert evaluate.accuracy(probe.scores, test_y) > 0.97
+  assert probe.metrics(test_y)['linear_probe_top_1_accuracy'] > 0.97
   # Labels unrelated to the features cannot be learned.
   shuffled = evaluate.linear_probe(train_x, rng.permutation(train_y), test_x,
-                                   4, steps=200)
-  assert evaluate.accuracy(shuffled, test_y) < 0.45
+                                   4)
+  assert evaluate.accuracy(shuffled.scores, test_y) < 0.45
+  # A class missing from training is never predicted.
+  seen = train_y != 3
+  partial = evaluate.linear_probe(train_x[seen], train_y[seen], test_x, 4)
+  assert np.all(np.isneginf(partial.scores[:, 3]))

@@ -93,6 +93,22 @@ def test_zero_gamma_makes_each_block_start_as_its_shortcut(rng):
                              atol=1e-6)
 
 
+def test_standard_initialisation_keeps_every_residual_branch(rng):
+  x = tf.constant(rng.normal(size=(2, 6, 6, 8)), tf.float32)
+  config = EncoderConfig(depth=18, width_multiplier=0.25,
+                         zero_init_residual=False)
+  block = resnet.BasicBlock(config, 8, 1, use_projection=False)
+  output = block(x, training=False)
+  assert block.bn2.bn.gamma.numpy().all()
+  # In inference mode with initial statistics, batch norm is x / sqrt(1 +
+  # eps): the block is relu(x + conv2(relu(conv1(x) / s)) / s).
+  scale = np.sqrt(1 + 1e-5)
+  inner = tf.nn.relu(block.conv1(x) / scale)
+  expected = tf.nn.relu(x + block.conv2(inner) / scale)
+  np.testing.assert_allclose(output, expected, rtol=1e-4, atol=1e-5)
+  assert np.abs(output - tf.nn.relu(x)).max() > 0.1
+
+
 def test_global_bn_flag_selects_synchronized_batch_norm():
   model, _ = _build(image_size=32, depth=18, width_multiplier=0.25,
                     global_bn=False)

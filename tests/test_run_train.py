@@ -184,3 +184,23 @@ def test_evaluation_of_unlabeled_images_says_so(tmp_path, rng):
   assert result.returncode == 2
   assert 'has no labels, so it cannot be used for evaluation' in result.stderr
   assert not os.path.exists(tmp_path / 'm' / 'checkpoint')
+
+
+def test_baselines_are_probed_like_the_learned_features(pretrained, folder):
+  model_dir, _ = pretrained
+  result = run('--mode=eval', f'--dataset=folder:{folder}',
+               f'--model_dir={model_dir}', '--random_baseline', *TINY)
+  assert result.returncode == 0, result.stderr[-3000:]
+  outcome = json.load(open(os.path.join(model_dir, 'result.json')))
+  for prefix in ('', 'random_init_', 'raw_pixels_'):
+    for key in ('linear_probe_top_1_accuracy', 'knn_top_1_accuracy'):
+      assert 0.0 <= outcome[prefix + key] <= 1.0, prefix + key
+    assert outcome[prefix + 'linear_probe_converged'] is True
+  header = [line for line in result.stdout.splitlines()
+            if 'learned' in line][0]
+  assert header.split() == ['learned', 'random', 'pixels']
+  probe_row = [line for line in result.stdout.splitlines()
+               if line.startswith('linear probe top-1')][0]
+  assert [float(v) for v in probe_row.split()[-3:]] == [
+      round(outcome[p + 'linear_probe_top_1_accuracy'], 4)
+      for p in ('', 'random_init_', 'raw_pixels_')]
