@@ -62,8 +62,65 @@ def restore_encoder(model, path: str):
   return path
 
 
+def _step_in_name(prefix: str) -> int:
+  suffix = prefix.rsplit('-', 1)[-1]
+  return int(suffix) if suffix.isdigit() else -1
+
+
+def _candidates(model_dir: str) -> list[str]:
+  """Checkpoint prefixes in `model_dir`, newest first: those the state file
+  lists and those on disk, so that a damaged state file hides none."""
+  prefixes = set()
+  try:
+    state = tf.train.get_checkpoint_state(model_dir)
+  except Exception:  # pylint: disable=broad-except
+    state = None  # Unparsable state file: the files on disk still count.
+  if state is not None:
+    prefixes.update(os.path.join(model_dir, os.path.basename(p))
+                    for p in state.all_model_checkpoint_paths)
+  for pattern in (f'{CHECKPOINT_NAME}-*.index', f'{CHECKPOINT_NAME}-*.data-*'):
+    for path in tf.io.gfile.glob(os.path.join(model_dir, pattern)):
+      prefixes.add(path.split('.index')[0].split('.data-')[0])
+  return sorted(prefixes, key=_step_in_name, reverse=True)
+
+
+def problem_with(prefix: str) -> str | None:
+  """Why the checkpoint at `prefix` cannot be loaded, or None: its index is
+  read and every tensor in it (a truncated data file fails there)."""
+  if not tf.io.gfile.exists(prefix + '.index'):
+    return 'its .index file is missing'
+  try:
+    reader = tf.train.load_checkpoint(prefix)
+    for name in reader.get_variable_to_shape_map():
+      reader.get_tensor(name)
+  except Exception as e:  # pylint: disable=broad-except
+    first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    return f'it cannot be read ({first_line[:200]})'
+  return None
+
+
 def latest_in(model_dir: str) -> str | None:
-  return tf.train.latest_checkpoint(model_dir)
+  """The newest checkpoint in `model_dir` that loads, or None when there is
+  none at all. Damaged newer ones are skipped with one warning; when
+  checkpoint files exist but none loads, raises CheckpointError rather than
+  letting a run start over."""
+  if not tf.io.gfile.isdir(model_dir):
+    return None
+  problems = []
+  for prefix in _candidates(model_dir):
+    problem = problem_with(prefix)
+    if problem is None:
+      if problems:
+        logging.warning('Skipping damaged checkpoint(s) in %s: %s; using %s.',
+                        model_dir, '; '.join(problems), prefix)
+      return prefix
+    problems.append(f'{os.path.basename(prefix)}: {problem}')
+  if problems:
+    raise CheckpointError(
+        f'{model_dir} holds checkpoint files but none loads ('
+        f'{"; ".join(problems)}). Nothing was changed; to start over, move '
+        'them away or use another --model_dir.')
+  return None
 
 
 def manager(checkpoint, directory: str, max_to_keep: int):

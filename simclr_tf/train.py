@@ -175,31 +175,51 @@ class _Summaries:
 
 
 class Preempted(Exception):
-  """Training stopped early on request (SIGTERM), after a checkpoint."""
+  """Training stopped early on request (SIGTERM, Ctrl-C), after a
+  checkpoint."""
+
+  def __init__(self, message, signum):
+    super().__init__(message)
+    self.exit_code = 128 + signum  # The shell's code for that signal.
+
+
+# Signals that stop training with a checkpoint at the current step: what
+# schedulers send before killing (SIGTERM), and Ctrl-C (SIGINT).
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class _StopRequest:
-  """Turns SIGTERM (what schedulers send before killing) into a request
-  that the loop honours after the current steps, with a checkpoint."""
+  """Turns SIGTERM and Ctrl-C into a request that the loop honours after the
+  current steps, with a checkpoint. A second Ctrl-C aborts at once."""
 
   def __init__(self):
-    self.requested = False
-    self.signal_name = None
-    self._previous = None
+    self.signum = None
+    self._previous = {}
     if threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
+      for signum in _STOP_SIGNALS:
+        self._previous[signum] = signal.signal(signum, self._handle)
+
+  @property
+  def requested(self) -> bool:
+    return self.signum is not None
+
+  @property
+  def signal_name(self) -> str:
+    return signal.Signals(self.signum).name
 
   def _handle(self, signum, frame):
     del frame
-    self.requested = True
-    self.signal_name = signal.Signals(signum).name
-    logging.warning('%s received: saving a checkpoint and stopping.',
-                    self.signal_name)
+    if self.requested and signum == signal.SIGINT:
+      self.restore()
+      raise KeyboardInterrupt
+    self.signum = signum
+    logging.warning('%s received: saving a checkpoint and stopping (Ctrl-C '
+                    'again aborts without one).', self.signal_name)
 
   def restore(self):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
-      self._previous = None
+    for signum, previous in self._previous.items():
+      signal.signal(signum, previous)
+    self._previous = {}
 
 
 class ProgressLog:
@@ -300,39 +320,40 @@ def train(config: RunConfig, strategy: tf.distribute.Strategy,
   progress = ProgressLog(plan.total_steps, start_step, tc.log_every_seconds)
   checkpoint_index = 0
   stop = _StopRequest()
-  while step < plan.total_steps:
-    num_steps = min(tc.steps_per_loop, plan.total_steps - step,
-                    tc.summary_steps - step % tc.summary_steps,
-                    plan.checkpoint_steps - step % plan.checkpoint_steps)
-    started = time.perf_counter()
-    train_loop(iterator, tf.constant(num_steps))
-    step = int(optimizer.iterations.numpy())  # Waits for the loop to end.
-    images_per_second = (num_steps * tc.train_batch_size /
-                         (time.perf_counter() - started))
-    results = {name: float(m.result()) for name, m in metrics.items()}
-    if not np.isfinite(results['total_loss']):
-      raise FloatingPointError(
-          f'The loss became {results["total_loss"]} at step {step}; the last '
-          f'good checkpoint is {checkpoints.latest_in(tc.model_dir)}.')
-    at_end = step >= plan.total_steps
-    progress.update(step, images_per_second, results, force=at_end)
-    if step % tc.summary_steps == 0 or at_end:
-      summaries.scalars(step, {
-          **results, 'learning_rate': float(optimizer.learning_rate),
-          'images_per_second': images_per_second})
-      for metric in metrics.values():
-        metric.reset_state()
-    if step % plan.checkpoint_steps == 0 or at_end or stop.requested:
-      manager.save(checkpoint_number=step)
-      checkpoint_index += 1
-      if stop.requested:
-        stop.restore()
-        raise Preempted(f'Stopped by {stop.signal_name} at step {step} with '
-                        f'checkpoint {manager.latest_checkpoint}; run the '
-                        'same command again to resume.')
-      if on_checkpoint is not None:
-        on_checkpoint(model, step, checkpoint_index, at_end)
-  stop.restore()
+  try:
+    while step < plan.total_steps:
+      num_steps = min(tc.steps_per_loop, plan.total_steps - step,
+                      tc.summary_steps - step % tc.summary_steps,
+                      plan.checkpoint_steps - step % plan.checkpoint_steps)
+      started = time.perf_counter()
+      train_loop(iterator, tf.constant(num_steps))
+      step = int(optimizer.iterations.numpy())  # Waits for the loop to end.
+      images_per_second = (num_steps * tc.train_batch_size /
+                           (time.perf_counter() - started))
+      results = {name: float(m.result()) for name, m in metrics.items()}
+      if not np.isfinite(results['total_loss']):
+        raise FloatingPointError(
+            f'The loss became {results["total_loss"]} at step {step}; the '
+            f'last good checkpoint is {checkpoints.latest_in(tc.model_dir)}.')
+      at_end = step >= plan.total_steps
+      progress.update(step, images_per_second, results, force=at_end)
+      if step % tc.summary_steps == 0 or at_end:
+        summaries.scalars(step, {
+            **results, 'learning_rate': float(optimizer.learning_rate),
+            'images_per_second': images_per_second})
+        for metric in metrics.values():
+          metric.reset_state()
+      if step % plan.checkpoint_steps == 0 or at_end or stop.requested:
+        manager.save(checkpoint_number=step)
+        checkpoint_index += 1
+        if stop.requested:
+          raise Preempted(f'Stopped by {stop.signal_name} at step {step} with '
+                          f'checkpoint {manager.latest_checkpoint}; run the '
+                          'same command again to resume.', stop.signum)
+        if on_checkpoint is not None:
+          on_checkpoint(model, step, checkpoint_index, at_end)
+  finally:
+    stop.restore()
   if not chief:
     shutil.rmtree(save_dir, ignore_errors=True)
   logging.info('Trained to step %d; weights fingerprint %s.', step,

@@ -112,7 +112,11 @@ def test_killed_runs_resume_to_the_uninterrupted_weights(folder, tmp_path):
         f'weight difference to the uninterrupted run: {largest}')
 
 
-def test_sigterm_saves_the_current_step_and_exits(folder, tmp_path):
+@pytest.mark.parametrize('stop_signal,exit_code', [
+    (signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_sigterm_and_ctrl_c_save_the_current_step_and_exit(
+    folder, tmp_path, stop_signal, exit_code):
+  name = signal.Signals(stop_signal).name
   model_dir = str(tmp_path / 'm')
   # No periodic checkpoint before the end: any checkpoint is SIGTERM's.
   flags = [f'--dataset=folder:{folder}', '--mode=train', '--train_steps=400',
@@ -123,18 +127,56 @@ def test_sigterm_saves_the_current_step_and_exits(folder, tmp_path):
     while time.time() < deadline and 'step ' not in open(tmp_path / 'log').read():
       time.sleep(0.2)
     time.sleep(1.0)
-    process.send_signal(signal.SIGTERM)
-    assert process.wait(timeout=120) == 143
+    if stop_signal == signal.SIGTERM:  # Meanwhile, a second launch fails.
+      flags_written = os.stat(os.path.join(model_dir, 'flags.json')).st_mtime_ns
+      second = run(*flags)
+      assert second.returncode == 2
+      errors = [l for l in second.stderr.splitlines()
+                if l.startswith('run.py:')]
+      assert len(errors) == 1, second.stderr[-2000:]
+      assert f'is in use by process {process.pid} on' in errors[0]
+      assert os.stat(os.path.join(model_dir,
+                                  'flags.json')).st_mtime_ns == flags_written
+    process.send_signal(stop_signal)
+    assert process.wait(timeout=120) == exit_code
   stderr = open(tmp_path / 'log').read()
-  assert 'SIGTERM received' in stderr and 'Traceback' not in stderr
+  assert f'{name} received' in stderr and 'Traceback' not in stderr
   step = _latest_step(model_dir)
   assert 0 < step < 400  # Saved where it stopped.
-  assert f'Stopped by SIGTERM at step {step}' in stderr
+  assert f'Stopped by {name} at step {step}' in stderr
   assert not os.path.exists(os.path.join(model_dir, 'saved_model'))
   resumed = run(*flags[:2], '--train_steps=' + str(step + 2),
                 *flags[3:])
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert f'Resuming from {model_dir}/ckpt-{step}' in resumed.stderr
+
+
+def test_a_damaged_newest_checkpoint_resumes_from_the_older_one(folder,
+                                                              tmp_path):
+  model_dir = str(tmp_path / 'm')
+  flags = [f'--dataset=folder:{folder}', '--mode=train',
+           '--checkpoint_steps=2', f'--model_dir={model_dir}', *TINY]
+  first = run(*flags, '--train_steps=4')
+  assert first.returncode == 0, first.stderr[-3000:]
+  os.remove(os.path.join(model_dir, 'ckpt-4.index'))
+  older = os.path.join(model_dir, 'ckpt-2.index')
+  written = os.stat(older).st_mtime_ns
+  resumed = run(*flags, '--train_steps=6')
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert 'ckpt-4: its .index file is missing' in resumed.stderr
+  assert f'Resuming from {model_dir}/ckpt-2' in resumed.stderr
+  assert os.stat(older).st_mtime_ns == written
+  assert _latest_step(model_dir) == 6
+  # With every checkpoint damaged, nothing starts over.
+  for name in os.listdir(model_dir):
+    if name.startswith('ckpt-') and '.data-' in name:
+      with open(os.path.join(model_dir, name), 'r+b') as f:
+        f.truncate(1)
+  refused = run(*flags, '--train_steps=8')
+  assert refused.returncode == 2
+  errors = [l for l in refused.stderr.splitlines() if l.startswith('run.py:')]
+  assert len(errors) == 1 and 'none loads' in errors[0], refused.stderr[-2000:]
+  assert 'Traceback' not in refused.stderr
 
 
 def test_a_nan_loss_stops_with_the_last_good_checkpoint_intact(folder,
