@@ -6,7 +6,9 @@ are passed down to `simclr_tf`. Flag names follow the original SimCLR code.
 
 import contextlib
 import dataclasses
+import glob
 import json
+import math
 import os
 import re
 import sys
@@ -209,8 +211,18 @@ def check_flags():
     _check(FLAGS[name].value > 0, f'--{name}={FLAGS[name].value} must be > 0.')
   _check(0 < FLAGS.label_fraction <= 1,
          f'--label_fraction={FLAGS.label_fraction} must be in (0, 1].')
-  _check(FLAGS.temperature > 0, '--temperature must be > 0.')
-  _check(FLAGS.width_multiplier > 0, '--width_multiplier must be > 0.')
+  _check(math.isfinite(FLAGS.temperature) and FLAGS.temperature > 0,
+         f'--temperature={FLAGS.temperature} must be a number > 0.')
+  _check(math.isfinite(FLAGS.learning_rate) and FLAGS.learning_rate > 0,
+         f'--learning_rate={FLAGS.learning_rate} must be a number > 0.')
+  _check(math.isfinite(FLAGS.weight_decay) and FLAGS.weight_decay >= 0,
+         f'--weight_decay={FLAGS.weight_decay} must be a number >= 0.')
+  _check(0 <= FLAGS.momentum < 1, f'--momentum={FLAGS.momentum} must be in '
+         '[0, 1).')
+  _check(FLAGS.width_multiplier > 0 and round(64 * FLAGS.width_multiplier) >= 1,
+         f'--width_multiplier={FLAGS.width_multiplier} leaves the first '
+         'layers without channels (64 x width rounds to 0); use 1/64 or '
+         'more.')
   _check(FLAGS.color_jitter_strength >= 0,
          '--color_jitter_strength must be >= 0.')
   _check(0 < FLAGS.min_crop_area <= 1, '--min_crop_area must be in (0, 1].')
@@ -254,6 +266,12 @@ def build_config(source, strategy):
     _check(FLAGS[name].value % replicas == 0,
            f'--{name}={FLAGS[name].value} is not divisible by the '
            f'{replicas} replicas; use a multiple of {replicas}.')
+  if FLAGS.train_mode == 'pretrain':
+    # An image's negatives are the other images of the batch.
+    _check(FLAGS.train_batch_size >= 2,
+           f'--train_batch_size={FLAGS.train_batch_size} leaves no negatives '
+           'for the contrastive loss; use 2 or more (SimCLR uses hundreds).')
+  _check_activation_memory(image_size, FLAGS.train_batch_size // replicas)
   num_classes = source.num_classes
   if FLAGS.train_mode == 'finetune':
     from simclr_tf import datasets  # pylint: disable=g-import-not-at-top
@@ -320,6 +338,8 @@ def build_config(source, strategy):
 
 def _check_writable(model_dir):
   """Fails before any work when --model_dir cannot be written."""
+  if os.path.exists(model_dir) and not os.path.isdir(model_dir):
+    raise UsageError(f'--model_dir={model_dir} is a file, not a directory.')
   probe = os.path.join(model_dir, f'.write-test-{os.getpid()}')
   try:
     os.makedirs(model_dir, exist_ok=True)
@@ -345,6 +365,68 @@ def _storage_error(error) -> str | None:
               'written there (checkpoints, exports) is intact: free space or '
               'fix permissions and run the same command to resume.')
   return None
+
+
+def _check_activation_memory(image_size: int, per_replica_batch: int):
+  """Fails on image sizes whose activations cannot fit: the stem's output
+  alone (two views, float32) is a lower bound on what training keeps."""
+  stride = 1 if image_size <= 32 else 4  # CIFAR stem, or conv + max pool.
+  channels = max(1, round(64 * FLAGS.width_multiplier))
+  lower_bound = 2 * per_replica_batch * (image_size // stride)**2 * channels * 4
+  try:
+    memory = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
+  except (ValueError, OSError, AttributeError):
+    return
+  _check(lower_bound < memory,
+         f'--image_size={image_size} with {per_replica_batch} images per '
+         f'replica needs at least {lower_bound / 2**30:.0f} GiB for the first '
+         f'layer\'s activations alone, more than this machine\'s '
+         f'{memory / 2**30:.0f} GiB; use a smaller --image_size or batch.')
+
+
+def _check_dataset_fits_a_batch(config, source):
+  """A training split smaller than one batch gives no step at all."""
+  from simclr_tf import train  # pylint: disable=g-import-not-at-top
+  examples = train.training_split(config, source).num_examples(source)
+  _check(examples >= config.train.train_batch_size,
+         f'--train_batch_size={config.train.train_batch_size} is larger than '
+         f'the {examples} training examples: no full batch, so no step; use '
+         'a smaller batch.')
+
+
+# What fixes the model's variables: config field -> the flag that sets it.
+_ARCHITECTURE = {('encoder', 'depth'): 'resnet_depth',
+                 ('encoder', 'width_multiplier'): 'width_multiplier',
+                 ('encoder', 'sk_ratio'): 'sk_ratio',
+                 ('encoder', 'se_ratio'): 'se_ratio',
+                 ('encoder', 'cifar_stem'): 'image_size',
+                 ('head', 'proj_head_mode'): 'proj_head_mode',
+                 ('head', 'proj_out_dim'): 'proj_out_dim',
+                 ('head', 'num_proj_layers'): 'num_proj_layers'}
+
+
+def _check_same_architecture(config):
+  """A resumed run whose architecture differs from the one in flags.json
+  would fail to restore; say which flags differ instead."""
+  model_dir = config.train.model_dir
+  path = os.path.join(model_dir, 'flags.json')
+  if not (os.path.exists(path) and
+          glob.glob(os.path.join(model_dir, 'ckpt-*.index'))):
+    return
+  try:
+    with open(path) as f:
+      before = json.load(f)['config']['model']
+  except (OSError, ValueError, KeyError):
+    return  # Unreadable: restoring will check the variables themselves.
+  now = dataclasses.asdict(config.model)
+  differ = [f'--{flag} ({part}.{field}: {before[part][field]} before, '
+            f'{now[part][field]} now)'
+            for (part, field), flag in _ARCHITECTURE.items()
+            if field in before.get(part, {})
+            and before[part][field] != now[part][field]]
+  _check(not differ, f'{model_dir} holds a run with another architecture: '
+         f'{"; ".join(differ)}. Resume with the same flags, or use another '
+         '--model_dir.')
 
 
 def write_flags(config):
@@ -441,6 +523,9 @@ def run_mode():
   # One training process per model_dir (the chief's); evaluators and
   # exports may run beside it.
   trains = FLAGS.mode in ('train', 'train_then_eval')
+  if trains:
+    _check_dataset_fits_a_batch(config, source)
+    _check_same_architecture(config)
   with (lock.exclusive(config.train.model_dir) if run.chief and trains
         else contextlib.nullcontext()):
     keras.utils.set_random_seed(FLAGS.seed)
@@ -466,6 +551,7 @@ def main(argv):
   import tensorflow as tf
   from simclr_tf.checkpoints import CheckpointError
   from simclr_tf.datasets import DatasetError
+  from simclr_tf.embed import EmbedError
   from simclr_tf.lock import LockError
   from simclr_tf.train import Preempted
   try:
@@ -476,7 +562,7 @@ def main(argv):
       run_embed()
     else:
       run_mode()
-  except (UsageError, DatasetError, CheckpointError, LockError,
+  except (UsageError, DatasetError, CheckpointError, LockError, EmbedError,
           FloatingPointError) as e:
     _fail(str(e), 2)
   except Preempted as e:

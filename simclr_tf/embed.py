@@ -11,10 +11,20 @@ import tensorflow as tf
 from simclr_tf.datasets import FolderSource
 
 
+class EmbedError(ValueError):
+  """A SavedModel that cannot embed images; the message is for the user."""
+
+
 def embed_files(saved_model_dir: str, paths: list[str],
                 batch_size: int = 64) -> np.ndarray:
   """`default` outputs [N, F] for the image files at `paths`."""
-  serve = tf.saved_model.load(saved_model_dir).signatures['serving_bytes']
+  signatures = tf.saved_model.load(saved_model_dir).signatures
+  if 'serving_bytes' not in signatures:
+    raise EmbedError(
+        f'--saved_model={saved_model_dir} has no serving_bytes signature '
+        f'(it has: {", ".join(sorted(signatures)) or "none"}); export one '
+        'with this project (--mode=export) to embed image files.')
+  serve = signatures['serving_bytes']
   progress = keras.utils.Progbar(len(paths), unit_name='image')
   embeddings = []
   for start in range(0, len(paths), batch_size):

@@ -259,6 +259,19 @@ def _flat_folder(root, rng):
     ('unknown depth', ['--resnet_depth=20'], '--resnet_depth=20 is not one of'),
     ('freezing while pretraining', ['--fine_tune_after_block=2'],
      '--fine_tune_after_block needs --train_mode=finetune'),
+    ('model_dir is a file', ['--model_dir=FILE'], 'is a file, not a directory'),
+    ('batch of one', ['--train_batch_size=1'],
+     '--train_batch_size=1 leaves no negatives'),
+    ('negative learning rate', ['--learning_rate=-1'],
+     '--learning_rate=-1.0 must be a number > 0'),
+    ('nan learning rate', ['--learning_rate=nan'],
+     '--learning_rate=nan must be a number > 0'),
+    ('width without channels', ['--width_multiplier=0.001'],
+     'leaves the first layers without channels'),
+    ('batch larger than the data', ['--train_batch_size=64'],
+     '--train_batch_size=64 is larger than the 15 training examples'),
+    ('activations cannot fit', ['--image_size=100000'],
+     'GiB for the first layer\'s activations alone'),
 ])
 def test_bad_input_fails_before_work_with_one_line(case, flags, message,
                                                    folder, tmp_path, rng):
@@ -278,3 +291,34 @@ def test_bad_input_fails_before_work_with_one_line(case, flags, message,
   assert len(errors) == 1 and message in errors[0], result.stderr[-2000:]
   assert 'Traceback' not in result.stderr
   assert not os.path.exists(tmp_path / 'm' / 'checkpoint')
+
+
+def test_resuming_with_another_architecture_names_the_flags(folder, tmp_path):
+  flags = [f'--dataset=folder:{folder}', '--mode=train',
+           f'--model_dir={tmp_path}/m', *TINY]
+  first = run(*flags, '--train_steps=1')
+  assert first.returncode == 0, first.stderr[-3000:]
+  flags_json = open(tmp_path / 'm' / 'flags.json').read()
+  changed = run(*flags, '--train_steps=2', '--width_multiplier=0.25')
+  assert changed.returncode == 2
+  errors = [l for l in changed.stderr.splitlines() if l.startswith('run.py:')]
+  assert len(errors) == 1, changed.stderr[-2000:]
+  assert ('--width_multiplier (encoder.width_multiplier: 0.125 before, 0.25 '
+          'now)') in errors[0]
+  assert open(tmp_path / 'm' / 'flags.json').read() == flags_json
+
+
+def test_embedding_with_a_saved_model_without_serving_bytes(folder,
+                                                           tmp_path):
+  module = tf.Module()
+  module.f = tf.function(lambda x: {'default': x},
+                         input_signature=[tf.TensorSpec([None, 2])])
+  tf.saved_model.save(module, str(tmp_path / 'sm'),
+                      signatures={'serving_default': module.f})
+  result = run('--mode=embed', f'--saved_model={tmp_path}/sm',
+               f'--dataset=folder:{folder}', f'--output={tmp_path}/e.npz')
+  assert result.returncode == 2
+  errors = [l for l in result.stderr.splitlines() if l.startswith('run.py:')]
+  assert len(errors) == 1, result.stderr[-2000:]
+  assert 'has no serving_bytes signature (it has: serving_default)' in (
+      errors[0])
