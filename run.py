@@ -62,6 +62,9 @@ flags.DEFINE_integer('image_size', None,
 flags.DEFINE_float('color_jitter_strength', 0.5,
                    'Strength s of colour jitter (brightness, contrast, '
                    'saturation 0.8 s; hue 0.2 s); 1.0 for ImageNet.')
+flags.DEFINE_integer('max_image_pixels', 40_000_000, 'Image-folder files and '
+                     'serving_bytes requests above this many pixels are '
+                     'refused from their headers, before decoding.')
 flags.DEFINE_float('min_crop_area', 0.08, 'Smallest area of a random crop, '
                    'as a fraction of the image (the paper: 0.08).')
 flags.DEFINE_boolean('use_blur', None,
@@ -204,6 +207,7 @@ def _default_model_dir():
 def check_flags():
   """Fails before any work on values that cannot work."""
   positive = ['train_batch_size', 'eval_batch_size', 'proj_out_dim',
+              'max_image_pixels',
               'num_proj_layers', 'summary_steps', 'steps_per_loop',
               'keep_checkpoint_max', 'keep_hub_module_max', 'cpu_replicas',
               'knn_k', 'preview_images', 'preview_pairs']
@@ -281,7 +285,8 @@ def build_config(source, strategy):
           dataset=FLAGS.dataset, data_dir=FLAGS.data_dir,
           train_split=FLAGS.train_split, eval_split=FLAGS.eval_split,
           label_fraction=FLAGS.label_fraction,
-          cache_dataset=FLAGS.cache_dataset, seed=FLAGS.seed),
+          cache_dataset=FLAGS.cache_dataset, seed=FLAGS.seed,
+          max_image_pixels=FLAGS.max_image_pixels),
       augment=c.AugmentConfig(
           image_size=image_size,
           color_jitter_strength=FLAGS.color_jitter_strength,
@@ -353,8 +358,8 @@ def _check_writable(model_dir):
 
 # What a failed write says, whichever layer (Python or TensorFlow) raised it.
 _STORAGE_ERRORS = ('No space left on device', 'File too large',
-                   'Permission denied', 'Read-only file system',
-                   'Disk quota exceeded')
+                   'Permission denied', 'Operation not permitted',
+                   'Read-only file system', 'Disk quota exceeded')
 
 
 def _storage_error(error) -> str | None:
@@ -469,7 +474,8 @@ def run_embed():
   _check(FLAGS.neighbors >= 0, '--neighbors must be >= 0.')
   arrays = embed.embed_folder(
       FLAGS.saved_model, FLAGS.dataset[len(datasets.FOLDER_PREFIX):],
-      FLAGS.output, FLAGS.neighbors, FLAGS.eval_batch_size)
+      FLAGS.output, FLAGS.neighbors, FLAGS.eval_batch_size,
+      FLAGS.max_image_pixels)
   print(f'Wrote {FLAGS.output}: {arrays["embeddings"].shape[0]} embeddings '
         f'of size {arrays["embeddings"].shape[1]}.')
 
@@ -478,8 +484,9 @@ def _make_source():
   # pylint: disable=g-import-not-at-top
   from simclr_tf import config as c
   from simclr_tf import datasets
-  return datasets.make_source(c.DataConfig(dataset=FLAGS.dataset,
-                                           data_dir=FLAGS.data_dir))
+  return datasets.make_source(c.DataConfig(
+      dataset=FLAGS.dataset, data_dir=FLAGS.data_dir,
+      max_image_pixels=FLAGS.max_image_pixels))
 
 
 def precision_device(strategy):

@@ -8,6 +8,9 @@ import dataclasses
 
 # The paper's CIFAR recipe switches blur off for small images (appendix B.9).
 SMALL_IMAGE_MAX_SIZE = 32
+# Images above this many pixels are refused before decoding (a 41 KB PNG can
+# declare 12000 x 12000 pixels: 430 MB decoded).
+DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
 
 
 def default_use_blur(image_size: int) -> bool:
@@ -30,6 +33,8 @@ class DataConfig:
   label_fraction: float = 1.0
   cache_dataset: bool = False
   seed: int = 0
+  # Image-folder files and serving requests above this are refused.
+  max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
 
 
 @dataclasses.dataclass(frozen=True)

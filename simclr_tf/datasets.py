@@ -19,6 +19,7 @@ import tensorflow_datasets as tfds
 
 from simclr_tf import idx
 from simclr_tf.config import DataConfig
+from simclr_tf.config import DEFAULT_MAX_IMAGE_PIXELS
 
 UNLABELED = -1
 FOLDER_PREFIX = 'folder:'
@@ -178,39 +179,56 @@ def _files_under(directory):
   return sorted(found)
 
 
-def is_readable_image(path: str) -> bool:
-  """Cheap check (header and structure, not a full decode) that TF can read it."""
+TOO_LARGE = 'too large'
+UNREADABLE = 'not a readable JPEG/PNG/BMP/GIF image'
+
+
+def image_problem(path: str, max_pixels: int) -> str | None:
+  """Why TF should not decode the file at `path` (UNREADABLE, TOO_LARGE), or
+  None. Cheap: the header and structure are checked, the pixels are not
+  decoded."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
   if not path.lower().endswith(IMAGE_EXTENSIONS):
-    return False
+    return UNREADABLE
   try:
     with Image.open(path) as image:
       image_format = image.format
+      width, height = image.size
+      if width * height > max_pixels:
+        return TOO_LARGE
       image.verify()
     if image_format == 'JPEG':
       # A truncated JPEG passes verify(); a complete one ends with EOI.
       with open(path, 'rb') as f:
         f.seek(-2, os.SEEK_END)
-        return f.read(2) == b'\xff\xd9'
-    return image_format in ('JPEG', 'PNG', 'BMP', 'GIF')
+        return None if f.read(2) == b'\xff\xd9' else UNREADABLE
+    return None if image_format in ('JPEG', 'PNG', 'BMP', 'GIF') else (
+        UNREADABLE)
+  except Image.DecompressionBombError:  # PIL's own, far larger, limit.
+    return TOO_LARGE
   except Exception:  # pylint: disable=broad-except
-    return False
+    return UNREADABLE
 
 
-def _keep_readable(paths, where):
-  """Drops files that are not readable images and says how many, once."""
+def _keep_readable(paths, where, max_pixels):
+  """Drops files that are not readable images or are too large, and says
+  how many, once per reason."""
   with concurrent.futures.ThreadPoolExecutor(8) as pool:
-    readable = list(pool.map(is_readable_image, paths))
-  skipped = [p for p, ok in zip(paths, readable) if not ok]
-  if skipped:
-    examples = ', '.join(os.path.relpath(p, where) for p in skipped[:3])
-    logging.warning('Skipped %d of %d files under %s that are not readable '
-                    'JPEG/PNG/BMP/GIF images (e.g. %s).', len(skipped),
-                    len(paths), where, examples)
-  return [p for p, ok in zip(paths, readable) if ok], len(skipped)
+    problems = list(pool.map(lambda p: image_problem(p, max_pixels), paths))
+  for reason in (UNREADABLE, TOO_LARGE):
+    skipped = [p for p, problem in zip(paths, problems) if problem == reason]
+    if skipped:
+      examples = ', '.join(os.path.relpath(p, where) for p in skipped[:3])
+      limit = (f' (over {max_pixels} pixels, --max_image_pixels)'
+               if reason == TOO_LARGE else '')
+      logging.warning('Skipped %d of %d files under %s: %s%s (e.g. %s).',
+                      len(skipped), len(paths), where, reason, limit,
+                      examples)
+  kept = [p for p, problem in zip(paths, problems) if problem is None]
+  return kept, len(paths) - len(kept)
 
 
-def _scan_split_dir(directory, class_names=None):
+def _scan_split_dir(directory, max_pixels, class_names=None):
   """Returns (paths, labels, class_names, num_skipped) for one directory.
 
   Sub-folders are classes; without sub-folders the images are unlabeled.
@@ -219,7 +237,8 @@ def _scan_split_dir(directory, class_names=None):
                    if os.path.isdir(os.path.join(directory, d))
                    and not _is_hidden(d))
   if not subdirs:
-    paths, skipped = _keep_readable(_files_under(directory), directory)
+    paths, skipped = _keep_readable(_files_under(directory), directory,
+                                    max_pixels)
     return paths, np.full(len(paths), UNLABELED, np.int64), None, skipped
   class_names = class_names or subdirs
   unknown = sorted(set(subdirs) - set(class_names))
@@ -230,7 +249,7 @@ def _scan_split_dir(directory, class_names=None):
   paths, labels, skipped_total = [], [], 0
   for name in subdirs:
     class_paths, skipped = _keep_readable(
-        _files_under(os.path.join(directory, name)), directory)
+        _files_under(os.path.join(directory, name)), directory, max_pixels)
     if not class_paths:
       raise DatasetError(f'Class folder {os.path.join(directory, name)} '
                          'has no readable images; add images or remove it.')
@@ -263,7 +282,8 @@ class FolderSource(Source):
   otherwise 10% of each class is held out, deterministically, as `test`.
   """
 
-  def __init__(self, path: str):
+  def __init__(self, path: str,
+               max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS):
     path = os.path.abspath(os.path.expanduser(path))
     if not os.path.isdir(path):
       raise DatasetError(f'--dataset=folder:{path}: no such directory.')
@@ -273,14 +293,16 @@ class FolderSource(Source):
                   if os.path.isdir(os.path.join(path, s))}
     self._files = {}
     if 'train' in split_dirs and len(split_dirs) > 1:
-      paths, labels, classes, _ = _scan_split_dir(split_dirs.pop('train'))
+      paths, labels, classes, _ = _scan_split_dir(split_dirs.pop('train'),
+                                                  max_image_pixels)
       self._files['train'] = (paths, labels)
       for split, directory in split_dirs.items():
-        s_paths, s_labels, _, _ = _scan_split_dir(directory, classes)
+        s_paths, s_labels, _, _ = _scan_split_dir(directory, max_image_pixels,
+                                                  classes)
         self._files[split] = (s_paths, s_labels)
       self.default_eval_split = 'val' if 'val' in split_dirs else 'test'
     else:
-      paths, labels, classes, _ = _scan_split_dir(path)
+      paths, labels, classes, _ = _scan_split_dir(path, max_image_pixels)
       train_idx, eval_idx = _hold_out(labels, FOLDER_HELD_OUT_FRACTION)
       self._files['train'] = ([paths[i] for i in train_idx], labels[train_idx])
       self._files['test'] = ([paths[i] for i in eval_idx], labels[eval_idx])
@@ -393,7 +415,7 @@ def make_source(config: DataConfig) -> Source:
   """The source named by `config.dataset`."""
   name = config.dataset
   if name.startswith(FOLDER_PREFIX):
-    return FolderSource(name[len(FOLDER_PREFIX):])
+    return FolderSource(name[len(FOLDER_PREFIX):], config.max_image_pixels)
   if name == 'fashion_mnist':
     directory = idx.find_fashion_mnist([config.data_dir,
                                         FASHION_MNIST_SYSTEM_DIR])

@@ -8,6 +8,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from simclr_tf.config import DEFAULT_MAX_IMAGE_PIXELS
 from simclr_tf.datasets import FolderSource
 
 
@@ -54,11 +55,12 @@ def nearest_neighbors(embeddings: np.ndarray, k: int, chunk_size=1024):
 
 
 def embed_folder(saved_model_dir: str, folder: str, output: str,
-                 neighbors: int = 0, batch_size: int = 64) -> dict:
+                 neighbors: int = 0, batch_size: int = 64,
+                 max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> dict:
   """Writes `output` (.npz): `embeddings`, `paths`, and `labels` /
   `class_names` when the folder has classes, `neighbors` /
   `neighbor_similarities` when `neighbors` > 0."""
-  source = FolderSource(folder)
+  source = FolderSource(folder, max_image_pixels)
   splits = '+'.join(source.split_sizes)
   paths = source.paths(splits)
   arrays = {'embeddings': embed_files(saved_model_dir, paths, batch_size),

@@ -21,8 +21,53 @@ import tensorflow as tf
 
 from simclr_tf import augment
 from simclr_tf.config import AugmentConfig
+from simclr_tf.config import DEFAULT_MAX_IMAGE_PIXELS
 
 SAVED_MODEL_DIR = 'saved_model'
+
+
+def _unsigned(encoded, offset, length, little_endian):
+  """The unsigned integer stored in `length` bytes at `offset`."""
+  data = tf.cast(tf.io.decode_raw(
+      tf.strings.substr(encoded, offset, length), tf.uint8), tf.int64)
+  weights = 256 ** tf.range(length, dtype=tf.int64)
+  if not little_endian:
+    weights = tf.reverse(weights, [0])
+  return tf.reduce_sum(data * weights)
+
+
+def header_size(encoded):
+  """(height, width) read from the header of an encoded JPEG, PNG, GIF or
+  BMP without decoding its pixels; (-1, -1) for anything else."""
+  # Padding keeps every read below inside the string, however short.
+  padded = tf.strings.join([encoded, tf.constant(b'\0' * 32)])
+
+  def jpeg():
+    shape = tf.image.extract_jpeg_shape(encoded, output_type=tf.int64)
+    return shape[0], shape[1]
+
+  def png():  # IHDR: width, height as big-endian uint32 at 16 and 20.
+    return (_unsigned(padded, 20, 4, False), _unsigned(padded, 16, 4, False))
+
+  def gif():  # Logical screen: width, height as little-endian uint16.
+    return _unsigned(padded, 8, 2, True), _unsigned(padded, 6, 2, True)
+
+  def bmp():  # BITMAPINFOHEADER: int32 width, height (negative: top-down).
+    def signed(value):
+      return tf.where(value >= 2**31, 2**32 - value, value)
+    return (signed(_unsigned(padded, 22, 4, True)),
+            signed(_unsigned(padded, 18, 4, True)))
+
+  def unknown():
+    return tf.constant(-1, tf.int64), tf.constant(-1, tf.int64)
+
+  magic = tf.strings.substr(padded, 0, 8)
+  return tf.case([
+      (tf.io.is_jpeg(encoded), jpeg),
+      (tf.equal(magic, b'\x89PNG\r\n\x1a\n'), png),
+      (tf.equal(tf.strings.substr(magic, 0, 4), b'GIF8'), gif),
+      (tf.equal(tf.strings.substr(magic, 0, 2), b'BM'), bmp)],
+      default=unknown)
 
 
 def _unique_names(variables):
@@ -42,11 +87,15 @@ def _own_copies(variables, trainable):
           for v, name in zip(variables, _unique_names(variables))]
 
 
-def build_module(model, augment_config: AugmentConfig) -> tf.Module:
+def build_module(model, augment_config: AugmentConfig,
+                 max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+                 ) -> tf.Module:
   """The object that `tf.saved_model.save` writes, with its signatures.
 
   It owns uniquely named copies of the model's variables and runs the model
   through `stateless_call` on them, so the SavedModel holds nothing else.
+  `serving_bytes` refuses images above `max_image_pixels` from their
+  headers, before decoding (a small file can declare a huge image).
   """
   size = augment_config.image_size
   image_spec = tf.TensorSpec([None, size, size, 3], tf.float32, name='images')
@@ -94,14 +143,30 @@ def build_module(model, augment_config: AugmentConfig) -> tf.Module:
   def serving_default(images):
     return named_outputs(images)
 
-  def decode(encoded):
-    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+  def decode(item):
+    encoded, index = item
+    height, width = header_size(encoded)
+    checks = [
+        tf.debugging.Assert(height >= 0, [
+            'serving_bytes: image_bytes[', index, '] is not a JPEG, PNG, '
+            'GIF or BMP image.']),
+        tf.debugging.Assert(height * width <= max_image_pixels, [
+            'serving_bytes: image_bytes[', index, '] is', height, 'x', width,
+            'pixels, more than the limit of', max_image_pixels,
+            '; send a smaller image.'])]
+    with tf.control_dependencies(checks):
+      image = tf.io.decode_image(encoded, channels=3,
+                                 expand_animations=False)
     image.set_shape([None, None, 3])
     return augment.eval_view(image, augment_config)
 
   @tf.function(input_signature=[bytes_spec])
   def serving_bytes(image_bytes):
-    images = tf.map_fn(decode, image_bytes,
+    count = tf.size(image_bytes)
+    with tf.control_dependencies([tf.debugging.Assert(count > 0, [
+        'serving_bytes: the batch is empty; send at least one image.'])]):
+      indices = tf.range(count)
+    images = tf.map_fn(decode, (image_bytes, indices),
                        fn_output_signature=tf.TensorSpec([size, size, 3],
                                                          tf.float32))
     return named_outputs(images)
@@ -112,7 +177,8 @@ def build_module(model, augment_config: AugmentConfig) -> tf.Module:
 
 
 def export(model, augment_config: AugmentConfig, model_dir: str,
-           global_step: int, keep: int = 1) -> str:
+           global_step: int, keep: int = 1,
+           max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> str:
   """Writes `<model_dir>/saved_model/<global_step>/` atomically.
 
   The SavedModel is written to a hidden temporary directory and renamed, so
@@ -128,7 +194,7 @@ def export(model, augment_config: AugmentConfig, model_dir: str,
   temporary = os.path.join(base, f'.tmp-{global_step}-{os.getpid()}')
   start = time.time()
   logging.info('Exporting step %d to %s.', global_step, final)
-  root = build_module(model, augment_config)
+  root = build_module(model, augment_config, max_image_pixels)
   try:
     tf.saved_model.save(root, temporary, signatures={
         'serving_default': root.serving_default,

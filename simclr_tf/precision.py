@@ -1,11 +1,13 @@
 """Numeric precision and XLA compilation, and their defaults per device.
 
-Measured (benchmarks/throughput.py, README "Speed"): on CPU, float32
-without XLA is fastest - bfloat16 matmuls and convolutions run at about
-half the float32 rate there, and XLA's CPU convolutions are slower than
-oneDNN's. On accelerators the usual choice is taken: bfloat16 on TPUs and
-on GPUs with bfloat16 tensor cores (compute capability 8.0+), float16 with
-loss scaling on older tensor-core GPUs, and XLA on a single GPU.
+Measured (benchmarks/throughput.py, benchmarks/fashion_mnist.py, README
+"Speed"): on CPUs with bfloat16 units (AVX512_BF16 or AMX), oneDNN runs
+bfloat16 convolutions natively and trains faster than float32; on other
+CPUs bfloat16 is emulated and slower, so float32 stays. XLA's CPU
+convolutions are slower than oneDNN's. On accelerators the usual choice is
+taken: bfloat16 on TPUs and on GPUs with bfloat16 tensor cores (compute
+capability 8.0+), float16 with loss scaling on older tensor-core GPUs, and
+XLA on a single GPU.
 """
 
 import contextlib
@@ -37,7 +39,29 @@ def _gpu_compute_capability():
       'compute_capability')
 
 
-def default_precision(device: str, compute_capability=None) -> str:
+# /proc/cpuinfo flags of x86 CPUs that compute in bfloat16 natively.
+_CPU_BFLOAT16_FLAGS = ('avx512_bf16', 'amx_bf16')
+
+
+def cpu_has_bfloat16(cpuinfo: str | None = None) -> bool:
+  """True when the CPU lists AVX512_BF16 or AMX-BF16 among its flags
+  (Linux's /proc/cpuinfo; other systems: False)."""
+  if cpuinfo is None:
+    try:
+      with open('/proc/cpuinfo') as f:
+        cpuinfo = f.read()
+    except OSError:
+      return False
+  flags = set()
+  for line in cpuinfo.splitlines():
+    key, _, value = line.partition(':')
+    if key.strip() == 'flags':
+      flags.update(value.split())
+  return any(flag in flags for flag in _CPU_BFLOAT16_FLAGS)
+
+
+def default_precision(device: str, compute_capability=None,
+                      cpu_bfloat16: bool = False) -> str:
   """The fastest precision that needs no tuning on `device`."""
   if device == 'TPU':
     return 'bfloat16'
@@ -47,7 +71,8 @@ def default_precision(device: str, compute_capability=None) -> str:
       return 'bfloat16'
     if major >= 7:
       return 'float16'
-  return 'float32'
+    return 'float32'
+  return 'bfloat16' if cpu_bfloat16 else 'float32'
 
 
 def resolve_precision(requested: str, strategy) -> str:
@@ -55,8 +80,10 @@ def resolve_precision(requested: str, strategy) -> str:
   if requested != 'auto':
     return requested
   device = device_type(strategy)
-  return default_precision(
-      device, _gpu_compute_capability() if device == 'GPU' else None)
+  if device == 'GPU':
+    return default_precision(device, _gpu_compute_capability())
+  return default_precision(device, cpu_bfloat16=(
+      device == 'CPU' and cpu_has_bfloat16()))
 
 
 def default_jit_compile(device: str, num_replicas: int) -> bool:

@@ -173,7 +173,8 @@ def print_result(result: dict):
 def _export(run: Run, model, global_step: int):
   if run.chief:
     export.export(model, run.config.augment, run.model_dir, global_step,
-                  run.config.train.keep_hub_module_max)
+                  run.config.train.keep_hub_module_max,
+                  run.config.data.max_image_pixels)
 
 
 def run_train(run: Run, then_eval: bool) -> dict | None:
@@ -254,6 +255,7 @@ def run_export(run: Run, checkpoint: str | None) -> str:
         '--checkpoint=PATH or train first.')
   model, step = restored_model(run, path)
   exported = export.export(model, run.config.augment, run.model_dir, step,
-                           run.config.train.keep_hub_module_max)
+                           run.config.train.keep_hub_module_max,
+                           run.config.data.max_image_pixels)
   print(f'Exported {path} to {exported}', flush=True)
   return exported

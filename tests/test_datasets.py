@@ -63,6 +63,29 @@ def test_folder_with_mixed_formats_skips_and_counts_bad_files(tmp_path, rng,
   assert (images[1][..., 0] == images[1][..., 2]).all()
 
 
+def test_folder_skips_images_above_the_pixel_limit_before_decoding(
+    tmp_path, rng, caplog):
+  root = helpers.make_class_folder(str(tmp_path / 'f'), rng, per_class=3,
+                                   size=(20, 24))
+  helpers.write(f'{root}/cat/big.png',
+                helpers.encode(helpers.random_rgb(rng, 30, 40), 'PNG'))
+  # 57 bytes declaring 12000 x 12000 pixels (430 MB decoded).
+  helpers.write(f'{root}/dog/bomb.png', helpers.png_header(12000, 12000))
+  with caplog.at_level(logging.WARNING):
+    source = datasets.FolderSource(root, max_image_pixels=1000)
+  paths = source.paths('train') + source.paths('test')
+  assert len(paths) == 6 and not any('big' in p or 'bomb' in p
+                                     for p in paths)
+  messages = [r.getMessage() for r in caplog.records]
+  assert any('Skipped 1 of 4' in m and 'too large (over 1000 pixels' in m
+             for m in messages), messages
+  # The default limit keeps the 30 x 40 image and still refuses the bomb.
+  default = datasets.FolderSource(root)
+  paths = default.paths('train') + default.paths('test')
+  assert any('big' in p for p in paths) and not any('bomb' in p
+                                                    for p in paths)
+
+
 def test_folder_without_split_folders_holds_out_a_deterministic_tenth(
     tmp_path, rng):
   root = helpers.make_class_folder(str(tmp_path / 'f'), rng,

@@ -277,3 +277,34 @@ def test_serving_bytes_rejects_a_bad_request_and_keeps_serving(exported):
   good = helpers.encode(helpers.random_rgb(np.random.default_rng(5), SIZE,
                                            SIZE), 'PNG')
   assert serve(image_bytes=tf.constant([good]))['default'].shape == (1, 128)
+
+
+@pytest.mark.parametrize('fmt', ['JPEG', 'PNG', 'GIF', 'BMP'])
+def test_header_size_agrees_with_pil(fmt, rng):
+  for height, width in ((7, 300), (513, 65), (1, 1)):
+    encoded = helpers.encode(helpers.random_rgb(rng, height, width), fmt)
+    assert [int(v) for v in export.header_size(tf.constant(encoded))] == [
+        height, width]
+  for other in (b'', b'GIF', b'not an image at all'):
+    assert [int(v) for v in export.header_size(tf.constant(other))] == [
+        -1, -1]
+
+
+def test_serving_bytes_refuses_huge_images_and_names_the_item(exported):
+  _, path, _ = exported
+  serve = tf.saved_model.load(path).signatures['serving_bytes']
+  good = helpers.encode(helpers.random_rgb(np.random.default_rng(5), SIZE,
+                                           SIZE), 'PNG')
+  bomb = helpers.png_header(20000, 20000)  # 1.2 GB decoded, 57 bytes sent.
+  with pytest.raises(tf.errors.InvalidArgumentError,
+                     match=r'image_bytes\[\] \[2\] \[\] is\] \[20000\] \[x\] '
+                           r'\[20000\] \[pixels, more than the limit of\] '
+                           r'\[40000000\]'):
+    serve(image_bytes=tf.constant([good, good, bomb]))
+  with pytest.raises(tf.errors.InvalidArgumentError,
+                     match=r'image_bytes\[\] \[1\] \[\] is not a JPEG'):
+    serve(image_bytes=tf.constant([good, b'junk']))
+  with pytest.raises(tf.errors.InvalidArgumentError,
+                     match='the batch is empty'):
+    serve(image_bytes=tf.constant([], tf.string))
+  assert serve(image_bytes=tf.constant([good]))['default'].shape == (1, 128)

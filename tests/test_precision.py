@@ -78,18 +78,41 @@ def test_fused_batch_norm_matches_numpy_and_keras(shape, center, rng):
                              atol=1e-6)
 
 
-@pytest.mark.parametrize('device,capability,expected', [
-    ('CPU', None, 'float32'), ('TPU', None, 'bfloat16'),
-    ('GPU', (9, 0), 'bfloat16'), ('GPU', (8, 0), 'bfloat16'),
-    ('GPU', (7, 0), 'float16'), ('GPU', (6, 1), 'float32')])
-def test_default_precision_per_device(device, capability, expected):
-  assert precision.default_precision(device, capability) == expected
+@pytest.mark.parametrize('device,capability,cpu_bfloat16,expected', [
+    ('CPU', None, False, 'float32'), ('CPU', None, True, 'bfloat16'),
+    ('TPU', None, False, 'bfloat16'),
+    ('GPU', (9, 0), False, 'bfloat16'), ('GPU', (8, 0), False, 'bfloat16'),
+    ('GPU', (7, 0), False, 'float16'), ('GPU', (6, 1), True, 'float32')])
+def test_default_precision_per_device(device, capability, cpu_bfloat16,
+                                      expected):
+  assert precision.default_precision(device, capability,
+                                     cpu_bfloat16) == expected
 
 
-def test_defaults_on_this_cpu_are_float32_without_xla():
+_CPUINFO = """processor\t: 0
+vendor_id\t: AuthenticAMD
+flags\t\t: fpu sse2 avx2 avx512f avx512_vnni{extra} fma
+bogomips\t: 4800.00
+
+processor\t: 1
+flags\t\t: fpu sse2 avx2 avx512f avx512_vnni{extra} fma
+"""
+
+
+@pytest.mark.parametrize('extra,expected', [
+    ('', False), (' avx512_bf16', True), (' amx_bf16 amx_tile', True),
+    (' avx512_bf16x', False)])
+def test_cpu_bfloat16_is_read_from_the_cpu_flags(extra, expected):
+  assert precision.cpu_has_bfloat16(_CPUINFO.format(extra=extra)) == expected
+
+
+def test_auto_follows_this_cpus_bfloat16_units():
   strategy = tf.distribute.get_strategy()
   assert precision.device_type(strategy) == 'CPU'
-  assert precision.resolve_precision('auto', strategy) == 'float32'
+  with open('/proc/cpuinfo') as f:
+    native = bool({'avx512_bf16', 'amx_bf16'} & set(f.read().split()))
+  assert precision.resolve_precision('auto', strategy) == (
+      'bfloat16' if native else 'float32')
   assert precision.resolve_precision('float16', strategy) == 'float16'
   assert not precision.default_jit_compile('CPU', 1)
   assert precision.default_jit_compile('GPU', 1)
