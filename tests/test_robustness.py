@@ -40,6 +40,15 @@ def _start(*flags, preexec_fn=None, log=None):
                           stderr=log, preexec_fn=preexec_fn)
 
 
+def _one_error_line(result) -> str:
+  """The run's only `run.py: error:` line; it exited 2 without a traceback."""
+  assert result.returncode == 2, result.stderr[-2000:]
+  errors = [l for l in result.stderr.splitlines() if l.startswith('run.py:')]
+  assert len(errors) == 1, result.stderr[-2000:]
+  assert 'Traceback' not in result.stderr
+  return errors[0]
+
+
 def _latest_step(model_dir):
   latest = tf.train.latest_checkpoint(model_dir)
   return int(latest.rsplit('-', 1)[1]) if latest else 0
@@ -129,12 +138,8 @@ def test_sigterm_and_ctrl_c_save_the_current_step_and_exit(
     time.sleep(1.0)
     if stop_signal == signal.SIGTERM:  # Meanwhile, a second launch fails.
       flags_written = os.stat(os.path.join(model_dir, 'flags.json')).st_mtime_ns
-      second = run(*flags)
-      assert second.returncode == 2
-      errors = [l for l in second.stderr.splitlines()
-                if l.startswith('run.py:')]
-      assert len(errors) == 1, second.stderr[-2000:]
-      assert f'is in use by process {process.pid} on' in errors[0]
+      assert f'is in use by process {process.pid} on' in _one_error_line(
+          run(*flags))
       assert os.stat(os.path.join(model_dir,
                                   'flags.json')).st_mtime_ns == flags_written
     process.send_signal(stop_signal)
@@ -172,11 +177,7 @@ def test_a_damaged_newest_checkpoint_resumes_from_the_older_one(folder,
     if name.startswith('ckpt-') and '.data-' in name:
       with open(os.path.join(model_dir, name), 'r+b') as f:
         f.truncate(1)
-  refused = run(*flags, '--train_steps=8')
-  assert refused.returncode == 2
-  errors = [l for l in refused.stderr.splitlines() if l.startswith('run.py:')]
-  assert len(errors) == 1 and 'none loads' in errors[0], refused.stderr[-2000:]
-  assert 'Traceback' not in refused.stderr
+  assert 'none loads' in _one_error_line(run(*flags, '--train_steps=8'))
 
 
 def test_a_nan_loss_stops_with_the_last_good_checkpoint_intact(folder,
@@ -187,11 +188,10 @@ def test_a_nan_loss_stops_with_the_last_good_checkpoint_intact(folder,
   good = run(*common, '--train_steps=2')
   assert good.returncode == 0, good.stderr[-3000:]
   # An absurd learning rate makes the weights, then the loss, non-finite.
-  bad = run(*common, '--train_steps=8', '--learning_rate=1e30')
-  assert bad.returncode == 2
-  errors = [l for l in bad.stderr.splitlines() if l.startswith('run.py:')]
-  assert len(errors) == 1 and 'The loss became' in errors[0]
-  assert f'the last good checkpoint is {model_dir}/ckpt-2.' in errors[0]
+  error = _one_error_line(run(*common, '--train_steps=8',
+                              '--learning_rate=1e30'))
+  assert 'The loss became' in error
+  assert f'the last good checkpoint is {model_dir}/ckpt-2.' in error
   assert _latest_step(model_dir) == 2
   reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(model_dir))
   for name, _ in tf.train.list_variables(tf.train.latest_checkpoint(model_dir)):
@@ -286,10 +286,7 @@ def test_bad_input_fails_before_work_with_one_line(case, flags, message,
   if not any(f.startswith('--model_dir') for f in flags):
     flags.append(f'--model_dir={tmp_path}/m')
   result = run('--mode=train', '--train_steps=1', *TINY, *flags)
-  assert result.returncode == 2, result.stderr[-2000:]
-  errors = [l for l in result.stderr.splitlines() if l.startswith('run.py:')]
-  assert len(errors) == 1 and message in errors[0], result.stderr[-2000:]
-  assert 'Traceback' not in result.stderr
+  assert message in _one_error_line(result)
   assert not os.path.exists(tmp_path / 'm' / 'checkpoint')
 
 
@@ -300,11 +297,8 @@ def test_resuming_with_another_architecture_names_the_flags(folder, tmp_path):
   assert first.returncode == 0, first.stderr[-3000:]
   flags_json = open(tmp_path / 'm' / 'flags.json').read()
   changed = run(*flags, '--train_steps=2', '--width_multiplier=0.25')
-  assert changed.returncode == 2
-  errors = [l for l in changed.stderr.splitlines() if l.startswith('run.py:')]
-  assert len(errors) == 1, changed.stderr[-2000:]
   assert ('--width_multiplier (encoder.width_multiplier: 0.125 before, 0.25 '
-          'now)') in errors[0]
+          'now)') in _one_error_line(changed)
   assert open(tmp_path / 'm' / 'flags.json').read() == flags_json
 
 
@@ -317,8 +311,5 @@ def test_embedding_with_a_saved_model_without_serving_bytes(folder,
                       signatures={'serving_default': module.f})
   result = run('--mode=embed', f'--saved_model={tmp_path}/sm',
                f'--dataset=folder:{folder}', f'--output={tmp_path}/e.npz')
-  assert result.returncode == 2
-  errors = [l for l in result.stderr.splitlines() if l.startswith('run.py:')]
-  assert len(errors) == 1, result.stderr[-2000:]
   assert 'has no serving_bytes signature (it has: serving_default)' in (
-      errors[0])
+      _one_error_line(result))
