@@ -37,10 +37,12 @@ from simclr_tf import pipeline
 from simclr_tf import precision
 from simclr_tf import train as train_lib
 
-CONFIGS = {  # name: (depth, image size, batch size, stored image size)
-    'resnet18_32px_b128': (18, 32, 128, 32),
-    'resnet50_32px_b128': (50, 32, 128, 32),
-    'resnet50_224px_b32': (50, 224, 32, 256),
+CONFIGS = {  # name: (depth, width, image size, batch size, stored size)
+    'resnet18_32px_b128': (18, 1.0, 32, 128, 32),
+    'resnet50_32px_b128': (50, 1.0, 32, 128, 32),
+    'resnet50_224px_b32': (50, 1.0, 224, 32, 256),
+    # The quickstart's and the learning benchmark's model.
+    'resnet18x0.25_28px_b512': (18, 0.25, 28, 512, 28),
 }
 
 flags.DEFINE_list('configs', list(CONFIGS), f'Any of {list(CONFIGS)}.')
@@ -59,13 +61,13 @@ FLAGS = flags.FLAGS
 _NUM_IMAGES = 512
 
 
-def run_config(depth, image_size, batch_size, stored_size, strategy):
+def run_config(depth, width, image_size, batch_size, stored_size, strategy):
   config = c.RunConfig(
       data=c.DataConfig(dataset='random'),
       augment=c.AugmentConfig(image_size=image_size,
                               use_blur=c.default_use_blur(image_size)),
       model=c.ModelConfig(
-          encoder=c.EncoderConfig(depth=depth,
+          encoder=c.EncoderConfig(depth=depth, width_multiplier=width,
                                   cifar_stem=image_size <= 32),
           head=c.HeadConfig(num_proj_layers=2), num_classes=10,
           precision=precision.resolve_precision(FLAGS.mixed_precision,
@@ -113,10 +115,10 @@ def _timed(loop, iterator, steps_per_call, calls):
 
 
 def measure(name):
-  depth, image_size, batch_size, stored_size = CONFIGS[name]
+  depth, width, image_size, batch_size, stored_size = CONFIGS[name]
   strategy = tf.distribute.get_strategy()
-  config, source = run_config(depth, image_size, batch_size, stored_size,
-                              strategy)
+  config, source = run_config(depth, width, image_size, batch_size,
+                              stored_size, strategy)
   plan = train_lib.Plan(_NUM_IMAGES, _NUM_IMAGES // batch_size, 10**6, 0, 1)
   model = train_lib.build_model(config)
   optimizer = train_lib.build_optimizer(config, plan)
