@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The README's main job: set up .venv and pretrain on Fashion-MNIST on a CPU
-# (about 8 minutes on 2 cores), then print linear-eval and kNN accuracy next
-# to the same encoder with random weights. Extra arguments go to run.py.
+# (about 7 minutes on 2 cores with bfloat16 units), then print linear-probe
+# and kNN accuracy next to the baselines (raw pixels, and the same encoder
+# with random weights). Extra arguments go to run.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,7 +16,8 @@ fi
 python3 -m venv .venv
 .venv/bin/pip install -q -r requirements.txt
 exec .venv/bin/python run.py --mode=train_then_eval --dataset=fashion_mnist \
-  --resnet_depth=18 --width_multiplier=0.25 --train_batch_size=256 \
-  --train_epochs=1.5 --warmup_epochs=0.1 --learning_rate=1.0 --temperature=0.5 \
-  --checkpoint_epochs=1 --eval_batch_size=1000 --random_baseline \
-  --model_dir=models/quickstart "$@"
+  --resnet_depth=18 --width_multiplier=0.25 --train_batch_size=512 \
+  --train_epochs=3 --warmup_epochs=0.3 --learning_rate=0.075 \
+  --learning_rate_scaling=sqrt --weight_decay=1e-6 --temperature=0.3 \
+  --min_crop_area=0.2 --checkpoint_epochs=1 --eval_batch_size=1000 \
+  --random_baseline --model_dir=models/quickstart "$@"
