@@ -176,17 +176,11 @@ def _logistic_regression(c, warm_from=None):
 
 def _fit(model, x, y) -> bool:
   """Fits `model`; True when L-BFGS stopped on its tolerance."""
-  with warnings.catch_warnings():
-    warnings.simplefilter('error', exceptions.ConvergenceWarning)
-    try:
-      model.fit(x, y)
-      return True
-    except exceptions.ConvergenceWarning:
-      pass
-  with warnings.catch_warnings():  # Keep the fit of max_iter steps.
-    warnings.simplefilter('ignore', exceptions.ConvergenceWarning)
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter('always', exceptions.ConvergenceWarning)
     model.fit(x, y)
-  return False
+  return not any(issubclass(w.category, exceptions.ConvergenceWarning)
+                 for w in caught)
 
 
 def _scores(model, x, num_classes):

@@ -141,8 +141,7 @@ def write_result(run: Run, result: dict):
     json.dump(result, f, indent=2, sort_keys=True)
   os.replace(temporary, path)
   write_summary(run, result['global_step'],
-                {k: v for k, v in result.items()
-                 if isinstance(v, float) and not k.endswith('_c')})
+                {k: v for k, v in result.items() if isinstance(v, float)})
 
 
 def print_result(result: dict):

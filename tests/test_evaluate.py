@@ -146,7 +146,7 @@ def test_linear_probe_agrees_with_an_independent_solver(rng):
       expected - expected.mean(1, keepdims=True), atol=2e-3)
 
 
-def test_linear_probe_picks_the_penalty_on_held_out_data(rng):
+def test_linear_probe_picks_the_penalty_on_held_out_data(rng, monkeypatch):
   # 20 weakly informative features among 600 noise ones: a weak penalty
   # overfits, so held-out accuracy must pick a strong one.
   train_y = rng.integers(0, 2, 1000)
@@ -158,6 +158,10 @@ def test_linear_probe_picks_the_penalty_on_held_out_data(rng):
                                 c_grid=(1e-4, 1e-3, 1e-2, 1e-1, 1, 10))
   assert probe.c <= 1e-2
   assert probe.converged and probe.iterations > 0
+  # An iteration limit too small to converge is reported as such.
+  monkeypatch.setattr(evaluate, 'PROBE_MAX_ITER', 2)
+  assert not evaluate.linear_probe(train_x, train_y, train_x[:5], 2,
+                                   c_grid=(1.0,)).converged
 
 
 def test_linear_probe_separates_separable_classes(rng):
