@@ -60,6 +60,9 @@ flags.DEFINE_float('learning_rate', 0.075, 'Base LARS learning rate '
                    '(times sqrt(batch size)).')
 flags.DEFINE_enum('precision', 'float32', ['float32', 'bfloat16'],
                   'Compute precision of every training run.')
+flags.DEFINE_boolean('only_supervised', False, 'Run only the supervised '
+                     'baseline for --supervised_minutes; writes '
+                     'supervised.json.')
 flags.DEFINE_boolean('baselines', True, 'Also probe raw pixels and the '
                      'random-weights encoders.')
 flags.DEFINE_float('supervised_minutes', None, 'Budget of the supervised '
@@ -240,6 +243,16 @@ def main(_):
   pretrain_dir = os.path.join(FLAGS.model_dir, 'pretrain')
   config = recipe(pretrain_dir, epochs=FLAGS.train_epochs)
   source = datasets.make_source(config.data)
+  if FLAGS.only_supervised:
+    supervised = supervised_baseline(
+        source, os.path.join(FLAGS.model_dir, 'supervised'),
+        FLAGS.supervised_minutes)
+    supervised.update(precision=FLAGS.precision,
+                      date=time.strftime('%Y-%m-%d'))
+    with open(os.path.join(FLAGS.output, 'supervised.json'), 'w') as f:
+      json.dump(supervised, f, indent=2)
+    print(json.dumps(supervised, indent=2))
+    return
   run = runner.Run(config, tf.distribute.get_strategy(), source)
 
   points = pretrain(config, source, FLAGS.budget_minutes * 60)
