@@ -6,7 +6,6 @@ are passed down to `simclr_tf`. Flag names follow the original SimCLR code.
 
 import contextlib
 import dataclasses
-import glob
 import json
 import math
 import os
@@ -413,10 +412,10 @@ _ARCHITECTURE = {('encoder', 'depth'): 'resnet_depth',
 def _check_same_architecture(config):
   """A resumed run whose architecture differs from the one in flags.json
   would fail to restore; say which flags differ instead."""
+  from simclr_tf import checkpoints  # pylint: disable=g-import-not-at-top
   model_dir = config.train.model_dir
   path = os.path.join(model_dir, 'flags.json')
-  if not (os.path.exists(path) and
-          glob.glob(os.path.join(model_dir, 'ckpt-*.index'))):
+  if not (os.path.exists(path) and checkpoints.candidates(model_dir)):
     return
   try:
     with open(path) as f:

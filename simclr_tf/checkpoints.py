@@ -67,7 +67,7 @@ def _step_in_name(prefix: str) -> int:
   return int(suffix) if suffix.isdigit() else -1
 
 
-def _candidates(model_dir: str) -> list[str]:
+def candidates(model_dir: str) -> list[str]:
   """Checkpoint prefixes in `model_dir`, newest first: those the state file
   lists and those on disk, so that a damaged state file hides none."""
   prefixes = set()
@@ -107,7 +107,7 @@ def latest_in(model_dir: str) -> str | None:
   if not tf.io.gfile.isdir(model_dir):
     return None
   problems = []
-  for prefix in _candidates(model_dir):
+  for prefix in candidates(model_dir):
     problem = problem_with(prefix)
     if problem is None:
       if problems:

@@ -156,13 +156,15 @@ class ProbeResult:
   converged: bool  # Every fit stopped on its tolerance, not on max_iter.
   iterations: int  # L-BFGS iterations of the final fit.
 
-  def metrics(self, test_labels, prefix='linear_probe_') -> dict:
-    return {f'{prefix}top_1_accuracy': accuracy(self.scores, test_labels, 1),
-            f'{prefix}top_5_accuracy': accuracy(self.scores, test_labels, 5),
-            f'{prefix}c': self.c,
-            f'{prefix}validation_accuracy': self.validation_accuracy,
-            f'{prefix}converged': self.converged,
-            f'{prefix}iterations': self.iterations}
+  def metrics(self, test_labels) -> dict:
+    return {'linear_probe_top_1_accuracy':
+                accuracy(self.scores, test_labels, 1),
+            'linear_probe_top_5_accuracy':
+                accuracy(self.scores, test_labels, 5),
+            'linear_probe_c': self.c,
+            'linear_probe_validation_accuracy': self.validation_accuracy,
+            'linear_probe_converged': self.converged,
+            'linear_probe_iterations': self.iterations}
 
 
 def _logistic_regression(c, warm_from=None):
