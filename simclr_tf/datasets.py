@@ -57,6 +57,10 @@ class Source:
   native_image_size: int | None  # Side of square images when all share it.
   # Whether decoding may fail on a bad file (then pipelines skip it).
   decode_may_fail = False
+  # Whether any example can be read by its index (arrays, folders, TFDS in a
+  # random-access file format). Training then draws every epoch as one
+  # permutation of the whole split, whatever the order of the files.
+  random_access = False
 
   @property
   def has_labels(self) -> bool:
@@ -105,8 +109,31 @@ class Source:
     return np.concatenate([self._labels(p.splitname, p.from_, p.to)
                            for p in self.resolve(split)])
 
-  def _records(self, split: str, start: int, stop: int) -> tf.data.Dataset:
+  def lookup(self, split: str, indices: np.ndarray | None = None):
+    """For random-access sources: a function from an int64 index tensor in
+    [0, n) of `split` (of `indices` when given, a subset in `records` order)
+    to its `{'record', 'label'}`.
+
+    The table holds small records (a row number, a path), never images.
+    """
+    parts = [self._record_arrays(p.splitname, p.from_, p.to)
+             for p in self.resolve(split)]
+    records = np.concatenate([records for records, _ in parts])
+    labels = np.concatenate([labels for _, labels in parts]).astype(np.int64)
+    if indices is not None:
+      records, labels = records[indices], labels[indices]
+    records, labels = tf.constant(records), tf.constant(labels)
+    return lambda index: {'record': tf.gather(records, index),
+                          'label': tf.gather(labels, index)}
+
+  def _record_arrays(self, split: str, start: int, stop: int):
+    """(records, labels) numpy arrays of a random-access source's slice."""
     raise NotImplementedError
+
+  def _records(self, split: str, start: int, stop: int) -> tf.data.Dataset:
+    records, labels = self._record_arrays(split, start, stop)
+    return tf.data.Dataset.from_tensor_slices({
+        'record': records, 'label': labels.astype(np.int64)})
 
   def _labels(self, split: str, start: int, stop: int) -> np.ndarray:
     raise NotImplementedError
@@ -140,12 +167,12 @@ class ArraySource(Source):
     height, width = all_images.shape[1:3]
     self.native_image_size = height if height == width else None
 
-  def _records(self, split, start, stop):
+  random_access = True
+
+  def _record_arrays(self, split, start, stop):
     offset = self._offsets[split]
     rows = np.arange(offset + start, offset + stop, dtype=np.int64)
-    labels = self._labels_by_split[split][start:stop].astype(np.int64)
-    return tf.data.Dataset.from_tensor_slices({'record': rows,
-                                               'label': labels})
+    return rows, self._labels_by_split[split][start:stop]
 
   def decode(self, record):
     return _gray_to_rgb(tf.gather(self._images, record))
@@ -319,12 +346,11 @@ class FolderSource(Source):
             for p in self._files[part.splitname][0][part.from_:part.to]]
 
   decode_may_fail = True  # The scan is cheap, not a full decode.
+  random_access = True
 
-  def _records(self, split, start, stop):
+  def _record_arrays(self, split, start, stop):
     paths, labels = self._files[split]
-    return tf.data.Dataset.from_tensor_slices({
-        'record': np.array(paths[start:stop], dtype=object),
-        'label': labels[start:stop]})
+    return np.array(paths[start:stop], dtype=object), labels[start:stop]
 
   def decode(self, record):
     return tf.io.decode_image(tf.io.read_file(record), channels=3,

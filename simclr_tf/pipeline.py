@@ -14,9 +14,8 @@ from simclr_tf import augment
 from simclr_tf.config import AugmentConfig
 from simclr_tf.datasets import Source, select
 
-# Shuffling permutes windows of this many records. Records are indices or
-# paths (a window covers a whole CIFAR- or Fashion-MNIST-sized split) or, for
-# TFDS, encoded images, whose files TFDS already shuffled when preparing them.
+# Sources read in order (TFDS TFRecord files) are shuffled in windows of this
+# many records (encoded images). Random-access sources need no window.
 _SHUFFLE_WINDOW = 65_536
 
 
@@ -73,6 +72,46 @@ def _shard_size(num_examples, input_context):
                    input_context.num_input_pipelines))
 
 
+def shuffled_positions(num_examples: int, seed: int, start: int = 0,
+                       every: int = 1) -> tf.data.Dataset:
+  """Endless `(position, index)` pairs for positions start, start + every,
+  ... of a stream in which epoch e (positions e * n to e * n + n - 1) visits
+  all n indices in a permutation seeded by (seed, e).
+
+  Each index is computed from its position alone
+  (`tf.random.experimental.index_shuffle`), so memory does not grow with n
+  and starting at any position costs nothing.
+  """
+  def index_of(position):
+    epoch_seed = tf.stack([tf.constant(seed, tf.int64),
+                           position // num_examples])
+    return position, tf.random.experimental.index_shuffle(
+        position % num_examples, seed=epoch_seed,
+        max_index=tf.constant(num_examples - 1, tf.int64))
+  return tf.data.Dataset.range(start, 2**62, every).map(index_of)
+
+
+def _windowed_stream(records, num_records, *, seed, first):
+  """`(position, record)` from `first` on, for sources read in order (TFDS
+  TFRecord files): each window of records is permuted per epoch."""
+  first_epoch, offset = divmod(first, num_records)
+  window = min(num_records, _SHUFFLE_WINDOW)
+
+  def epoch_records(epoch):
+    # tf.data's shuffle takes no per-epoch tensor seed: permute each window
+    # of records with a stateless permutation seeded by (seed, epoch, window).
+    def permute(index, block):
+      size = tf.shape(block['label'])[0]
+      order = tf.argsort(tf.random.stateless_uniform(
+          [size], tf.stack([seed * 100_003 + epoch, index])))
+      return tf.data.Dataset.from_tensor_slices(
+          tf.nest.map_structure(lambda t: tf.gather(t, order), block))
+    return records.batch(window).enumerate().flat_map(permute)
+
+  stream = tf.data.Dataset.range(first_epoch, 2**62).flat_map(epoch_records)
+  return stream.skip(offset).enumerate(start=first)
+
+
 def train_dataset(source: Source, split: Split, *, global_batch_size: int,
                   augment_config: AugmentConfig, views: int, seed: int,
                   cache: bool = False, input_context=None,
@@ -82,42 +121,42 @@ def train_dataset(source: Source, split: Split, *, global_batch_size: int,
   Args:
     views: 2 for SimCLR pretraining (`view1`, `view2` from the pretraining
       augmentation); 1 for fine-tuning (`image`, crop and flip only).
+    cache: keep the records of a source read in order in memory.
     start_step: training steps already taken; the stream starts where an
       uninterrupted run would be at that step.
 
   The stream is a pure function of `seed` and the position: epoch e is
   permuted with a seed made from (seed, e), and example number i of the
   stream is augmented with seed (seed, i). Resuming therefore needs no
-  iterator state: skipping to the position costs only reading records.
+  iterator state. For random-access sources the permutation covers the
+  whole split (every batch mixes the whole dataset, whatever the order on
+  disk), the input pipelines take turns along one stream, and skipping to
+  the position reads nothing.
   """
-  pipeline_seed = _pipeline_seed(seed, input_context)
-  records = _shard(_records(source, split), input_context)
-  if cache:
-    records = records.cache()
-  num_records = _shard_size(split.num_examples(source), input_context)
   batch_size = _per_replica_batch(global_batch_size, input_context)
   num_pipelines = input_context.num_input_pipelines if input_context else 1
+  pipeline_id = input_context.input_pipeline_id if input_context else 0
   replicas = input_context.num_replicas_in_sync if input_context else 1
-  consumed = start_step * batch_size * (replicas // num_pipelines)
-  first_epoch, offset = divmod(consumed, num_records)
-  window = min(num_records, _SHUFFLE_WINDOW)
+  # Examples one pipeline feeds per step: its replicas' batches.
+  per_step = batch_size * (replicas // num_pipelines)
 
-  def epoch_records(epoch):
-    # tf.data's shuffle takes no per-epoch tensor seed: permute each window
-    # of records with a stateless permutation seeded by (seed, epoch, window).
-    def permute(index, block):
-      size = tf.shape(block['label'])[0]
-      order = tf.argsort(tf.random.stateless_uniform(
-          [size], tf.stack([pipeline_seed * 100_003 + epoch, index])))
-      return tf.data.Dataset.from_tensor_slices(
-          tf.nest.map_structure(lambda t: tf.gather(t, order), block))
-    return records.batch(window).enumerate().flat_map(permute)
+  if source.random_access:
+    lookup = source.lookup(split.name, split.indices)
+    first = start_step * per_step * num_pipelines + pipeline_id
+    stream = shuffled_positions(split.num_examples(source), seed, first,
+                                num_pipelines)
+    stream = stream.map(lambda position, index: (position, lookup(index)))
+    augment_seed = seed
+  else:
+    augment_seed = _pipeline_seed(seed, input_context)
+    records = _shard(_records(source, split), input_context)
+    stream = _windowed_stream(
+        records.cache() if cache else records,
+        _shard_size(split.num_examples(source), input_context),
+        seed=augment_seed, first=start_step * per_step)
 
-  stream = tf.data.Dataset.range(first_epoch, 2**62).flat_map(epoch_records)
-  stream = stream.skip(offset).enumerate(start=consumed)
-
-  def make_example(index, record):
-    example_seed = tf.stack([tf.constant(pipeline_seed, tf.int64), index])
+  def make_example(position, record):
+    example_seed = tf.stack([tf.constant(augment_seed, tf.int64), position])
     image = source.decode(record['record'])
     if views == 2:
       seed1, seed2 = augment.split_seed(example_seed, 2)

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from simclr_tf import datasets
 from simclr_tf import pipeline
@@ -171,3 +172,120 @@ def test_resuming_across_replicas_continues_each_replica_stream():
     return [p['label'].numpy().tolist() for p in parts]
 
   assert ids(0, 5)[4:] == ids(2, 3)
+
+
+def _epochs_of(stream, num_examples, epochs):
+  pairs = list(stream.take(num_examples * epochs).as_numpy_iterator())
+  positions = np.array([p for p, _ in pairs])
+  indices = np.array([i for _, i in pairs])
+  return positions, indices.reshape(epochs, num_examples)
+
+
+def test_every_epoch_is_a_new_permutation_of_the_whole_split():
+  n = 1000
+  positions, epochs = _epochs_of(pipeline.shuffled_positions(n, seed=3), n, 3)
+  assert positions.tolist() == list(range(3 * n))
+  for epoch in epochs:
+    assert sorted(epoch.tolist()) == list(range(n))
+  assert not np.array_equal(epochs[0], epochs[1])
+  # Neither sorted nor only locally mixed: the first 100 positions come
+  # from all over the split.
+  assert epochs[0][:100].min() < 100 and epochs[0][:100].max() > 900
+  # Another seed, another order; a stream starting at 1234, every 3rd
+  # position, is the same stream.
+  _, other = _epochs_of(pipeline.shuffled_positions(n, seed=4), n, 1)
+  assert not np.array_equal(other[0], epochs[0])
+  resumed = list(pipeline.shuffled_positions(n, seed=3, start=1234, every=3)
+                 .take(400).as_numpy_iterator())
+  assert [p for p, _ in resumed] == list(range(1234, 1234 + 1200, 3))
+  assert [i for _, i in resumed] == epochs.reshape(-1)[1234:2434:3].tolist()
+
+
+def test_batches_of_a_class_sorted_folder_mix_all_classes(tmp_path, rng,
+                                                         monkeypatch):
+  """Folders list classes one after another (ImageNet's layout); batches
+  must still look like uniform draws from the whole folder, however small
+  the window that sequential sources are shuffled in."""
+  from scipy import stats  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(pipeline, '_SHUFFLE_WINDOW', 64)
+  classes = [f'c{i:02d}' for i in range(20)]
+  root = helpers.make_class_folder(str(tmp_path / 'sorted'), rng, classes,
+                                   per_class=45, size=(4, 4))
+  source = datasets.FolderSource(root)
+  n = source.num_examples('train')
+  assert n == 20 * 41  # 4 of each class held out as 'test'.
+  batch_size = 41
+  dataset = pipeline.train_dataset(
+      source, pipeline.Split('train'), global_batch_size=batch_size,
+      augment_config=AugmentConfig(image_size=4), views=1, seed=0)
+  labels = np.stack([b['label'] for b in _first_batches(dataset, 20)])
+  # One epoch is exactly 20 batches of 41: every example once.
+  assert np.bincount(labels.reshape(-1), minlength=20).tolist() == [41] * 20
+  counts = np.stack([np.bincount(row, minlength=20) for row in labels])
+  expected = batch_size / 20
+  chi_square = ((counts - expected) ** 2 / expected).sum()
+  # Drawing without replacement makes counts tighter than the chi-square
+  # law with 19 degrees of freedom per batch: the upper tail is safe.
+  p_value = stats.chi2.sf(chi_square, df=19 * len(counts))
+  assert p_value > 1e-3, (chi_square, counts)
+  assert (counts > 0).sum(axis=1).mean() > 14  # Uniform draws: ~17.5.
+
+
+def test_resuming_a_random_access_source_reads_only_what_it_trains_on():
+  reads = []
+
+  class CountingSource(datasets.ArraySource):
+
+    def decode(self, record):
+      def count(row):
+        reads.append(int(row))
+        return row
+      counted = tf.numpy_function(count, [record], tf.int64)
+      counted.set_shape([])
+      return super().decode(counted)
+
+  images = np.random.default_rng(0).integers(0, 256, (13, 8, 8, 3), np.uint8)
+  source = CountingSource('ids', {'train': images},
+                          {'train': np.arange(13)}, num_classes=None)
+  whole = _first_batches(pipeline.train_dataset(
+      source, pipeline.Split('train'), global_batch_size=4,
+      augment_config=AugmentConfig(image_size=8), views=1, seed=2), 30)
+  reads.clear()
+  resumed = pipeline.train_dataset(
+      source, pipeline.Split('train'), global_batch_size=4,
+      augment_config=AugmentConfig(image_size=8), views=1, seed=2,
+      start_step=10_000_000)
+  assert len(_first_batches(resumed, 1)) == 1
+  assert 4 <= len(reads) < 1000  # Not 40 million.
+  # ... and where it is cheap to compare, the stream is the same one.
+  reads.clear()
+  for a, b in zip(whole[25:], _first_batches(pipeline.train_dataset(
+      source, pipeline.Split('train'), global_batch_size=4,
+      augment_config=AugmentConfig(image_size=8), views=1, seed=2,
+      start_step=25), 5)):
+    np.testing.assert_array_equal(a['image'], b['image'])
+    np.testing.assert_array_equal(a['label'], b['label'])
+
+
+def test_input_pipelines_take_turns_along_one_stream():
+  source = _source(n_train=10)
+
+  def labels(pipeline_id, steps, start_step=0):
+    context = tf.distribute.InputContext(
+        num_input_pipelines=2, input_pipeline_id=pipeline_id,
+        num_replicas_in_sync=2)
+    return np.stack([b['label'] for b in _first_batches(
+        pipeline.train_dataset(
+            source, pipeline.Split('train'), global_batch_size=4,
+            augment_config=_AUGMENT, views=1, seed=1, input_context=context,
+            start_step=start_step), steps)])
+
+  single = np.concatenate([b['label'] for b in _first_batches(
+      pipeline.train_dataset(source, pipeline.Split('train'),
+                             global_batch_size=1, augment_config=_AUGMENT,
+                             views=1, seed=1), 20)])
+  first, second = labels(0, 5), labels(1, 5)
+  # Per-replica batches of 2; pipeline p has the stream's positions p, p+2...
+  np.testing.assert_array_equal(first.reshape(-1), single[0::2])
+  np.testing.assert_array_equal(second.reshape(-1), single[1::2])
+  np.testing.assert_array_equal(labels(1, 2, start_step=3), second[3:])
