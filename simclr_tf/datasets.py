@@ -5,7 +5,6 @@ Every source yields `{'image': uint8 [H, W, 3], 'label': int64}` examples
 compute steps per epoch and pad evaluation batches exactly.
 """
 
-import concurrent.futures
 import difflib
 import os
 import socket
@@ -18,15 +17,18 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from simclr_tf import idx
+from simclr_tf import image_files
 from simclr_tf.config import DataConfig
 from simclr_tf.config import DEFAULT_MAX_IMAGE_PIXELS
 
 UNLABELED = -1
 FOLDER_PREFIX = 'folder:'
 FASHION_MNIST_SYSTEM_DIR = '/usr/share/datasets/fashion-mnist'
-IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif')
 # Share of a folder without train/ and val/ sub-folders held out for eval.
 FOLDER_HELD_OUT_FRACTION = 0.1
+# Under --data_dir: the header checks of image folders, reused while their
+# files are unchanged.
+FOLDER_SCANS_DIR = 'folder_scans'
 OFFLINE_HINT = ('Offline, use --dataset=fashion_mnist (IDX files in --data_dir '
                 f'or {FASHION_MNIST_SYSTEM_DIR}, Debian package '
                 'dataset-fashion-mnist) or --dataset=folder:PATH.')
@@ -193,97 +195,67 @@ def fashion_mnist_source(directory: str) -> ArraySource:
 # --- Image folders -----------------------------------------------------------
 
 
-def _is_hidden(name):
-  return name.startswith('.') or name.startswith('_')
-
-
-def _files_under(directory):
-  """Non-hidden files below `directory`, recursively, sorted."""
-  found = []
-  for root, dirs, files in os.walk(directory):
-    dirs[:] = sorted(d for d in dirs if not _is_hidden(d))
-    found.extend(os.path.join(root, f) for f in files if not _is_hidden(f))
-  return sorted(found)
-
-
 TOO_LARGE = 'too large'
 UNREADABLE = 'not a readable JPEG/PNG/BMP/GIF image'
 
 
-def image_problem(path: str, max_pixels: int) -> str | None:
-  """Why TF should not decode the file at `path` (UNREADABLE, TOO_LARGE), or
-  None. Cheap: the header and structure are checked, the pixels are not
-  decoded."""
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-  if not path.lower().endswith(IMAGE_EXTENSIONS):
+def image_problem(file: image_files.ImageFile, max_pixels: int) -> str | None:
+  """Why TF should not decode `file` (UNREADABLE, TOO_LARGE), or None."""
+  if file.pixels == image_files.UNREADABLE:
     return UNREADABLE
-  try:
-    with Image.open(path) as image:
-      image_format = image.format
-      width, height = image.size
-      if width * height > max_pixels:
-        return TOO_LARGE
-      image.verify()
-    if image_format == 'JPEG':
-      # A truncated JPEG passes verify(); a complete one ends with EOI.
-      with open(path, 'rb') as f:
-        f.seek(-2, os.SEEK_END)
-        return None if f.read(2) == b'\xff\xd9' else UNREADABLE
-    return None if image_format in ('JPEG', 'PNG', 'BMP', 'GIF') else (
-        UNREADABLE)
-  except Image.DecompressionBombError:  # PIL's own, far larger, limit.
-    return TOO_LARGE
-  except Exception:  # pylint: disable=broad-except
-    return UNREADABLE
+  return TOO_LARGE if file.pixels > max_pixels else None
 
 
-def _keep_readable(paths, where, max_pixels):
-  """Drops files that are not readable images or are too large, and says
-  how many, once per reason."""
-  with concurrent.futures.ThreadPoolExecutor(8) as pool:
-    problems = list(pool.map(lambda p: image_problem(p, max_pixels), paths))
+def _keep_readable(files, where, max_pixels):
+  """Paths of the files that are readable images within the pixel limit;
+  says how many were dropped, once per reason."""
+  problems = [image_problem(f, max_pixels) for f in files]
   for reason in (UNREADABLE, TOO_LARGE):
-    skipped = [p for p, problem in zip(paths, problems) if problem == reason]
+    skipped = [f.path for f, problem in zip(files, problems)
+               if problem == reason]
     if skipped:
       examples = ', '.join(os.path.relpath(p, where) for p in skipped[:3])
       limit = (f' (over {max_pixels} pixels, --max_image_pixels)'
                if reason == TOO_LARGE else '')
       logging.warning('Skipped %d of %d files under %s: %s%s (e.g. %s).',
-                      len(skipped), len(paths), where, reason, limit,
+                      len(skipped), len(files), where, reason, limit,
                       examples)
-  kept = [p for p, problem in zip(paths, problems) if problem is None]
-  return kept, len(paths) - len(kept)
+  return [f.path for f, problem in zip(files, problems) if problem is None]
 
 
-def _scan_split_dir(directory, max_pixels, class_names=None):
-  """Returns (paths, labels, class_names, num_skipped) for one directory.
+def _under(files, directory):
+  prefix = os.path.join(directory, '')
+  return [f for f in files if f.path.startswith(prefix)]
+
+
+def _split_dir_files(files, directory, max_pixels, class_names=None):
+  """Returns (paths, labels, class_names) for one split directory, given
+  the scanned files below it.
 
   Sub-folders are classes; without sub-folders the images are unlabeled.
   """
   subdirs = sorted(d for d in os.listdir(directory)
                    if os.path.isdir(os.path.join(directory, d))
-                   and not _is_hidden(d))
+                   and not image_files.is_hidden(d))
   if not subdirs:
-    paths, skipped = _keep_readable(_files_under(directory), directory,
-                                    max_pixels)
-    return paths, np.full(len(paths), UNLABELED, np.int64), None, skipped
+    paths = _keep_readable(files, directory, max_pixels)
+    return paths, np.full(len(paths), UNLABELED, np.int64), None
   class_names = class_names or subdirs
   unknown = sorted(set(subdirs) - set(class_names))
   if unknown:
     raise DatasetError(f'{directory} has class folders {unknown} that the '
                        'training split does not have; give every split the '
                        'same class folders.')
-  paths, labels, skipped_total = [], [], 0
+  paths, labels = [], []
   for name in subdirs:
-    class_paths, skipped = _keep_readable(
-        _files_under(os.path.join(directory, name)), directory, max_pixels)
+    class_paths = _keep_readable(
+        _under(files, os.path.join(directory, name)), directory, max_pixels)
     if not class_paths:
       raise DatasetError(f'Class folder {os.path.join(directory, name)} '
                          'has no readable images; add images or remove it.')
     paths.extend(class_paths)
     labels.extend([class_names.index(name)] * len(class_paths))
-    skipped_total += skipped
-  return paths, np.array(labels, np.int64), class_names, skipped_total
+  return paths, np.array(labels, np.int64), class_names
 
 
 def _hold_out(labels, fraction, seed=0):
@@ -310,26 +282,29 @@ class FolderSource(Source):
   """
 
   def __init__(self, path: str,
-               max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS):
+               max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+               scan_cache_dir: str | None = None):
     path = os.path.abspath(os.path.expanduser(path))
     if not os.path.isdir(path):
       raise DatasetError(f'--dataset=folder:{path}: no such directory.')
     self.name = f'folder:{path}'
     self.path = path
+    files = image_files.scan(path, scan_cache_dir)
     split_dirs = {s: os.path.join(path, s) for s in ('train', 'val', 'test')
                   if os.path.isdir(os.path.join(path, s))}
     self._files = {}
     if 'train' in split_dirs and len(split_dirs) > 1:
-      paths, labels, classes, _ = _scan_split_dir(split_dirs.pop('train'),
-                                                  max_image_pixels)
+      train_dir = split_dirs.pop('train')
+      paths, labels, classes = _split_dir_files(
+          _under(files, train_dir), train_dir, max_image_pixels)
       self._files['train'] = (paths, labels)
       for split, directory in split_dirs.items():
-        s_paths, s_labels, _, _ = _scan_split_dir(directory, max_image_pixels,
-                                                  classes)
+        s_paths, s_labels, _ = _split_dir_files(
+            _under(files, directory), directory, max_image_pixels, classes)
         self._files[split] = (s_paths, s_labels)
       self.default_eval_split = 'val' if 'val' in split_dirs else 'test'
     else:
-      paths, labels, classes, _ = _scan_split_dir(path, max_image_pixels)
+      paths, labels, classes = _split_dir_files(files, path, max_image_pixels)
       train_idx, eval_idx = _hold_out(labels, FOLDER_HELD_OUT_FRACTION)
       self._files['train'] = ([paths[i] for i in train_idx], labels[train_idx])
       self._files['test'] = ([paths[i] for i in eval_idx], labels[eval_idx])
@@ -441,7 +416,9 @@ def make_source(config: DataConfig) -> Source:
   """The source named by `config.dataset`."""
   name = config.dataset
   if name.startswith(FOLDER_PREFIX):
-    return FolderSource(name[len(FOLDER_PREFIX):], config.max_image_pixels)
+    return FolderSource(name[len(FOLDER_PREFIX):], config.max_image_pixels,
+                        scan_cache_dir=os.path.join(config.data_dir,
+                                                    FOLDER_SCANS_DIR))
   if name == 'fashion_mnist':
     directory = idx.find_fashion_mnist([config.data_dir,
                                         FASHION_MNIST_SYSTEM_DIR])

@@ -5,6 +5,7 @@ import pytest
 import tensorflow as tf
 
 from simclr_tf import datasets
+from simclr_tf import image_files
 from simclr_tf import pipeline
 from simclr_tf.config import AugmentConfig
 from tests import helpers
@@ -126,7 +127,7 @@ def test_folder_pipeline_skips_a_file_that_fails_to_decode(tmp_path, rng,
   root = helpers.make_class_folder(str(tmp_path / 'f'), rng, per_class=4)
   # A file that passes the cheap scan but does not decode: the pipeline must
   # skip it rather than crash mid-epoch.
-  monkeypatch.setattr(datasets, 'image_problem', lambda path, limit: None)
+  monkeypatch.setattr(image_files, 'header_pixels', lambda path: 1)
   helpers.write(f'{root}/cat/zz_broken.png', b'\x89PNG\r\n\x1a\n broken')
   source = datasets.FolderSource(root)
   dataset = pipeline.train_dataset(

@@ -1,0 +1,105 @@
+"""Folder scans: header checks, their cache, and the parallel first scan."""
+
+import os
+
+import numpy as np
+
+from simclr_tf import datasets
+from simclr_tf import image_files
+from simclr_tf.config import DataConfig
+from tests import helpers
+
+
+def _counting(monkeypatch):
+  opened = []
+  real = image_files.header_pixels
+
+  def header_pixels(path):
+    opened.append(os.path.basename(path))
+    return real(path)
+  monkeypatch.setattr(image_files, 'header_pixels', header_pixels)
+  return opened
+
+
+def test_header_pixels_reads_sizes_and_rejects_what_is_not_an_image(
+    tmp_path, rng):
+  png = tmp_path / 'a.png'
+  png.write_bytes(helpers.encode(helpers.random_rgb(rng, 6, 7), 'PNG'))
+  jpeg = tmp_path / 'b.jpg'
+  jpeg.write_bytes(helpers.encode(helpers.random_rgb(rng, 5, 3), 'JPEG'))
+  truncated = tmp_path / 'c.jpg'
+  truncated.write_bytes(jpeg.read_bytes()[:-40])
+  text = tmp_path / 'd.png'
+  text.write_bytes(b'not an image')
+  assert image_files.header_pixels(str(png)) == 42
+  assert image_files.header_pixels(str(jpeg)) == 15
+  assert image_files.header_pixels(str(truncated)) == image_files.UNREADABLE
+  assert image_files.header_pixels(str(text)) == image_files.UNREADABLE
+
+
+def test_a_cached_scan_opens_only_new_or_changed_files(tmp_path, rng,
+                                                      monkeypatch):
+  root = helpers.make_class_folder(str(tmp_path / 'f'), rng,
+                                   classes=('a', 'b'), per_class=4)
+  cache = str(tmp_path / 'cache')
+  opened = _counting(monkeypatch)
+  first = image_files.scan(root, cache)
+  assert len(opened) == 8 and len(os.listdir(cache)) == 1
+  opened.clear()
+  assert image_files.scan(root, cache) == first and not opened
+  # A changed file (other size), a new file and a removed one.
+  helpers.write(f'{root}/a/0.png',
+                helpers.encode(helpers.random_rgb(rng, 9, 9), 'PNG'))
+  helpers.write(f'{root}/b/new.png',
+                helpers.encode(helpers.random_rgb(rng, 2, 2), 'PNG'))
+  os.remove(f'{root}/b/3.png')
+  rescanned = image_files.scan(root, cache)
+  assert sorted(opened) == ['0.png', 'new.png']
+  uncached = image_files.scan(root)
+  assert rescanned == uncached
+  assert {os.path.relpath(f.path, root): f.pixels
+          for f in uncached}[os.path.join('a', '0.png')] == 81
+  opened.clear()
+  assert image_files.scan(root, cache) == uncached and not opened
+
+
+def test_a_damaged_cache_is_ignored_and_rewritten(tmp_path, rng,
+                                                 monkeypatch):
+  root = helpers.make_class_folder(str(tmp_path / 'f'), rng, per_class=3)
+  cache = str(tmp_path / 'cache')
+  expected = image_files.scan(root, cache)
+  path = image_files.cache_path(cache, root)
+  with open(path, 'a') as f:
+    f.write('garbage without tabs\n')
+  opened = _counting(monkeypatch)
+  assert image_files.scan(root, cache) == expected and len(opened) == 6
+  opened.clear()
+  assert image_files.scan(root, cache) == expected and not opened
+
+
+def test_the_parallel_scan_in_processes_agrees_with_threads(tmp_path, rng,
+                                                           monkeypatch):
+  root = helpers.make_class_folder(str(tmp_path / 'f'), rng, per_class=6,
+                                   size=(3, 5))
+  helpers.write(f'{root}/cat/broken.png', b'\x89PNG broken')
+  threads = image_files.scan(root)
+  monkeypatch.setattr(image_files, '_PROCESS_THRESHOLD', 1)
+  monkeypatch.setattr(image_files, '_CHUNK', 4)
+  processes = image_files.scan(root)
+  assert processes == threads
+  assert [f.pixels for f in threads].count(15) == 12
+  assert [f.pixels for f in threads].count(image_files.UNREADABLE) == 1
+
+
+def test_folder_datasets_keep_their_scan_under_data_dir(tmp_path, rng,
+                                                       monkeypatch):
+  root = helpers.make_class_folder(str(tmp_path / 'f'), rng, per_class=5)
+  config = DataConfig(dataset=f'folder:{root}',
+                      data_dir=str(tmp_path / 'data'))
+  first = datasets.make_source(config)
+  opened = _counting(monkeypatch)
+  again = datasets.make_source(config)
+  assert not opened
+  assert again.paths('train') == first.paths('train')
+  np.testing.assert_array_equal(again.labels('test'), first.labels('test'))
+  assert os.listdir(tmp_path / 'data' / datasets.FOLDER_SCANS_DIR)
