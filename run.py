@@ -135,6 +135,12 @@ flags.DEFINE_boolean('knn', True, 'Run the kNN monitor (k-NN on '
 flags.DEFINE_integer('knn_k', 200, 'Neighbours of the kNN monitor.')
 flags.DEFINE_float('knn_temperature', 0.1, 'Temperature of the kNN '
                    'monitor\'s vote weights.')
+flags.DEFINE_integer('knn_train_examples', 100_000, 'Training examples '
+                     '(a seeded random subset of larger splits) whose '
+                     'features form the kNN bank (float16); 0: all.')
+flags.DEFINE_integer('probe_train_examples', 100_000, 'Training examples '
+                     '(the same seeded order) the linear probe and the '
+                     'raw-pixel baseline fit on; 0: all.')
 flags.DEFINE_integer('knn_every_n_checkpoints', 0, 'Also run the kNN monitor '
                      'at every N-th checkpoint; 0: only at the end.')
 flags.DEFINE_boolean('linear_probe', False, 'Also fit a logistic-regression '
@@ -212,6 +218,9 @@ def check_flags():
               'knn_k', 'preview_images', 'preview_pairs']
   for name in positive:
     _check(FLAGS[name].value > 0, f'--{name}={FLAGS[name].value} must be > 0.')
+  for name in ('knn_train_examples', 'probe_train_examples'):
+    _check(FLAGS[name].value >= 0,
+           f'--{name}={FLAGS[name].value} must be >= 0 (0: all).')
   _check(0 < FLAGS.label_fraction <= 1,
          f'--label_fraction={FLAGS.label_fraction} must be in (0, 1].')
   _check(math.isfinite(FLAGS.temperature) and FLAGS.temperature > 0,
@@ -336,6 +345,8 @@ def build_config(source, strategy):
           eval_steps=FLAGS.eval_steps, knn=FLAGS.knn, knn_k=FLAGS.knn_k,
           knn_temperature=FLAGS.knn_temperature,
           knn_every_n_checkpoints=FLAGS.knn_every_n_checkpoints,
+          knn_train_examples=FLAGS.knn_train_examples,
+          probe_train_examples=FLAGS.probe_train_examples,
           linear_probe=FLAGS.linear_probe,
           random_baseline=FLAGS.random_baseline))
 

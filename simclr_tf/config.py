@@ -171,6 +171,11 @@ class EvalConfig:
   knn: bool = True
   knn_k: int = 200
   knn_temperature: float = 0.1
+  # Training examples (a seeded random subset when the split is larger)
+  # whose features form the kNN bank, and the linear probe's training set:
+  # they bound evaluation memory on ImageNet-sized splits.
+  knn_train_examples: int = 100_000
+  probe_train_examples: int = 100_000
   # Also run the kNN monitor at every N-th checkpoint (0: only at the end).
   knn_every_n_checkpoints: int = 0
   # Fit a logistic-regression probe on frozen features (train split) and

@@ -71,8 +71,9 @@ def label_accuracy(model, strategy, data: EvalData) -> dict:
           'num_eval_examples': int(count)}
 
 
-def extract_features(model, strategy, data: EvalData):
-  """(`final_avg_pool` features [N, F], labels [N]) for every example once."""
+def extract_features(model, strategy, data: EvalData, dtype=np.float32):
+  """(`final_avg_pool` features [N, F] in `dtype`, labels [N]) for every
+  example once."""
 
   @tf.function
   def step(batch):
@@ -86,7 +87,7 @@ def extract_features(model, strategy, data: EvalData):
   features, labels, masks = [], [], []
   for _, batch in zip(range(data.num_steps()), data.distributed(strategy)):
     f, l, m = step(batch)
-    features.append(f.numpy())
+    features.append(f.numpy().astype(dtype, copy=False))
     labels.append(l.numpy())
     masks.append(m.numpy())
   keep = np.concatenate(masks) > 0
@@ -112,24 +113,45 @@ def extract_pixels(data: EvalData):
   return images.reshape(len(images), -1).astype(np.float32), labels
 
 
-def knn_scores(train_features, train_labels, test_features, num_classes,
-               k=200, temperature=0.1, chunk_size=1024):
+def feature_bank(features, dtype=np.float16) -> np.ndarray:
+  """L2-normalised rows, stored in `dtype` (float16 halves the memory of a
+  kNN bank; similarities keep about three decimals)."""
+  features = np.asarray(features, np.float32)
+  norms = np.linalg.norm(features, axis=1, keepdims=True)
+  return (features / np.maximum(norms, 1e-12)).astype(dtype)
+
+
+def knn_scores(bank, bank_labels, test_features, num_classes, k=200,
+               temperature=0.1, chunk_size=1024, bank_chunk_size=65_536):
   """Weighted k-NN votes [N_test, num_classes] (Wu et al. 2018).
 
-  Each of the k most cosine-similar training examples votes for its class
-  with weight exp(similarity / temperature).
+  Each of the k most cosine-similar bank rows (`feature_bank`) votes for its
+  class with weight exp(similarity / temperature). Similarities are computed
+  block by block, keeping a running top-k, so memory is chunk_size x
+  bank_chunk_size whatever the bank's size.
   """
-  train = tf.math.l2_normalize(tf.constant(train_features, tf.float32), -1)
-  train_labels = tf.constant(train_labels, tf.int32)
-  k = min(k, len(train_features))
+  bank_labels = np.asarray(bank_labels, np.int32)
+  k = min(k, len(bank))
   scores = []
   for start in range(0, len(test_features), chunk_size):
     test = tf.math.l2_normalize(
         tf.constant(test_features[start:start + chunk_size], tf.float32), -1)
-    similarity, neighbours = tf.math.top_k(
-        tf.matmul(test, train, transpose_b=True), k)
-    weights = tf.exp(similarity / temperature)
-    votes = tf.one_hot(tf.gather(train_labels, neighbours), num_classes)
+    best = tf.fill([test.shape[0], 0], -np.inf)
+    best_labels = tf.zeros([test.shape[0], 0], tf.int32)
+    for block in range(0, len(bank), bank_chunk_size):
+      similarity = tf.matmul(
+          test, tf.constant(bank[block:block + bank_chunk_size], tf.float32),
+          transpose_b=True)
+      top = tf.math.top_k(similarity, min(k, similarity.shape[1]))
+      labels = tf.gather(bank_labels[block:block + bank_chunk_size],
+                         top.indices)
+      best = tf.concat([best, top.values], 1)
+      best_labels = tf.concat([best_labels, labels], 1)
+      kept = tf.math.top_k(best, min(k, best.shape[1]))
+      best = kept.values
+      best_labels = tf.gather(best_labels, kept.indices, batch_dims=1)
+    weights = tf.exp(best / temperature)
+    votes = tf.one_hot(best_labels, num_classes)
     scores.append(tf.reduce_sum(votes * weights[..., None], axis=1).numpy())
   return np.concatenate(scores)
 

@@ -198,7 +198,13 @@ def eval_dataset(source: Source, split: Split, *, global_batch_size: int,
   # examples) followed by padding.
   slots = steps * batch_size * replicas_per_pipeline
 
-  records = _shard(_records(source, split), input_context)
+  if source.random_access and split.indices is not None:
+    # A subset is looked up, not filtered out of the whole split.
+    lookup = source.lookup(split.name, split.indices)
+    records = tf.data.Dataset.range(num_examples).map(lookup)
+  else:
+    records = _records(source, split)
+  records = _shard(records, input_context)
 
   def make_example(record):
     return {'image': augment.eval_view(source.decode(record['record']),

@@ -7,6 +7,7 @@ import time
 
 from absl import logging
 import keras
+import numpy as np
 import tensorflow as tf
 
 from simclr_tf import checkpoints
@@ -39,15 +40,39 @@ class Run:
   def eval_split(self):
     return self.config.data.eval_split or self.source.default_eval_split
 
-  def eval_data(self, split: str) -> evaluate.EvalData:
+  def eval_data(self, split: str,
+                indices: np.ndarray | None = None) -> evaluate.EvalData:
     return evaluate.EvalData(
-        self.source, pipeline.Split(split), self.config.augment,
+        self.source, pipeline.Split(split, indices), self.config.augment,
         self.config.eval.eval_batch_size, self.config.eval.eval_steps)
 
+  def train_subset(self, count: int) -> '_TrainSubset':
+    """A seeded random subset of `count` training examples (all of them
+    when the split is not larger)."""
+    return _TrainSubset.of(self.source.num_examples(
+        self.config.data.train_split), count, self.config.data.seed)
 
-def _knn(run: Run, train_features, train_labels, test_features, test_labels):
+
+@dataclasses.dataclass(frozen=True)
+class _TrainSubset:
+  """Sorted indices of a training subset, and each one's rank in a seeded
+  random order: the first m ranks are a random subset of m."""
+
+  indices: np.ndarray | None  # None: the whole split, in order.
+  ranks: np.ndarray
+
+  @classmethod
+  def of(cls, num_examples, count, seed):
+    if count <= 0 or count >= num_examples:
+      return cls(None, np.arange(num_examples))
+    chosen = np.random.default_rng(seed).permutation(num_examples)[:count]
+    by_index = np.argsort(chosen)
+    return cls(chosen[by_index], by_index)
+
+
+def _knn(run: Run, bank, bank_labels, test_features, test_labels):
   scores = evaluate.knn_scores(
-      train_features, train_labels, test_features,
+      bank, bank_labels, test_features,
       run.source.num_classes, k=run.config.eval.knn_k,
       temperature=run.config.eval.knn_temperature)
   return {'knn_top_1_accuracy': evaluate.accuracy(scores, test_labels, 1),
@@ -66,19 +91,36 @@ def _probe(run: Run, train_features, train_labels, test_features,
 
 
 def feature_metrics(run: Run, model, knn=True, probe=False) -> dict:
-  """kNN and linear-probe accuracy of `model`'s frozen features."""
+  """kNN and linear-probe accuracy of `model`'s frozen features.
+
+  The kNN bank holds the features of `knn_train_examples` training examples
+  (float16) and the probe trains on `probe_train_examples`: both seeded
+  random subsets of one order, so one pass extracts both.
+  """
   if not (knn or probe):
     return {}
   started = time.time()
+  eval_config = run.config.eval
+  knn_count = eval_config.knn_train_examples if knn else 0
+  probe_count = eval_config.probe_train_examples if probe else 0
+  unlimited = (knn and knn_count <= 0) or (probe and probe_count <= 0)
+  subset = run.train_subset(0 if unlimited else max(knn_count, probe_count))
   train_x, train_y = evaluate.extract_features(
-      model, run.strategy, run.eval_data(run.config.data.train_split))
+      model, run.strategy,
+      run.eval_data(run.config.data.train_split, subset.indices),
+      np.float32 if probe else np.float16)
   test_x, test_y = evaluate.extract_features(
       model, run.strategy, run.eval_data(run.eval_split))
   results = {}
+  # eval_steps may have cut the extraction short: ranks of what came back.
+  ranks = subset.ranks[:len(train_y)]
   if knn:
-    results.update(_knn(run, train_x, train_y, test_x, test_y))
+    keep = ranks < knn_count if knn_count > 0 else slice(None)
+    results.update(_knn(run, evaluate.feature_bank(train_x[keep]),
+                        train_y[keep], test_x, test_y))
   if probe:
-    results.update(_probe(run, train_x, train_y, test_x, test_y))
+    keep = ranks < probe_count if probe_count > 0 else slice(None)
+    results.update(_probe(run, train_x[keep], train_y[keep], test_x, test_y))
   logging.info('Feature evaluation (%d train, %d test) took %.0f s.',
                len(train_y), len(test_y), time.time() - started)
   return results
@@ -98,12 +140,14 @@ def standard_init_model(config: RunConfig):
 def pixel_metrics(run: Run) -> dict:
   """The raw-pixel baseline: the same probe on the evaluation-preprocessed
   pixels in [0, 1] (not standardised) and kNN on them."""
+  subset = run.train_subset(run.config.eval.probe_train_examples)
   train_x, train_y = evaluate.extract_pixels(
-      run.eval_data(run.config.data.train_split))
+      run.eval_data(run.config.data.train_split, subset.indices))
   test_x, test_y = evaluate.extract_pixels(run.eval_data(run.eval_split))
   results = _probe(run, train_x, train_y, test_x, test_y, standardize=False)
   if run.config.eval.knn:
-    results.update(_knn(run, train_x, train_y, test_x, test_y))
+    results.update(_knn(run, evaluate.feature_bank(train_x), train_y, test_x,
+                        test_y))
   return results
 
 
