@@ -50,7 +50,11 @@ flags.DEFINE_float('label_fraction', 1.0,
                    'Class-balanced fraction of training labels used for '
                    'fine-tuning (0.01 and 0.1 in the paper).')
 flags.DEFINE_boolean('cache_dataset', False,
-                     'Cache the training records in memory.')
+                     'Read the training records of a TFDS TFRecord dataset '
+                     'into memory once (then shuffled as a whole).')
+flags.DEFINE_integer('shuffle_buffer', 8192, 'TFDS TFRecord datasets: '
+                     'records permuted together (memory: about twice this '
+                     'many encoded images); other sources shuffle globally.')
 flags.DEFINE_integer('seed', 0, 'Seed of weights, augmentations, shuffling '
                      'and label-fraction subsets.')
 
@@ -212,7 +216,7 @@ def _default_model_dir():
 def check_flags():
   """Fails before any work on values that cannot work."""
   positive = ['train_batch_size', 'eval_batch_size', 'proj_out_dim',
-              'max_image_pixels',
+              'max_image_pixels', 'shuffle_buffer',
               'num_proj_layers', 'summary_steps', 'steps_per_loop',
               'keep_checkpoint_max', 'keep_hub_module_max', 'cpu_replicas',
               'knn_k', 'preview_images', 'preview_pairs']
@@ -293,7 +297,8 @@ def build_config(source, strategy):
           dataset=FLAGS.dataset, data_dir=FLAGS.data_dir,
           train_split=FLAGS.train_split, eval_split=FLAGS.eval_split,
           label_fraction=FLAGS.label_fraction,
-          cache_dataset=FLAGS.cache_dataset, seed=FLAGS.seed,
+          cache_dataset=FLAGS.cache_dataset,
+          shuffle_buffer=FLAGS.shuffle_buffer, seed=FLAGS.seed,
           max_image_pixels=FLAGS.max_image_pixels),
       augment=c.AugmentConfig(
           image_size=image_size,

@@ -31,7 +31,12 @@ class DataConfig:
   # Fraction of the labeled training split kept for fine-tuning (1% / 10%
   # semi-supervised protocol). 1.0 keeps everything.
   label_fraction: float = 1.0
+  # Reads the records of a dataset without random access (TFDS TFRecord
+  # files) into memory once; arrays, folders and ArrayRecord need not.
   cache_dataset: bool = False
+  # Without random access: records permuted together (memory: about twice
+  # this many encoded images).
+  shuffle_buffer: int = 8192
   seed: int = 0
   # Image-folder files and serving requests above this are refused.
   max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS

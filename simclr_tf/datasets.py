@@ -18,6 +18,7 @@ import tensorflow_datasets as tfds
 
 from simclr_tf import idx
 from simclr_tf import image_files
+from simclr_tf import sequential
 from simclr_tf.config import DataConfig
 from simclr_tf.config import DEFAULT_MAX_IMAGE_PIXELS
 
@@ -97,6 +98,15 @@ class Source:
 
   def decode(self, record: tf.Tensor) -> tf.Tensor:
     """A record -> uint8 image [H, W, 3]."""
+    raise NotImplementedError
+
+  def record_files(self, split: str) -> list[sequential.RecordFile]:
+    """For sources without random access: the files holding `split`."""
+    raise NotImplementedError
+
+  def parse(self, serialized: tf.Tensor) -> dict:
+    """For sources without random access: a serialized record from
+    `record_files` -> `{'record', 'label'}`."""
     raise NotImplementedError
 
   def load(self, split: str) -> tf.data.Dataset:
@@ -339,7 +349,9 @@ class FolderSource(Source):
 
 
 class TFDSSource(Source):
-  """A prepared TFDS dataset."""
+  """A prepared TFDS dataset. In a random-access file format (ArrayRecord)
+  examples are read by index; TFRecord files are read in shuffled order
+  (`sequential`)."""
 
   def __init__(self, builder):
     self._builder = builder
@@ -355,16 +367,55 @@ class TFDSSource(Source):
     shape = self._image_feature.shape
     self.native_image_size = (shape[0] if shape[0] and shape[0] == shape[1]
                               else None)
+    file_format = getattr(info.file_format, 'value', info.file_format)
+    self.random_access = str(file_format) == 'array_record'
+
+  _ENCODED = {'image': tfds.decode.SkipDecoding()}
 
   def records(self, split):
-    dataset = self._builder.as_dataset(
-        split=split, shuffle_files=False,
-        decoders={'image': tfds.decode.SkipDecoding()})
-    has_label = self.has_labels
-    return dataset.map(lambda ex: {
-        'record': ex['image'],
-        'label': (ex['label'] if has_label
-                  else tf.constant(UNLABELED, tf.int64))})
+    if self.random_access:  # ArrayRecord files have no tf.data reader.
+      return tf.data.Dataset.range(self.num_examples(split)).map(
+          self.lookup(split), num_parallel_calls=tf.data.AUTOTUNE,
+          deterministic=True)
+    dataset = self._builder.as_dataset(split=split, shuffle_files=False,
+                                       decoders=self._ENCODED)
+    return dataset.map(self._record)
+
+  def _record(self, example):
+    return {'record': example['image'],
+            'label': (example['label'] if self.has_labels
+                      else tf.constant(UNLABELED, tf.int64))}
+
+  def record_files(self, split):
+    files, first = [], 0
+    for part in self._builder.info.splits[split].file_instructions:
+      files.append(sequential.RecordFile(part.filename, part.skip, part.take,
+                                         first))
+      first += part.take
+    return files
+
+  def parse(self, serialized):
+    return self._record(self._builder.info.features.deserialize_example(
+        serialized, decoders=self._ENCODED))
+
+  def lookup(self, split, indices=None):
+    examples = self._builder.as_data_source(split=split,
+                                            decoders=self._ENCODED)
+    table = None if indices is None else np.asarray(indices, np.int64)
+    has_labels = self.has_labels
+
+    def read(index):
+      example = examples[int(index if table is None else table[index])]
+      return (example['image'],
+              np.int64(example['label'] if has_labels else UNLABELED))
+
+    def lookup_fn(index):
+      record, label = tf.numpy_function(read, [index], [tf.string, tf.int64],
+                                        stateful=False)
+      record.set_shape([])
+      label.set_shape([])
+      return {'record': record, 'label': label}
+    return lookup_fn
 
   def decode(self, record):
     return _gray_to_rgb(self._image_feature.decode_example(record))

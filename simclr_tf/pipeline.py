@@ -11,12 +11,9 @@ import numpy as np
 import tensorflow as tf
 
 from simclr_tf import augment
+from simclr_tf import sequential
 from simclr_tf.config import AugmentConfig
 from simclr_tf.datasets import Source, select
-
-# Sources read in order (TFDS TFRecord files) are shuffled in windows of this
-# many records (encoded images). Random-access sources need no window.
-_SHUFFLE_WINDOW = 65_536
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,13 +62,6 @@ def _with_options(dataset):
   return dataset.with_options(options)
 
 
-def _shard_size(num_examples, input_context):
-  if input_context is None or input_context.num_input_pipelines == 1:
-    return num_examples
-  return len(range(input_context.input_pipeline_id, num_examples,
-                   input_context.num_input_pipelines))
-
-
 def shuffled_positions(num_examples: int, seed: int, start: int = 0,
                        every: int = 1) -> tf.data.Dataset:
   """Endless `(position, index)` pairs for positions start, start + every,
@@ -91,47 +81,51 @@ def shuffled_positions(num_examples: int, seed: int, start: int = 0,
   return tf.data.Dataset.range(start, 2**62, every).map(index_of)
 
 
-def _windowed_stream(records, num_records, *, seed, first):
-  """`(position, record)` from `first` on, for sources read in order (TFDS
-  TFRecord files): each window of records is permuted per epoch."""
-  first_epoch, offset = divmod(first, num_records)
-  window = min(num_records, _SHUFFLE_WINDOW)
+def _in_memory_lookup(source: Source, split: Split):
+  """Reads a split's records (encoded images) into memory once: a source
+  without random access then has it (`--cache_dataset`)."""
+  records, labels = [], []
+  for record in _records(source, split).as_numpy_iterator():
+    records.append(record['record'])
+    labels.append(record['label'])
+  records = tf.constant(np.array(records, dtype=object))
+  labels = tf.constant(np.array(labels, np.int64))
+  return lambda index: {'record': tf.gather(records, index),
+                        'label': tf.gather(labels, index)}
 
-  def epoch_records(epoch):
-    # tf.data's shuffle takes no per-epoch tensor seed: permute each window
-    # of records with a stateless permutation seeded by (seed, epoch, window).
-    def permute(index, block):
-      size = tf.shape(block['label'])[0]
-      order = tf.argsort(tf.random.stateless_uniform(
-          [size], tf.stack([seed * 100_003 + epoch, index])))
-      return tf.data.Dataset.from_tensor_slices(
-          tf.nest.map_structure(lambda t: tf.gather(t, order), block))
-    return records.batch(window).enumerate().flat_map(permute)
 
-  stream = tf.data.Dataset.range(first_epoch, 2**62).flat_map(epoch_records)
-  return stream.skip(offset).enumerate(start=first)
+def _keep_mask(source: Source, split: Split):
+  if split.indices is None:
+    return None
+  keep = np.zeros(source.num_examples(split.name), bool)
+  keep[split.indices] = True
+  return keep
 
 
 def train_dataset(source: Source, split: Split, *, global_batch_size: int,
                   augment_config: AugmentConfig, views: int, seed: int,
                   cache: bool = False, input_context=None,
-                  start_step: int = 0):
+                  start_step: int = 0,
+                  shuffle_buffer: int = sequential.DEFAULT_WINDOW):
   """Endless shuffled, augmented batches for training.
 
   Args:
     views: 2 for SimCLR pretraining (`view1`, `view2` from the pretraining
       augmentation); 1 for fine-tuning (`image`, crop and flip only).
-    cache: keep the records of a source read in order in memory.
+    cache: read the records of a source without random access (TFDS
+      TFRecord files) into memory once, which gives it random access.
     start_step: training steps already taken; the stream starts where an
       uninterrupted run would be at that step.
+    shuffle_buffer: records permuted together when reading files without
+      random access (see `sequential`); random access needs none.
 
-  The stream is a pure function of `seed` and the position: epoch e is
-  permuted with a seed made from (seed, e), and example number i of the
-  stream is augmented with seed (seed, i). Resuming therefore needs no
-  iterator state. For random-access sources the permutation covers the
-  whole split (every batch mixes the whole dataset, whatever the order on
-  disk), the input pipelines take turns along one stream, and skipping to
-  the position reads nothing.
+  The stream is a pure function of `seed` and the position, so resuming
+  needs no iterator state. Example number i of the stream is augmented with
+  seed (seed, i). With random access, epoch e is one permutation of the
+  whole split seeded by (seed, e): every batch mixes the whole dataset
+  whatever the order on disk, the input pipelines take turns along one
+  stream, and skipping to the position reads nothing. Without it, each input
+  pipeline reads its share of the files in a seeded order per epoch.
   """
   batch_size = _per_replica_batch(global_batch_size, input_context)
   num_pipelines = input_context.num_input_pipelines if input_context else 1
@@ -140,8 +134,9 @@ def train_dataset(source: Source, split: Split, *, global_batch_size: int,
   # Examples one pipeline feeds per step: its replicas' batches.
   per_step = batch_size * (replicas // num_pipelines)
 
-  if source.random_access:
-    lookup = source.lookup(split.name, split.indices)
+  if source.random_access or cache:
+    lookup = (source.lookup(split.name, split.indices) if source.random_access
+              else _in_memory_lookup(source, split))
     first = start_step * per_step * num_pipelines + pipeline_id
     stream = shuffled_positions(split.num_examples(source), seed, first,
                                 num_pipelines)
@@ -149,11 +144,15 @@ def train_dataset(source: Source, split: Split, *, global_batch_size: int,
     augment_seed = seed
   else:
     augment_seed = _pipeline_seed(seed, input_context)
-    records = _shard(_records(source, split), input_context)
-    stream = _windowed_stream(
-        records.cache() if cache else records,
-        _shard_size(split.num_examples(source), input_context),
-        seed=augment_seed, first=start_step * per_step)
+    files = source.record_files(split.name)[pipeline_id::num_pipelines]
+    if not files:
+      raise ValueError(
+          f'{source.name} {split.name} has fewer files than the '
+          f'{num_pipelines} input pipelines; use --cache_dataset or fewer '
+          'workers.')
+    stream = sequential.shuffled_stream(
+        files, source.parse, seed=augment_seed, first=start_step * per_step,
+        keep=_keep_mask(source, split), window=shuffle_buffer)
 
   def make_example(position, record):
     example_seed = tf.stack([tf.constant(augment_seed, tf.int64), position])

@@ -300,7 +300,8 @@ def train(config: RunConfig, strategy: tf.distribute.Strategy,
       lambda ctx: pipeline.train_dataset(
           source, split, global_batch_size=tc.train_batch_size,
           augment_config=config.augment, views=views, seed=config.data.seed,
-          cache=config.data.cache_dataset, input_context=ctx,
+          cache=config.data.cache_dataset,
+          shuffle_buffer=config.data.shuffle_buffer, input_context=ctx,
           start_step=step))
   iterator = iter(dataset)
   step_fn = make_step_fn(config, model, optimizer, metrics,

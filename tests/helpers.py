@@ -8,6 +8,7 @@ import zlib
 import numpy as np
 from PIL import Image
 import tensorflow as tf
+import tensorflow_datasets as tfds
 
 
 def encode(array, fmt, mode=None, **kwargs) -> bytes:
@@ -54,3 +55,55 @@ def cpu_strategy(num_replicas: int) -> tf.distribute.Strategy:
   devices = [f'/cpu:{i}' for i in range(num_replicas)]
   return tf.distribute.MirroredStrategy(
       devices, cross_device_ops=tf.distribute.ReductionToOneDevice())
+
+
+class SimclrTestTinyImages(tfds.core.GeneratorBasedBuilder):
+  """A real TFDS builder that needs no download."""
+
+  VERSION = tfds.core.Version('1.0.0')
+
+  def _info(self):
+    features = tfds.features.FeaturesDict({
+        'image': tfds.features.Image(shape=(8, 8, 1)),
+        'label': tfds.features.ClassLabel(num_classes=3)})
+    return tfds.core.DatasetInfo(builder=self, features=features)
+
+  def _split_generators(self, dl_manager):
+    return {'train': self._generate_examples(12),
+            'test': self._generate_examples(6)}
+
+  def _generate_examples(self, n):  # pylint: disable=arguments-differ
+    for i in range(n):
+      yield i, {'image': np.full((8, 8, 1), i * 10, np.uint8), 'label': i % 3}
+
+
+class SimclrTestNumbered(tfds.core.GeneratorBasedBuilder):
+  """60 training images whose pixels hold their example number (0-59) and
+  whose label is number % 5, in as many shards as the download config
+  asks for."""
+
+  VERSION = tfds.core.Version('1.0.0')
+
+  def _info(self):
+    features = tfds.features.FeaturesDict({
+        'image': tfds.features.Image(shape=(4, 4, 1)),
+        'label': tfds.features.ClassLabel(num_classes=5)})
+    return tfds.core.DatasetInfo(builder=self, features=features)
+
+  def _split_generators(self, dl_manager):
+    return {'train': self._generate_examples(60),
+            'test': self._generate_examples(10)}
+
+  def _generate_examples(self, n):  # pylint: disable=arguments-differ
+    for i in range(n):
+      yield i, {'image': np.full((4, 4, 1), i, np.uint8), 'label': i % 5}
+
+
+def numbered_tfds(data_dir, file_format='tfrecord', num_shards=8):
+  """The prepared SimclrTestNumbered dataset as a TFDSSource."""
+  from simclr_tf import datasets  # pylint: disable=g-import-not-at-top
+  builder = SimclrTestNumbered(data_dir=str(data_dir),
+                               file_format=file_format)
+  builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(num_shards=num_shards))
+  return datasets.TFDSSource(builder)

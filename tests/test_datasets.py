@@ -164,28 +164,8 @@ def test_select_keeps_exactly_the_given_indices():
       3, 17, 42, 99]
 
 
-class SimclrTestTinyImages(tfds.core.GeneratorBasedBuilder):
-  """A real TFDS builder that needs no download."""
-
-  VERSION = tfds.core.Version('1.0.0')
-
-  def _info(self):
-    features = tfds.features.FeaturesDict({
-        'image': tfds.features.Image(shape=(8, 8, 1)),
-        'label': tfds.features.ClassLabel(num_classes=3)})
-    return tfds.core.DatasetInfo(builder=self, features=features)
-
-  def _split_generators(self, dl_manager):
-    return {'train': self._generate_examples(12),
-            'test': self._generate_examples(6)}
-
-  def _generate_examples(self, n):  # pylint: disable=arguments-differ
-    for i in range(n):
-      yield i, {'image': np.full((8, 8, 1), i * 10, np.uint8), 'label': i % 3}
-
-
 def test_tfds_source_reads_a_prepared_builder(tmp_path):
-  SimclrTestTinyImages(data_dir=str(tmp_path)).download_and_prepare()
+  helpers.SimclrTestTinyImages(data_dir=str(tmp_path)).download_and_prepare()
   source = datasets.make_source(DataConfig(dataset='simclr_test_tiny_images',
                                            data_dir=str(tmp_path)))
   assert isinstance(source, datasets.TFDSSource)
