@@ -1,85 +1,285 @@
-"""Images/s of the pretraining input pipeline (decode + two augmented views).
+"""The pretraining input pipeline at scale: speed, memory, start-up.
 
-  python -m benchmarks.input_pipeline --output=benchmarks/results/input.json
+  python -m benchmarks.input_pipeline --output=benchmarks/results/input_pipeline.json
 
-Measures the steady state (the first batches, which include tracing, are
-excluded) on synthetic images held in memory and, for 224 px, also on a
-folder of JPEG files so that decoding is counted.
+1. speed: images/s of decode + two augmented views (batch 128, the first
+   batches, which include tracing, excluded) on images in memory and on a
+   folder of 224 px JPEG files, with tf.data on all cores and on one, which
+   gives images/s per core and the cores that feed one GPU.
+2. memory: peak resident memory of the input pipeline (source built, then
+   `--memory_batches` batches read; a fresh process per case, less the
+   process's memory after imports) for an image folder and for TFDS
+   datasets in TFRecord and ArrayRecord files built locally from 224 px
+   JPEGs, each at two sizes: flat in the dataset's size means the
+   pipeline does not hold the dataset.
+3. start-up: building a folder source of `--startup_files` files, cold
+   (every header checked) and with the scan cached under --data_dir.
 """
 
+import io
 import json
 import os
-import tempfile
+import resource
+import shutil
+import subprocess
+import sys
 import time
 
 from absl import app
 from absl import flags
 import numpy as np
-import tensorflow as tf
-
-from simclr_tf import datasets
-from simclr_tf import pipeline
-from simclr_tf.config import AugmentConfig, default_use_blur
 
 flags.DEFINE_string('output', None, 'JSON file for the results.')
+flags.DEFINE_string('workdir', '/tmp/simclr_input_benchmark',
+                    'Generated datasets (kept for re-runs).')
+flags.DEFINE_list('cases', ['speed', 'memory', 'startup'], 'What to run.')
 flags.DEFINE_integer('batch_size', 128, 'Global batch size.')
 flags.DEFINE_integer('warmup_batches', 3, 'Batches excluded from timing.')
-flags.DEFINE_integer('timed_images', 2048, 'Images timed per case.')
+flags.DEFINE_integer('timed_images', 2048, 'Images timed per speed case.')
+flags.DEFINE_list('folder_sizes', ['50000', '500000'], 'Files of the '
+                  'folders whose memory is measured.')
+flags.DEFINE_list('tfds_sizes', ['20000', '200000'], 'Records of the TFDS '
+                  'datasets whose memory is measured.')
+flags.DEFINE_integer('memory_batches', 50, 'Batches read per memory case.')
+flags.DEFINE_integer('startup_files', 1_000_000, 'Files of the start-up '
+                     'folder.')
+# Internal: one memory measurement in a fresh process.
+flags.DEFINE_string('measure', None, 'KIND:PATH (internal).')
 FLAGS = flags.FLAGS
 
-
-def _array_source(side, n=2048):
-  images = np.random.default_rng(0).integers(0, 256, (n, side, side, 3),
-                                              dtype=np.uint8)
-  return datasets.ArraySource(f'random{side}', {'train': images},
-                              {'train': np.zeros(n, np.int64)}, None)
+# A modern GPU's SimCLR ResNet-50 step at 224 px, estimated from published
+# ResNet-50 training throughput (an A100 trains ~2,500 images/s; SimCLR's
+# two views and its larger head make it ~1,000-1,200).
+GPU_IMAGES_PER_SECOND = 1100
 
 
-def _jpeg_folder_source(side, n=512):
-  directory = tempfile.mkdtemp(prefix='simclr_bench_')
-  rng = np.random.default_rng(0)
-  # Smooth images compress like photos; pure noise would not.
-  base = rng.integers(0, 256, (n, side // 8, side // 8, 3), dtype=np.uint8)
-  for i in range(n):
-    image = tf.image.resize(base[i], [side, side]).numpy().astype(np.uint8)
-    tf.io.write_file(os.path.join(directory, f'{i}.jpg'),
-                     tf.io.encode_jpeg(image, quality=90))
-  return datasets.FolderSource(directory)
+def _rss_bytes():
+  with open('/proc/self/status') as f:
+    for line in f:
+      if line.startswith('VmRSS:'):
+        return int(line.split()[1]) * 1024
+  return 0
 
 
-def measure(source, image_size, batch_size):
+def _smooth_jpegs(count, side=224, seed=0):
+  """Encoded JPEGs that compress like photos (pure noise would not)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(seed)
+  base = rng.integers(0, 256, (count, side // 8, side // 8, 3), np.uint8)
+  return [tf.io.encode_jpeg(
+      tf.cast(tf.image.resize(b, [side, side]), tf.uint8),
+      quality=90).numpy() for b in base]
+
+
+def _write_files(directory, count, contents, classes=1000):
+  """`count` files in `classes` sub-folders (sorted by class, as ImageNet
+  is), cycling through `contents`; skipped when already there."""
+  marker = os.path.join(directory, '.complete')
+  if os.path.exists(marker):
+    return directory
+  shutil.rmtree(directory, ignore_errors=True)
+  per_class = -(-count // classes)
+  for i in range(count):
+    folder = os.path.join(directory, f'n{i // per_class:05d}')
+    if i % per_class == 0:
+      os.makedirs(folder)
+    data = contents[i % len(contents)]
+    suffix = '.jpg' if data[:2] == b'\xff\xd8' else '.png'
+    with open(os.path.join(folder, f'{i:08d}{suffix}'), 'wb') as f:
+      f.write(data)
+  open(marker, 'w').close()
+  return directory
+
+
+def _tiny_png():
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  buffer = io.BytesIO()
+  Image.fromarray(np.full((8, 8, 3), 128, np.uint8)).save(buffer, 'PNG')
+  return buffer.getvalue()
+
+
+def _benchmark_builder():
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+  class SimclrBenchmarkJpegs(tfds.core.GeneratorBasedBuilder):
+    """`num_examples` 224 px JPEGs in 1000 classes, sorted by class."""
+
+    VERSION = tfds.core.Version('1.0.0')
+    num_examples = 0
+
+    def _info(self):
+      return tfds.core.DatasetInfo(builder=self, features=(
+          tfds.features.FeaturesDict({
+              'image': tfds.features.Image(shape=(224, 224, 3),
+                                           encoding_format='jpeg'),
+              'label': tfds.features.ClassLabel(num_classes=1000)})))
+
+    def _split_generators(self, dl_manager):
+      return {'train': self._generate_examples()}
+
+    def _generate_examples(self):  # pylint: disable=arguments-differ
+      jpegs = _smooth_jpegs(64)
+      for i in range(self.num_examples):
+        yield i, {'image': io.BytesIO(jpegs[i % len(jpegs)]),
+                  'label': i * 1000 // self.num_examples}
+  return SimclrBenchmarkJpegs
+
+
+def _tfds_dataset(builder_class, data_dir, count, file_format):
+  """A TFDS dataset of `count` 224 px JPEGs prepared in `data_dir`."""
+  builder_class.num_examples = count
+  builder = builder_class(data_dir=data_dir, file_format=file_format)
+  builder.download_and_prepare()
+  return builder
+
+
+def _pipeline(source, image_size=224):
+  from simclr_tf import pipeline  # pylint: disable=g-import-not-at-top
+  from simclr_tf.config import AugmentConfig, default_use_blur  # pylint: disable=g-import-not-at-top
   config = AugmentConfig(image_size=image_size,
                          use_blur=default_use_blur(image_size))
-  dataset = pipeline.train_dataset(
-      source, pipeline.Split('train'), global_batch_size=batch_size,
+  return pipeline.train_dataset(
+      source, pipeline.Split('train'), global_batch_size=FLAGS.batch_size,
       augment_config=config, views=2, seed=0)
+
+
+def _images_per_second(source, image_size, threads=None):
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  dataset = _pipeline(source, image_size)
+  if threads:
+    options = tf.data.Options()
+    options.threading.private_threadpool_size = threads
+    dataset = dataset.with_options(options)
   iterator = iter(dataset)
   for _ in range(FLAGS.warmup_batches):
     next(iterator)
-  batches = max(1, FLAGS.timed_images // batch_size)
+  batches = max(1, FLAGS.timed_images // FLAGS.batch_size)
   start = time.perf_counter()
   for _ in range(batches):
     next(iterator)
-  seconds = time.perf_counter() - start
-  return {'source': source.name, 'image_size': image_size,
-          'use_blur': config.use_blur, 'batch_size': batch_size,
-          'images_per_second': batches * batch_size / seconds}
+  return batches * FLAGS.batch_size / (time.perf_counter() - start)
+
+
+def speed():
+  from simclr_tf import datasets  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  cases = [
+      ('images in memory, 32 px', 32, datasets.ArraySource(
+          'random32', {'train': rng.integers(0, 256, (2048, 32, 32, 3),
+                                             np.uint8)},
+          {'train': np.zeros(2048, np.int64)}, None)),
+      ('images in memory, 256 -> 224 px', 224, datasets.ArraySource(
+          'random256', {'train': rng.integers(0, 256, (512, 256, 256, 3),
+                                              np.uint8)},
+          {'train': np.zeros(512, np.int64)}, None)),
+      ('JPEG folder, 224 px', 224, datasets.FolderSource(_write_files(
+          os.path.join(FLAGS.workdir, 'jpeg_folder_512'), 512,
+          _smooth_jpegs(512)))),
+  ]
+  results = []
+  cores = os.cpu_count()
+  for name, size, source in cases:
+    all_cores = _images_per_second(source, size)
+    one_core = _images_per_second(source, size, threads=1)
+    result = {'case': name, 'image_size': size,
+              'images_per_second': all_cores, 'cores': cores,
+              'images_per_second_one_core': one_core}
+    if size == 224:
+      result['cores_to_feed_one_gpu'] = GPU_IMAGES_PER_SECOND / one_core
+    print(f'{name:32s} {all_cores:8.1f} images/s on {cores} cores, '
+          f'{one_core:8.1f} on one', flush=True)
+    results.append(result)
+  return results
+
+
+def _measure(kind, path):
+  """Runs in a fresh process: peak memory of one pipeline."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from simclr_tf import datasets  # pylint: disable=g-import-not-at-top
+  del tf
+  baseline = _rss_bytes()
+  started = time.perf_counter()
+  if kind == 'folder':
+    source = datasets.FolderSource(path)
+  else:
+    source = datasets.TFDSSource(tfds.builder_from_directory(path))
+  built = time.perf_counter() - started
+  iterator = iter(_pipeline(source))
+  started = time.perf_counter()
+  for _ in range(FLAGS.memory_batches):
+    next(iterator)
+  peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+  print(json.dumps({
+      'examples': source.num_examples('train'),
+      'source_seconds': built,
+      'images_per_second': FLAGS.memory_batches * FLAGS.batch_size /
+                           (time.perf_counter() - started),
+      'peak_memory_gb': (peak - baseline) / 1e9}))
+
+
+def _measure_in_subprocess(kind, path):
+  output = subprocess.run(
+      [sys.executable, '-m', 'benchmarks.input_pipeline',
+       f'--measure={kind}:{path}', f'--batch_size={FLAGS.batch_size}',
+       f'--memory_batches={FLAGS.memory_batches}'],
+      check=True, capture_output=True, text=True).stdout
+  return json.loads(output.strip().splitlines()[-1])
+
+
+def memory():
+  results = []
+  png = [_tiny_png()]
+  for size in map(int, FLAGS.folder_sizes):
+    path = _write_files(os.path.join(FLAGS.workdir, f'folder_{size}'), size,
+                        png)
+    results.append({'kind': 'folder (tiny PNG files)',
+                     **_measure_in_subprocess('folder', path)})
+    print(results[-1], flush=True)
+  builder_class = _benchmark_builder()
+  for file_format in ('tfrecord', 'array_record'):
+    for size in map(int, FLAGS.tfds_sizes):
+      data_dir = os.path.join(FLAGS.workdir, f'tfds_{file_format}_{size}')
+      builder = _tfds_dataset(builder_class, data_dir, size, file_format)
+      results.append({'kind': f'TFDS {file_format} (224 px JPEGs)',
+                      **_measure_in_subprocess('tfds', builder.data_dir)})
+      print(results[-1], flush=True)
+  return results
+
+
+def startup():
+  from simclr_tf import datasets  # pylint: disable=g-import-not-at-top
+  path = _write_files(
+      os.path.join(FLAGS.workdir, f'startup_{FLAGS.startup_files}'),
+      FLAGS.startup_files, [_tiny_png()])
+  cache = os.path.join(FLAGS.workdir, 'scan_cache')
+  shutil.rmtree(cache, ignore_errors=True)
+  timings = {}
+  for name in ('cold', 'cached'):
+    started = time.perf_counter()
+    source = datasets.FolderSource(path, scan_cache_dir=cache)
+    timings[f'{name}_seconds'] = time.perf_counter() - started
+  result = {'files': source.num_examples('train') + source.num_examples(
+      'test'), 'cores': os.cpu_count(), **timings}
+  print(result, flush=True)
+  return result
 
 
 def main(_):
-  cases = [(_array_source(32), 32), (_array_source(256), 224),
-           (_jpeg_folder_source(256), 224)]
-  results = []
-  for source, size in cases:
-    result = measure(source, size, FLAGS.batch_size)
-    print(f'{result["source"]:>40s}  {size:3d} px  blur={result["use_blur"]!s:5s}'
-          f'  {result["images_per_second"]:8.1f} images/s')
-    results.append(result)
+  if FLAGS.measure:
+    kind, path = FLAGS.measure.split(':', 1)
+    _measure(kind, path)
+    return
+  os.makedirs(FLAGS.workdir, exist_ok=True)
+  results = {'date': time.strftime('%Y-%m-%d'), 'cpu_count': os.cpu_count(),
+             'batch_size': FLAGS.batch_size}
+  for case in FLAGS.cases:
+    results[case] = {'speed': speed, 'memory': memory,
+                     'startup': startup}[case]()
   if FLAGS.output:
     os.makedirs(os.path.dirname(os.path.abspath(FLAGS.output)), exist_ok=True)
     with open(FLAGS.output, 'w') as f:
-      json.dump({'cpu_count': os.cpu_count(), 'results': results}, f,
-                indent=2)
+      json.dump(results, f, indent=2)
 
 
 if __name__ == '__main__':

@@ -256,10 +256,15 @@ def _split_dir_files(files, directory, max_pixels, class_names=None):
     raise DatasetError(f'{directory} has class folders {unknown} that the '
                        'training split does not have; give every split the '
                        'same class folders.')
+  by_class = {name: [] for name in subdirs}
+  prefix = len(os.path.join(directory, ''))
+  for file in files:  # One pass: ImageNet has 1000 classes, 1.28M files.
+    name, separator, _ = file.path[prefix:].partition(os.sep)
+    if separator and name in by_class:
+      by_class[name].append(file)
   paths, labels = [], []
   for name in subdirs:
-    class_paths = _keep_readable(
-        _under(files, os.path.join(directory, name)), directory, max_pixels)
+    class_paths = _keep_readable(by_class[name], directory, max_pixels)
     if not class_paths:
       raise DatasetError(f'Class folder {os.path.join(directory, name)} '
                          'has no readable images; add images or remove it.')
