@@ -14,8 +14,15 @@
    pipeline does not hold the dataset.
 3. start-up: building a folder source of `--startup_files` files, cold
    (every header checked) and with the scan cached under --data_dir.
+4. mix: distinct classes per training batch of `--mix_batch_size` from the
+   largest folder (1000 class folders, stored class after class, as
+   ImageNet), next to what uniform draws give.
+5. resume: seconds to the first batch of a pipeline started at step 0 and
+   at `--resume_epochs` epochs in, for the largest folder and the largest
+   TFRecord dataset.
 """
 
+import functools
 import io
 import json
 import os
@@ -32,7 +39,8 @@ import numpy as np
 flags.DEFINE_string('output', None, 'JSON file for the results.')
 flags.DEFINE_string('workdir', '/tmp/simclr_input_benchmark',
                     'Generated datasets (kept for re-runs).')
-flags.DEFINE_list('cases', ['speed', 'memory', 'startup'], 'What to run.')
+flags.DEFINE_list('cases', ['speed', 'memory', 'startup', 'mix', 'resume'],
+                  'What to run.')
 flags.DEFINE_integer('batch_size', 128, 'Global batch size.')
 flags.DEFINE_integer('warmup_batches', 3, 'Batches excluded from timing.')
 flags.DEFINE_integer('timed_images', 2048, 'Images timed per speed case.')
@@ -43,6 +51,9 @@ flags.DEFINE_list('tfds_sizes', ['20000', '200000'], 'Records of the TFDS '
 flags.DEFINE_integer('memory_batches', 50, 'Batches read per memory case.')
 flags.DEFINE_integer('startup_files', 1_000_000, 'Files of the start-up '
                      'folder.')
+flags.DEFINE_integer('mix_batch_size', 256, 'Batch size of the mix case.')
+flags.DEFINE_integer('mix_batches', 20, 'Batches counted in the mix case.')
+flags.DEFINE_float('resume_epochs', 2.5, 'Where the resume case starts.')
 # Internal: one memory measurement in a fresh process.
 flags.DEFINE_string('measure', None, 'KIND:PATH (internal).')
 FLAGS = flags.FLAGS
@@ -98,6 +109,7 @@ def _tiny_png():
   return buffer.getvalue()
 
 
+@functools.cache  # TFDS registers a builder class once per process.
 def _benchmark_builder():
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
@@ -133,14 +145,14 @@ def _tfds_dataset(builder_class, data_dir, count, file_format):
   return builder
 
 
-def _pipeline(source, image_size=224):
+def _pipeline(source, image_size=224, start_step=0, views=2):
   from simclr_tf import pipeline  # pylint: disable=g-import-not-at-top
   from simclr_tf.config import AugmentConfig, default_use_blur  # pylint: disable=g-import-not-at-top
   config = AugmentConfig(image_size=image_size,
                          use_blur=default_use_blur(image_size))
   return pipeline.train_dataset(
       source, pipeline.Split('train'), global_batch_size=FLAGS.batch_size,
-      augment_config=config, views=2, seed=0)
+      augment_config=config, views=views, seed=0, start_step=start_step)
 
 
 def _images_per_second(source, image_size, threads=None):
@@ -265,21 +277,89 @@ def startup():
   return result
 
 
+def _largest_folder():
+  size = max(map(int, FLAGS.folder_sizes))
+  return _write_files(os.path.join(FLAGS.workdir, f'folder_{size}'), size,
+                      [_tiny_png()])
+
+
+def mix():
+  """Classes per batch of a class-sorted folder against uniform draws."""
+  from simclr_tf import datasets  # pylint: disable=g-import-not-at-top
+  from simclr_tf import pipeline  # pylint: disable=g-import-not-at-top
+  from simclr_tf.config import AugmentConfig  # pylint: disable=g-import-not-at-top
+  source = datasets.FolderSource(_largest_folder())
+  dataset = pipeline.train_dataset(
+      source, pipeline.Split('train'),
+      global_batch_size=FLAGS.mix_batch_size,
+      augment_config=AugmentConfig(image_size=8), views=1, seed=0)
+  distinct = [len(np.unique(batch['label'])) for batch in
+              dataset.take(FLAGS.mix_batches).as_numpy_iterator()]
+  classes = source.num_classes
+  # Expected distinct classes among b uniform draws from c equal classes.
+  uniform = classes * (1 - (1 - 1 / classes) ** FLAGS.mix_batch_size)
+  result = {'examples': source.num_examples('train'), 'classes': classes,
+            'batch_size': FLAGS.mix_batch_size,
+            'distinct_classes_per_batch': float(np.mean(distinct)),
+            'min_distinct_classes': int(np.min(distinct)),
+            'uniform_draws_expectation': uniform}
+  print(result, flush=True)
+  return result
+
+
+def _seconds_to_first_batch(source, start_step):
+  started = time.perf_counter()
+  next(iter(_pipeline(source, start_step=start_step)))
+  return time.perf_counter() - started
+
+
+def resume():
+  """Time to the first batch at step 0 and deep into the stream."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from simclr_tf import datasets  # pylint: disable=g-import-not-at-top
+  size = max(map(int, FLAGS.tfds_sizes))
+  builder = _tfds_dataset(
+      _benchmark_builder(),
+      os.path.join(FLAGS.workdir, f'tfds_tfrecord_{size}'), size, 'tfrecord')
+  sources = [('folder (random access)',
+              datasets.FolderSource(_largest_folder())),
+             ('TFDS tfrecord (sequential)',
+              datasets.TFDSSource(tfds.builder_from_directory(
+                  builder.data_dir)))]
+  results = []
+  for name, source in sources:
+    examples = source.num_examples('train')
+    step = int(FLAGS.resume_epochs * examples) // FLAGS.batch_size
+    _seconds_to_first_batch(source, 0)  # Warm the file cache and tracing.
+    result = {'source': name, 'examples': examples, 'resume_step': step,
+              'seconds_at_step_0': _seconds_to_first_batch(source, 0),
+              f'seconds_at_step_{step}': _seconds_to_first_batch(source,
+                                                                 step)}
+    print(result, flush=True)
+    results.append(result)
+  return results
+
+
 def main(_):
   if FLAGS.measure:
     kind, path = FLAGS.measure.split(':', 1)
     _measure(kind, path)
     return
   os.makedirs(FLAGS.workdir, exist_ok=True)
-  results = {'date': time.strftime('%Y-%m-%d'), 'cpu_count': os.cpu_count(),
-             'batch_size': FLAGS.batch_size}
+  results = {}
+  if FLAGS.output and os.path.exists(FLAGS.output):
+    with open(FLAGS.output) as f:  # Cases not rerun keep their results.
+      results = json.load(f)
+  results.update(cpu_count=os.cpu_count(), batch_size=FLAGS.batch_size)
   for case in FLAGS.cases:
-    results[case] = {'speed': speed, 'memory': memory,
-                     'startup': startup}[case]()
-  if FLAGS.output:
-    os.makedirs(os.path.dirname(os.path.abspath(FLAGS.output)), exist_ok=True)
-    with open(FLAGS.output, 'w') as f:
-      json.dump(results, f, indent=2)
+    results[case] = {'speed': speed, 'memory': memory, 'startup': startup,
+                     'mix': mix, 'resume': resume}[case]()
+    results.setdefault('dates', {})[case] = time.strftime('%Y-%m-%d')
+    if FLAGS.output:  # After every case: a later failure loses nothing.
+      os.makedirs(os.path.dirname(os.path.abspath(FLAGS.output)),
+                  exist_ok=True)
+      with open(FLAGS.output, 'w') as f:
+        json.dump(results, f, indent=2)
 
 
 if __name__ == '__main__':
