@@ -145,14 +145,14 @@ def _tfds_dataset(builder_class, data_dir, count, file_format):
   return builder
 
 
-def _pipeline(source, image_size=224, start_step=0, views=2):
+def _pipeline(source, image_size=224, start_step=0):
   from simclr_tf import pipeline  # pylint: disable=g-import-not-at-top
   from simclr_tf.config import AugmentConfig, default_use_blur  # pylint: disable=g-import-not-at-top
   config = AugmentConfig(image_size=image_size,
                          use_blur=default_use_blur(image_size))
   return pipeline.train_dataset(
       source, pipeline.Split('train'), global_batch_size=FLAGS.batch_size,
-      augment_config=config, views=views, seed=0, start_step=start_step)
+      augment_config=config, views=2, seed=0, start_step=start_step)
 
 
 def _images_per_second(source, image_size, threads=None):
