@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One command per benchmark, from a fresh checkout:
 #   bash benchmarks/run.sh throughput      # speed  -> benchmarks/results/throughput_cpu.json
-#   bash benchmarks/run.sh fashion_mnist   # learning (about 1 h 20 min on 2 cores)
+#   bash benchmarks/run.sh fashion_mnist   # learning (about 2 h on 2 cores: 1 h of pretraining and
+#                                          #   evaluation, then the supervised baseline as long)
 #                                          #        -> benchmarks/results/fashion_mnist/
 # Extra arguments go to the script (see its --help).
 set -euo pipefail
