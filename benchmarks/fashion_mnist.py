@@ -72,8 +72,8 @@ FLAGS = flags.FLAGS
 NUM_TRAIN = 60000
 
 
-def recipe(model_dir: str, train_mode: str = 'pretrain',
-           epochs: float = 20) -> c.RunConfig:
+def recipe(model_dir: str, train_mode: str = 'pretrain', *,
+           epochs: float) -> c.RunConfig:
   """The small-budget recipe (tuned on this CPU; see the README)."""
   pretrain = train_mode == 'pretrain'
   return c.RunConfig(

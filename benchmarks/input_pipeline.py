@@ -137,22 +137,33 @@ def _benchmark_builder():
   return SimclrBenchmarkJpegs
 
 
-def _tfds_dataset(builder_class, data_dir, count, file_format):
-  """A TFDS dataset of `count` 224 px JPEGs prepared in `data_dir`."""
+def _tfds_dataset(file_format, count):
+  """A TFDS dataset of `count` 224 px JPEGs, prepared once under --workdir."""
+  builder_class = _benchmark_builder()
   builder_class.num_examples = count
-  builder = builder_class(data_dir=data_dir, file_format=file_format)
+  builder = builder_class(
+      data_dir=os.path.join(FLAGS.workdir, f'tfds_{file_format}_{count}'),
+      file_format=file_format)
   builder.download_and_prepare()
   return builder
 
 
-def _pipeline(source, image_size=224, start_step=0):
+def _png_folder(count):
+  """A folder of `count` tiny PNG files in 1000 class folders."""
+  return _write_files(os.path.join(FLAGS.workdir, f'folder_{count}'), count,
+                      [_tiny_png()])
+
+
+def _pipeline(source, image_size=224, start_step=0, views=2,
+              batch_size=None):
   from simclr_tf import pipeline  # pylint: disable=g-import-not-at-top
   from simclr_tf.config import AugmentConfig, default_use_blur  # pylint: disable=g-import-not-at-top
   config = AugmentConfig(image_size=image_size,
                          use_blur=default_use_blur(image_size))
   return pipeline.train_dataset(
-      source, pipeline.Split('train'), global_batch_size=FLAGS.batch_size,
-      augment_config=config, views=2, seed=0, start_step=start_step)
+      source, pipeline.Split('train'),
+      global_batch_size=batch_size or FLAGS.batch_size, augment_config=config,
+      views=views, seed=0, start_step=start_step)
 
 
 def _images_per_second(source, image_size, threads=None):
@@ -241,18 +252,13 @@ def _measure_in_subprocess(kind, path):
 
 def memory():
   results = []
-  png = [_tiny_png()]
   for size in map(int, FLAGS.folder_sizes):
-    path = _write_files(os.path.join(FLAGS.workdir, f'folder_{size}'), size,
-                        png)
     results.append({'kind': 'folder (tiny PNG files)',
-                     **_measure_in_subprocess('folder', path)})
+                    **_measure_in_subprocess('folder', _png_folder(size))})
     print(results[-1], flush=True)
-  builder_class = _benchmark_builder()
   for file_format in ('tfrecord', 'array_record'):
     for size in map(int, FLAGS.tfds_sizes):
-      data_dir = os.path.join(FLAGS.workdir, f'tfds_{file_format}_{size}')
-      builder = _tfds_dataset(builder_class, data_dir, size, file_format)
+      builder = _tfds_dataset(file_format, size)
       results.append({'kind': f'TFDS {file_format} (224 px JPEGs)',
                       **_measure_in_subprocess('tfds', builder.data_dir)})
       print(results[-1], flush=True)
@@ -277,22 +283,17 @@ def startup():
   return result
 
 
-def _largest_folder():
-  size = max(map(int, FLAGS.folder_sizes))
-  return _write_files(os.path.join(FLAGS.workdir, f'folder_{size}'), size,
-                      [_tiny_png()])
+@functools.cache  # Built once for mix and resume: its scan takes a while.
+def _largest_folder_source():
+  from simclr_tf import datasets  # pylint: disable=g-import-not-at-top
+  return datasets.FolderSource(_png_folder(max(map(int, FLAGS.folder_sizes))))
 
 
 def mix():
   """Classes per batch of a class-sorted folder against uniform draws."""
-  from simclr_tf import datasets  # pylint: disable=g-import-not-at-top
-  from simclr_tf import pipeline  # pylint: disable=g-import-not-at-top
-  from simclr_tf.config import AugmentConfig  # pylint: disable=g-import-not-at-top
-  source = datasets.FolderSource(_largest_folder())
-  dataset = pipeline.train_dataset(
-      source, pipeline.Split('train'),
-      global_batch_size=FLAGS.mix_batch_size,
-      augment_config=AugmentConfig(image_size=8), views=1, seed=0)
+  source = _largest_folder_source()
+  dataset = _pipeline(source, image_size=8, views=1,
+                      batch_size=FLAGS.mix_batch_size)
   distinct = [len(np.unique(batch['label'])) for batch in
               dataset.take(FLAGS.mix_batches).as_numpy_iterator()]
   classes = source.num_classes
@@ -317,12 +318,8 @@ def resume():
   """Time to the first batch at step 0 and deep into the stream."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   from simclr_tf import datasets  # pylint: disable=g-import-not-at-top
-  size = max(map(int, FLAGS.tfds_sizes))
-  builder = _tfds_dataset(
-      _benchmark_builder(),
-      os.path.join(FLAGS.workdir, f'tfds_tfrecord_{size}'), size, 'tfrecord')
-  sources = [('folder (random access)',
-              datasets.FolderSource(_largest_folder())),
+  builder = _tfds_dataset('tfrecord', max(map(int, FLAGS.tfds_sizes)))
+  sources = [('folder (random access)', _largest_folder_source()),
              ('TFDS tfrecord (sequential)',
               datasets.TFDSSource(tfds.builder_from_directory(
                   builder.data_dir)))]
@@ -340,6 +337,10 @@ def resume():
   return results
 
 
+CASES = {'speed': speed, 'memory': memory, 'startup': startup, 'mix': mix,
+         'resume': resume}
+
+
 def main(_):
   if FLAGS.measure:
     kind, path = FLAGS.measure.split(':', 1)
@@ -352,8 +353,7 @@ def main(_):
       results = json.load(f)
   results.update(cpu_count=os.cpu_count(), batch_size=FLAGS.batch_size)
   for case in FLAGS.cases:
-    results[case] = {'speed': speed, 'memory': memory, 'startup': startup,
-                     'mix': mix, 'resume': resume}[case]()
+    results[case] = CASES[case]()
     results.setdefault('dates', {})[case] = time.strftime('%Y-%m-%d')
     if FLAGS.output:  # After every case: a later failure loses nothing.
       os.makedirs(os.path.dirname(os.path.abspath(FLAGS.output)),
