@@ -36,7 +36,12 @@ from simclr_tf import checkpoints
 from simclr_tf import config as c
 from simclr_tf import datasets
 from simclr_tf import evaluate
+from simclr_tf import evaluators
+from simclr_tf import loop
+from simclr_tf import recipes
+from simclr_tf import records
 from simclr_tf import runner
+from simclr_tf import task as task_lib
 from simclr_tf import train as train_lib
 
 flags.DEFINE_string('output', 'benchmarks/results/fashion_mnist',
@@ -74,80 +79,84 @@ NUM_TRAIN = 60000
 
 def recipe(model_dir: str, train_mode: str = 'pretrain', *,
            epochs: float) -> c.RunConfig:
-  """The small-budget recipe (tuned on this CPU; see the README)."""
+  """The preset `fashion_mnist` (simclr_tf/recipes.py) with this script's
+  flags; fine-tuning crops as the paper does."""
   pretrain = train_mode == 'pretrain'
-  return c.RunConfig(
-      data=c.DataConfig(dataset='fashion_mnist', data_dir=FLAGS.data_dir),
-      augment=c.AugmentConfig(
-          image_size=28, color_jitter_strength=0.5, use_blur=False,
-          # A 28 px image cropped to 8% is mostly background; a milder
-          # lower bound learns faster in a short budget.
-          crop_area_range=(0.2, 1.0) if pretrain else (0.08, 1.0)),
-      model=c.ModelConfig(
-          encoder=c.EncoderConfig(depth=18,
-                                  width_multiplier=FLAGS.width_multiplier,
-                                  cifar_stem=True),
-          num_classes=None if pretrain else 10, train_mode=train_mode,
-          lineareval_while_pretraining=False, precision=FLAGS.precision),
-      optim=c.OptimConfig(
-          optimizer='lars', learning_rate=FLAGS.learning_rate,
-          learning_rate_scaling='sqrt', warmup_epochs=min(2, epochs / 10),
-          weight_decay=1e-6),
-      train=c.TrainConfig(
-          model_dir=model_dir, train_mode=train_mode,
-          train_batch_size=FLAGS.batch_size, train_epochs=epochs,
-          checkpoint_epochs=FLAGS.checkpoint_epochs if pretrain else epochs,
-          keep_checkpoint_max=1000, temperature=FLAGS.temperature,
-          log_every_seconds=30),
-      eval=c.EvalConfig(eval_batch_size=1000))
-
-
-class _BudgetSpent(Exception):
-  pass
+  values = recipes.with_preset('fashion_mnist', {
+      'data_dir': FLAGS.data_dir, 'model_dir': model_dir,
+      'train_mode': train_mode, 'width_multiplier': FLAGS.width_multiplier,
+      'train_batch_size': FLAGS.batch_size, 'temperature': FLAGS.temperature,
+      'learning_rate': FLAGS.learning_rate, 'train_epochs': epochs,
+      'warmup_epochs': min(2, epochs / 10),
+      'checkpoint_epochs': FLAGS.checkpoint_epochs if pretrain else epochs,
+      'keep_checkpoint_max': 1000, 'log_every_seconds': 30,
+      'lineareval_while_pretraining': False, 'precision': FLAGS.precision,
+      'image_size': 28, 'num_classes': None if pretrain else 10,
+      'jit_compile': False})
+  if not pretrain:
+    values['min_crop_area'] = 0.08
+  return c.build(recipes.resolve(values, native_image_size=28,
+                                 num_classes=None,
+                                 strategy=tf.distribute.get_strategy()))
 
 
 _TIMES_FILE = 'pretrain_seconds.json'
 
 
+class CheckpointTimes(loop.Hook):
+  """Keeps the training time of each checkpoint next to it (so that
+  --resume, after a crash in the evaluations, still draws the curve) and
+  stops at the first checkpoint after which the next would pass the
+  budget."""
+
+  def __init__(self, times_path: str, checkpoint_steps: int,
+               budget_seconds: float):
+    self.path = times_path
+    self.every = checkpoint_steps
+    self.budget_seconds = budget_seconds
+    self.times = {}
+    if tf.io.gfile.exists(times_path):
+      with tf.io.gfile.GFile(times_path) as f:
+        self.times = {int(k): v for k, v in json.load(f).items()}
+    self.started = None
+
+  def begin(self, state):
+    self.started = time.monotonic() - max(self.times.values(), default=0.0)
+
+  def next_step(self, step):
+    return loop.next_multiple(step, self.every)
+
+  def after_steps(self, state):
+    if not state.at(self.every):
+      return
+    previous = max(self.times.values(), default=0.0)
+    self.times[state.step] = time.monotonic() - self.started
+    records.write_json(self.path, self.times)
+    if not state.at_end and 2 * self.times[state.step] - previous > (
+        self.budget_seconds):
+      logging.warning('Pretraining budget spent; stopping at step %d.',
+                      state.step)
+      state.request_stop('budget')
+
+
 def pretrain(config: c.RunConfig, source, budget_seconds: float):
-  """Trains; returns [(checkpoint path, seconds of training)].
-
-  The time of each checkpoint is kept next to it, so that --resume (after a
-  crash in the evaluations) still draws the curve."""
-  times_path = os.path.join(config.train.model_dir, _TIMES_FILE)
-  times = {}
-  if tf.io.gfile.exists(times_path):
-    with tf.io.gfile.GFile(times_path) as f:
-      times = {int(step): seconds for step, seconds in json.load(f).items()}
-  started = time.monotonic() - max(times.values(), default=0.0)
-
-  def on_checkpoint(model, step, index, final):
-    del model, index
-    previous = max(times.values(), default=0.0)
-    times[step] = time.monotonic() - started
-    with tf.io.gfile.GFile(times_path, 'w') as f:
-      json.dump(times, f)
-    # Stop early if the next checkpoint would come after the budget.
-    if not final and 2 * times[step] - previous > budget_seconds:
-      raise _BudgetSpent()
-
-  try:
-    train_lib.train(config, tf.distribute.get_strategy(), source,
-                    on_checkpoint=on_checkpoint)
-  except _BudgetSpent:
-    logging.warning('Pretraining budget spent; stopping at step %d.',
-                    max(times))
+  """Trains; returns [(checkpoint path, seconds of training)]."""
+  times = CheckpointTimes(
+      os.path.join(config.train.model_dir, _TIMES_FILE),
+      task_lib.make_plan(config, NUM_TRAIN).checkpoint_steps, budget_seconds)
+  train_lib.train(config, tf.distribute.get_strategy(), source,
+                  extra_hooks=[times])
   state = tf.train.get_checkpoint_state(config.train.model_dir)
-  return [(path, times.get(checkpoints.step_of(path)))
+  return [(path, times.times.get(checkpoints.step_of(path)))
           for path in state.all_model_checkpoint_paths]
 
 
-def probe_and_knn(run: runner.Run, model) -> dict:
+def probe_and_knn(run: evaluators.Run, model) -> dict:
   """kNN (k=200, T=0.1) and the converged linear probe on frozen features."""
-  return runner.feature_metrics(run, model, knn=True, probe=True)
+  return evaluators.feature_metrics(run, model, knn=True, probe=True)
 
 
-def recalibrate_batch_norm(run: runner.Run, model, batches: int = 60):
+def recalibrate_batch_norm(run: evaluators.Run, model, batches: int = 60):
   """Re-estimates every batch norm's moving statistics on training images
   (momentum 0.9: 60 batches leave 0.2% of the initial values)."""
   data = run.eval_data('train')
@@ -163,16 +172,16 @@ def recalibrate_batch_norm(run: runner.Run, model, batches: int = 60):
   return model
 
 
-def random_baselines(run: runner.Run, config: c.RunConfig) -> dict:
+def random_baselines(run: evaluators.Run, config: c.RunConfig) -> dict:
   """Random-weights encoders probed like SimCLR's: the standard one and two
   variants that show it is the strongest obvious choice."""
-  standard = runner.standard_init_model(config)
+  standard = evaluators.standard_init_model(config)
   variants = {'standard': probe_and_knn(run, standard)}
   variants['standard, batch-norm statistics re-estimated'] = probe_and_knn(
-      run, recalibrate_batch_norm(run, runner.standard_init_model(config)))
+      run, recalibrate_batch_norm(run, evaluators.standard_init_model(config)))
   keras.utils.set_random_seed(config.data.seed)
   variants['zero gamma (the training start)'] = probe_and_knn(
-      run, train_lib.build_model(config))
+      run, task_lib.build_model(config))
   return variants
 
 
@@ -192,7 +201,7 @@ def supervised_baseline(source, model_dir: str, minutes: float) -> dict:
   started = time.monotonic()
   result = train_lib.train(config, tf.distribute.get_strategy(), source)
   seconds = time.monotonic() - started
-  run = runner.Run(config, tf.distribute.get_strategy(), source)
+  run = evaluators.Run(config, tf.distribute.get_strategy(), source)
   metrics = probe_and_knn(run, result.model)
   metrics.update(evaluate.label_accuracy(
       result.model, run.strategy, run.eval_data('test')))
@@ -249,11 +258,11 @@ def main(_):
         FLAGS.supervised_minutes)
     supervised.update(precision=FLAGS.precision,
                       date=time.strftime('%Y-%m-%d'))
-    with open(os.path.join(FLAGS.output, 'supervised.json'), 'w') as f:
-      json.dump(supervised, f, indent=2)
+    records.write_json(os.path.join(FLAGS.output, 'supervised.json'),
+                       supervised)
     print(json.dumps(supervised, indent=2))
     return
-  run = runner.Run(config, tf.distribute.get_strategy(), source)
+  run = evaluators.Run(config, tf.distribute.get_strategy(), source)
 
   points = pretrain(config, source, FLAGS.budget_minutes * 60)
   curve = []
@@ -269,7 +278,7 @@ def main(_):
   methods, random_init, raw_pixels = {}, None, None
   if FLAGS.baselines:
     random_init = random_baselines(run, config)
-    raw_pixels = runner.pixel_metrics(run)
+    raw_pixels = evaluators.pixel_metrics(run)
     standard = random_init['standard']
     methods.update({
         'raw pixels, logistic regression':
@@ -304,8 +313,7 @@ def main(_):
       'supervised': supervised,
       'date': time.strftime('%Y-%m-%d'),
   }
-  with open(os.path.join(FLAGS.output, 'result.json'), 'w') as f:
-    json.dump(result, f, indent=2)
+  records.write_json(os.path.join(FLAGS.output, 'result.json'), result)
   plot(result, FLAGS.output)
   print(json.dumps(methods, indent=2))
 

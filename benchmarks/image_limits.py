@@ -72,7 +72,7 @@ def _serving_case(workdir, limit) -> dict:
   from simclr_tf import export
   from simclr_tf.model import SimCLRModel
   model = SimCLRModel(c.ModelConfig(encoder=c.EncoderConfig(
-      depth=18, width_multiplier=0.25, cifar_stem=True)))
+      resnet_depth=18, width_multiplier=0.25, cifar_stem=True)))
   model(tf.zeros([1, 32, 32, 3]))
   root = export.build_module(model, c.AugmentConfig(image_size=32), limit)
   with open(os.path.join(workdir, 'serving.png'), 'rb') as f:
@@ -121,8 +121,8 @@ def main(_):
   report = {'date': time.strftime('%Y-%m-%d'), 'file_bytes': sizes,
             'results': results}
   if FLAGS.output:
-    with open(FLAGS.output, 'w') as f:
-      json.dump(report, f, indent=2)
+    from simclr_tf import records  # pylint: disable=g-import-not-at-top
+    records.write_json(FLAGS.output, report)
 
 
 if __name__ == '__main__':

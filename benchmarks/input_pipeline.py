@@ -158,7 +158,8 @@ def _pipeline(source, image_size=224, start_step=0, views=2,
               batch_size=None):
   from simclr_tf import pipeline  # pylint: disable=g-import-not-at-top
   from simclr_tf.config import AugmentConfig, default_use_blur  # pylint: disable=g-import-not-at-top
-  config = AugmentConfig(image_size=image_size,
+  # The ImageNet recipe's augmentation (colour jitter strength 1).
+  config = AugmentConfig(image_size=image_size, color_jitter_strength=1.0,
                          use_blur=default_use_blur(image_size))
   return pipeline.train_dataset(
       source, pipeline.Split('train'),
@@ -220,13 +221,14 @@ def _measure(kind, path):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   from simclr_tf import datasets  # pylint: disable=g-import-not-at-top
+  from simclr_tf import tfds_source  # pylint: disable=g-import-not-at-top
   del tf
   baseline = _rss_bytes()
   started = time.perf_counter()
   if kind == 'folder':
     source = datasets.FolderSource(path)
   else:
-    source = datasets.TFDSSource(tfds.builder_from_directory(path))
+    source = tfds_source.TFDSSource(tfds.builder_from_directory(path))
   built = time.perf_counter() - started
   iterator = iter(_pipeline(source))
   started = time.perf_counter()
@@ -317,11 +319,11 @@ def _seconds_to_first_batch(source, start_step):
 def resume():
   """Time to the first batch at step 0 and deep into the stream."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  from simclr_tf import datasets  # pylint: disable=g-import-not-at-top
+  from simclr_tf import tfds_source  # pylint: disable=g-import-not-at-top
   builder = _tfds_dataset('tfrecord', max(map(int, FLAGS.tfds_sizes)))
   sources = [('folder (random access)', _largest_folder_source()),
              ('TFDS tfrecord (sequential)',
-              datasets.TFDSSource(tfds.builder_from_directory(
+              tfds_source.TFDSSource(tfds.builder_from_directory(
                   builder.data_dir)))]
   results = []
   for name, source in sources:
@@ -356,10 +358,8 @@ def main(_):
     results[case] = CASES[case]()
     results.setdefault('dates', {})[case] = time.strftime('%Y-%m-%d')
     if FLAGS.output:  # After every case: a later failure loses nothing.
-      os.makedirs(os.path.dirname(os.path.abspath(FLAGS.output)),
-                  exist_ok=True)
-      with open(FLAGS.output, 'w') as f:
-        json.dump(results, f, indent=2)
+      from simclr_tf import records  # pylint: disable=g-import-not-at-top
+      records.write_json(FLAGS.output, results)
 
 
 if __name__ == '__main__':

@@ -7,9 +7,10 @@ For each configuration (default: ResNet-18 at 32 px batch 128, ResNet-50 at
 the 2-layer projection head and the linear head trained alongside, as the
 original code's pretraining), in a fresh process each:
 
-* `train`: the training loop of `simclr_tf.train` (input pipeline, model,
-  NT-Xent, LARS) on in-memory random images, images/s after the first calls
-  (tracing, warm-up) are excluded;
+* `train`: `simclr_tf.train.train`, the loop that run.py runs with its
+  hooks (input pipeline, model, NT-Xent, LARS, progress, summaries, NaN
+  guard), on in-memory random images; images/s after the first calls
+  (tracing, warm-up);
 * `input`: the augmentation pipeline alone (two views per image);
 * `model`: the training step alone, on one cached batch;
 * peak resident memory of the process after `train` (before the others run);
@@ -23,18 +24,22 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 
 from absl import app
 from absl import flags
-import keras
 import numpy as np
 import tensorflow as tf
 
 from simclr_tf import config as c
 from simclr_tf import datasets
+from simclr_tf import hooks
 from simclr_tf import pipeline
 from simclr_tf import precision
+from simclr_tf import records
+from simclr_tf import recipes
+from simclr_tf import task as task_lib
 from simclr_tf import train as train_lib
 
 CONFIGS = {  # name: (depth, width, image size, batch size, stored size)
@@ -51,6 +56,8 @@ flags.DEFINE_enum('mixed_precision', 'auto',
 flags.DEFINE_boolean('jit_compile', None, 'As run.py (default per device).')
 flags.DEFINE_integer('warmup_calls', 2, 'Untimed loop calls (tracing).')
 flags.DEFINE_integer('timed_steps', 6, 'Timed training steps.')
+flags.DEFINE_integer('steps_per_loop', 1, 'Training steps per call of the '
+                     'loop (run.py\'s --steps_per_loop).')
 flags.DEFINE_string('output', None, 'JSON file for the results.')
 flags.DEFINE_string('profile_dir', None, 'Also profile two model steps per '
                     'configuration into DIR/<config> (TensorBoard\'s profile '
@@ -61,26 +68,17 @@ FLAGS = flags.FLAGS
 _NUM_IMAGES = 512
 
 
-def run_config(depth, width, image_size, batch_size, stored_size, strategy):
-  config = c.RunConfig(
-      data=c.DataConfig(dataset='random'),
-      augment=c.AugmentConfig(image_size=image_size,
-                              use_blur=c.default_use_blur(image_size)),
-      model=c.ModelConfig(
-          encoder=c.EncoderConfig(depth=depth, width_multiplier=width,
-                                  cifar_stem=image_size <= 32),
-          head=c.HeadConfig(num_proj_layers=2), num_classes=10,
-          precision=precision.resolve_precision(FLAGS.mixed_precision,
-                                                strategy)),
-      optim=c.OptimConfig(),
-      train=c.TrainConfig(
-          model_dir='/tmp/unused', train_batch_size=batch_size,
-          steps_per_loop=1, temperature=0.5,
-          jit_compile=(FLAGS.jit_compile if FLAGS.jit_compile is not None
-                       else precision.default_jit_compile(
-                           precision.device_type(strategy),
-                           strategy.num_replicas_in_sync))),
-      eval=c.EvalConfig())
+def run_config(depth, width, image_size, batch_size, stored_size, strategy,
+               model_dir='/tmp/unused', train_steps=1):
+  values = recipes.resolve({
+      'dataset': 'random', 'model_dir': model_dir, 'resnet_depth': depth,
+      'width_multiplier': width, 'image_size': image_size,
+      'num_proj_layers': 2, 'train_batch_size': batch_size,
+      'train_steps': train_steps, 'checkpoint_steps': train_steps,
+      'steps_per_loop': FLAGS.steps_per_loop, 'jit_compile': FLAGS.jit_compile,
+  }, native_image_size=stored_size, num_classes=10, strategy=strategy,
+                           mixed_precision=FLAGS.mixed_precision)
+  config = c.build(values)
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, [_NUM_IMAGES, stored_size, stored_size, 3],
                         dtype=np.uint8)
@@ -105,44 +103,43 @@ def forward_flops(model, image_size) -> int:
   return tf.compat.v1.profiler.profile(graph, options=options).total_float_ops
 
 
-def _timed(loop, iterator, steps_per_call, calls):
+def _timed(task, iterator, calls):
   for _ in range(FLAGS.warmup_calls):
-    loop(iterator, tf.constant(steps_per_call)).numpy()
+    task.run_steps(iterator, FLAGS.steps_per_loop)
   started = time.perf_counter()
   for _ in range(calls):
-    loop(iterator, tf.constant(steps_per_call)).numpy()
+    task.run_steps(iterator, FLAGS.steps_per_loop)
   return time.perf_counter() - started
 
 
 def measure(name):
   depth, width, image_size, batch_size, stored_size = CONFIGS[name]
   strategy = tf.distribute.get_strategy()
-  config, source = run_config(depth, width, image_size, batch_size,
-                              stored_size, strategy)
-  plan = train_lib.Plan(_NUM_IMAGES, _NUM_IMAGES // batch_size, 10**6, 0, 1)
-  model = train_lib.build_model(config)
-  optimizer = train_lib.build_optimizer(config, plan)
-  optimizer.build(model.trainable_variables)
-  metrics = {n: keras.metrics.Mean() for n in train_lib.PRETRAIN_METRICS}
-  step_fn = train_lib.make_step_fn(config, model, optimizer, metrics, 1)
+  calls = max(1, FLAGS.timed_steps // FLAGS.steps_per_loop)
+  steps = (FLAGS.warmup_calls + calls) * FLAGS.steps_per_loop
+  images = batch_size * calls * FLAGS.steps_per_loop
+  # The training loop that run.py runs, with its hooks (progress, summaries,
+  # NaN guard, checkpoint at the end); the timer reads the time after each
+  # call, past the first calls (tracing, warm-up).
+  with tempfile.TemporaryDirectory() as model_dir:
+    config, source = run_config(depth, width, image_size, batch_size,
+                                stored_size, strategy, model_dir, steps)
+    timer = hooks.StepTimesHook()
+    train_lib.train(config, strategy, source, extra_hooks=[timer])
+    train_seconds = images / timer.images_per_second(
+        batch_size, skip_calls=FLAGS.warmup_calls)
+  peak_bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
-  @tf.function
-  def loop(iterator, num_steps):
-    for _ in tf.range(num_steps):
-      step_fn(next(iterator))
-    return optimizer.iterations
+  task = task_lib.TrainTask(config, strategy,
+                            task_lib.make_plan(config, _NUM_IMAGES))
 
   def dataset():
     return pipeline.train_dataset(
         source, pipeline.Split('train'), global_batch_size=batch_size,
         augment_config=config.augment, views=2, seed=0)
 
-  images = batch_size * FLAGS.timed_steps
-  train_seconds = _timed(loop, iter(dataset()), 1, FLAGS.timed_steps)
-  peak_bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
   cached = iter(dataset().take(1).cache().repeat())
-  model_seconds = _timed(loop, cached, 1, FLAGS.timed_steps)
+  model_seconds = _timed(task, cached, calls)
 
   batches = iter(dataset())
   for _ in range(3):
@@ -153,13 +150,14 @@ def measure(name):
     next(batches)
   input_seconds = time.perf_counter() - started
 
-  flops = forward_flops(model, image_size) * 3 * 2
-  op_types = (profile(loop, cached, os.path.join(FLAGS.profile_dir, name))
+  flops = forward_flops(task.model, image_size) * 3 * 2
+  op_types = (profile(task, cached, os.path.join(FLAGS.profile_dir, name))
               if FLAGS.profile_dir else None)
   return {
       'config': name, 'resnet_depth': depth, 'image_size': image_size,
       'batch_size': batch_size, 'precision': config.model.precision,
       'jit_compile': config.train.jit_compile,
+      'steps_per_loop': FLAGS.steps_per_loop,
       'device': precision.device_type(strategy),
       'train_images_per_second': images / train_seconds,
       'model_images_per_second': images / model_seconds,
@@ -172,10 +170,10 @@ def measure(name):
   }
 
 
-def profile(loop, iterator, directory, steps=2):
+def profile(task, iterator, directory, steps=2):
   """Traces `steps` model steps; returns {op type: share of op time}."""
   tf.profiler.experimental.start(directory)
-  loop(iterator, tf.constant(steps)).numpy()
+  task.run_steps(iterator, steps)
   tf.profiler.experimental.stop()
   try:  # TensorBoard's op table, computed by TensorFlow's own converter.
     from tensorflow.python.profiler.internal import _pywrap_profiler_plugin  # pylint: disable=g-import-not-at-top
@@ -220,8 +218,7 @@ def main(_):
   record = {'date': time.strftime('%Y-%m-%d'), 'machine': _machine(),
             'tensorflow': tf.__version__, 'results': results}
   if FLAGS.output:
-    with open(FLAGS.output, 'w') as f:
-      json.dump(record, f, indent=2)
+    records.write_json(FLAGS.output, record)
 
 
 def _machine():

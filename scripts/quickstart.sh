@@ -15,9 +15,6 @@ fi
 
 python3 -m venv .venv
 .venv/bin/pip install -q -r requirements.txt
-exec .venv/bin/python run.py --mode=train_then_eval --dataset=fashion_mnist \
-  --resnet_depth=18 --width_multiplier=0.25 --train_batch_size=512 \
-  --train_epochs=3 --warmup_epochs=0.3 --learning_rate=0.075 \
-  --learning_rate_scaling=sqrt --weight_decay=1e-6 --temperature=0.3 \
-  --min_crop_area=0.2 --checkpoint_epochs=1 --eval_batch_size=1000 \
-  --random_baseline --model_dir=models/quickstart "$@"
+exec .venv/bin/python run.py --mode=train_then_eval --preset=fashion_mnist \
+  --train_epochs=3 --warmup_epochs=0.3 --random_baseline \
+  --model_dir=models/quickstart "$@"

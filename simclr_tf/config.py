@@ -1,10 +1,15 @@
-"""Configuration as plain frozen dataclasses.
+"""Configuration as plain frozen dataclasses: the one place for defaults.
 
-`run.py` turns absl flags into these objects; library code receives them as
-arguments and never reads flags itself.
+Every field is a *setting* with a unique name; `run.py` defines its flags
+from these defaults (same names) and `build` turns a flat {setting: value}
+mapping (flags, a preset from `recipes.py`, a benchmark's overrides) into a
+`RunConfig`. Library code receives these objects and never reads flags.
 """
 
+from collections.abc import Mapping
 import dataclasses
+import typing
+from typing import Any
 
 # The paper's CIFAR recipe switches blur off for small images (appendix B.9).
 SMALL_IMAGE_MAX_SIZE = 32
@@ -47,9 +52,11 @@ class AugmentConfig:
   """The SimCLR augmentation family (paper, appendix A)."""
 
   image_size: int
-  color_jitter_strength: float = 1.0
+  # The paper's CIFAR-10 strength; 1.0 for ImageNet.
+  color_jitter_strength: float = 0.5
   use_blur: bool = True
-  crop_area_range: tuple[float, float] = (0.08, 1.0)
+  # Smallest area of a random crop, as a fraction of the image.
+  min_crop_area: float = 0.08
   crop_aspect_ratio_range: tuple[float, float] = (3 / 4, 4 / 3)
   flip_prob: float = 0.5
   jitter_prob: float = 0.8
@@ -60,6 +67,10 @@ class AugmentConfig:
   eval_crop_proportion: float = 0.875
 
   @property
+  def crop_area_range(self) -> tuple[float, float]:
+    return (self.min_crop_area, 1.0)
+
+  @property
   def is_small_image(self) -> bool:
     return self.image_size <= SMALL_IMAGE_MAX_SIZE
 
@@ -68,7 +79,7 @@ class AugmentConfig:
 class EncoderConfig:
   """The ResNet encoder (`resnet_depth`, `width_multiplier`, ...)."""
 
-  depth: int = 50
+  resnet_depth: int = 18
   width_multiplier: float = 1.0
   sk_ratio: float = 0.0
   se_ratio: float = 0.0
@@ -133,10 +144,12 @@ class OptimConfig:
   """Optimizer and learning-rate schedule."""
 
   optimizer: str = 'lars'
-  learning_rate: float = 0.3
+  # The paper's CIFAR-10 recipe (batch 512, 1000 epochs); the ImageNet one
+  # is recipes.PRESETS['imagenet2012'].
+  learning_rate: float = 1.0
   learning_rate_scaling: str = 'linear'
   warmup_epochs: float = 10.0
-  weight_decay: float = 1e-6
+  weight_decay: float = 1e-4
   momentum: float = 0.9
   eeta: float = 0.001
 
@@ -146,11 +159,10 @@ class TrainConfig:
   """The training loop: length, checkpoints, summaries, loss settings."""
 
   model_dir: str
-  train_mode: str = 'pretrain'
   train_batch_size: int = 512
-  train_epochs: float = 100
+  train_epochs: float = 1000.0
   train_steps: int = 0  # > 0 overrides train_epochs.
-  checkpoint_epochs: float = 1
+  checkpoint_epochs: float = 1.0
   checkpoint_steps: int = 0  # > 0 overrides checkpoint_epochs.
   summary_steps: int = 100
   # Training steps run inside one tf.function call between Python-side work.
@@ -160,11 +172,14 @@ class TrainConfig:
   # Initial weights (encoder and projection head) for a new run: a
   # checkpoint prefix or a directory holding checkpoints.
   checkpoint: str | None = None
-  temperature: float = 0.1
+  temperature: float = 0.5
   hidden_norm: bool = True
   log_every_seconds: float = 5.0
   # Compile each replica's training step with XLA.
   jit_compile: bool = False
+  # > 0: training stops (with a checkpoint, as at its end) after this many
+  # seconds of training, e.g. for baselines trained for the same time.
+  max_train_seconds: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -201,3 +216,80 @@ class RunConfig:
   optim: OptimConfig
   train: TrainConfig
   eval: EvalConfig
+
+
+# --- Settings: the fields of every section under one flat namespace ---------
+
+# Where each section lives in a RunConfig.
+_SECTIONS = (('data', DataConfig), ('augment', AugmentConfig),
+             ('model', ModelConfig), ('model.encoder', EncoderConfig),
+             ('model.head', HeadConfig), ('optim', OptimConfig),
+             ('train', TrainConfig), ('eval', EvalConfig))
+_NO_DEFAULT = object()
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+  name: str
+  section: str  # 'model.encoder', ...
+  default: Any  # _NO_DEFAULT for required settings.
+  type: Any  # The field's annotation (e.g. float, str | None).
+
+  @property
+  def required(self) -> bool:
+    return self.default is _NO_DEFAULT
+
+
+def _settings() -> dict[str, Setting]:
+  settings = {}
+  for section, cls in _SECTIONS:
+    hints = typing.get_type_hints(cls)
+    for field in dataclasses.fields(cls):
+      if dataclasses.is_dataclass(hints[field.name]):
+        continue  # A nested section.
+      default = (field.default if field.default is not dataclasses.MISSING
+                 else _NO_DEFAULT)
+      assert field.name not in settings, field.name  # Names are unique.
+      settings[field.name] = Setting(field.name, section, default,
+                                     hints[field.name])
+  return settings
+
+
+SETTINGS = _settings()
+
+
+def build(values: Mapping[str, Any]) -> RunConfig:
+  """A RunConfig from flat {setting name: value}; the rest are defaults.
+
+  Raises ValueError on unknown names and on missing required settings
+  (`model_dir`, `image_size`).
+  """
+  unknown = sorted(set(values) - set(SETTINGS))
+  if unknown:
+    raise ValueError(f'Unknown settings: {", ".join(unknown)}.')
+  by_section = {section: {} for section, _ in _SECTIONS}
+  for name, setting in SETTINGS.items():
+    if name in values:
+      by_section[setting.section][name] = values[name]
+    elif setting.required:
+      raise ValueError(f'The setting {name!r} has no default; give it.')
+  classes = dict(_SECTIONS)
+
+  def make(section):
+    return classes[section](**by_section[section])
+
+  model = dataclasses.replace(make('model'), encoder=make('model.encoder'),
+                              head=make('model.head'))
+  return RunConfig(data=make('data'), augment=make('augment'), model=model,
+                   optim=make('optim'), train=make('train'),
+                   eval=make('eval'))
+
+
+def flatten(config: RunConfig) -> dict[str, Any]:
+  """The inverse of `build`: {setting name: value}."""
+  sections = {'data': config.data, 'augment': config.augment,
+              'model': config.model, 'model.encoder': config.model.encoder,
+              'model.head': config.model.head, 'optim': config.optim,
+              'train': config.train, 'eval': config.eval}
+  return {name: getattr(sections[setting.section], name)
+          for name, setting in SETTINGS.items()}

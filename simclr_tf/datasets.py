@@ -1,13 +1,12 @@
-"""Where images come from: TFDS, Fashion-MNIST IDX files and image folders.
+"""Where images come from: Fashion-MNIST IDX files, image folders and TFDS
+(tfds_source.py).
 
 Every source yields `{'image': uint8 [H, W, 3], 'label': int64}` examples
 (label -1 for unlabeled images) and knows its split sizes, so pipelines can
 compute steps per epoch and pad evaluation batches exactly.
 """
 
-import difflib
 import os
-import socket
 import types
 from typing import NamedTuple
 
@@ -151,7 +150,7 @@ class Source:
     raise NotImplementedError
 
 
-def _gray_to_rgb(image):
+def gray_to_rgb(image):
   return tf.image.grayscale_to_rgb(image) if image.shape[-1] == 1 else image
 
 
@@ -187,7 +186,7 @@ class ArraySource(Source):
     return rows, self._labels_by_split[split][start:stop]
 
   def decode(self, record):
-    return _gray_to_rgb(tf.gather(self._images, record))
+    return gray_to_rgb(tf.gather(self._images, record))
 
   def _labels(self, split, start, stop):
     return self._labels_by_split[split][start:stop]
@@ -274,19 +273,13 @@ def _split_dir_files(files, directory, max_pixels, class_names=None):
 
 
 def _hold_out(labels, fraction, seed=0):
-  """Deterministic per-class split into (train, eval) index arrays."""
-  rng = np.random.RandomState(seed)
-  train_idx, eval_idx = [], []
-  for label in np.unique(labels):
-    members = np.flatnonzero(labels == label)
-    members = members[rng.permutation(len(members))]
-    # At least one held-out image per class that has two or more.
-    n_eval = max(1, int(round(fraction * len(members))))
-    n_eval = n_eval if len(members) > 1 else 0
-    eval_idx.extend(members[:n_eval])
-    train_idx.extend(members[n_eval:])
-  return (np.sort(np.array(train_idx, np.int64)),
-          np.sort(np.array(eval_idx, np.int64)))
+  """Deterministic per-class split into (train, eval) index arrays: at least
+  one held-out image per class that has two or more."""
+  def held_out_count(members):
+    return max(1, int(round(fraction * members))) if members > 1 else 0
+
+  held_out, kept = sample_per_class(labels, held_out_count, seed)
+  return kept, held_out
 
 
 class FolderSource(Source):
@@ -353,112 +346,6 @@ class FolderSource(Source):
 # --- TFDS --------------------------------------------------------------------
 
 
-class TFDSSource(Source):
-  """A prepared TFDS dataset. In a random-access file format (ArrayRecord)
-  examples are read by index; TFRecord files are read in shuffled order
-  (`sequential`)."""
-
-  def __init__(self, builder):
-    self._builder = builder
-    info = builder.info
-    self.name = info.name
-    label = info.features['label'] if 'label' in info.features else None
-    self.num_classes = getattr(label, 'num_classes', None)
-    self.split_sizes = {k: v.num_examples for k, v in info.splits.items()}
-    self.default_eval_split = next(
-        (s for s in ('test', 'validation', 'val') if s in self.split_sizes),
-        'train')
-    self._image_feature = info.features['image']
-    shape = self._image_feature.shape
-    self.native_image_size = (shape[0] if shape[0] and shape[0] == shape[1]
-                              else None)
-    file_format = getattr(info.file_format, 'value', info.file_format)
-    self.random_access = str(file_format) == 'array_record'
-
-  _ENCODED = {'image': tfds.decode.SkipDecoding()}
-
-  def records(self, split):
-    if self.random_access:  # ArrayRecord files have no tf.data reader.
-      return tf.data.Dataset.range(self.num_examples(split)).map(
-          self.lookup(split), num_parallel_calls=tf.data.AUTOTUNE,
-          deterministic=True)
-    dataset = self._builder.as_dataset(split=split, shuffle_files=False,
-                                       decoders=self._ENCODED)
-    return dataset.map(self._record)
-
-  def _record(self, example):
-    return {'record': example['image'],
-            'label': (example['label'] if self.has_labels
-                      else tf.constant(UNLABELED, tf.int64))}
-
-  def record_files(self, split):
-    files, first = [], 0
-    for part in self._builder.info.splits[split].file_instructions:
-      files.append(sequential.RecordFile(part.filename, part.skip, part.take,
-                                         first))
-      first += part.take
-    return files
-
-  def parse(self, serialized):
-    return self._record(self._builder.info.features.deserialize_example(
-        serialized, decoders=self._ENCODED))
-
-  def lookup(self, split, indices=None):
-    examples = self._builder.as_data_source(split=split,
-                                            decoders=self._ENCODED)
-    table = None if indices is None else np.asarray(indices, np.int64)
-    has_labels = self.has_labels
-
-    def read(index):
-      example = examples[int(index if table is None else table[index])]
-      return (example['image'],
-              np.int64(example['label'] if has_labels else UNLABELED))
-
-    def lookup_fn(index):
-      record, label = tf.numpy_function(read, [index], [tf.string, tf.int64],
-                                        stateful=False)
-      record.set_shape([])
-      label.set_shape([])
-      return {'record': record, 'label': label}
-    return lookup_fn
-
-  def decode(self, record):
-    return _gray_to_rgb(self._image_feature.decode_example(record))
-
-  def labels(self, split):
-    if not self.has_labels:
-      return np.full(self.num_examples(split), UNLABELED, np.int64)
-    labels = self.records(split).map(lambda ex: ex['label']).batch(4096)
-    return np.concatenate(list(labels.as_numpy_iterator()))
-
-
-def _network_reachable(host='storage.googleapis.com', timeout=3.0) -> bool:
-  try:
-    socket.create_connection((host, 443), timeout=timeout).close()
-    return True
-  except OSError:
-    return False
-
-
-def tfds_source(name: str, data_dir: str) -> TFDSSource:
-  try:
-    builder = tfds.builder(name, data_dir=data_dir)
-  except tfds.core.registered.DatasetNotFoundError:
-    known = tfds.list_builders() + ['fashion_mnist', 'folder:PATH']
-    close = difflib.get_close_matches(name, known, n=3)
-    hint = f' Did you mean {" or ".join(close)}?' if close else ''
-    raise DatasetError(f'Unknown dataset {name!r}.{hint} Use a TFDS name '
-                       '(cifar10, imagenet2012, ...) or folder:PATH.') from None
-  if not builder.is_prepared():
-    if not _network_reachable():
-      raise DatasetError(
-          f'Dataset {name!r} is not prepared in {builder.data_dir} and cannot '
-          f'be downloaded (no network). {OFFLINE_HINT}')
-    logging.info('Downloading and preparing %s into %s.', name, data_dir)
-    builder.download_and_prepare()
-  return TFDSSource(builder)
-
-
 def require_labels(source: Source, purpose: str):
   """Fails with one line when `purpose` needs labels the source lacks."""
   if not source.has_labels:
@@ -480,10 +367,28 @@ def make_source(config: DataConfig) -> Source:
                                         FASHION_MNIST_SYSTEM_DIR])
     if directory:
       return fashion_mnist_source(directory)
-  return tfds_source(name, config.data_dir)
+  # Imported here: tfds_source imports this module.
+  from simclr_tf import tfds_source  # pylint: disable=g-import-not-at-top
+  return tfds_source.tfds_source(name, config.data_dir)
 
 
 # --- Label fraction ----------------------------------------------------------
+
+
+def sample_per_class(labels: np.ndarray, count, seed: int, classes=None):
+  """(chosen, rest): sorted indices of `count(class size)` seeded random
+  examples of each of `classes` (default: every label, UNLABELED too), and
+  of their other examples."""
+  rng = np.random.RandomState(seed)
+  chosen, rest = [], []
+  for label in np.unique(labels) if classes is None else classes:
+    members = np.flatnonzero(labels == label)
+    members = members[rng.permutation(len(members))]
+    take = min(count(len(members)), len(members))
+    chosen.extend(members[:take])
+    rest.extend(members[take:])
+  return (np.sort(np.array(chosen, np.int64)),
+          np.sort(np.array(rest, np.int64)))
 
 
 def label_fraction_indices(labels: np.ndarray, fraction: float,
@@ -496,13 +401,8 @@ def label_fraction_indices(labels: np.ndarray, fraction: float,
   """
   classes = np.unique(labels[labels != UNLABELED])
   per_class = max(1, int(round(fraction * len(labels) / len(classes))))
-  rng = np.random.RandomState(seed)
-  chosen = []
-  for label in classes:
-    members = np.flatnonzero(labels == label)
-    chosen.extend(rng.choice(members, min(per_class, len(members)),
-                             replace=False))
-  return np.sort(np.array(chosen, np.int64))
+  return sample_per_class(labels, lambda members: per_class, seed,
+                          classes)[0]
 
 
 def select(dataset: tf.data.Dataset, indices: np.ndarray,

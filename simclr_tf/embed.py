@@ -8,6 +8,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from simclr_tf import knn
 from simclr_tf.config import DEFAULT_MAX_IMAGE_PIXELS
 from simclr_tf.datasets import FolderSource
 
@@ -36,24 +37,6 @@ def embed_files(saved_model_dir: str, paths: list[str],
   return np.concatenate(embeddings)
 
 
-def nearest_neighbors(embeddings: np.ndarray, k: int, chunk_size=1024):
-  """(indices [N, k], cosine similarities [N, k]) of each row's k nearest
-  other rows, most similar first."""
-  k = min(k, len(embeddings) - 1)
-  unit = tf.math.l2_normalize(tf.constant(embeddings, tf.float32), -1)
-  indices, similarities = [], []
-  for start in range(0, len(embeddings), chunk_size):
-    rows = unit[start:start + chunk_size]
-    similarity = tf.matmul(rows, unit, transpose_b=True)
-    # An image is not its own neighbour.
-    own = tf.range(start, start + rows.shape[0])
-    similarity -= 3.0 * tf.one_hot(own, len(embeddings))
-    top = tf.math.top_k(similarity, k)
-    indices.append(top.indices.numpy())
-    similarities.append(top.values.numpy())
-  return np.concatenate(indices), np.concatenate(similarities)
-
-
 def embed_folder(saved_model_dir: str, folder: str, output: str,
                  neighbors: int = 0, batch_size: int = 64,
                  max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> dict:
@@ -70,6 +53,6 @@ def embed_folder(saved_model_dir: str, folder: str, output: str,
     arrays['class_names'] = np.array(source.class_names)
   if neighbors > 0:
     arrays['neighbors'], arrays['neighbor_similarities'] = (
-        nearest_neighbors(arrays['embeddings'], neighbors))
+        knn.nearest_neighbors(arrays['embeddings'], neighbors))
   np.savez(output, **arrays)
   return arrays

@@ -125,10 +125,15 @@ def build_module(model, augment_config: AugmentConfig,
       result['probabilities'] = tf.nn.softmax(outputs['logits_sup'])
     return result
 
-  # A plain trackable root: hub.KerasLayer reads these attributes.
+  # A plain trackable root: hub.KerasLayer reads these attributes. Its call
+  # returns the encoder's features, so only the encoder's variables are
+  # trainable through it (fine-tuning would find no gradient for a head's).
+  encoder = {id(v) for v in model.encoder_variables}
   root = tf.train.Checkpoint()
   root.variables = trainable + non_trainable
-  root.trainable_variables = list(trainable)
+  root.trainable_variables = [
+      copy for copy, original in zip(trainable, model.trainable_variables)
+      if id(original) in encoder]
   root.regularization_losses = []
 
   @tf.function

@@ -45,3 +45,25 @@ class SimCLRModel(keras.Model):
       outputs['logits_sup'] = self.supervised_head(head_input,
                                                    training=training)
     return outputs
+
+  # --- Variable groups: what optimizers and exports select by ------------
+
+  @property
+  def encoder_variables(self) -> list:
+    return self.encoder.trainable_variables
+
+  @property
+  def projection_variables(self) -> list:
+    return self.projection_head.trainable_variables
+
+  @property
+  def supervised_variables(self) -> list:
+    head = self.supervised_head
+    return head.trainable_variables if head is not None else []
+
+  @property
+  def batch_norm_variables(self) -> list:
+    """The trainable scales and offsets of every batch norm."""
+    return [variable for layer in self._flatten_layers()
+            if isinstance(layer, keras.layers.BatchNormalization)
+            for variable in layer.trainable_variables]

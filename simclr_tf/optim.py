@@ -9,23 +9,18 @@ import tensorflow as tf
 
 from simclr_tf.config import OptimConfig
 
-# Keras names the weights of its layers by role: these are biases and batch
-# norm's scale and offset, which get neither weight decay nor LARS's layer
-# adaptation.
-_NORM_NAMES = ('gamma', 'beta')
-_BIAS_AND_NORM_NAMES = ('bias',) + _NORM_NAMES
-# The supervised head's layer name: under LARS it is trained with plain
-# momentum and an L2 loss, as in the SimCLR code.
-SUPERVISED_HEAD = 'head_supervised'
 
 
-def _is_bias_or_norm(variable) -> bool:
-  return variable.name.split(':')[0].split('/')[-1] in _BIAS_AND_NORM_NAMES
+def _is_vector(variable) -> bool:
+  """Biases and normalisation scales / offsets: the 1-D variables."""
+  return len(variable.shape) <= 1
 
 
-def _matches(variable, names) -> bool:
+def _matches(variable, exclusions) -> bool:
+  """`exclusions` holds variables, or substrings of variable paths."""
   path = getattr(variable, 'path', variable.name)
-  return any(name in path for name in names)
+  return any(variable is item if not isinstance(item, str) else item in path
+             for item in exclusions)
 
 
 class LARS(keras.optimizers.Optimizer):
@@ -37,10 +32,10 @@ class LARS(keras.optimizers.Optimizer):
     v = momentum * v + learning_rate * trust * g'
     w = w - v
 
-  Biases and batch-norm parameters are excluded from both by default.
-  `exclude_from_weight_decay` / `exclude_from_layer_adaptation` add
-  substrings of variable paths (layer names) to exclude; the latter defaults
-  to the former.
+  Biases and batch-norm parameters (the 1-D variables) are excluded from
+  both. `exclude_from_weight_decay` / `exclude_from_layer_adaptation` add
+  variables, or substrings of variable paths (layer names), to exclude; the
+  latter defaults to the former.
   """
 
   def __init__(self, learning_rate=0.001, momentum=0.9, weight_decay=0.0,
@@ -67,11 +62,11 @@ class LARS(keras.optimizers.Optimizer):
     self._adapts = [self._use_adaptation(v) for v in variables]
 
   def _use_decay(self, variable) -> bool:
-    return (self.lars_weight_decay > 0 and not _is_bias_or_norm(variable) and
+    return (self.lars_weight_decay > 0 and not _is_vector(variable) and
             not _matches(variable, self.exclude_from_weight_decay_names))
 
   def _use_adaptation(self, variable) -> bool:
-    return (not _is_bias_or_norm(variable) and
+    return (not _is_vector(variable) and
             not _matches(variable, self.exclude_from_layer_adaptation_names))
 
   def update_step(self, gradient, variable, learning_rate):
@@ -97,10 +92,15 @@ class LARS(keras.optimizers.Optimizer):
     config.update({
         'momentum': self.momentum, 'weight_decay': self.lars_weight_decay,
         'eeta': self.eeta,
-        'exclude_from_weight_decay': self.exclude_from_weight_decay_names,
-        'exclude_from_layer_adaptation':
-            self.exclude_from_layer_adaptation_names})
+        'exclude_from_weight_decay': _names(
+            self.exclude_from_weight_decay_names),
+        'exclude_from_layer_adaptation': _names(
+            self.exclude_from_layer_adaptation_names)})
     return config
+
+
+def _names(exclusions):
+  return [item if isinstance(item, str) else item.path for item in exclusions]
 
 
 def scaled_learning_rate(config: OptimConfig, global_batch_size: int) -> float:
@@ -124,12 +124,16 @@ def learning_rate_schedule(config: OptimConfig, global_batch_size: int,
       warmup_steps=warmup_steps)
 
 
-def build_optimizer(config: OptimConfig, learning_rate):
-  """Build it inside `strategy.scope()`, then `optimizer.build(variables)`."""
+def build_optimizer(config: OptimConfig, learning_rate, model):
+  """Build it inside `strategy.scope()`, then `optimizer.build(variables)`.
+
+  Under LARS the supervised head is trained with plain momentum and an L2
+  loss (`weight_decay_loss`), as in the SimCLR code.
+  """
   if config.optimizer == 'lars':
     return LARS(learning_rate, momentum=config.momentum,
                 weight_decay=config.weight_decay, eeta=config.eeta,
-                exclude_from_weight_decay=[SUPERVISED_HEAD])
+                exclude_from_weight_decay=model.supervised_variables)
   if config.optimizer == 'momentum':
     return keras.optimizers.SGD(learning_rate, momentum=config.momentum,
                                 nesterov=True)
@@ -138,7 +142,7 @@ def build_optimizer(config: OptimConfig, learning_rate):
   raise ValueError(f'Unknown optimizer {config.optimizer!r}.')
 
 
-def weight_decay_loss(config: OptimConfig, model: keras.Model):
+def weight_decay_loss(config: OptimConfig, model):
   """Weight decay that goes through the loss, as in the SimCLR code.
 
   LARS decays inside the optimizer, except for the supervised head, whose
@@ -148,11 +152,11 @@ def weight_decay_loss(config: OptimConfig, model: keras.Model):
   if config.weight_decay == 0:
     return tf.constant(0.0)
   if config.optimizer == 'lars':
-    decayed = [v for v in model.trainable_variables
-               if _matches(v, [SUPERVISED_HEAD]) and v.name == 'kernel']
+    decayed = [v for v in model.supervised_variables if not _is_vector(v)]
   else:
+    batch_norm = {id(v) for v in model.batch_norm_variables}
     decayed = [v for v in model.trainable_variables
-               if v.name not in _NORM_NAMES]
+               if id(v) not in batch_norm]
   if not decayed:
     return tf.constant(0.0)
   return config.weight_decay * tf.add_n([tf.nn.l2_loss(v) for v in decayed])

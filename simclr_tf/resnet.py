@@ -353,11 +353,11 @@ class ResNet(keras.Model):
 
   def __init__(self, config: EncoderConfig, **kwargs):
     super().__init__(**kwargs)
-    if config.depth not in _DEPTHS:
-      raise ValueError(f'resnet_depth={config.depth} is not one of '
+    if config.resnet_depth not in _DEPTHS:
+      raise ValueError(f'resnet_depth={config.resnet_depth} is not one of '
                        f'{SUPPORTED_DEPTHS}.')
     self.config = config
-    kind, blocks_per_group = _DEPTHS[config.depth]
+    kind, blocks_per_group = _DEPTHS[config.resnet_depth]
     block_cls = BasicBlock if kind == 'basic' else BottleneckBlock
     self.stem = Stem(config, name='stem')
     set_layers(self, 'block_group', [

@@ -1,216 +1,26 @@
 """The modes of run.py: train, eval, train_then_eval, export."""
 
-import dataclasses
-import json
 import os
-import time
 
 from absl import logging
-import keras
-import numpy as np
 import tensorflow as tf
 
 from simclr_tf import checkpoints
-from simclr_tf import datasets
-from simclr_tf import distribute
-from simclr_tf import evaluate
+from simclr_tf import evaluators
 from simclr_tf import export
-from simclr_tf import pipeline
+from simclr_tf import records
+from simclr_tf import task as task_lib
 from simclr_tf import train as train_lib
-from simclr_tf.config import RunConfig
+from simclr_tf.evaluators import Run
 
 RESULT_FILE = 'result.json'
-
-
-class Run:
-  """A run's configuration, dataset source and strategy."""
-
-  def __init__(self, config: RunConfig, strategy: tf.distribute.Strategy,
-               source: datasets.Source):
-    self.config = config
-    self.strategy = strategy
-    self.source = source
-    self.chief = distribute.is_chief(strategy)
-
-  @property
-  def model_dir(self):
-    return self.config.train.model_dir
-
-  @property
-  def eval_split(self):
-    return self.config.data.eval_split or self.source.default_eval_split
-
-  def eval_data(self, split: str,
-                indices: np.ndarray | None = None) -> evaluate.EvalData:
-    return evaluate.EvalData(
-        self.source, pipeline.Split(split, indices), self.config.augment,
-        self.config.eval.eval_batch_size, self.config.eval.eval_steps)
-
-  def train_subset(self, count: int) -> '_TrainSubset':
-    """A seeded random subset of `count` training examples (all of them
-    when the split is not larger)."""
-    return _TrainSubset.of(self.source.num_examples(
-        self.config.data.train_split), count, self.config.data.seed)
-
-
-@dataclasses.dataclass(frozen=True)
-class _TrainSubset:
-  """Sorted indices of a training subset, and each one's rank in a seeded
-  random order: the first m ranks are a random subset of m."""
-
-  indices: np.ndarray | None  # None: the whole split, in order.
-  ranks: np.ndarray
-
-  @classmethod
-  def of(cls, num_examples, count, seed):
-    if count <= 0 or count >= num_examples:
-      return cls(None, np.arange(num_examples))
-    chosen = np.random.default_rng(seed).permutation(num_examples)[:count]
-    by_index = np.argsort(chosen)
-    return cls(chosen[by_index], by_index)
-
-
-def _knn(run: Run, bank, bank_labels, test_features, test_labels):
-  scores = evaluate.knn_scores(
-      bank, bank_labels, test_features,
-      run.source.num_classes, k=run.config.eval.knn_k,
-      temperature=run.config.eval.knn_temperature)
-  return {'knn_top_1_accuracy': evaluate.accuracy(scores, test_labels, 1),
-          'knn_top_5_accuracy': evaluate.accuracy(scores, test_labels, 5)}
-
-
-def _probe(run: Run, train_features, train_labels, test_features,
-           test_labels, standardize=True):
-  probe = evaluate.linear_probe(
-      train_features, train_labels, test_features, run.source.num_classes,
-      standardize=standardize, seed=run.config.data.seed)
-  if not probe.converged:
-    logging.warning('The linear probe stopped at its iteration limit before '
-                    'converging; its accuracy may be understated.')
-  return probe.metrics(test_labels)
-
-
-def feature_metrics(run: Run, model, knn=True, probe=False) -> dict:
-  """kNN and linear-probe accuracy of `model`'s frozen features.
-
-  The kNN bank holds the features of `knn_train_examples` training examples
-  (float16) and the probe trains on `probe_train_examples`: both seeded
-  random subsets of one order, so one pass extracts both.
-  """
-  if not (knn or probe):
-    return {}
-  started = time.time()
-  eval_config = run.config.eval
-  knn_count = eval_config.knn_train_examples if knn else 0
-  probe_count = eval_config.probe_train_examples if probe else 0
-  unlimited = (knn and knn_count <= 0) or (probe and probe_count <= 0)
-  subset = run.train_subset(0 if unlimited else max(knn_count, probe_count))
-  train_x, train_y = evaluate.extract_features(
-      model, run.strategy,
-      run.eval_data(run.config.data.train_split, subset.indices),
-      np.float32 if probe else np.float16)
-  test_x, test_y = evaluate.extract_features(
-      model, run.strategy, run.eval_data(run.eval_split))
-  results = {}
-  # eval_steps may have cut the extraction short: ranks of what came back.
-  ranks = subset.ranks[:len(train_y)]
-  if knn:
-    keep = ranks < knn_count if knn_count > 0 else slice(None)
-    results.update(_knn(run, evaluate.feature_bank(train_x[keep]),
-                        train_y[keep], test_x, test_y))
-  if probe:
-    keep = ranks < probe_count if probe_count > 0 else slice(None)
-    results.update(_probe(run, train_x[keep], train_y[keep], test_x, test_y))
-  logging.info('Feature evaluation (%d train, %d test) took %.0f s.',
-               len(train_y), len(test_y), time.time() - started)
-  return results
-
-
-def standard_init_model(config: RunConfig):
-  """The run's architecture with random weights at standard initialisation:
-  gamma = 1 in every batch norm (not the zero-gamma start that training
-  uses, whose residual branches all output 0), statistics as initialised."""
-  encoder = dataclasses.replace(config.model.encoder,
-                                zero_init_residual=False)
-  keras.utils.set_random_seed(config.data.seed)
-  return train_lib.build_model(dataclasses.replace(
-      config, model=dataclasses.replace(config.model, encoder=encoder)))
-
-
-def pixel_metrics(run: Run) -> dict:
-  """The raw-pixel baseline: the same probe on the evaluation-preprocessed
-  pixels in [0, 1] (not standardised) and kNN on them."""
-  subset = run.train_subset(run.config.eval.probe_train_examples)
-  train_x, train_y = evaluate.extract_pixels(
-      run.eval_data(run.config.data.train_split, subset.indices))
-  test_x, test_y = evaluate.extract_pixels(run.eval_data(run.eval_split))
-  results = _probe(run, train_x, train_y, test_x, test_y, standardize=False)
-  if run.config.eval.knn:
-    results.update(_knn(run, evaluate.feature_bank(train_x), train_y, test_x,
-                        test_y))
-  return results
-
-
-def evaluate_model(run: Run, model, global_step: int) -> dict:
-  """Everything result.json holds for `model` at `global_step`."""
-  datasets.require_labels(run.source, 'evaluation')
-  config = run.config.eval
-  result = {'global_step': global_step, 'eval_split': run.eval_split}
-  has_head = model.supervised_head is not None
-  if has_head:
-    result.update(evaluate.label_accuracy(model, run.strategy,
-                                          run.eval_data(run.eval_split)))
-  # The baselines have no trained head: compare probes.
-  probe = config.linear_probe or config.random_baseline or not has_head
-  result.update(feature_metrics(run, model, knn=config.knn, probe=probe))
-  if not has_head:  # Linear evaluation then comes from the probe.
-    result['label_top_1_accuracy'] = result['linear_probe_top_1_accuracy']
-    result['label_top_5_accuracy'] = result['linear_probe_top_5_accuracy']
-  if config.random_baseline:
-    with run.strategy.scope():
-      random_model = standard_init_model(run.config)
-    baseline = feature_metrics(run, random_model, knn=config.knn, probe=True)
-    result.update({f'random_init_{k}': v for k, v in baseline.items()})
-    result.update({f'raw_pixels_{k}': v
-                   for k, v in pixel_metrics(run).items()})
-  return result
 
 
 def write_result(run: Run, result: dict):
   if not run.chief:
     return
-  path = os.path.join(run.model_dir, RESULT_FILE)
-  temporary = path + '.tmp'
-  with open(temporary, 'w') as f:
-    json.dump(result, f, indent=2, sort_keys=True)
-  os.replace(temporary, path)
-  write_summary(run, result['global_step'],
-                {k: v for k, v in result.items() if isinstance(v, float)})
-
-
-def print_result(result: dict):
-  """A short table; with baselines, learned next to random weights at
-  standard initialisation and raw pixels, probed the same way."""
-  rows = [('linear eval top-1 (supervised head)', 'label_top_1_accuracy'),
-          ('linear probe top-1 (frozen features)',
-           'linear_probe_top_1_accuracy'),
-          ('kNN top-1 (frozen features)', 'knn_top_1_accuracy')]
-  columns = [('learned', ''), ('random', 'random_init_'),
-             ('pixels', 'raw_pixels_')]
-  columns = [(name, prefix) for name, prefix in columns
-             if any(k.startswith(prefix) for k in result)]
-  lines = [f'Results at step {result["global_step"]} on '
-           f'{result.get("num_eval_examples", "")} {result["eval_split"]} '
-           'images:',
-           f'{"":40s}' + ''.join(f' {name:>8s}' for name, _ in columns)]
-  for title, key in rows:
-    if key not in result:
-      continue
-    values = [result.get(prefix + key) for _, prefix in columns]
-    lines.append(f'{title:40s}' + ''.join(
-        f' {value:8.4f}' if value is not None else f' {"":8s}'
-        for value in values))
-  print('\n'.join(lines), flush=True)
+  records.write_json(os.path.join(run.model_dir, RESULT_FILE), result)
+  write_summary(run, result['global_step'], result)
 
 
 def _export(run: Run, model, global_step: int):
@@ -222,44 +32,45 @@ def _export(run: Run, model, global_step: int):
 
 def run_train(run: Run, then_eval: bool) -> dict | None:
   config = run.config
+  monitor = None
+  every = config.eval.knn_every_n_checkpoints
+  if every and config.eval.knn and run.source.has_labels:
 
-  def on_checkpoint(model, step, index, final):
-    # The end of training has its own evaluation below.
-    every = config.eval.knn_every_n_checkpoints
-    if (every and index % every == 0 and not final and config.eval.knn and
-        run.source.has_labels):
-      results = feature_metrics(run, model, knn=True)
-      logging.info('kNN monitor at step %d: %s', step, results)
+    def knn_monitor(task, step):
+      results = evaluators.feature_metrics(run, task.model, knn=True)
+      logging.info('kNN monitor at step %d: %s', step, _rounded(results))
       write_summary(run, step, results)
 
+    monitor = (every, knn_monitor)
   result = train_lib.train(config, run.strategy, run.source, run.chief,
-                           on_checkpoint)
+                           every_nth_checkpoint=monitor)
   _export(run, result.model, result.global_step)
   if then_eval:
-    evaluation = evaluate_model(run, result.model, result.global_step)
+    evaluation = evaluators.evaluate_model(run, result.model,
+                                           result.global_step)
     write_result(run, evaluation)
-    print_result(evaluation)
+    evaluators.print_result(evaluation)
     return evaluation
   if config.eval.knn and run.source.has_labels:
-    results = feature_metrics(run, result.model, knn=True)
+    results = evaluators.feature_metrics(run, result.model, knn=True)
     write_summary(run, result.global_step, results)
-    logging.info('kNN monitor at the end of training: %s', results)
+    logging.info('kNN monitor at the end of training: %s', _rounded(results))
   return None
 
 
+def _rounded(results: dict) -> str:
+  return ', '.join(f'{k} {v:.4f}' if isinstance(v, float) else f'{k} {v}'
+                   for k, v in results.items())
+
+
 def write_summary(run: Run, step: int, values: dict):
-  if not run.chief:
-    return
-  writer = tf.summary.create_file_writer(os.path.join(run.model_dir, 'eval'))
-  with writer.as_default(step=step):
-    for name, value in values.items():
-      tf.summary.scalar(name, value)
-  writer.flush()
+  records.MetricsWriter(os.path.join(run.model_dir, 'eval'),
+                        run.chief).scalars(step, values)
 
 
 def restored_model(run: Run, path: str):
   with run.strategy.scope():
-    model = train_lib.build_model(run.config)
+    model = task_lib.build_model(run.config)
   status = tf.train.Checkpoint(model=model).read(path)
   status.expect_partial().assert_existing_objects_matched()  # No optimizer.
   return model, checkpoints.step_of(path)
@@ -267,9 +78,9 @@ def restored_model(run: Run, path: str):
 
 def _evaluate_checkpoint(run: Run, path: str) -> dict:
   model, step = restored_model(run, path)
-  result = evaluate_model(run, model, step)
+  result = evaluators.evaluate_model(run, model, step)
   write_result(run, result)
-  print_result(result)
+  evaluators.print_result(result)
   return result
 
 

@@ -101,9 +101,9 @@ class SimclrTestNumbered(tfds.core.GeneratorBasedBuilder):
 
 def numbered_tfds(data_dir, file_format='tfrecord', num_shards=8):
   """The prepared SimclrTestNumbered dataset as a TFDSSource."""
-  from simclr_tf import datasets  # pylint: disable=g-import-not-at-top
+  from simclr_tf import tfds_source  # pylint: disable=g-import-not-at-top
   builder = SimclrTestNumbered(data_dir=str(data_dir),
                                file_format=file_format)
   builder.download_and_prepare(
       download_config=tfds.download.DownloadConfig(num_shards=num_shards))
-  return datasets.TFDSSource(builder)
+  return tfds_source.TFDSSource(builder)

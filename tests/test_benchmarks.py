@@ -4,7 +4,7 @@ import pytest
 
 from benchmarks import throughput
 from simclr_tf import config as c
-from simclr_tf import train as train_lib
+from simclr_tf import task as task_lib
 
 
 def _resnet18_cifar_macs(size=32, width=64):
@@ -24,13 +24,10 @@ def _resnet18_cifar_macs(size=32, width=64):
 
 
 def test_forward_flops_of_resnet18_match_the_hand_count():
-  config = c.RunConfig(
-      data=c.DataConfig(), augment=c.AugmentConfig(image_size=32),
-      model=c.ModelConfig(encoder=c.EncoderConfig(depth=18, cifar_stem=True),
-                          head=c.HeadConfig(proj_head_mode='none')),
-      optim=c.OptimConfig(), train=c.TrainConfig(model_dir='/tmp/unused'),
-      eval=c.EvalConfig())
-  model = train_lib.build_model(config)
+  config = c.build({'model_dir': '/tmp/unused', 'image_size': 32,
+                    'resnet_depth': 18, 'cifar_stem': True,
+                    'proj_head_mode': 'none'})
+  model = task_lib.build_model(config)
   flops = throughput.forward_flops(model, 32)
   expected = 2 * _resnet18_cifar_macs()
   assert expected == pytest.approx(1.11e9, rel=0.01)  # 6.7 GFLOP / 6.

@@ -9,6 +9,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from simclr_tf import datasets
+from simclr_tf import tfds_source
 from simclr_tf.config import DataConfig
 from tests import helpers
 
@@ -168,7 +169,7 @@ def test_tfds_source_reads_a_prepared_builder(tmp_path):
   helpers.SimclrTestTinyImages(data_dir=str(tmp_path)).download_and_prepare()
   source = datasets.make_source(DataConfig(dataset='simclr_test_tiny_images',
                                            data_dir=str(tmp_path)))
-  assert isinstance(source, datasets.TFDSSource)
+  assert isinstance(source, tfds_source.TFDSSource)
   assert source.split_sizes == {'train': 12, 'test': 6}
   assert source.num_classes == 3 and source.native_image_size == 8
   images, labels = _all(source, 'train[:50%]')
@@ -185,7 +186,7 @@ def test_unknown_tfds_name_suggests_a_close_one(tmp_path):
 
 
 def test_unprepared_tfds_dataset_offline_fails_fast(tmp_path, monkeypatch):
-  monkeypatch.setattr(datasets, '_network_reachable', lambda: False)
+  monkeypatch.setattr(tfds_source, '_network_reachable', lambda: False)
   start = time.time()
   with pytest.raises(datasets.DatasetError) as error:
     datasets.make_source(DataConfig(dataset='cifar10',

@@ -12,11 +12,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from simclr_tf import optim
-from simclr_tf import train
-from simclr_tf.config import (AugmentConfig, DataConfig, EncoderConfig,
-                              EvalConfig, HeadConfig, ModelConfig,
-                              OptimConfig, RunConfig, TrainConfig)
+from simclr_tf import task as task_lib
+from simclr_tf import config as c
 from tests import helpers
 from tests.test_run_preview import REPO, run
 
@@ -25,18 +22,12 @@ SIZE = 12
 
 
 def _config(global_bn):
-  return RunConfig(
-      data=DataConfig(dataset='unused'),
-      augment=AugmentConfig(image_size=SIZE),
-      model=ModelConfig(
-          encoder=EncoderConfig(depth=18, width_multiplier=0.125,
-                                cifar_stem=True, global_bn=global_bn),
-          head=HeadConfig(proj_out_dim=16, num_proj_layers=2),
-          num_classes=3),
-      optim=OptimConfig(optimizer='lars', weight_decay=1e-4),
-      train=TrainConfig(model_dir='unused', train_batch_size=GLOBAL_BATCH,
-                        temperature=0.5),
-      eval=EvalConfig())
+  return c.build({
+      'model_dir': 'unused', 'image_size': SIZE, 'resnet_depth': 18,
+      'width_multiplier': 0.125, 'cifar_stem': True, 'global_bn': global_bn,
+      'proj_out_dim': 16, 'num_proj_layers': 2, 'num_classes': 3,
+      'optimizer': 'lars', 'weight_decay': 1e-4,
+      'train_batch_size': GLOBAL_BATCH, 'temperature': 0.5})
 
 
 def _batch():
@@ -49,7 +40,7 @@ def _batch():
 
 def _initial_weights(config):
   keras.utils.set_random_seed(0)
-  model = train.build_model(config)
+  model = task_lib.build_model(config)
   for v in model.weights:  # Zero-gamma blocks would hide the encoder.
     if v.name == 'gamma':
       v.assign(tf.ones_like(v) * 0.7)
@@ -63,20 +54,13 @@ def one_step(replicas, global_bn):
   batch = _batch()
   local = GLOBAL_BATCH // replicas
   strategy = helpers.cpu_strategy(replicas)
-  with strategy.scope():
-    model = train.build_model(config)
-    model.set_weights(weights)
-    optimizer = optim.build_optimizer(config.optim, 0.5)
-    optimizer.build(model.trainable_variables)
-    metrics = {name: keras.metrics.Mean(name=name)
-               for name in train.PRETRAIN_METRICS}
-  step_fn = train.make_step_fn(config, model, optimizer, metrics, replicas)
+  task = task_lib.TrainTask(config, strategy, task_lib.Plan(64, 8, 100, 0, 10))
+  task.model.set_weights(weights)
   values = strategy.experimental_distribute_values_from_function(
       lambda ctx: {k: tf.constant(v[ctx.replica_id_in_sync_group * local:]
                                   [:local]) for k, v in batch.items()})
-  tf.function(lambda b: strategy.run(step_fn, args=(b,)))(values)
-  results = {name: float(m.result()) for name, m in metrics.items()}
-  return results, weights, [w.numpy() for w in model.weights]
+  tf.function(lambda b: strategy.run(task.replica_step, args=(b,)))(values)
+  return task.read_metrics(), weights, [w.numpy() for w in task.model.weights]
 
 
 @pytest.fixture(scope='module')

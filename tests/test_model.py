@@ -12,7 +12,7 @@ from simclr_tf.config import (EncoderConfig, HeadConfig, ModelConfig,
 from simclr_tf.model import SimCLRModel
 from tests import helpers
 
-_ENCODER = EncoderConfig(depth=18, width_multiplier=0.25, cifar_stem=True)
+_ENCODER = EncoderConfig(resnet_depth=18, width_multiplier=0.25, cifar_stem=True)
 
 
 def _model(**kwargs):
@@ -108,7 +108,7 @@ def test_pretraining_step_under_mirrored_strategy_keeps_replicas_in_sync():
   with strategy.scope():
     model = SimCLRModel(ModelConfig(encoder=_ENCODER, num_classes=None))
     model(tf.zeros([2, 16, 16, 3]), training=False)
-    optimizer = optim.build_optimizer(OptimConfig(), 0.5)
+    optimizer = optim.build_optimizer(OptimConfig(), 0.5, model)
     optimizer.build(model.trainable_variables)
   before = [v.numpy() for v in model.trainable_variables]
   views = strategy.experimental_distribute_values_from_function(
@@ -133,3 +133,27 @@ def test_pretraining_step_under_mirrored_strategy_keeps_replicas_in_sync():
     np.testing.assert_array_equal(copies[0], copies[1])
     changed += not np.allclose(copies[0], old)
   assert changed > len(before) // 2
+
+
+def test_variable_groups_partition_the_trainable_variables():
+  model = _model()
+  groups = [model.encoder_variables, model.projection_variables,
+            model.supervised_variables]
+  ids = [id(v) for group in groups for v in group]
+  assert len(ids) == len(set(ids))  # No variable in two groups.
+  assert sorted(ids) == sorted(id(v) for v in model.trainable_variables)
+  assert len(model.supervised_variables) == 2  # Kernel and bias.
+  # Keras names batch norm's trainable weights gamma and beta: an
+  # independent check of the group that the optimizers leave undecayed.
+  by_name = [v for v in model.trainable_variables
+             if v.name in ('gamma', 'beta')]
+  assert sorted(id(v) for v in model.batch_norm_variables) == sorted(
+      id(v) for v in by_name)
+  assert len(by_name) > 40
+
+
+def test_a_model_without_supervised_head_has_an_empty_group():
+  config = ModelConfig(encoder=_ENCODER, num_classes=None)
+  model = SimCLRModel(config)
+  model(tf.zeros([2, 16, 16, 3]), training=False)
+  assert model.supervised_variables == []

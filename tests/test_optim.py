@@ -29,12 +29,32 @@ def lars_numpy(weights, grads_per_step, lr, momentum, weight_decay, eeta,
   return weights
 
 
+class _ToyModel(keras.Model):
+  """Dense -> batch norm -> a supervised head, with the variable groups
+  that SimCLRModel exposes."""
+
+  def __init__(self):
+    super().__init__(name='toy')
+    self.dense = keras.layers.Dense(4, name='dense')
+    self.bn = keras.layers.BatchNormalization(name='bn')
+    self.head = keras.layers.Dense(2, name='head_supervised')
+
+  def call(self, x, training=None):
+    return self.head(self.bn(self.dense(x), training=training))
+
+  @property
+  def supervised_variables(self):
+    return self.head.trainable_variables
+
+  @property
+  def batch_norm_variables(self):
+    return self.bn.trainable_variables
+
+
 def _toy_model():
-  inputs = keras.Input([3])
-  x = keras.layers.Dense(4, name='dense')(inputs)
-  x = keras.layers.BatchNormalization(name='bn')(x)
-  outputs = keras.layers.Dense(2, name=optim.SUPERVISED_HEAD)(x)
-  return keras.Model(inputs, outputs)
+  model = _ToyModel()
+  model(tf.zeros([1, 3]))
+  return model
 
 
 def _toy_loss(model, x, training=True):
@@ -46,7 +66,7 @@ def test_lars_matches_numpy(steps, rng):
   model = _toy_model()
   x = tf.constant(rng.normal(size=(8, 3)), tf.float32)
   optimizer = optim.LARS(0.5, momentum=0.9, weight_decay=0.01, eeta=0.002,
-                         exclude_from_weight_decay=[optim.SUPERVISED_HEAD])
+                         exclude_from_weight_decay=model.supervised_variables)
   variables = model.trainable_variables
   optimizer.build(variables)
   initial = [v.numpy() for v in variables]
@@ -59,7 +79,7 @@ def test_lars_matches_numpy(steps, rng):
     optimizer.apply(grads, variables)
   # Which variables decay / adapt, decided here by hand from the model:
   # only the first dense kernel does; biases, BN and the head do not.
-  names = [v.path for v in variables]
+  names = [v.path.removeprefix('toy/') for v in variables]
   assert names == ['dense/kernel', 'dense/bias', 'bn/gamma', 'bn/beta',
                    'head_supervised/kernel', 'head_supervised/bias']
   flags = [True, False, False, False, False, False]
@@ -119,7 +139,7 @@ def test_weight_decay_loss_per_optimizer(rng):
   model(tf.zeros([1, 3]))
   for v in model.trainable_variables:
     v.assign(rng.normal(size=v.shape).astype(np.float32))
-  values = {v.path: v.numpy() for v in model.trainable_variables}
+  values = {v.path.removeprefix('toy/'): v.numpy() for v in model.trainable_variables}
 
   def l2(*paths):
     return sum(0.5 * np.sum(values[p] ** 2) for p in paths)
@@ -135,12 +155,15 @@ def test_weight_decay_loss_per_optimizer(rng):
 
 
 def test_build_optimizer_kinds():
-  lr = 0.1
-  assert isinstance(optim.build_optimizer(OptimConfig(), lr), optim.LARS)
-  sgd = optim.build_optimizer(OptimConfig(optimizer='momentum'), lr)
+  lr, model = 0.1, _toy_model()
+  lars = optim.build_optimizer(OptimConfig(), lr, model)
+  assert isinstance(lars, optim.LARS)
+  # The supervised head is excluded from LARS's decay by object, not name.
+  assert lars.exclude_from_weight_decay_names == model.supervised_variables
+  sgd = optim.build_optimizer(OptimConfig(optimizer='momentum'), lr, model)
   assert isinstance(sgd, keras.optimizers.SGD) and sgd.nesterov
-  assert isinstance(optim.build_optimizer(OptimConfig(optimizer='adam'), lr),
-                    keras.optimizers.Adam)
+  assert isinstance(optim.build_optimizer(OptimConfig(optimizer='adam'), lr,
+                                          model), keras.optimizers.Adam)
 
 
 @pytest.mark.parametrize('scaling,expected', [('linear', 0.3 * 512 / 256),

@@ -12,22 +12,19 @@ from simclr_tf import config as c
 from simclr_tf import export
 from simclr_tf import objective
 from simclr_tf import precision
-from simclr_tf import train as train_lib
+from simclr_tf import task as task_lib
 from simclr_tf.resnet import BATCH_NORM_EPSILON, FusedBatchNormalization
 from tests import helpers
 from tests.test_run_preview import run
 
-_ENCODER = c.EncoderConfig(depth=18, width_multiplier=0.125, cifar_stem=True)
 
 
-def _run_config(model_dir='/tmp/unused', **model_kwargs):
-  return c.RunConfig(
-      data=c.DataConfig(), augment=c.AugmentConfig(image_size=16),
-      model=c.ModelConfig(encoder=_ENCODER, num_classes=3, **model_kwargs),
-      optim=c.OptimConfig(warmup_epochs=0),
-      train=c.TrainConfig(model_dir=model_dir, train_batch_size=8,
-                          temperature=0.5),
-      eval=c.EvalConfig())
+def _run_config(model_dir='/tmp/unused', **settings):
+  return c.build({
+      'model_dir': model_dir, 'image_size': 16, 'resnet_depth': 18,
+      'width_multiplier': 0.125, 'cifar_stem': True, 'num_classes': 3,
+      'warmup_epochs': 0, 'train_batch_size': 8, 'temperature': 0.5,
+      **settings})
 
 
 def _numpy_batch_norm(x, gamma, beta, eps):
@@ -121,7 +118,7 @@ def test_auto_follows_this_cpus_bfloat16_units():
 
 @pytest.mark.parametrize('name', ['bfloat16', 'float16'])
 def test_mixed_model_keeps_float32_variables_and_global_policy(name):
-  model = train_lib.build_model(_run_config(precision=name))
+  model = task_lib.build_model(_run_config(precision=name))
   assert keras.config.dtype_policy().name == 'float32'  # Restored.
   outputs = model(tf.zeros([2, 16, 16, 3]), training=False)
   assert outputs['final_avg_pool'].dtype == name
@@ -133,18 +130,14 @@ def _one_step(config, images, labels, max_calls=1):
   """Training steps from the seeded initialisation until one is applied
   (float16 loss scaling skips steps whose scaled gradients overflow)."""
   keras.utils.set_random_seed(0)
-  model = train_lib.build_model(config)
-  plan = train_lib.Plan(64, 8, 100, 0, 10)
-  optimizer = train_lib.build_optimizer(config, plan)
-  optimizer.build(model.trainable_variables)
-  metrics = {n: keras.metrics.Mean() for n in train_lib.PRETRAIN_METRICS}
-  step_fn = tf.function(
-      train_lib.make_step_fn(config, model, optimizer, metrics, 1))
+  task = task_lib.TrainTask(config, tf.distribute.get_strategy(),
+                            task_lib.Plan(64, 8, 100, 0, 10))
+  step_fn = tf.function(task.replica_step)
   for _ in range(max_calls):
     step_fn({'view1': images[0], 'view2': images[1], 'label': labels})
-    if int(optimizer.iterations.numpy()) == 1:
+    if task.step == 1:
       break
-  return model, optimizer, {k: float(m.result()) for k, m in metrics.items()}
+  return task.model, task.optimizer, task.read_metrics()
 
 
 def test_xla_step_matches_the_plain_step(rng):
@@ -168,7 +161,7 @@ def test_float16_step_scales_the_loss_and_checkpoints_its_step(rng,
   labels = rng.integers(0, 3, 8)
   config = _run_config(precision='float16')
   keras.utils.set_random_seed(0)
-  initial = train_lib.build_model(config).get_weights()
+  initial = task_lib.build_model(config).get_weights()
   model, optimizer, metrics = _one_step(config, images, labels, max_calls=30)
   assert isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
   # Steps whose scaled gradients overflow are skipped and halve the scale
@@ -186,10 +179,10 @@ def test_float16_step_scales_the_loss_and_checkpoints_its_step(rng,
 def test_float16_loss_matches_float32_at_the_same_weights(rng):
   images = tf.constant(rng.uniform(size=(16, 16, 16, 3)), tf.float32)
   keras.utils.set_random_seed(0)
-  float32_model = train_lib.build_model(_run_config())
+  float32_model = task_lib.build_model(_run_config())
   losses = {}
   for name in ('float32', 'float16', 'bfloat16'):
-    model = train_lib.build_model(_run_config(precision=name))
+    model = task_lib.build_model(_run_config(precision=name))
     model.set_weights(float32_model.get_weights())
     hidden = model(images, training=True)['proj_head_output']
     loss, _, _ = objective.contrastive_loss(hidden, 0.5)
@@ -201,7 +194,7 @@ def test_float16_loss_matches_float32_at_the_same_weights(rng):
 
 def test_export_of_a_bfloat16_model_serves_float32(tmp_path):
   config = _run_config(precision='bfloat16')
-  model = train_lib.build_model(config)
+  model = task_lib.build_model(config)
   path = export.export(model, config.augment, str(tmp_path), 1)
   loaded = tf.saved_model.load(path)
   outputs = loaded.signatures['serving_default'](

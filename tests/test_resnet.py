@@ -25,14 +25,14 @@ def _build(image_size=224, **kwargs):
 def test_resnet50_parameter_counts_match_the_paper(width, sk_ratio,
                                                    paper_millions):
   # The input size does not change the count; small inputs keep it fast.
-  model, _ = _build(image_size=64, depth=50, width_multiplier=width,
+  model, _ = _build(image_size=64, resnet_depth=50, width_multiplier=width,
                     sk_ratio=sk_ratio)
   millions = _num_params(model) / 1e6
   assert abs(millions - paper_millions) / paper_millions < 0.025, millions
 
 
 def test_endpoints_of_resnet50_at_224_px():
-  _, outputs = _build(depth=50, width_multiplier=0.25)
+  _, outputs = _build(resnet_depth=50, width_multiplier=0.25)
   shapes = {k: tuple(v.shape) for k, v in outputs.items()}
   assert shapes == {
       'initial_conv': (2, 112, 112, 16), 'initial_max_pool': (2, 56, 56, 16),
@@ -42,7 +42,7 @@ def test_endpoints_of_resnet50_at_224_px():
 
 
 def test_cifar_stem_keeps_the_resolution():
-  model, outputs = _build(image_size=32, depth=18, width_multiplier=0.25)
+  model, outputs = _build(image_size=32, resnet_depth=18, width_multiplier=0.25)
   assert outputs['initial_conv'].shape == (2, 32, 32, 16)
   assert 'initial_max_pool' not in outputs
   assert outputs['block_group4'].shape == (2, 4, 4, 128)
@@ -57,17 +57,17 @@ def test_cifar_stem_keeps_the_resolution():
                                           (152, [3, 8, 36, 3]),
                                           (200, [3, 24, 36, 3])])
 def test_depths_have_the_standard_block_counts(depth, blocks):
-  model = resnet.ResNet(EncoderConfig(depth=depth, width_multiplier=0.25))
+  model = resnet.ResNet(EncoderConfig(resnet_depth=depth, width_multiplier=0.25))
   assert [len(g.blocks) for g in model.block_groups] == blocks
 
 
 def test_unsupported_depth_is_rejected():
   with pytest.raises(ValueError, match='resnet_depth=20'):
-    resnet.ResNet(EncoderConfig(depth=20))
+    resnet.ResNet(EncoderConfig(resnet_depth=20))
 
 
 def test_simclr_conventions():
-  model, _ = _build(image_size=32, depth=50, width_multiplier=0.25,
+  model, _ = _build(image_size=32, resnet_depth=50, width_multiplier=0.25,
                     batch_norm_decay=0.95)
   layers = model._flatten_layers()  # pylint: disable=protected-access
   convs = [l for l in layers if isinstance(l, keras.layers.Conv2D)]
@@ -86,7 +86,7 @@ def test_simclr_conventions():
 
 
 def test_zero_gamma_makes_each_block_start_as_its_shortcut(rng):
-  config = EncoderConfig(depth=18, width_multiplier=0.25)
+  config = EncoderConfig(resnet_depth=18, width_multiplier=0.25)
   block = resnet.BasicBlock(config, 8, 1, use_projection=False)
   x = tf.constant(rng.normal(size=(2, 6, 6, 8)), tf.float32)
   np.testing.assert_allclose(block(x, training=False), tf.nn.relu(x),
@@ -95,7 +95,7 @@ def test_zero_gamma_makes_each_block_start_as_its_shortcut(rng):
 
 def test_standard_initialisation_keeps_every_residual_branch(rng):
   x = tf.constant(rng.normal(size=(2, 6, 6, 8)), tf.float32)
-  config = EncoderConfig(depth=18, width_multiplier=0.25,
+  config = EncoderConfig(resnet_depth=18, width_multiplier=0.25,
                          zero_init_residual=False)
   block = resnet.BasicBlock(config, 8, 1, use_projection=False)
   output = block(x, training=False)
@@ -110,7 +110,7 @@ def test_standard_initialisation_keeps_every_residual_branch(rng):
 
 
 def test_global_bn_flag_selects_synchronized_batch_norm():
-  model, _ = _build(image_size=32, depth=18, width_multiplier=0.25,
+  model, _ = _build(image_size=32, resnet_depth=18, width_multiplier=0.25,
                     global_bn=False)
   bns = [l for l in model._flatten_layers()  # pylint: disable=protected-access
          if isinstance(l, keras.layers.BatchNormalization)]
@@ -137,7 +137,7 @@ def test_squeeze_excite_matches_numpy(rng):
 
 
 def test_selective_kernel_and_se_build_and_mix(rng):
-  model, outputs = _build(image_size=64, depth=50, width_multiplier=0.25,
+  model, outputs = _build(image_size=64, resnet_depth=50, width_multiplier=0.25,
                           sk_ratio=0.0625, se_ratio=0.25)
   assert outputs['final_avg_pool'].shape == (2, 512)
   sk = model.block_groups[0].blocks[0].conv2
@@ -158,7 +158,7 @@ def test_selective_kernel_and_se_build_and_mix(rng):
                                           (2, ['stem', 'block_group1',
                                                'block_group2'])])
 def test_freeze_through_stops_training_up_to_the_stage(stage, frozen, rng):
-  model, _ = _build(image_size=16, depth=18, width_multiplier=0.25)
+  model, _ = _build(image_size=16, resnet_depth=18, width_multiplier=0.25)
   model.freeze_through(stage)
   stages = [model.stem, *model.block_groups]
   for layer in stages:
@@ -180,3 +180,39 @@ def test_freeze_through_stops_training_up_to_the_stage(stage, frozen, rng):
     reached = [g is not None and np.any(g.numpy()) for g in layer_grads]
     assert all(reached) == (name not in frozen)
     assert any(reached) == (name not in frozen)
+
+
+def test_keras_still_leaves_lists_of_layers_out_of_checkpoints(tmp_path):
+  # Why resnet.set_layers keeps sub-layers as named attributes: Keras 3
+  # (3.15 with TensorFlow 2.21) does not track a list of layers for
+  # tf.train.Checkpoint. When this fails, lists work and set_layers can go.
+  class WithList(keras.layers.Layer):
+    def __init__(self):
+      super().__init__()
+      self.blocks = [keras.layers.Dense(3), keras.layers.Dense(4)]
+
+    def call(self, x):
+      for block in self.blocks:
+        x = block(x)
+      return x
+
+  class WithAttributes(keras.layers.Layer):
+    def __init__(self):
+      super().__init__()
+      self.count = resnet.set_layers(
+          self, 'block', [keras.layers.Dense(3), keras.layers.Dense(4)])
+
+    def call(self, x):
+      for block in resnet.get_layers(self, 'block', self.count):
+        x = block(x)
+      return x
+
+  saved = {}
+  for cls in (WithList, WithAttributes):
+    layer = cls()
+    layer(tf.zeros([1, 2]))
+    path = tf.train.Checkpoint(layer=layer).save(str(tmp_path / cls.__name__))
+    saved[cls] = [name for name, _ in tf.train.list_variables(path)
+                  if 'kernel' in name or 'bias' in name]
+  assert saved[WithList] == []
+  assert len(saved[WithAttributes]) == 4

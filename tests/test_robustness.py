@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from simclr_tf import train
+from simclr_tf import hooks
 from tests import helpers
 from tests.test_run_preview import REPO, run
 
@@ -160,18 +160,19 @@ def test_sigterm_and_ctrl_c_save_the_current_step_and_exit(
 
 def test_a_second_ctrl_c_aborts_at_once():
   previous = signal.getsignal(signal.SIGINT)
-  stop = train._StopRequest()  # pylint: disable=protected-access
+  stop = hooks.PreemptionHook()
+  stop.begin(None)
   try:
     os.kill(os.getpid(), signal.SIGINT)
     time.sleep(0.1)  # Python runs the handler between bytecodes.
-    assert stop.requested and stop.signal_name == 'SIGINT'
+    assert stop.signum == signal.SIGINT
     with pytest.raises(KeyboardInterrupt):
       os.kill(os.getpid(), signal.SIGINT)
       time.sleep(0.1)
     # The abort gave the previous handlers back.
     assert signal.getsignal(signal.SIGINT) is previous
   finally:
-    stop.restore()
+    stop.close()
 
 
 def test_a_damaged_newest_checkpoint_resumes_from_the_older_one(folder,

@@ -4,6 +4,9 @@ fine-tune with a label fraction, eval, and the artefacts DESIGN.md lists."""
 import glob
 import json
 import os
+import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -13,7 +16,7 @@ from tensorboard.backend.event_processing import event_accumulator
 from simclr_tf.config import EncoderConfig, ModelConfig
 from simclr_tf.model import SimCLRModel
 from tests import helpers
-from tests.test_run_preview import run
+from tests.test_run_preview import REPO, run
 
 TINY = ['--image_size=16', '--resnet_depth=18', '--width_multiplier=0.25',
         '--train_batch_size=8', '--eval_batch_size=8', '--summary_steps=2',
@@ -52,7 +55,7 @@ def _tags(directory):
 def _encoder_kernels(model_dir, train_mode):
   """Kernels per encoder stage, restored from the run's latest checkpoint."""
   config = ModelConfig(
-      encoder=EncoderConfig(depth=18, width_multiplier=0.25, cifar_stem=True),
+      encoder=EncoderConfig(resnet_depth=18, width_multiplier=0.25, cifar_stem=True),
       num_classes=3, train_mode=train_mode)
   model = SimCLRModel(config)
   model(tf.zeros([1, 16, 16, 3]))
@@ -204,3 +207,36 @@ def test_baselines_are_probed_like_the_learned_features(pretrained, folder):
   assert [float(v) for v in probe_row.split()[-3:]] == [
       round(outcome[p + 'linear_probe_top_1_accuracy'], 4)
       for p in ('', 'random_init_', 'raw_pixels_')]
+
+
+# What TensorFlow and absl print by themselves: C++ log lines
+# (`I0000 00:00:...`, `E0000 ... cuInit`), absl's prefix, TF's loggers.
+_NOISE = re.compile(r'^[IWEF]\d{4} |^WARNING: All log messages|oneDNN|cuInit|'
+                    r'cuda|INFO:tensorflow|WARNING:tensorflow|^W\d{4}|'
+                    r'Assets written|absl::|Sharding callback|'
+                    r'Writing fingerprint|unsupported characters',
+                    re.IGNORECASE)
+
+
+def _console_run(folder, model_dir, *extra):
+  env = {k: v for k, v in os.environ.items()
+         if k not in ('TF_CPP_MIN_LOG_LEVEL', 'CUDA_VISIBLE_DEVICES')}
+  result = subprocess.run(
+      [sys.executable, os.path.join(REPO, 'run.py'), '--mode=train',
+       f'--dataset=folder:{folder}', f'--model_dir={model_dir}',
+       '--train_steps=4', '--checkpoint_steps=2', '--log_every_seconds=0',
+       *TINY, *extra], capture_output=True, text=True, env=env, cwd=REPO,
+      timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return (result.stdout + result.stderr).splitlines()
+
+
+def test_the_console_shows_the_projects_lines_only(folder, tmp_path):
+  lines = _console_run(folder, str(tmp_path / 'quiet'))
+  assert [line for line in lines if _NOISE.search(line)] == []
+  assert any(line.startswith('step 4/4  total_loss ') and 'images/s' in line
+             and 'ETA' in line for line in lines)
+  assert any(line.startswith('Exported SavedModel') for line in lines)
+  # --verbosity=1 asks for TensorFlow's own logging (and absl's prefixes).
+  verbose = _console_run(folder, str(tmp_path / 'verbose'), '--verbosity=1')
+  assert any(re.match(r'^I\d{4} ', line) for line in verbose)

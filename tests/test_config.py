@@ -1,0 +1,136 @@
+"""One source of truth: config defaults, flags derived from them, presets."""
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from simclr_tf import config as c
+from simclr_tf import recipes
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Run in a fresh interpreter: run.py defines its flags on absl's global
+# FLAGS, which other test modules (the benchmarks) also define flags on.
+_FLAGS_SCRIPT = '''
+import json, sys
+from absl import flags
+import run
+FLAGS = flags.FLAGS
+defaults = {name: [FLAGS[name].default, type(FLAGS[name].default).__name__]
+            for name in run.SETTING_FLAGS}
+parsed = []
+for argv in json.loads(sys.argv[1]):
+  FLAGS.unparse_flags()
+  FLAGS(['run.py', '--mode=train', *argv])
+  parsed.append(run.setting_values())
+print(json.dumps({'defaults': defaults, 'derived': list(run.DERIVED),
+                  'parsed': parsed}))
+'''
+
+
+def _run_py_flags(*argvs):
+  result = subprocess.run(
+      [sys.executable, '-c', _FLAGS_SCRIPT, json.dumps(argvs)],
+      capture_output=True, text=True, cwd=REPO, timeout=120, check=True)
+  return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope='module')
+def run_py():
+  return _run_py_flags([], ['--preset=imagenet2012', '--learning_rate=0.5',
+                            '--train_batch_size=256'],
+                       ['--preset=imagenet2012', '--temperature=0.5'])
+
+
+def test_every_setting_flag_has_its_config_default(run_py):
+  assert len(run_py['defaults']) > 50
+  for name, (default, type_name) in run_py['defaults'].items():
+    setting = c.SETTINGS[name]
+    if name in run_py['derived'] or setting.required:
+      # Derived from the data or devices (recipes.resolve) unless given.
+      assert default is None, name
+    else:
+      assert default == setting.default, name
+      assert type_name == type(setting.default).__name__, name
+
+
+def test_the_command_line_and_the_library_get_the_same_recipe(run_py):
+  # The paper's CIFAR-10 recipe (appendix B.9) either way.
+  defaults = c.build({'model_dir': 'm', 'image_size': 32})
+  assert defaults.optim.learning_rate == 1.0
+  assert defaults.optim.weight_decay == 1e-4
+  assert defaults.train.temperature == 0.5
+  assert defaults.model.encoder.resnet_depth == 18
+  assert defaults.augment.color_jitter_strength == 0.5
+  assert defaults.train.train_epochs == 1000
+  assert recipes.PRESETS['cifar10'].items() <= c.flatten(defaults).items()
+  plain = run_py['parsed'][0]
+  assert plain.items() <= c.flatten(defaults).items()
+  assert 'image_size' not in plain  # Derived when not given.
+
+
+def test_a_preset_replaces_defaults_and_explicit_flags_win(run_py):
+  _, imagenet, default_valued = run_py['parsed']
+  assert imagenet['resnet_depth'] == 50 and imagenet['temperature'] == 0.1
+  assert imagenet['image_size'] == 224
+  assert imagenet['learning_rate'] == 0.5
+  assert imagenet['train_batch_size'] == 256
+  # A flag given with its default value still wins over the preset.
+  assert default_valued['temperature'] == 0.5
+
+
+def test_build_and_flatten_are_inverse():
+  values = {'model_dir': 'm', 'image_size': 24, 'resnet_depth': 50,
+            'proj_out_dim': 64, 'knn_k': 7, 'train_mode': 'finetune',
+            'min_crop_area': 0.3}
+  config = c.build(values)
+  assert config.model.encoder.resnet_depth == 50
+  assert config.model.head.proj_out_dim == 64
+  assert config.augment.crop_area_range == (0.3, 1.0)
+  assert c.build(c.flatten(config)) == config
+  assert values.items() <= c.flatten(config).items()
+
+
+def test_build_refuses_unknown_and_missing_settings():
+  with pytest.raises(ValueError, match='Unknown settings: learning_rat'):
+    c.build({'model_dir': 'm', 'image_size': 8, 'learning_rat': 1})
+  with pytest.raises(ValueError, match="'image_size' has no default"):
+    c.build({'model_dir': 'm'})
+
+
+@pytest.mark.parametrize('name', list(recipes.PRESETS))
+def test_presets_are_plain_settings(name):
+  preset = recipes.PRESETS[name]
+  assert set(preset) <= set(c.SETTINGS)
+  values = {'model_dir': 'm', 'image_size': 32, **preset}
+  config = c.build(values)
+  assert values.items() <= c.flatten(config).items()
+
+
+def test_derived_settings_follow_the_data_and_devices():
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  strategy = tf.distribute.get_strategy()
+  small = recipes.resolve({}, native_image_size=28, num_classes=10,
+                          strategy=strategy)
+  assert small['image_size'] == 28 and small['cifar_stem']
+  assert not small['use_blur'] and small['num_classes'] == 10
+  assert not small['jit_compile']  # On CPU.
+  # auto: float32, or bfloat16 on CPUs with bfloat16 units; asked: as asked.
+  assert small['precision'] in ('float32', 'bfloat16')
+  assert recipes.resolve({}, native_image_size=28, num_classes=None,
+                         strategy=strategy, mixed_precision='float16'
+                         )['precision'] == 'float16'
+  large = recipes.resolve({'use_blur': None}, native_image_size=None,
+                          num_classes=None, strategy=strategy)
+  assert large['image_size'] == 224 and large['use_blur']
+  assert not large['cifar_stem'] and 'num_classes' not in large
+
+
+def test_configs_are_frozen():
+  config = c.build({'model_dir': 'm', 'image_size': 8})
+  with pytest.raises(dataclasses.FrozenInstanceError):
+    config.train.train_epochs = 1

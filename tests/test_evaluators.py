@@ -1,0 +1,66 @@
+"""The evaluators: seeded training subsets, kNN and probe on them."""
+
+import numpy as np
+import tensorflow as tf
+
+from simclr_tf import datasets
+from simclr_tf import evaluate
+from simclr_tf import probe as probe_lib
+from simclr_tf.config import AugmentConfig
+from tests import helpers
+from tests.test_knn import _knn_numpy
+
+
+def test_train_subsets_are_seeded_random_and_nested():
+  from simclr_tf import evaluators  # pylint: disable=g-import-not-at-top
+  whole = evaluators._TrainSubset.of(10, 0, seed=0)  # pylint: disable=protected-access
+  assert whole.indices is None and whole.ranks.tolist() == list(range(10))
+  assert evaluators._TrainSubset.of(10, 10, seed=0).indices is None  # pylint: disable=protected-access
+  subset = evaluators._TrainSubset.of(1000, 300, seed=3)  # pylint: disable=protected-access
+  assert len(set(subset.indices.tolist())) == 300
+  assert subset.indices.tolist() == sorted(subset.indices.tolist())
+  assert sorted(subset.ranks.tolist()) == list(range(300))
+  # The 100 lowest ranks are the first 100 of the same seeded order: a
+  # smaller subset (the kNN bank) nested in the larger (the probe's).
+  order = np.random.default_rng(3).permutation(1000)
+  assert set(subset.indices[subset.ranks < 100].tolist()) == set(
+      order[:100].tolist())
+  assert subset.indices.min() < 100 and subset.indices.max() > 900
+
+
+def test_feature_metrics_use_the_seeded_subsets_of_training_features():
+  from simclr_tf import config as c  # pylint: disable=g-import-not-at-top
+  from simclr_tf import evaluators  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(4)
+  images = {'train': rng.integers(0, 256, (90, 8, 8, 3), np.uint8),
+            'test': rng.integers(0, 256, (20, 8, 8, 3), np.uint8)}
+  labels = {'train': rng.integers(0, 3, 90), 'test': rng.integers(0, 3, 20)}
+  source = datasets.ArraySource('toy', images, labels, num_classes=3)
+  config = c.build({'dataset': 'toy', 'seed': 6, 'image_size': 8,
+                    'model_dir': 'unused', 'eval_batch_size': 16, 'knn_k': 5,
+                    'knn_train_examples': 30, 'probe_train_examples': 60})
+  run = evaluators.Run(config, helpers.cpu_strategy(1), source)
+
+  def model(images, training=False):
+    del training  # Features: the first 12 centred pixel values.
+    return {'final_avg_pool': tf.reshape(images, [-1, 192])[:, :12] - 0.5}
+  result = evaluators.feature_metrics(run, model, knn=True, probe=False)
+
+  order = np.random.default_rng(6).permutation(90)
+  bank_rows = order[:30]
+  features = lambda x: (x / 255.0).reshape(len(x), -1)[:, :12] - 0.5
+  train_x = features(images['train'][bank_rows])
+  test_x = features(images['test'])
+  scores = _knn_numpy(train_x, labels['train'][bank_rows], test_x, 3, 5, 0.1)
+  assert result['knn_top_1_accuracy'] == evaluate.accuracy(scores,
+                                                           labels['test'])
+  # The probe fits on 60: the same order's first 60.
+  probe_rows = np.sort(order[:60])
+  expected = probe_lib.linear_probe(
+      features(images['train'][probe_rows]), labels['train'][probe_rows],
+      test_x, 3, seed=6).metrics(labels['test'])
+  both = evaluators.feature_metrics(run, model, knn=True, probe=True)
+  assert both['knn_top_1_accuracy'] == result['knn_top_1_accuracy']
+  assert both['linear_probe_top_1_accuracy'] == expected[
+      'linear_probe_top_1_accuracy']
+  assert both['linear_probe_c'] == expected['linear_probe_c']

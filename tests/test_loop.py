@@ -1,0 +1,203 @@
+"""The training loop and its hooks, on a fake task (no TensorFlow)."""
+
+import os
+import signal
+import time
+
+import numpy as np
+import pytest
+
+from simclr_tf import hooks
+from simclr_tf import loop
+
+
+class FakeTask:
+  """Counts steps, calls and host reads; its loss is `loss_at(step)`."""
+
+  may_skip_steps = False
+
+  def __init__(self, step=0, loss_at=lambda step: 1.0, on_call=None):
+    self._step = step
+    self.calls = []
+    self.reads = 0
+    self.resets = 0
+    self.loss_at = loss_at
+    self.on_call = on_call
+    self.learning_rate = 0.5
+
+  @property
+  def step(self):
+    return self._step
+
+  def run_steps(self, iterator, num_steps):
+    del iterator
+    self._step += num_steps
+    self.calls.append(num_steps)
+    if self.on_call is not None:
+      self.on_call(self)
+
+  def read_metrics(self):
+    self.reads += 1
+    return {'total_loss': self.loss_at(self._step)}
+
+  def reset_metrics(self):
+    self.resets += 1
+
+
+class FakeManager:
+  def __init__(self):
+    self.saved = []
+
+  def save(self, checkpoint_number):
+    self.saved.append(checkpoint_number)
+
+  @property
+  def latest_checkpoint(self):
+    return f'ckpt-{self.saved[-1]}' if self.saved else None
+
+
+class FakeWriter:
+  def __init__(self):
+    self.written = []
+
+  def scalars(self, step, values):
+    self.written.append((step, dict(values)))
+
+
+def _run(task, total, hook_list, steps_per_loop=4):
+  return loop.run(task, None, total_steps=total,
+                  steps_per_loop=steps_per_loop, hooks=hook_list,
+                  batch_size=8)
+
+
+def test_calls_pause_where_hooks_need_them_and_nothing_is_read_otherwise():
+  task, manager = FakeTask(), FakeManager()
+  state = _run(task, 20, [hooks.CheckpointHook(manager, every=7)])
+  # steps_per_loop 4, cut at the checkpoints 7 and 14, then the end.
+  assert task.calls == [4, 3, 4, 3, 4, 2]
+  assert manager.saved == [7, 14, 20]
+  assert state.step == 20 and task.reads == 0
+
+
+def test_summaries_read_the_metrics_once_per_summary_and_reset_them():
+  task, writer = FakeTask(), FakeWriter()
+  _run(task, 20, [hooks.SummaryHook(writer, every=5),
+                  hooks.NanGuardHook(every=5, checkpoint_steps=10)])
+  assert [step for step, _ in writer.written] == [5, 10, 15, 20]
+  assert task.reads == 4 and task.resets == 4  # Shared by both hooks.
+  step, values = writer.written[0]
+  assert values['learning_rate'] == 0.5 and values['total_loss'] == 1.0
+  assert values['images_per_second'] > 0
+
+
+def test_a_resumed_run_continues_from_the_task_step():
+  task, manager = FakeTask(step=12), FakeManager()
+  state = _run(task, 20, [hooks.CheckpointHook(manager, every=5)])
+  assert task.calls == [3, 4, 1] and manager.saved == [15, 20]
+  assert state.start_step == 12
+
+
+def test_nan_guard_fails_before_the_checkpoint_keeps_the_bad_step():
+  task = FakeTask(loss_at=lambda step: np.nan if step >= 9 else 1.0)
+  manager = FakeManager()
+  guard = hooks.NanGuardHook(every=100, checkpoint_steps=5,
+                             latest_checkpoint=lambda: 'ckpt-5')
+  with pytest.raises(FloatingPointError, match='nan at step 10; the last '
+                     'good checkpoint is ckpt-5'):
+    _run(task, 20, [guard, hooks.CheckpointHook(manager, every=5)])
+  assert manager.saved == [5]
+
+
+def test_sigterm_stops_with_a_checkpoint_and_restores_the_handler():
+  previous = signal.getsignal(signal.SIGTERM)
+
+  def send_sigterm_at_step_6(task):
+    if task.step == 6:
+      os.kill(os.getpid(), signal.SIGTERM)
+      time.sleep(0.05)  # Python runs the handler between bytecodes.
+
+  task, manager = FakeTask(on_call=send_sigterm_at_step_6), FakeManager()
+  preemption = hooks.PreemptionHook(lambda: manager.latest_checkpoint)
+  with pytest.raises(hooks.Preempted, match='Stopped by SIGTERM at step 6 '
+                     'with checkpoint ckpt-6') as stopped:
+    _run(task, 1000, [preemption, hooks.CheckpointHook(manager, every=100)],
+         steps_per_loop=3)
+  assert stopped.value.exit_code == 143
+  assert manager.saved == [6] and task.step == 6
+  assert signal.getsignal(signal.SIGTERM) is previous
+
+
+def test_time_budget_ends_training_like_its_last_step():
+  task = FakeTask(on_call=lambda task: time.sleep(0.05))
+  manager = FakeManager()
+  state = _run(task, 10_000, [hooks.TimeBudgetHook(0.3),
+                              hooks.CheckpointHook(manager, every=1000)],
+               steps_per_loop=2)
+  assert state.stop_reason == 'time budget'
+  assert 4 <= state.step <= 20  # 0.3 s of 0.05 s calls of 2 steps.
+  assert manager.saved == [state.step]
+
+
+def test_a_stop_requested_after_the_checkpoint_hook_still_saves_its_step():
+  class StopAt(loop.Hook):
+    def after_steps(self, state):
+      if state.step >= 6:
+        state.request_stop('test')
+
+  task, manager = FakeTask(), FakeManager()
+  state = _run(task, 100, [hooks.CheckpointHook(manager, every=50), StopAt()],
+               steps_per_loop=3)
+  assert state.step == 6 and manager.saved == [6]
+
+
+def test_progress_lines_show_step_metrics_and_eta():
+  lines = []
+  task = FakeTask(on_call=lambda task: time.sleep(0.01))
+  _run(task, 12, [hooks.ProgressHook(
+      every_seconds=0, log=lambda fmt, *args: lines.append(fmt % args))],
+       steps_per_loop=4)
+  assert len(lines) == 3
+  assert lines[0].startswith('step 4/12  total_loss 1.0000  images/s ')
+  assert lines[-1].endswith('ETA 00:00:00')
+  assert task.reads == 3
+
+
+def test_every_nth_checkpoint_runs_before_the_end_only():
+  task, manager = FakeTask(), FakeManager()
+  checkpoint = hooks.CheckpointHook(manager, every=2)
+  seen = []
+  _run(task, 10, [checkpoint, hooks.EveryNthCheckpointHook(
+      checkpoint, 2, lambda task, step: seen.append(step))], steps_per_loop=2)
+  assert manager.saved == [2, 4, 6, 8, 10]
+  assert seen == [4, 8]  # The 2nd and 4th; the end (10) has its own.
+
+
+def test_step_times_give_images_per_second_after_warm_up():
+  task = FakeTask(on_call=lambda task: time.sleep(0.02))
+  timer = hooks.StepTimesHook()
+  _run(task, 12, [timer], steps_per_loop=2)
+  assert [step for step, _ in timer.times] == [2, 4, 6, 8, 10, 12]
+  # 8 images per step, 2 steps per ~0.02 s call: about 800 images/s.
+  assert 400 < timer.images_per_second(8, skip_calls=2) < 820
+
+
+def test_skipped_steps_are_made_up_for():
+  # Loss scaling skips steps whose gradients overflow: every third here.
+  class SkippingTask(FakeTask):
+    may_skip_steps = True
+
+    def __init__(self):
+      super().__init__()
+      self.attempts = 0
+
+    def run_steps(self, iterator, num_steps):
+      for _ in range(num_steps):
+        self.attempts += 1
+        if self.attempts % 3:
+          self._step += 1
+      self.calls.append(num_steps)
+
+  task, manager = SkippingTask(), FakeManager()
+  state = _run(task, 10, [hooks.CheckpointHook(manager, every=5)])
+  assert state.step == 10 and task.step == 10
+  assert task.attempts > 10 and manager.saved[-1] == 10
