@@ -26,7 +26,8 @@ FLAGS = flags.FLAGS
 def main(_):
   size = FLAGS.image_size
   model = SimCLRModel(ModelConfig(
-      encoder=EncoderConfig(resnet_depth=FLAGS.resnet_depth, cifar_stem=size <= 32),
+      encoder=EncoderConfig(resnet_depth=FLAGS.resnet_depth,
+                            cifar_stem=size <= 32),
       num_classes=10))
   model(tf.zeros([1, size, size, 3]))
   directory = tempfile.mkdtemp()

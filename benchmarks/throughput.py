@@ -116,7 +116,8 @@ def measure(name):
   depth, width, image_size, batch_size, stored_size = CONFIGS[name]
   strategy = tf.distribute.get_strategy()
   calls = max(1, FLAGS.timed_steps // FLAGS.steps_per_loop)
-  steps = (FLAGS.warmup_calls + calls) * FLAGS.steps_per_loop
+  # One more call at the end, untimed: its pause writes the final checkpoint.
+  steps = (FLAGS.warmup_calls + calls + 1) * FLAGS.steps_per_loop
   images = batch_size * calls * FLAGS.steps_per_loop
   # The training loop that run.py runs, with its hooks (progress, summaries,
   # NaN guard, checkpoint at the end); the timer reads the time after each

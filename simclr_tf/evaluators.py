@@ -69,7 +69,9 @@ class _TrainSubset:
     return cls(chosen[by_index], by_index)
 
 
-def knn_metrics(run: Run, bank, bank_labels, test_features, test_labels):
+def knn_metrics(run: Run, bank, bank_labels, test_features,
+                test_labels) -> dict:
+  """The kNN monitor's top-1 / top-5 accuracy against a feature bank."""
   scores = knn_lib.knn_scores(
       bank, bank_labels, test_features,
       run.source.num_classes, k=run.config.eval.knn_k,
@@ -79,7 +81,8 @@ def knn_metrics(run: Run, bank, bank_labels, test_features, test_labels):
 
 
 def probe_metrics(run: Run, train_features, train_labels, test_features,
-           test_labels, standardize=True):
+                  test_labels, standardize=True) -> dict:
+  """The converged linear probe's test metrics."""
   fitted = probe_lib.linear_probe(
       train_features, train_labels, test_features, run.source.num_classes,
       standardize=standardize, seed=run.config.data.seed)
@@ -117,10 +120,11 @@ def feature_metrics(run: Run, model, knn: bool = True,
   if knn:
     keep = ranks < knn_count if knn_count > 0 else slice(None)
     results.update(knn_metrics(run, knn_lib.feature_bank(train_x[keep]),
-                        train_y[keep], test_x, test_y))
+                               train_y[keep], test_x, test_y))
   if probe:
     keep = ranks < probe_count if probe_count > 0 else slice(None)
-    results.update(probe_metrics(run, train_x[keep], train_y[keep], test_x, test_y))
+    results.update(probe_metrics(run, train_x[keep], train_y[keep], test_x,
+                                 test_y))
   logging.info('Feature evaluation (%d train, %d test) took %.0f s.',
                len(train_y), len(test_y), time.time() - started)
   return results
@@ -144,10 +148,11 @@ def pixel_metrics(run: Run) -> dict:
   train_x, train_y = evaluate.extract_pixels(
       run.eval_data(run.config.data.train_split, subset.indices))
   test_x, test_y = evaluate.extract_pixels(run.eval_data(run.eval_split))
-  results = probe_metrics(run, train_x, train_y, test_x, test_y, standardize=False)
+  results = probe_metrics(run, train_x, train_y, test_x, test_y,
+                          standardize=False)
   if run.config.eval.knn:
-    results.update(knn_metrics(run, knn_lib.feature_bank(train_x), train_y, test_x,
-                        test_y))
+    results.update(knn_metrics(run, knn_lib.feature_bank(train_x), train_y,
+                               test_x, test_y))
   return results
 
 

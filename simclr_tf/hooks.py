@@ -208,8 +208,9 @@ class EveryNthCheckpointHook(Hook):
 
 
 class StepTimesHook(Hook):
-  """Records (step, seconds since begin) after every call: what a benchmark
-  reads images/s from, excluding the first calls (tracing, warm-up)."""
+  """Records (step, seconds since begin) after every call but the last (whose
+  pause holds the final checkpoint): what a benchmark reads images/s from,
+  excluding the first calls (tracing, warm-up)."""
 
   def __init__(self):
     self.times = []
@@ -219,7 +220,8 @@ class StepTimesHook(Hook):
     self.started = time.perf_counter()
 
   def after_steps(self, state):
-    self.times.append((state.step, time.perf_counter() - self.started))
+    if not state.at_end:
+      self.times.append((state.step, time.perf_counter() - self.started))
 
   def images_per_second(self, batch_size: int, skip_calls: int) -> float:
     (first_step, first), (last_step, last) = (self.times[skip_calls - 1],

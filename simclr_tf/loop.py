@@ -3,11 +3,12 @@
 The loop calls `task.run_steps(iterator, n)` with n up to `steps_per_loop`,
 cut short where a hook needs the loop to pause (`Hook.next_step`), then
 calls every hook's `after_steps(state)` in order. Nothing is read from the
-devices unless a hook asks (`state.metrics`, which reads once per pause).
-The task provides `step`, `run_steps(iterator, n)`, `read_metrics()`,
-`reset_metrics()` and `may_skip_steps`. A hook ends training early with `state.request_stop(reason)`; the loop then
-stops after the hooks of that pause have run (so a checkpoint hook placed
-after it saves the step it stopped at).
+devices unless a hook asks (`state.metrics`, read once per pause). The task
+provides `step`, `run_steps(iterator, n)`, `read_metrics()`,
+`reset_metrics()` and `may_skip_steps`. A hook ends training early with
+`state.request_stop(reason)`; the loop then stops after the hooks of that
+pause have run (so a checkpoint hook placed after it saves the step it
+stopped at).
 """
 
 import dataclasses

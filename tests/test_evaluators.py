@@ -13,10 +13,11 @@ from tests.test_knn import _knn_numpy
 
 def test_train_subsets_are_seeded_random_and_nested():
   from simclr_tf import evaluators  # pylint: disable=g-import-not-at-top
-  whole = evaluators._TrainSubset.of(10, 0, seed=0)  # pylint: disable=protected-access
+  # pylint: disable=protected-access
+  whole = evaluators._TrainSubset.of(10, 0, seed=0)
   assert whole.indices is None and whole.ranks.tolist() == list(range(10))
-  assert evaluators._TrainSubset.of(10, 10, seed=0).indices is None  # pylint: disable=protected-access
-  subset = evaluators._TrainSubset.of(1000, 300, seed=3)  # pylint: disable=protected-access
+  assert evaluators._TrainSubset.of(10, 10, seed=0).indices is None
+  subset = evaluators._TrainSubset.of(1000, 300, seed=3)
   assert len(set(subset.indices.tolist())) == 300
   assert subset.indices.tolist() == sorted(subset.indices.tolist())
   assert sorted(subset.ranks.tolist()) == list(range(300))

@@ -176,7 +176,8 @@ def test_step_times_give_images_per_second_after_warm_up():
   task = FakeTask(on_call=lambda task: time.sleep(0.02))
   timer = hooks.StepTimesHook()
   _run(task, 12, [timer], steps_per_loop=2)
-  assert [step for step, _ in timer.times] == [2, 4, 6, 8, 10, 12]
+  # Not after the last call, whose pause holds the final checkpoint.
+  assert [step for step, _ in timer.times] == [2, 4, 6, 8, 10]
   # 8 images per step, 2 steps per ~0.02 s call: about 800 images/s.
   assert 400 < timer.images_per_second(8, skip_calls=2) < 820
 

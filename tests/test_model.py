@@ -12,7 +12,8 @@ from simclr_tf.config import (EncoderConfig, HeadConfig, ModelConfig,
 from simclr_tf.model import SimCLRModel
 from tests import helpers
 
-_ENCODER = EncoderConfig(resnet_depth=18, width_multiplier=0.25, cifar_stem=True)
+_ENCODER = EncoderConfig(resnet_depth=18, width_multiplier=0.25,
+                         cifar_stem=True)
 
 
 def _model(**kwargs):

@@ -139,7 +139,8 @@ def test_weight_decay_loss_per_optimizer(rng):
   model(tf.zeros([1, 3]))
   for v in model.trainable_variables:
     v.assign(rng.normal(size=v.shape).astype(np.float32))
-  values = {v.path.removeprefix('toy/'): v.numpy() for v in model.trainable_variables}
+  values = {v.path.removeprefix('toy/'): v.numpy()
+            for v in model.trainable_variables}
 
   def l2(*paths):
     return sum(0.5 * np.sum(values[p] ** 2) for p in paths)

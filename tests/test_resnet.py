@@ -57,7 +57,8 @@ def test_cifar_stem_keeps_the_resolution():
                                           (152, [3, 8, 36, 3]),
                                           (200, [3, 24, 36, 3])])
 def test_depths_have_the_standard_block_counts(depth, blocks):
-  model = resnet.ResNet(EncoderConfig(resnet_depth=depth, width_multiplier=0.25))
+  model = resnet.ResNet(EncoderConfig(resnet_depth=depth,
+                                      width_multiplier=0.25))
   assert [len(g.blocks) for g in model.block_groups] == blocks
 
 

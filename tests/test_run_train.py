@@ -55,7 +55,8 @@ def _tags(directory):
 def _encoder_kernels(model_dir, train_mode):
   """Kernels per encoder stage, restored from the run's latest checkpoint."""
   config = ModelConfig(
-      encoder=EncoderConfig(resnet_depth=18, width_multiplier=0.25, cifar_stem=True),
+      encoder=EncoderConfig(resnet_depth=18, width_multiplier=0.25,
+                            cifar_stem=True),
       num_classes=3, train_mode=train_mode)
   model = SimCLRModel(config)
   model(tf.zeros([1, 16, 16, 3]))
