@@ -12,8 +12,13 @@ from tests import helpers
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run(*flags):
+def run(*flags, as_user=False):
+  """run.py in a subprocess; `as_user`: in a user's environment, without the
+  test run's TensorFlow log level and hidden GPUs."""
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', CUDA_VISIBLE_DEVICES='')
+  if as_user:
+    for name in ('TF_CPP_MIN_LOG_LEVEL', 'CUDA_VISIBLE_DEVICES'):
+      env.pop(name)
   return subprocess.run([sys.executable, os.path.join(REPO, 'run.py'),
                          *flags], capture_output=True, text=True, env=env,
                         cwd=REPO, timeout=300)

@@ -5,8 +5,7 @@ import glob
 import json
 import os
 import re
-import subprocess
-import sys
+import shutil
 
 import numpy as np
 import pytest
@@ -16,7 +15,7 @@ from tensorboard.backend.event_processing import event_accumulator
 from simclr_tf.config import EncoderConfig, ModelConfig
 from simclr_tf.model import SimCLRModel
 from tests import helpers
-from tests.test_run_preview import REPO, run
+from tests.test_run_preview import run
 
 TINY = ['--image_size=16', '--resnet_depth=18', '--width_multiplier=0.25',
         '--train_batch_size=8', '--eval_batch_size=8', '--summary_steps=2',
@@ -37,7 +36,8 @@ def pretrained(folder, tmp_path_factory):
   model_dir = str(tmp_path_factory.mktemp('runs') / 'pretrain')
   result = run('--mode=train_then_eval', f'--dataset=folder:{folder}',
                f'--model_dir={model_dir}', '--train_steps=4',
-               '--checkpoint_steps=2', '--knn_every_n_checkpoints=1', *TINY)
+               '--checkpoint_steps=2', '--knn_every_n_checkpoints=1',
+               '--log_every_seconds=0', *TINY, as_user=True)
   assert result.returncode == 0, result.stderr[-3000:]
   return model_dir, result
 
@@ -219,25 +219,21 @@ _NOISE = re.compile(r'^[IWEF]\d{4} |^WARNING: All log messages|oneDNN|cuInit|'
                     re.IGNORECASE)
 
 
-def _console_run(folder, model_dir, *extra):
-  env = {k: v for k, v in os.environ.items()
-         if k not in ('TF_CPP_MIN_LOG_LEVEL', 'CUDA_VISIBLE_DEVICES')}
-  result = subprocess.run(
-      [sys.executable, os.path.join(REPO, 'run.py'), '--mode=train',
-       f'--dataset=folder:{folder}', f'--model_dir={model_dir}',
-       '--train_steps=4', '--checkpoint_steps=2', '--log_every_seconds=0',
-       *TINY, *extra], capture_output=True, text=True, env=env, cwd=REPO,
-      timeout=300)
-  assert result.returncode == 0, result.stderr[-3000:]
-  return (result.stdout + result.stderr).splitlines()
-
-
-def test_the_console_shows_the_projects_lines_only(folder, tmp_path):
-  lines = _console_run(folder, str(tmp_path / 'quiet'))
+def test_the_console_shows_the_projects_lines_only(folder, pretrained,
+                                                   tmp_path):
+  _, result = pretrained  # train_then_eval, as a user runs it.
+  lines = (result.stdout + result.stderr).splitlines()
   assert [line for line in lines if _NOISE.search(line)] == []
   assert any(line.startswith('step 4/4  total_loss ') and 'images/s' in line
              and 'ETA' in line for line in lines)
   assert any(line.startswith('Exported SavedModel') for line in lines)
+  assert any(line.startswith('Results at step 4') for line in lines)
   # --verbosity=1 asks for TensorFlow's own logging (and absl's prefixes).
-  verbose = _console_run(folder, str(tmp_path / 'verbose'), '--verbosity=1')
-  assert any(re.match(r'^I\d{4} ', line) for line in verbose)
+  model_dir = str(tmp_path / 'copy')
+  shutil.copytree(pretrained[0], model_dir)
+  verbose = run('--mode=eval', f'--dataset=folder:{folder}',
+                f'--model_dir={model_dir}', '--verbosity=1', *TINY,
+                as_user=True)
+  assert verbose.returncode == 0, verbose.stderr[-3000:]
+  assert any(re.match(r'^I\d{4} ', line)
+             for line in verbose.stderr.splitlines())
