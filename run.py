@@ -266,19 +266,18 @@ def write_flags(config):
                      default=str)
 
 
-def _make_source():
+def _make_source(values):
   from simclr_tf import datasets  # pylint: disable=g-import-not-at-top
-  values = setting_values()
   return datasets.make_source(c.DataConfig(
       dataset=values['dataset'], data_dir=values['data_dir'],
       max_image_pixels=values['max_image_pixels']))
 
 
-def run_preview():
+def run_preview(values):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from simclr_tf import preview  # pylint: disable=g-import-not-at-top
-  source = _make_source()
-  config = build_config(setting_values(), source, tf.distribute.get_strategy())
+  source = _make_source(values)
+  config = build_config(values, source, tf.distribute.get_strategy())
   grid = preview.preview_grid(source, config.data.train_split, config.augment,
                               FLAGS.preview_images, FLAGS.preview_pairs,
                               config.data.seed)
@@ -290,11 +289,10 @@ def run_preview():
         f'{FLAGS.preview_pairs} pairs of SimCLR views.')
 
 
-def run_embed():
+def run_embed(values):
   # pylint: disable=g-import-not-at-top
   from simclr_tf import datasets
   from simclr_tf import embed
-  values = setting_values()
   _check(FLAGS.saved_model, '--mode=embed needs --saved_model=DIR '
          '(a model_dir\'s saved_model/<step>).')
   _check(os.path.exists(os.path.join(FLAGS.saved_model, 'saved_model.pb')),
@@ -310,7 +308,7 @@ def run_embed():
         f'of size {arrays["embeddings"].shape[1]}.')
 
 
-def run_mode():
+def run_mode(values):
   # pylint: disable=g-import-not-at-top
   import keras
   from simclr_tf import checkpoints
@@ -329,8 +327,8 @@ def run_mode():
     distribute.split_cpu(FLAGS.cpu_replicas)
   strategy = distribute.make_strategy(FLAGS.cpu_replicas, FLAGS.use_tpu,
                                       FLAGS.tpu_name)
-  source = _make_source()
-  config = build_config(setting_values(), source, strategy)
+  source = _make_source(values)
+  config = build_config(values, source, strategy)
   logging.info('Computing in %s%s on %d %s replica(s).',
                config.model.precision,
                ' with XLA' if config.train.jit_compile else '',
@@ -381,13 +379,14 @@ def main(argv):
   from simclr_tf.lock import LockError
   from simclr_tf.preflight import UsageError, storage_error
   try:
-    check_flags(setting_values())
+    values = setting_values()
+    check_flags(values)
     if FLAGS.mode == 'preview':
-      run_preview()
+      run_preview(values)
     elif FLAGS.mode == 'embed':
-      run_embed()
+      run_embed(values)
     else:
-      run_mode()
+      run_mode(values)
   except (UsageError, DatasetError, CheckpointError, LockError, EmbedError,
           FloatingPointError) as e:
     _fail(str(e), 2)

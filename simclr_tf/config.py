@@ -8,6 +8,7 @@ mapping (flags, a preset from `recipes.py`, a benchmark's overrides) into a
 
 from collections.abc import Mapping
 import dataclasses
+import operator
 import typing
 from typing import Any
 
@@ -287,9 +288,5 @@ def build(values: Mapping[str, Any]) -> RunConfig:
 
 def flatten(config: RunConfig) -> dict[str, Any]:
   """The inverse of `build`: {setting name: value}."""
-  sections = {'data': config.data, 'augment': config.augment,
-              'model': config.model, 'model.encoder': config.model.encoder,
-              'model.head': config.model.head, 'optim': config.optim,
-              'train': config.train, 'eval': config.eval}
-  return {name: getattr(sections[setting.section], name)
+  return {name: getattr(operator.attrgetter(setting.section)(config), name)
           for name, setting in SETTINGS.items()}

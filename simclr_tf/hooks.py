@@ -9,7 +9,7 @@ import time
 from absl import logging
 import numpy as np
 
-from simclr_tf.loop import Hook, LoopState, next_multiple
+from simclr_tf.loop import Hook, next_multiple
 
 
 class Preempted(Exception):

@@ -19,32 +19,36 @@ def cosine_top_k(queries, bank, k, exclude_self=False, chunk_size=1024,
   cosine-similar bank rows, most similar first.
 
   Blocks of `chunk_size` queries x `bank_chunk_size` bank rows keep a
-  running top-k, so memory does not grow with the bank. `exclude_self`:
-  queries are the bank's rows, and a row is not its own neighbour.
+  running top-k, so memory does not grow with the bank; each bank block is
+  copied and normalised once. `exclude_self`: queries are the bank's rows,
+  and a row is not its own neighbour.
   """
   k = min(k, len(bank) - (1 if exclude_self else 0))
-  values, indices = [], []
-  for start in range(0, len(queries), chunk_size):
-    rows = tf.math.l2_normalize(
-        tf.constant(queries[start:start + chunk_size], tf.float32), -1)
-    best = tf.fill([rows.shape[0], 0], -np.inf)
-    best_indices = tf.zeros([rows.shape[0], 0], tf.int32)
-    for block in range(0, len(bank), bank_chunk_size):
-      keys = tf.math.l2_normalize(
-          tf.constant(bank[block:block + bank_chunk_size], tf.float32), -1)
+  starts = range(0, len(queries), chunk_size)
+  best = {start: np.full([len(queries[start:start + chunk_size]), 0],
+                         -np.inf, np.float32) for start in starts}
+  best_indices = {start: np.zeros([len(best[start]), 0], np.int32)
+                  for start in starts}
+  for block in range(0, len(bank), bank_chunk_size):
+    keys = tf.math.l2_normalize(
+        tf.constant(bank[block:block + bank_chunk_size], tf.float32), -1)
+    for start in starts:
+      rows = tf.math.l2_normalize(
+          tf.constant(queries[start:start + chunk_size], tf.float32), -1)
       similarity = tf.matmul(rows, keys, transpose_b=True)
       if exclude_self:  # Below any cosine similarity.
         own = tf.range(start, start + rows.shape[0]) - block
         similarity -= 3.0 * tf.one_hot(own, keys.shape[0])
       top = tf.math.top_k(similarity, min(k, similarity.shape[1]))
-      best = tf.concat([best, top.values], 1)
-      best_indices = tf.concat([best_indices, top.indices + block], 1)
-      kept = tf.math.top_k(best, min(k, best.shape[1]))
-      best = kept.values
-      best_indices = tf.gather(best_indices, kept.indices, batch_dims=1)
-    values.append(best.numpy())
-    indices.append(best_indices.numpy())
-  return np.concatenate(values), np.concatenate(indices)
+      merged = tf.concat([best[start], top.values], 1)
+      merged_indices = tf.concat([best_indices[start], top.indices + block],
+                                 1)
+      kept = tf.math.top_k(merged, min(k, merged.shape[1]))
+      best[start] = kept.values.numpy()
+      best_indices[start] = tf.gather(merged_indices, kept.indices,
+                                      batch_dims=1).numpy()
+  return (np.concatenate([best[start] for start in starts]),
+          np.concatenate([best_indices[start] for start in starts]))
 
 
 def knn_scores(bank, bank_labels, test_features, num_classes, k=200,

@@ -48,9 +48,7 @@ class LoopState:
   step: int
   total_steps: int
   start_step: int
-  steps_in_call: int = 0
-  seconds_in_call: float = 0.0
-  images_per_second: float = 0.0
+  images_per_second: float = 0.0  # Of the last call.
   stop_reason: str | None = None
   _metrics: dict | None = None
 
@@ -101,14 +99,12 @@ def run(task, iterator, *, total_steps: int, steps_per_loop: int,
       num_steps = int(pause - state.step)
       started = time.perf_counter()
       task.run_steps(iterator, num_steps)
-      state.seconds_in_call = time.perf_counter() - started
-      state.steps_in_call = num_steps
+      seconds = time.perf_counter() - started
       # Loss scaling (float16) skips steps whose gradients overflow: then
       # the step is read back; otherwise it is known here.
       state.step = (task.step if task.may_skip_steps
                     else state.step + num_steps)
-      state.images_per_second = (num_steps * batch_size /
-                                 max(state.seconds_in_call, 1e-9))
+      state.images_per_second = num_steps * batch_size / max(seconds, 1e-9)
       state._metrics = None  # pylint: disable=protected-access
       for hook in hooks:
         hook.after_steps(state)

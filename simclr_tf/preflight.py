@@ -6,7 +6,7 @@ import os
 
 from simclr_tf import checkpoints
 from simclr_tf import resnet
-from simclr_tf.config import RunConfig
+from simclr_tf.config import HeadConfig, RunConfig
 
 
 class UsageError(ValueError):
@@ -29,43 +29,44 @@ def check_settings(values: dict):
   for name in ('knn_train_examples', 'probe_train_examples',
                'max_train_seconds'):
     check(values[name] >= 0, f'--{name}={values[name]} must be >= 0 (0: '
-           'no limit).')
+          'no limit).')
   check(0 < values['label_fraction'] <= 1,
-         f'--label_fraction={values["label_fraction"]} must be in (0, 1].')
+        f'--label_fraction={values["label_fraction"]} must be in (0, 1].')
   for name in ('temperature', 'learning_rate'):
     check(0 < values[name] < float('inf'),
-           f'--{name}={values[name]} must be a number > 0.')
+          f'--{name}={values[name]} must be a number > 0.')
   check(0 <= values['weight_decay'] < float('inf'),
-         f'--weight_decay={values["weight_decay"]} must be a number >= 0.')
+        f'--weight_decay={values["weight_decay"]} must be a number >= 0.')
   check(0 <= values['momentum'] < 1,
-         f'--momentum={values["momentum"]} must be in [0, 1).')
+        f'--momentum={values["momentum"]} must be in [0, 1).')
   width = values['width_multiplier']
   check(width > 0 and round(64 * width) >= 1,
-         f'--width_multiplier={width} leaves the first layers without '
-         'channels (64 x width rounds to 0); use 1/64 or more.')
+        f'--width_multiplier={width} leaves the first layers without '
+        'channels (64 x width rounds to 0); use 1/64 or more.')
   check(values['color_jitter_strength'] >= 0,
-         '--color_jitter_strength must be >= 0.')
+        '--color_jitter_strength must be >= 0.')
   check(0 < values['min_crop_area'] <= 1,
-         '--min_crop_area must be in (0, 1].')
+        '--min_crop_area must be in (0, 1].')
   check(values['train_epochs'] > 0 or values['train_steps'] > 0,
-         'Give --train_epochs or --train_steps > 0.')
+        'Give --train_epochs or --train_steps > 0.')
   check(-1 <= values['fine_tune_after_block'] <= 4,
-         '--fine_tune_after_block must be in [-1, 4].')
+        '--fine_tune_after_block must be in [-1, 4].')
   if values['fine_tune_after_block'] >= 0:
     check(values['train_mode'] == 'finetune',
-           '--fine_tune_after_block needs --train_mode=finetune.')
-  head_layers = {'none': 0, 'linear': 1}.get(values['proj_head_mode'],
-                                             values['num_proj_layers'])
+          '--fine_tune_after_block needs --train_mode=finetune.')
+  head_layers = HeadConfig(
+      proj_head_mode=values['proj_head_mode'],
+      num_proj_layers=values['num_proj_layers']).num_layers
   check(0 <= values['ft_proj_selector'] <= head_layers,
-         f'--ft_proj_selector={values["ft_proj_selector"]} needs a projection'
-         f' head with that many layers; --proj_head_mode='
-         f'{values["proj_head_mode"]} has {head_layers}.')
+        f'--ft_proj_selector={values["ft_proj_selector"]} needs a projection'
+        f' head with that many layers; --proj_head_mode='
+        f'{values["proj_head_mode"]} has {head_layers}.')
   check(values['resnet_depth'] in resnet.SUPPORTED_DEPTHS,
-         f'--resnet_depth={values["resnet_depth"]} is not one of '
-         f'{resnet.SUPPORTED_DEPTHS}.')
+        f'--resnet_depth={values["resnet_depth"]} is not one of '
+        f'{resnet.SUPPORTED_DEPTHS}.')
   if values.get('image_size') is not None:
     check(values['image_size'] >= 8, f'--image_size={values["image_size"]} '
-           'is too small for the CIFAR stem: use 8 or more.')
+          'is too small for the CIFAR stem: use 8 or more.')
 
 
 def check_writable(model_dir: str):
@@ -120,9 +121,8 @@ def check_activation_memory(config: RunConfig, replicas: int):
 
 
 def check_batches(config: RunConfig, replicas: int):
-  for name in ('train_batch_size', 'eval_batch_size'):
-    value = (config.train.train_batch_size if name == 'train_batch_size'
-             else config.eval.eval_batch_size)
+  for name, value in (('train_batch_size', config.train.train_batch_size),
+                      ('eval_batch_size', config.eval.eval_batch_size)):
     check(value % replicas == 0,
           f'--{name}={value} is not divisible by the {replicas} replicas; '
           f'use a multiple of {replicas}.')

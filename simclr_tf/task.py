@@ -119,7 +119,7 @@ class TrainTask:
   def learning_rate(self) -> float:
     return float(self.optimizer.learning_rate)
 
-  def losses(self, batch, training=True) -> dict:
+  def losses(self, batch) -> dict:
     """The loss terms and metrics of one replica's batch."""
     config = self.config
     if self.pretrain:
@@ -127,7 +127,7 @@ class TrainTask:
       labels = tf.concat([batch['label'], batch['label']], 0)
     else:
       images, labels = batch['image'], batch['label']
-    outputs = self.model(images, training=training)
+    outputs = self.model(images, training=True)
     values = {}
     loss = 0.0
     if self.pretrain:

@@ -54,7 +54,7 @@ def _restore(task: TrainTask, config: RunConfig):
     checkpoints.restore_encoder(task.model, config.train.checkpoint)
 
 
-def standard_hooks(config: RunConfig, task: TrainTask, manager, chief: bool,
+def standard_hooks(config: RunConfig, task: TrainTask, manager, writer,
                    every_nth_checkpoint=None):
   """Stop requests first (so that the checkpoint hook after them saves the
   step they stop at), then progress, summaries, checkpoints, monitors."""
@@ -68,8 +68,7 @@ def standard_hooks(config: RunConfig, task: TrainTask, manager, chief: bool,
   checkpoint_hook = hooks_lib.CheckpointHook(manager,
                                              task.plan.checkpoint_steps)
   hooks += [hooks_lib.ProgressHook(tc.log_every_seconds),
-            hooks_lib.SummaryHook(records.MetricsWriter(
-                os.path.join(tc.model_dir, 'train'), chief), tc.summary_steps),
+            hooks_lib.SummaryHook(writer, tc.summary_steps),
             checkpoint_hook]
   if every_nth_checkpoint is not None:
     n, fn = every_nth_checkpoint
@@ -87,17 +86,16 @@ def train_dataset(config: RunConfig, source, split, task: TrainTask,
       start_step=start_step)
 
 
-def _write_view_summary(config, source, split, task, chief, max_images=4):
+def _write_view_summary(config, source, split, task, writer, max_images=4):
   """A few augmented pairs, view 1 above view 2, at the start of a run."""
-  if not (chief and task.pretrain):
+  if not task.pretrain:
     return
   batch = next(iter(pipeline.train_dataset(
       source, split, global_batch_size=min(8, config.train.train_batch_size),
       augment_config=config.augment, views=2, seed=config.data.seed)))
   pairs = tf.concat([batch['view1'][:max_images],
                      batch['view2'][:max_images]], axis=1)
-  records.MetricsWriter(os.path.join(config.train.model_dir, 'train')).images(
-      0, 'augmented_views', pairs, max_images)
+  writer.images(0, 'augmented_views', pairs, max_images)
 
 
 def train(config: RunConfig, strategy: tf.distribute.Strategy,
@@ -126,9 +124,11 @@ def train(config: RunConfig, strategy: tf.distribute.Strategy,
   dataset = strategy.distribute_datasets_from_function(
       lambda ctx: train_dataset(config, source, split, task, start_step, ctx))
   iterator = iter(dataset)
-  if start_step == 0:
-    _write_view_summary(config, source, split, task, chief)
-  hooks = standard_hooks(config, task, manager, chief,
+  # The chief's TensorBoard writer; a no-op elsewhere.
+  writer = records.MetricsWriter(os.path.join(tc.model_dir, 'train'), chief)
+  if start_step == 0 and chief:
+    _write_view_summary(config, source, split, task, writer)
+  hooks = standard_hooks(config, task, manager, writer,
                          every_nth_checkpoint=every_nth_checkpoint)
   state = loop.run(task, iterator, total_steps=plan.total_steps,
                    steps_per_loop=tc.steps_per_loop,

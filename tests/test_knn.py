@@ -25,12 +25,12 @@ def test_knn_matches_a_numpy_loop(rng):
   # Whole bank at once, and in blocks smaller than k (a running top-k).
   for bank_chunk_size in (1000, 7):
     scores = knn.knn_scores(bank, train_y, test_x, 5, k=20,
-                                 temperature=0.1, chunk_size=16,
-                                 bank_chunk_size=bank_chunk_size)
+                            temperature=0.1, chunk_size=16,
+                            bank_chunk_size=bank_chunk_size)
     np.testing.assert_allclose(scores, expected, rtol=1e-4)
   # A float16 bank: the same votes up to its precision.
   half = knn.knn_scores(knn.feature_bank(train_x), train_y, test_x,
-                             5, k=20, temperature=0.1, bank_chunk_size=64)
+                        5, k=20, temperature=0.1, bank_chunk_size=64)
   assert (half.argmax(1) == expected.argmax(1)).mean() >= 0.95
   np.testing.assert_allclose(half.sum(1), expected.sum(1), rtol=0.05)
   assert evaluate.accuracy(np.eye(3), np.array([0, 1, 0])) == 2 / 3
@@ -50,3 +50,7 @@ def test_nearest_neighbors_in_chunks(rng):
   np.testing.assert_allclose(whole[1], np.take_along_axis(similarity,
                                                           expected, 1),
                              atol=1e-5)
+  # Queries and bank both in blocks: a row is still not its own neighbour.
+  blocked = knn.cosine_top_k(x, x, 5, exclude_self=True, chunk_size=7,
+                             bank_chunk_size=9)
+  np.testing.assert_array_equal(blocked[1], expected)

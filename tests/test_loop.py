@@ -127,8 +127,24 @@ def test_sigterm_stops_with_a_checkpoint_and_restores_the_handler():
   assert signal.getsignal(signal.SIGTERM) is previous
 
 
-def test_time_budget_ends_training_like_its_last_step():
-  task = FakeTask(on_call=lambda task: time.sleep(0.05))
+class FakeClock:
+  """time.monotonic / time.perf_counter for hooks: 0.05 s per call."""
+
+  def __init__(self):
+    self.now = 100.0
+
+  def __call__(self):
+    return self.now
+
+  def advance(self, task, seconds=0.05):
+    del task
+    self.now += seconds
+
+
+def test_time_budget_ends_training_like_its_last_step(monkeypatch):
+  clock = FakeClock()
+  monkeypatch.setattr(hooks.time, 'monotonic', clock)
+  task = FakeTask(on_call=clock.advance)
   manager = FakeManager()
   state = _run(task, 10_000, [hooks.TimeBudgetHook(0.3),
                               hooks.CheckpointHook(manager, every=1000)],
@@ -172,8 +188,10 @@ def test_every_nth_checkpoint_runs_before_the_end_only():
   assert seen == [4, 8]  # The 2nd and 4th; the end (10) has its own.
 
 
-def test_step_times_give_images_per_second_after_warm_up():
-  task = FakeTask(on_call=lambda task: time.sleep(0.02))
+def test_step_times_give_images_per_second_after_warm_up(monkeypatch):
+  clock = FakeClock()
+  monkeypatch.setattr(hooks.time, 'perf_counter', clock)
+  task = FakeTask(on_call=lambda task: clock.advance(task, 0.02))
   timer = hooks.StepTimesHook()
   _run(task, 12, [timer], steps_per_loop=2)
   # Not after the last call, whose pause holds the final checkpoint.
