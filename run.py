@@ -19,10 +19,19 @@ from absl import logging
 from simclr_tf import config as c
 from simclr_tf import recipes
 
-MODES = ('train', 'eval', 'train_then_eval', 'export', 'preview', 'embed')
+MODES = ('train', 'eval', 'train_then_eval', 'export', 'preview', 'embed',
+         'import')
 # Flags of settings that follow from the data and devices unless given
 # (recipes.resolve); their flag default is None.
 DERIVED = ('image_size', 'use_blur', 'jit_compile')
+# Settings that fix a model's variables and inputs. Unless given, a run on a
+# model_dir that holds checkpoints takes them from its flags.json, and a new
+# run from --checkpoint (fine-tuning) from the flags.json beside it.
+ARCHITECTURE = ('resnet_depth', 'width_multiplier', 'sk_ratio', 'se_ratio',
+                'proj_head_mode', 'proj_out_dim', 'num_proj_layers',
+                'image_size')
+SAME_RUN = ARCHITECTURE + ('ft_proj_selector', 'lineareval_while_pretraining',
+                           'train_mode', 'fine_tune_after_block')
 
 
 def _setting_flag(name, help_text, choices=None):
@@ -57,7 +66,8 @@ _setting_flag('model_dir', 'Checkpoints, summaries, result.json and exports; '
               'default: models/<dataset>-<train_mode>.')
 _setting_flag('checkpoint', 'Initial encoder weights for a new run '
               '(fine-tuning): a checkpoint prefix or a directory; for '
-              '--mode=export, the checkpoint to export.')
+              '--mode=export, the checkpoint to export; for --mode=import, '
+              'a checkpoint or SavedModel of the original SimCLR TF2 code.')
 
 # --- Data -----------------------------------------------------------------------
 _setting_flag('dataset', 'A TFDS name (cifar10, imagenet2012, fashion_mnist, '
@@ -204,13 +214,42 @@ FLAGS = flags.FLAGS
 
 
 def setting_values() -> dict:
-  """{setting: value}: flags given explicitly, over the preset, over the
-  defaults of config.py. Unset derived settings are left out."""
-  given = {name: FLAGS[name].value for name in SETTING_FLAGS
-           if FLAGS[name].present}
+  """{setting: value}: flags given explicitly, over the preset, over what
+  the run's flags.json recorded (`recorded_settings`), over the defaults of
+  config.py. Unset derived settings are left out."""
+  given = recipes.with_preset(FLAGS.preset, {
+      name: FLAGS[name].value for name in SETTING_FLAGS
+      if FLAGS[name].present})
   defaults = {name: FLAGS[name].value for name in SETTING_FLAGS
               if FLAGS[name].value is not None}
-  return {**defaults, **recipes.with_preset(FLAGS.preset, given)}
+  values = {**defaults, **given}
+  if FLAGS.mode in ('train', 'eval', 'train_then_eval', 'export'):
+    recorded = recorded_settings(values)
+    values = {**defaults, **{k: v for k, v in recorded.items()
+                             if k not in given}, **given}
+  return values
+
+
+def recorded_settings(values: dict) -> dict:
+  """The ARCHITECTURE (and SAME_RUN) settings recorded for this run: in
+  --model_dir when it holds checkpoints, else beside --checkpoint."""
+  # pylint: disable=g-import-not-at-top
+  from simclr_tf import checkpoints
+  from simclr_tf import records
+  model_dir = values.get('model_dir') or _default_model_dir(values)
+  if os.path.isdir(model_dir) and checkpoints.candidates(model_dir):
+    recorded, names = records.read_settings(model_dir), SAME_RUN
+    if FLAGS.mode == 'export':  # Then it needs no dataset.
+      names += ('num_classes',)
+  elif values.get('checkpoint'):
+    path = values['checkpoint']
+    recorded = records.read_settings(
+        path if os.path.isdir(path) else os.path.dirname(path))
+    names = ARCHITECTURE
+  else:
+    return {}
+  return {name: recorded[name] for name in names
+          if recorded.get(name) is not None}
 
 
 def _check(condition, message):
@@ -240,8 +279,8 @@ def build_config(values: dict, source, strategy):
   from simclr_tf import datasets
   from simclr_tf import preflight
   values = recipes.resolve(
-      values, native_image_size=source.native_image_size,
-      num_classes=source.num_classes, strategy=strategy,
+      values, native_image_size=source and source.native_image_size,
+      num_classes=source and source.num_classes, strategy=strategy,
       mixed_precision=FLAGS.mixed_precision)
   values.setdefault('model_dir', _default_model_dir(values))
   _check(values['image_size'] >= 8, f'--image_size={values["image_size"]} '
@@ -250,7 +289,7 @@ def build_config(values: dict, source, strategy):
   replicas = strategy.num_replicas_in_sync
   preflight.check_batches(config, replicas)
   preflight.check_activation_memory(config, replicas)
-  if config.model.train_mode == 'finetune':
+  if config.model.train_mode == 'finetune' and source is not None:
     datasets.require_labels(source, 'fine-tuning')
   return config
 
@@ -308,6 +347,61 @@ def run_embed(values):
         f'of size {arrays["embeddings"].shape[1]}.')
 
 
+def run_import(values):
+  """--mode=import: a checkpoint of the original SimCLR code -> a run of
+  ours in --model_dir (checkpoint, flags.json, SavedModel)."""
+  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
+  from simclr_tf import checkpoints
+  from simclr_tf import lock
+  from simclr_tf import original
+  from simclr_tf import preflight
+  from simclr_tf import runner
+  from simclr_tf.evaluators import Run
+  _check(values.get('checkpoint'), '--mode=import needs --checkpoint=PATH: '
+         'a checkpoint (prefix or directory) or SavedModel directory written '
+         'by the original SimCLR TF2 code.')
+  _check(FLAGS['model_dir'].present, '--mode=import needs --model_dir=DIR, '
+         'the new run directory to write.')
+  model_dir = values['model_dir']
+  preflight.check_writable(model_dir)
+  _check(not checkpoints.candidates(model_dir), f'--model_dir={model_dir} '
+         'already holds checkpoints; import into a new directory.')
+  weights = original.read(values['checkpoint'])
+  selector = (values['ft_proj_selector'] if FLAGS['ft_proj_selector'].present
+              else None)
+  inferred = original.infer_settings(weights, selector)
+  conflicts = [f'--{name}={FLAGS[name].value} (the checkpoint has {value})'
+               for name, value in inferred.items()
+               if name in SETTING_FLAGS and FLAGS[name].present
+               and FLAGS[name].value != value]
+  _check(not conflicts, f'{weights.path} does not fit '
+         f'{"; ".join(conflicts)}: leave these flags out, the architecture '
+         'is read from the checkpoint.')
+  # The original picks the CIFAR stem for images of 32 px and below.
+  image_size = values.get('image_size') or (
+      c.SMALL_IMAGE_MAX_SIZE if inferred['cifar_stem'] else 224)
+  _check(inferred['cifar_stem'] == (image_size <= c.SMALL_IMAGE_MAX_SIZE),
+         f'--image_size={image_size} does not suit the checkpoint\'s '
+         f'{"CIFAR" if inferred["cifar_stem"] else "ImageNet"} stem, which the '
+         f'original uses for images of {c.SMALL_IMAGE_MAX_SIZE} px and '
+         f'{"below" if inferred["cifar_stem"] else "above"}.')
+  values = recipes.resolve(
+      {**values, **inferred, 'image_size': image_size},
+      native_image_size=None, num_classes=inferred['num_classes'],
+      strategy=tf.distribute.get_strategy(),
+      mixed_precision=FLAGS.mixed_precision)
+  config = c.build(values)
+  with lock.exclusive(model_dir):
+    write_flags(config)
+    done = runner.run_import(Run(config, tf.distribute.get_strategy(), None),
+                             weights)
+  print(f'Imported {weights.path} (global step {done["global_step"]}): '
+        f'{original.describe(inferred)}, at {image_size} px.\n'
+        f'Wrote {done["checkpoint"]} and {done["saved_model"]} in '
+        f'{done["seconds"]:.1f} s.', flush=True)
+
+
 def run_mode(values):
   # pylint: disable=g-import-not-at-top
   import keras
@@ -327,7 +421,10 @@ def run_mode(values):
     distribute.split_cpu(FLAGS.cpu_replicas)
   strategy = distribute.make_strategy(FLAGS.cpu_replicas, FLAGS.use_tpu,
                                       FLAGS.tpu_name)
-  source = _make_source(values)
+  # An export of a run whose flags.json recorded its settings needs no data.
+  source = (None if FLAGS.mode == 'export' and
+            'image_size' in recorded_settings(values) else
+            _make_source(values))
   config = build_config(values, source, strategy)
   logging.info('Computing in %s%s on %d %s replica(s).',
                config.model.precision,
@@ -385,6 +482,8 @@ def main(argv):
       run_preview(values)
     elif FLAGS.mode == 'embed':
       run_embed(values)
+    elif FLAGS.mode == 'import':
+      run_import(values)
     else:
       run_mode(values)
   except (UsageError, DatasetError, CheckpointError, LockError, EmbedError,

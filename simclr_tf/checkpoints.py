@@ -39,6 +39,13 @@ def step_of(path: str) -> int:
   return 0
 
 
+def has_optimizer_state(path: str) -> bool:
+  """Whether the checkpoint holds optimizer variables beyond its step."""
+  return any(key.startswith('optimizer/') and '_iterations' not in key
+             for key in tf.train.load_checkpoint(path)
+             .get_variable_to_shape_map())
+
+
 def restore_encoder(model, path: str):
   """Restores only the encoder and projection head from `path`.
 

@@ -290,3 +290,17 @@ def flatten(config: RunConfig) -> dict[str, Any]:
   """The inverse of `build`: {setting name: value}."""
   return {name: getattr(operator.attrgetter(setting.section)(config), name)
           for name, setting in SETTINGS.items()}
+
+
+def settings_of(nested: Mapping[str, Any]) -> dict[str, Any]:
+  """{setting name: value} from a RunConfig as a nested dict (what
+  `dataclasses.asdict` gives and flags.json stores); names it lacks are
+  left out."""
+  values = {}
+  for name, setting in SETTINGS.items():
+    part = nested
+    for key in setting.section.split('.'):
+      part = part.get(key, {}) if isinstance(part, Mapping) else {}
+    if isinstance(part, Mapping) and name in part:
+      values[name] = part[name]
+  return values

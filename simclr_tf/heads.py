@@ -32,7 +32,8 @@ class LinearLayer(keras.layers.Layer):
                    keras.initializers.RandomNormal(stddev=0.01))
     self.dense = keras.layers.Dense(
         self.units or input_shape[-1], kernel_initializer=initializer,
-        use_bias=self.use_bias and not self.use_bn)
+        use_bias=self.use_bias and not self.use_bn,
+        trainable=self.trainable)  # Built after a freeze, it stays frozen.
 
   def call(self, inputs, training=None):
     outputs = self.dense(inputs)

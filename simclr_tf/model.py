@@ -33,6 +33,11 @@ class SimCLRModel(keras.Model):
           name='head_supervised')
     if config.train_mode == 'finetune':
       self.encoder.freeze_through(config.fine_tune_after_block)
+      # The supervised head reads hiddens[ft_proj_selector]: the projection
+      # layers after it get no gradient, so they are not trained.
+      for layer in self.projection_head.projection_layers[
+          config.head.ft_proj_selector:]:
+        layer.trainable = False
 
   def call(self, images, training=None):
     features = self.encoder(images, training=training)['final_avg_pool']

@@ -5,6 +5,10 @@ import os
 
 import tensorflow as tf
 
+from simclr_tf import config as c
+
+FLAGS_FILE = 'flags.json'
+
 
 def write_json(path: str, value, **json_options):
   """Writes `value` as JSON to `path` so that readers see the old or the
@@ -21,6 +25,17 @@ def write_json(path: str, value, **json_options):
   finally:
     if os.path.exists(temporary):
       os.remove(temporary)
+
+
+def read_settings(model_dir: str) -> dict:
+  """{setting: value} of the configuration recorded in `model_dir`'s
+  flags.json; {} when there is none or it cannot be read."""
+  try:
+    with open(os.path.join(model_dir, FLAGS_FILE)) as f:
+      recorded = json.load(f)['config']
+  except (OSError, ValueError, KeyError, TypeError):
+    return {}
+  return c.settings_of(recorded) if isinstance(recorded, dict) else {}
 
 
 class MetricsWriter:

@@ -15,7 +15,7 @@ from simclr_tf.config import EncoderConfig
 BATCH_NORM_EPSILON = 1e-5
 
 # depth -> (block kind, blocks per group)
-_DEPTHS = {
+DEPTHS = {
     18: ('basic', (2, 2, 2, 2)),
     34: ('basic', (3, 4, 6, 3)),
     50: ('bottleneck', (3, 4, 6, 3)),
@@ -23,7 +23,7 @@ _DEPTHS = {
     152: ('bottleneck', (3, 8, 36, 3)),
     200: ('bottleneck', (3, 24, 36, 3)),
 }
-SUPPORTED_DEPTHS = tuple(_DEPTHS)
+SUPPORTED_DEPTHS = tuple(DEPTHS)
 # Stages that `fine_tune_after_block` can freeze: 0 the stem, 1-4 the groups.
 STAGE_NAMES = ('stem', 'block_group1', 'block_group2', 'block_group3',
                'block_group4')
@@ -188,6 +188,7 @@ class Shortcut(keras.layers.Layer):
 
   def __init__(self, config: EncoderConfig, filters_out, strides, **kwargs):
     super().__init__(**kwargs)
+    self.strides = strides
     self.pool = None
     if config.sk_ratio > 0:
       if strides > 1:
@@ -306,7 +307,8 @@ class Stem(keras.layers.Layer):
   single 3x3/1 conv and no pool for CIFAR-sized images.
 
   As in the SimCLR code, `initial_conv` is the last convolution's output
-  before its batch norm.
+  before its batch norm and `initial_max_pool` the stem's output (after the
+  pool; with the CIFAR stem, which has none, after batch norm and ReLU).
   """
 
   def __init__(self, config: EncoderConfig, **kwargs):
@@ -328,36 +330,40 @@ class Stem(keras.layers.Layer):
   def call(self, inputs, training=None):
     endpoints = {}
     x = inputs
-    for conv, bn in zip(self.convs, get_layers(self, 'bn', self.num_convs)):
+    for conv, bn in zip(self.convs, self.bns):
       x = conv(x)
       if conv is self.convs[-1]:
         endpoints['initial_conv'] = x
       x = bn(x, training=training)
     if self.pool is not None:
       x = self.pool(x)
-      endpoints['initial_max_pool'] = x
+    endpoints['initial_max_pool'] = x
     return x, endpoints
 
   @property
   def convs(self):
     return get_layers(self, 'conv', self.num_convs)
 
+  @property
+  def bns(self):
+    return get_layers(self, 'bn', self.num_convs)
+
 
 class ResNet(keras.Model):
   """ResNet v1 encoder returning named endpoints.
 
-  `call` returns a dict with `initial_conv`, `initial_max_pool` (not with the
-  CIFAR stem), `block_group1`..`block_group4` and `final_avg_pool`, the
+  `call` returns a dict with `initial_conv`, `initial_max_pool`,
+  `block_group1`..`block_group4` and `final_avg_pool`, the
   [batch, feature_dim] representation.
   """
 
   def __init__(self, config: EncoderConfig, **kwargs):
     super().__init__(**kwargs)
-    if config.resnet_depth not in _DEPTHS:
+    if config.resnet_depth not in DEPTHS:
       raise ValueError(f'resnet_depth={config.resnet_depth} is not one of '
                        f'{SUPPORTED_DEPTHS}.')
     self.config = config
-    kind, blocks_per_group = _DEPTHS[config.resnet_depth]
+    kind, blocks_per_group = DEPTHS[config.resnet_depth]
     block_cls = BasicBlock if kind == 'basic' else BottleneckBlock
     self.stem = Stem(config, name='stem')
     set_layers(self, 'block_group', [

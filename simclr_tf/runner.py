@@ -1,6 +1,7 @@
-"""The modes of run.py: train, eval, train_then_eval, export."""
+"""The modes of run.py: train, eval, train_then_eval, export, import."""
 
 import os
+import time
 
 from absl import logging
 import tensorflow as tf
@@ -8,6 +9,7 @@ import tensorflow as tf
 from simclr_tf import checkpoints
 from simclr_tf import evaluators
 from simclr_tf import export
+from simclr_tf import original
 from simclr_tf import records
 from simclr_tf import task as task_lib
 from simclr_tf import train as train_lib
@@ -113,3 +115,25 @@ def run_export(run: Run, checkpoint: str | None) -> str:
                            run.config.data.max_image_pixels)
   print(f'Exported {path} to {exported}', flush=True)
   return exported
+
+
+def run_import(run: Run, weights: original.OriginalWeights) -> dict:
+  """Writes `weights` (of the original SimCLR code) into `run.model_dir` as
+  a checkpoint of ours at the original's global step, and exports it."""
+  start = time.perf_counter()
+  with run.strategy.scope():
+    model = task_lib.build_model(run.config)
+  original.load(model, weights)
+  step = weights.global_step
+  # The step is where checkpoints of ours keep it (the optimizer's counter);
+  # the original's optimizer state is not carried over.
+  checkpoint = tf.train.Checkpoint(model=model, optimizer=tf.train.Checkpoint(
+      _iterations=tf.Variable(step, dtype=tf.int64)))
+  manager = checkpoints.manager(checkpoint, run.model_dir,
+                                run.config.train.keep_checkpoint_max)
+  path = manager.save(checkpoint_number=step)
+  exported = export.export(model, run.config.augment, run.model_dir, step,
+                           run.config.train.keep_hub_module_max,
+                           run.config.data.max_image_pixels)
+  return {'checkpoint': path, 'saved_model': exported, 'global_step': step,
+          'seconds': time.perf_counter() - start}

@@ -48,7 +48,19 @@ class TrainResult:
 def _restore(task: TrainTask, config: RunConfig):
   latest = checkpoints.latest_in(config.train.model_dir)
   if latest:
-    task.checkpoint.restore(latest).assert_existing_objects_matched()
+    status = task.checkpoint.restore(latest)
+    try:
+      status.assert_existing_objects_matched()
+    except AssertionError as e:
+      if checkpoints.has_optimizer_state(latest):
+        raise checkpoints.CheckpointError(
+            f'{latest} does not match this run\'s optimizer ('
+            f'{str(e).splitlines()[0][:200]}); resume with the same '
+            '--optimizer and --train_mode.') from None
+      raise checkpoints.CheckpointError(
+          f'{latest} holds weights but no optimizer state to resume from (an '
+          'imported model); start a new run from it with --checkpoint='
+          f'{config.train.model_dir} and another --model_dir.') from None
     logging.info('Resuming from %s.', latest)
   elif config.train.checkpoint:
     checkpoints.restore_encoder(task.model, config.train.checkpoint)

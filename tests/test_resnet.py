@@ -44,7 +44,9 @@ def test_endpoints_of_resnet50_at_224_px():
 def test_cifar_stem_keeps_the_resolution():
   model, outputs = _build(image_size=32, resnet_depth=18, width_multiplier=0.25)
   assert outputs['initial_conv'].shape == (2, 32, 32, 16)
-  assert 'initial_max_pool' not in outputs
+  # No pool: as in the SimCLR code, `initial_max_pool` is the stem's output.
+  assert outputs['initial_max_pool'].shape == (2, 32, 32, 16)
+  assert outputs['block_group1'].shape == (2, 32, 32, 16)
   assert outputs['block_group4'].shape == (2, 4, 4, 128)
   assert model.feature_dim == 128
   kernel = model.stem.convs[0].conv.kernel
