@@ -32,6 +32,10 @@ flags.DEFINE_string('original_code', None, 'The tf2/ folder of a '
 flags.DEFINE_string('output', 'benchmarks/results/original_import.json',
                     'JSON written with every configuration\'s errors.')
 flags.DEFINE_string('only', None, 'Run only the configuration of this name.')
+flags.DEFINE_string('fixtures', '../shared/fixtures/original_simclr',
+                    'Checkpoints written by the original code with its '
+                    'outputs (every block group, every projection layer): '
+                    'each output\'s error is reported too.')
 FLAGS = flags.FLAGS
 
 # name -> original flags (absl flags of its run.py). Chosen to cover every
@@ -194,11 +198,69 @@ def _expected(spec):
   return expected
 
 
+# fixture -> image size.
+FIXTURES = {'r18_w025_32px': 32, 'r50_sk_w025_64px': 64}
+
+
+def _fixture_errors(folder, image_size):
+  """Each output the fixture holds: our relative error after the import."""
+  # pylint: disable=g-import-not-at-top
+  import numpy as np
+  from simclr_tf import config as c
+  from simclr_tf import original
+  from simclr_tf import task
+  weights = original.read(folder)
+  settings = original.infer_settings(weights)
+  model = task.build_model(c.build({**settings, 'image_size': image_size,
+                                    'model_dir': 'unused'}))
+  original.load(model, weights)
+  images = np.load(os.path.join(folder, 'images.npy'))
+  ours = dict(model.encoder(images, training=False))
+  ours['hidden'] = ours.pop('final_avg_pool')
+  ours['proj_head_output'], hiddens = model.projection_head(ours['hidden'],
+                                                           training=False)
+  ours.update({f'proj_hiddens_{j}': h for j, h in enumerate(hiddens)})
+  ours['logits_sup'] = model(images, training=False)['logits_sup']
+  errors = {}
+  for name, value in ours.items():
+    reference = np.load(os.path.join(folder, f'{name}.npy'))
+    errors[name] = float(np.abs(np.asarray(value) - reference).max() /
+                         np.abs(reference).max())
+  return errors
+
+
+def _fixtures():
+  results = {}
+  for name, image_size in FIXTURES.items():
+    folder = os.path.join(FLAGS.fixtures, name)
+    if not os.path.isdir(folder):
+      print(f'{folder} is missing: fixture {name} skipped.')
+      continue
+    with tempfile.TemporaryDirectory() as directory:
+      started = time.perf_counter()
+      result = subprocess.run(
+          [sys.executable, 'run.py', '--mode=import', f'--checkpoint={folder}',
+           f'--model_dir={os.path.join(directory, "m")}',
+           f'--image_size={image_size}'],
+          capture_output=True, text=True, check=False)
+      seconds = time.perf_counter() - started
+    if result.returncode:
+      raise RuntimeError(f'import of {name} failed:\n{result.stderr[-3000:]}')
+    errors = _fixture_errors(folder, image_size)
+    results[name] = {'relative_errors': errors,
+                     'import_seconds': round(seconds, 1),
+                     'imported': result.stdout.strip().splitlines()}
+    print(f'{name}: worst {max(errors.values()):.2e}; import {seconds:.1f} s',
+          flush=True)
+  return results
+
+
 def main(argv):
   del argv
   if not FLAGS.original_code:
     raise app.UsageError('--original_code=PATH (the original\'s tf2/ '
                          'folder) is required.')
+  fixtures = {} if FLAGS.only else _fixtures()
   results = {}
   for name, spec in CONFIGS.items():
     if FLAGS.only and name != FLAGS.only:
@@ -215,13 +277,14 @@ def main(argv):
                      'wrong_settings': wrong,
                      'import_seconds': round(seconds, 1),
                      'original_build_seconds': round(original_seconds, 1),
-                     'imported': line.splitlines()[0]}
+                     'imported': line.splitlines()}
     print(f'{name}: {errors} wrong settings {wrong or "none"}; import '
           f'{seconds:.1f} s', flush=True)
   worst = max((e for r in results.values()
                for e in r['relative_errors'].values()
                if isinstance(e, float)), default=None)
-  summary = {'configurations': results, 'worst_relative_error': worst,
+  summary = {'fixtures': fixtures, 'configurations': results,
+             'worst_relative_error': worst,
              'all_settings_right': not any(r['wrong_settings']
                                            for r in results.values())}
   if not FLAGS.only:

@@ -4,6 +4,7 @@ with random weights at standard initialisation), collected into the dict
 that result.json holds."""
 
 import dataclasses
+import functools
 import time
 
 from absl import logging
@@ -18,6 +19,7 @@ from simclr_tf import knn as knn_lib
 from simclr_tf import pipeline
 from simclr_tf import probe as probe_lib
 from simclr_tf import task as task_lib
+from simclr_tf import train as train_lib
 from simclr_tf.config import RunConfig
 
 
@@ -45,11 +47,19 @@ class Run:
         self.source, pipeline.Split(split, indices), self.config.augment,
         self.config.eval.eval_batch_size, self.config.eval.eval_steps)
 
+  @functools.cached_property
+  def labeled_indices(self) -> np.ndarray | None:
+    """The training examples whose labels evaluations may fit on: a
+    fine-tuning run's label-fraction subset, or None (all)."""
+    return train_lib.labeled_indices(self.config, self.source)
+
   def train_subset(self, count: int) -> '_TrainSubset':
-    """A seeded random subset of `count` training examples (all of them
-    when the split is not larger)."""
-    return _TrainSubset.of(self.source.num_examples(
-        self.config.data.train_split), count, self.config.data.seed)
+    """A seeded random subset of `count` labeled training examples (all of
+    them when there are not more)."""
+    pool = self.labeled_indices
+    if pool is None:
+      pool = np.arange(self.source.num_examples(self.config.data.train_split))
+    return _TrainSubset.of(pool, count, self.config.data.seed)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,10 +71,12 @@ class _TrainSubset:
   ranks: np.ndarray
 
   @classmethod
-  def of(cls, num_examples, count, seed):
-    if count <= 0 or count >= num_examples:
-      return cls(None, np.arange(num_examples))
-    chosen = np.random.default_rng(seed).permutation(num_examples)[:count]
+  def of(cls, pool: np.ndarray, count, seed):
+    """From `pool`, sorted indices of the split (all of it: arange)."""
+    whole_split = np.array_equal(pool, np.arange(len(pool)))
+    if count <= 0 or count >= len(pool):
+      return cls(None if whole_split else pool, np.arange(len(pool)))
+    chosen = pool[np.random.default_rng(seed).permutation(len(pool))[:count]]
     by_index = np.argsort(chosen)
     return cls(chosen[by_index], by_index)
 
@@ -117,14 +129,17 @@ def feature_metrics(run: Run, model, knn: bool = True,
   results = {}
   # eval_steps may have cut the extraction short: ranks of what came back.
   ranks = subset.ranks[:len(train_y)]
+  # How many training labels each evaluation fitted on.
   if knn:
     keep = ranks < knn_count if knn_count > 0 else slice(None)
     results.update(knn_metrics(run, knn_lib.feature_bank(train_x[keep]),
                                train_y[keep], test_x, test_y))
+    results['knn_train_labels'] = len(train_y[keep])
   if probe:
     keep = ranks < probe_count if probe_count > 0 else slice(None)
     results.update(probe_metrics(run, train_x[keep], train_y[keep], test_x,
                                  test_y))
+    results['linear_probe_train_labels'] = len(train_y[keep])
   logging.info('Feature evaluation (%d train, %d test) took %.0f s.',
                len(train_y), len(test_y), time.time() - started)
   return results
@@ -150,9 +165,11 @@ def pixel_metrics(run: Run) -> dict:
   test_x, test_y = evaluate.extract_pixels(run.eval_data(run.eval_split))
   results = probe_metrics(run, train_x, train_y, test_x, test_y,
                           standardize=False)
+  results['linear_probe_train_labels'] = len(train_y)
   if run.config.eval.knn:
     results.update(knn_metrics(run, knn_lib.feature_bank(train_x), train_y,
                                test_x, test_y))
+    results['knn_train_labels'] = len(train_y)
   return results
 
 

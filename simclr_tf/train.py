@@ -27,16 +27,24 @@ from simclr_tf.model import SimCLRModel
 from simclr_tf.task import TrainTask, make_plan
 
 
+def labeled_indices(config: RunConfig, source: datasets.Source):
+  """The training examples whose labels a run may use: when fine-tuning on
+  a label fraction, that seeded class-balanced subset; else None (all)."""
+  data = config.data
+  if config.model.train_mode == 'finetune' and data.label_fraction < 1:
+    return datasets.label_fraction_indices(
+        source.labels(data.train_split), data.label_fraction, data.seed)
+  return None
+
+
 def training_split(config: RunConfig, source: datasets.Source):
   """The training split; for fine-tuning, the label-fraction subset."""
   data = config.data
-  if config.model.train_mode == 'finetune' and data.label_fraction < 1:
-    indices = datasets.label_fraction_indices(
-        source.labels(data.train_split), data.label_fraction, data.seed)
+  indices = labeled_indices(config, source)
+  if indices is not None:
     logging.info('Fine-tuning on %d labeled examples (%.1f%% of %s).',
                  len(indices), 100 * data.label_fraction, data.train_split)
-    return pipeline.Split(data.train_split, indices)
-  return pipeline.Split(data.train_split)
+  return pipeline.Split(data.train_split, indices)
 
 
 @dataclasses.dataclass

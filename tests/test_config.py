@@ -10,6 +10,7 @@ import pytest
 
 from simclr_tf import config as c
 from simclr_tf import recipes
+from simclr_tf import records
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -93,6 +94,22 @@ def test_build_and_flatten_are_inverse():
   assert config.augment.crop_area_range == (0.3, 1.0)
   assert c.build(c.flatten(config)) == config
   assert values.items() <= c.flatten(config).items()
+
+
+def test_settings_of_reads_a_config_as_flags_json_stores_it(tmp_path):
+  config = c.build({'model_dir': str(tmp_path), 'image_size': 24,
+                    'resnet_depth': 50, 'sk_ratio': 0.0625,
+                    'ft_proj_selector': 2})
+  records.write_json(str(tmp_path / records.FLAGS_FILE),
+                     {'config': dataclasses.asdict(config)})
+  recorded = records.read_settings(str(tmp_path))
+  flat = c.flatten(config)
+  # Tuples come back from JSON as lists; everything else as it was.
+  assert recorded == {k: list(v) if isinstance(v, tuple) else v
+                      for k, v in flat.items()}
+  assert c.settings_of({'model': {'encoder': {'resnet_depth': 34}}}) == {
+      'resnet_depth': 34}
+  assert records.read_settings(str(tmp_path / 'absent')) == {}
 
 
 def test_build_refuses_unknown_and_missing_settings():

@@ -14,10 +14,10 @@ from tests.test_knn import _knn_numpy
 def test_train_subsets_are_seeded_random_and_nested():
   from simclr_tf import evaluators  # pylint: disable=g-import-not-at-top
   # pylint: disable=protected-access
-  whole = evaluators._TrainSubset.of(10, 0, seed=0)
+  whole = evaluators._TrainSubset.of(np.arange(10), 0, seed=0)
   assert whole.indices is None and whole.ranks.tolist() == list(range(10))
-  assert evaluators._TrainSubset.of(10, 10, seed=0).indices is None
-  subset = evaluators._TrainSubset.of(1000, 300, seed=3)
+  assert evaluators._TrainSubset.of(np.arange(10), 10, seed=0).indices is None
+  subset = evaluators._TrainSubset.of(np.arange(1000), 300, seed=3)
   assert len(set(subset.indices.tolist())) == 300
   assert subset.indices.tolist() == sorted(subset.indices.tolist())
   assert sorted(subset.ranks.tolist()) == list(range(300))
@@ -65,3 +65,39 @@ def test_feature_metrics_use_the_seeded_subsets_of_training_features():
   assert both['linear_probe_top_1_accuracy'] == expected[
       'linear_probe_top_1_accuracy']
   assert both['linear_probe_c'] == expected['linear_probe_c']
+
+
+def test_fine_tuning_on_a_label_fraction_evaluates_on_that_subset_only():
+  from simclr_tf import config as c  # pylint: disable=g-import-not-at-top
+  from simclr_tf import evaluators  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(5)
+  images = {'train': rng.integers(0, 256, (300, 8, 8, 3), np.uint8),
+            'test': rng.integers(0, 256, (20, 8, 8, 3), np.uint8)}
+  labels = {'train': rng.integers(0, 3, 300), 'test': rng.integers(0, 3, 20)}
+  source = datasets.ArraySource('toy', images, labels, num_classes=3)
+  features = lambda x: (x / 255.0).reshape(len(x), -1)[:, :12] - 0.5
+
+  def model(images, training=False):
+    del training
+    return {'final_avg_pool': tf.reshape(images, [-1, 192])[:, :12] - 0.5}
+
+  # 10% of the labels: 10 per class, the subset fine-tuning trains on.
+  labeled = datasets.label_fraction_indices(labels['train'], 0.1, 2)
+  assert len(labeled) == 30
+  for bank_size, bank_rows in ((0, labeled), (12, None)):
+    config = c.build({'dataset': 'toy', 'seed': 2, 'image_size': 8,
+                      'model_dir': 'unused', 'eval_batch_size': 16,
+                      'knn_k': 5, 'train_mode': 'finetune',
+                      'label_fraction': 0.1, 'knn_train_examples': bank_size,
+                      'probe_train_examples': 0})
+    run = evaluators.Run(config, helpers.cpu_strategy(1), source)
+    if bank_rows is None:  # A seeded random 12 of the 30 labeled.
+      bank_rows = labeled[np.random.default_rng(2).permutation(30)[:12]]
+    result = evaluators.feature_metrics(run, model, knn=True, probe=True)
+    scores = _knn_numpy(features(images['train'][bank_rows]),
+                        labels['train'][bank_rows], features(images['test']),
+                        3, 5, 0.1)
+    assert result['knn_top_1_accuracy'] == evaluate.accuracy(
+        scores, labels['test'])
+    assert result['knn_train_labels'] == len(bank_rows)
+    assert result['linear_probe_train_labels'] == 30

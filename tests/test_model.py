@@ -71,6 +71,26 @@ def test_ft_proj_selector_chooses_the_supervised_head_input():
     assert model.supervised_head.linear.dense.kernel.shape == (width, 5)
 
 
+@pytest.mark.parametrize('selector', [0, 1, 3])
+def test_fine_tuning_trains_the_projection_layers_up_to_the_selector(
+    selector):
+  head = HeadConfig(proj_out_dim=16, num_proj_layers=3,
+                    ft_proj_selector=selector)
+  model = _model(head=head, train_mode='finetune')
+  with tf.GradientTape() as tape:
+    logits = model(tf.random.uniform([4, 16, 16, 3]), training=True)[
+        'logits_sup']
+  layers = model.projection_head.projection_layers
+  trained = [v for layer in layers for v in layer.trainable_variables]
+  gradients = tape.gradient(logits, model.projection_head.variables)
+  reached = {v.path for v, g in zip(model.projection_head.variables,
+                                    gradients) if g is not None}
+  # Exactly the variables that the head's loss reaches are trained.
+  assert {v.path for v in trained} == reached
+  assert all(layer.trainable == (j < selector)
+             for j, layer in enumerate(layers))
+
+
 def test_zero_init_logits_layer():
   model = _model(train_mode='finetune',
                  head=HeadConfig(zero_init_logits_layer=True))
