@@ -138,6 +138,10 @@ _setting_flag('momentum', 'Momentum.')
 _setting_flag('train_batch_size', 'Global training batch size.')
 _setting_flag('train_epochs', 'Training epochs.')
 _setting_flag('train_steps', 'Training steps; > 0 overrides --train_epochs.')
+_setting_flag('contrastive_chunk_size', 'Pretraining: compute each '
+              'replica\'s batch in chunks of this many examples with gradient '
+              'caching (same loss and negatives, a chunk\'s activation '
+              'memory; batch norm per chunk); 0: off.')
 _setting_flag('max_train_seconds', 'Stop training (checkpoint, export, '
               'evaluation as at its end) after this many seconds; 0: no '
               'limit.')
@@ -231,25 +235,33 @@ def setting_values() -> dict:
 
 
 def recorded_settings(values: dict) -> dict:
-  """The ARCHITECTURE (and SAME_RUN) settings recorded for this run: in
-  --model_dir when it holds checkpoints, else beside --checkpoint."""
+  """The settings recorded for the model this run continues, evaluates or
+  exports: from --model_dir's flags.json when it holds checkpoints (all of
+  SAME_RUN), else from the one beside --checkpoint (the ARCHITECTURE of a
+  run started from it). An export of --checkpoint takes SAME_RUN from
+  beside it, and an export takes num_classes too, so it needs no data."""
   # pylint: disable=g-import-not-at-top
   from simclr_tf import checkpoints
   from simclr_tf import records
   model_dir = values.get('model_dir') or _default_model_dir(values)
-  if os.path.isdir(model_dir) and checkpoints.candidates(model_dir):
-    recorded, names = records.read_settings(model_dir), SAME_RUN
-    if FLAGS.mode == 'export':  # Then it needs no dataset.
-      names += ('num_classes',)
-  elif values.get('checkpoint'):
-    path = values['checkpoint']
-    recorded = records.read_settings(
-        path if os.path.isdir(path) else os.path.dirname(path))
-    names = ARCHITECTURE
+  checkpoint = values.get('checkpoint')
+  beside_checkpoint = checkpoint and (
+      checkpoint if os.path.isdir(checkpoint) else os.path.dirname(checkpoint))
+  resumes = os.path.isdir(model_dir) and checkpoints.candidates(model_dir)
+  if FLAGS.mode == 'export' and checkpoint:
+    directory, names = beside_checkpoint, SAME_RUN
+  elif resumes:
+    directory, names = model_dir, SAME_RUN
+  elif checkpoint:
+    directory, names = beside_checkpoint, ARCHITECTURE
   else:
     return {}
-  return {name: recorded[name] for name in names
-          if recorded.get(name) is not None}
+  if FLAGS.mode == 'export':
+    names += ('num_classes',)
+  recorded = records.read_settings(directory)
+  # num_classes None is recorded information: the model has no head.
+  return {name: recorded[name] for name in names if name in recorded and (
+      recorded[name] is not None or name == 'num_classes')}
 
 
 def _check(condition, message):
@@ -422,9 +434,9 @@ def run_mode(values):
   strategy = distribute.make_strategy(FLAGS.cpu_replicas, FLAGS.use_tpu,
                                       FLAGS.tpu_name)
   # An export of a run whose flags.json recorded its settings needs no data.
-  source = (None if FLAGS.mode == 'export' and
-            'image_size' in recorded_settings(values) else
-            _make_source(values))
+  recorded = recorded_settings(values) if FLAGS.mode == 'export' else {}
+  source = (None if 'image_size' in recorded and 'num_classes' in recorded
+            else _make_source(values))
   config = build_config(values, source, strategy)
   logging.info('Computing in %s%s on %d %s replica(s).',
                config.model.precision,

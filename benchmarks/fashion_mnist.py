@@ -60,6 +60,9 @@ flags.DEFINE_float('checkpoint_epochs', 5, 'Epochs between points of the '
                    'learning curve.')
 flags.DEFINE_float('width_multiplier', 0.25, 'ResNet-18 width.')
 flags.DEFINE_integer('batch_size', 512, 'Pretraining batch size.')
+flags.DEFINE_integer('contrastive_chunk_size', 0, 'Pretraining batches in '
+                     'chunks of this many examples with gradient caching '
+                     '(run.py\'s flag); 0: plain batches.')
 flags.DEFINE_float('temperature', 0.3, 'NT-Xent temperature.')
 flags.DEFINE_float('learning_rate', 0.075, 'Base LARS learning rate '
                    '(times sqrt(batch size)).')
@@ -92,7 +95,9 @@ def recipe(model_dir: str, train_mode: str = 'pretrain', *,
       'keep_checkpoint_max': 1000, 'log_every_seconds': 30,
       'lineareval_while_pretraining': False, 'precision': FLAGS.precision,
       'image_size': 28, 'num_classes': None if pretrain else 10,
-      'jit_compile': False})
+      'jit_compile': False,
+      'contrastive_chunk_size': FLAGS.contrastive_chunk_size if pretrain
+                                else 0})
   if not pretrain:
     values['min_crop_area'] = 0.08
   return c.build(recipes.resolve(values, native_image_size=28,

@@ -181,6 +181,10 @@ class TrainConfig:
   # > 0: training stops (with a checkpoint, as at its end) after this many
   # seconds of training, e.g. for baselines trained for the same time.
   max_train_seconds: float = 0.0
+  # > 0: pretraining computes each replica's batch in chunks of this many
+  # examples with gradient caching (gradient_cache.py): the loss and its
+  # negatives stay those of the whole batch, activations those of a chunk.
+  contrastive_chunk_size: int = 0
 
 
 @dataclasses.dataclass(frozen=True)

@@ -67,6 +67,13 @@ class SimCLRModel(keras.Model):
     return head.trainable_variables if head is not None else []
 
   @property
+  def batch_norm_statistics(self) -> list:
+    """The moving means and variances of every batch norm."""
+    return [variable for layer in self._flatten_layers()
+            if isinstance(layer, keras.layers.BatchNormalization)
+            for variable in (layer.moving_mean, layer.moving_variance)]
+
+  @property
   def batch_norm_variables(self) -> list:
     """The trainable scales and offsets of every batch norm."""
     return [variable for layer in self._flatten_layers()

@@ -30,6 +30,8 @@ def check_settings(values: dict):
                'max_train_seconds'):
     check(values[name] >= 0, f'--{name}={values[name]} must be >= 0 (0: '
           'no limit).')
+  check(values['contrastive_chunk_size'] >= 0, '--contrastive_chunk_size='
+        f'{values["contrastive_chunk_size"]} must be >= 0 (0: off).')
   check(0 < values['label_fraction'] <= 1,
         f'--label_fraction={values["label_fraction"]} must be in (0, 1].')
   for name in ('temperature', 'learning_rate'):
@@ -126,6 +128,16 @@ def check_batches(config: RunConfig, replicas: int):
     check(value % replicas == 0,
           f'--{name}={value} is not divisible by the {replicas} replicas; '
           f'use a multiple of {replicas}.')
+  chunk = config.train.contrastive_chunk_size
+  if chunk:
+    per_replica = config.train.train_batch_size // replicas
+    check(config.model.train_mode == 'pretrain',
+          '--contrastive_chunk_size applies to pretraining only; leave it '
+          'out with --train_mode=finetune.')
+    check(per_replica % chunk == 0,
+          f'--contrastive_chunk_size={chunk} does not divide the '
+          f'{per_replica} examples per replica (--train_batch_size='
+          f'{config.train.train_batch_size} over {replicas} replicas).')
   if config.model.train_mode == 'pretrain':
     # An image's negatives are the other images of the batch.
     check(config.train.train_batch_size >= 2,

@@ -13,6 +13,7 @@ import keras
 import tensorflow as tf
 
 from simclr_tf import evaluate
+from simclr_tf import gradient_cache
 from simclr_tf import objective
 from simclr_tf import optim
 from simclr_tf import precision
@@ -89,6 +90,15 @@ class TrainTask:
     self.strategy = strategy
     self.plan = plan
     self.pretrain = config.model.train_mode == 'pretrain'
+    per_replica = (config.train.train_batch_size //
+                   strategy.num_replicas_in_sync)
+    chunk_size = config.train.contrastive_chunk_size
+    # Examples per chunk of a gradient-cached step; 0: plain steps.
+    self.chunk_size = (chunk_size if self.pretrain and
+                       0 < chunk_size < per_replica else 0)
+    # MirroredStrategy cannot synchronise batch norm inside a graph loop.
+    self.unroll_chunks = (strategy.num_replicas_in_sync > 1 and
+                          config.model.encoder.global_bn)
     with strategy.scope():
       self.model = build_model(config)
       self.optimizer = build_optimizer(config, plan, self.model)
@@ -147,6 +157,8 @@ class TrainTask:
 
   def train_step(self, batch) -> dict:
     """One replica's step: gradients of its loss, applied; metric values."""
+    if self.chunk_size:
+      return self.cached_train_step(batch)
     optimizer = self.optimizer
     with tf.GradientTape() as tape:
       values = self.losses(batch)
@@ -156,6 +168,72 @@ class TrainTask:
         scaled_loss = optimizer.scale_loss(scaled_loss)
     variables = self.model.trainable_variables
     optimizer.apply(tape.gradient(scaled_loss, variables), variables)
+    for name, value in values.items():
+      self.metrics[name].update_state(value)
+    return values
+
+  def _scaled(self, loss):
+    """A replica's share of the global loss (gradients are summed over
+    replicas), loss-scaled under float16."""
+    loss = loss / self.strategy.num_replicas_in_sync
+    if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
+      loss = self.optimizer.scale_loss(loss)
+    return loss
+
+  def cached_gradients(self, batch):
+    """The gradients of `losses(batch)`'s total with batch norm over chunks
+    of `chunk_size` examples, computed chunk by chunk (gradient_cache.py);
+    and its metric values."""
+    config = self.config
+    model = self.model
+    has_head = model.supervised_head is not None
+    images = gradient_cache.chunk(batch['view1'], batch['view2'],
+                                  self.chunk_size)
+    labels = gradient_cache.chunk(batch['label'], batch['label'],
+                                  self.chunk_size)
+    batch_images = 2 * batch['view1'].shape[0]
+
+    def forward(chunk):
+      chunk_images, chunk_labels = chunk
+      outputs = model(chunk_images, training=True)
+      if not has_head:
+        return outputs['proj_head_output'], 0.0, tf.zeros([2])
+      losses = tf.nn.sparse_softmax_cross_entropy_with_logits(
+          chunk_labels, tf.cast(outputs['logits_sup'], tf.float32))
+      correct = evaluate.top_k_correct(chunk_labels, outputs['logits_sup'], 1)
+      sums = tf.stack([tf.reduce_sum(losses), tf.reduce_sum(correct)])
+      # The supervised loss is a mean over the whole batch's images.
+      return (outputs['proj_head_output'],
+              self._scaled(sums[0] / batch_images), sums)
+
+    def batch_objective(projections):
+      loss, logits_ab, contrast_labels = objective.contrastive_loss(
+          projections, config.train.temperature, config.train.hidden_norm)
+      values = {'contrast_loss': loss,
+                **objective.contrastive_metrics(logits_ab, contrast_labels)}
+      return self._scaled(loss), values
+
+    variables = model.trainable_variables
+    gradients, values, sums = gradient_cache.cached_gradients(
+        forward, variables, (images, labels), batch_objective,
+        model.batch_norm_statistics, num_sums=2, unroll=self.unroll_chunks)
+    with tf.GradientTape() as tape:
+      values['weight_decay'] = optim.weight_decay_loss(config.optim, model)
+      scaled_decay = self._scaled(values['weight_decay'])
+    gradients = [g if d is None else g + d for g, d in
+                 zip(gradients, tape.gradient(scaled_decay, variables))]
+    loss = values['contrast_loss'] + values['weight_decay']
+    if has_head:
+      values['supervised_loss'] = sums[0] / batch_images
+      values['supervised_acc'] = sums[1] / batch_images
+      loss += values['supervised_loss']
+    values['total_loss'] = loss
+    return gradients, values
+
+  def cached_train_step(self, batch) -> dict:
+    """`train_step` with gradient caching (contrastive_chunk_size)."""
+    gradients, values = self.cached_gradients(batch)
+    self.optimizer.apply(gradients, self.model.trainable_variables)
     for name, value in values.items():
       self.metrics[name].update_state(value)
     return values

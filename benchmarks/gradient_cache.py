@@ -1,0 +1,96 @@
+"""Memory and speed of gradient caching (--contrastive_chunk_size).
+
+  python -m benchmarks.gradient_cache \
+      --output=benchmarks/results/gradient_cache.json
+
+Each case runs in its own process (its peak memory is its own): the training
+loop that run.py runs (`simclr_tf.train.train`, as benchmarks/throughput.py
+times it) on in-memory random images, with plain batches or with one batch
+computed in chunks. Images/s are steady state (after the first calls).
+"""
+
+import dataclasses
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+from absl import app
+from absl import flags
+import tensorflow as tf
+
+from benchmarks import throughput
+from simclr_tf import hooks
+from simclr_tf import records
+from simclr_tf import train as train_lib
+
+# name: (throughput configuration (model, image size), batch, chunk size)
+CASES = {
+    'resnet18_32px_b64': ('resnet18_32px_b128', 64, 0),
+    'resnet18_32px_b512': ('resnet18_32px_b128', 512, 0),
+    'resnet18_32px_b512_chunks64': ('resnet18_32px_b128', 512, 64),
+    'resnet50_224px_b16': ('resnet50_224px_b32', 16, 0),
+    'resnet50_224px_b64': ('resnet50_224px_b32', 64, 0),
+    'resnet50_224px_b64_chunks16': ('resnet50_224px_b32', 64, 16),
+}
+
+flags.DEFINE_list('cases', list(CASES), f'Any of {list(CASES)}.')
+flags.DEFINE_integer('timed_steps', 3, 'Timed training steps.')
+flags.DEFINE_string('output', None, 'JSON file for the results.')
+flags.DEFINE_string('case', None, 'Internal: run one case here.')
+FLAGS = flags.FLAGS
+
+
+def measure(name):
+  config_name, batch, chunk = CASES[name]
+  depth, width, image_size, _, stored_size = throughput.CONFIGS[config_name]
+  strategy = tf.distribute.get_strategy()
+  warmup = 2
+  steps = warmup + FLAGS.timed_steps + 1  # The last one writes a checkpoint.
+  with tempfile.TemporaryDirectory() as model_dir:
+    config, source = throughput.run_config(
+        depth, width, image_size, batch, stored_size, strategy, model_dir,
+        steps)
+    config = dataclasses.replace(config, train=dataclasses.replace(
+        config.train, contrastive_chunk_size=chunk))
+    timer = hooks.StepTimesHook()
+    started = time.perf_counter()
+    train_lib.train(config, strategy, source, extra_hooks=[timer])
+    wall = time.perf_counter() - started
+  return {'case': name, 'resnet_depth': depth, 'image_size': image_size,
+          'batch_size': batch, 'contrastive_chunk_size': chunk,
+          'precision': config.model.precision,
+          'images_per_second': timer.images_per_second(batch,
+                                                       skip_calls=warmup),
+          'peak_memory_gb':
+              resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9,
+          'wall_seconds': wall}
+
+
+def main(_):
+  if FLAGS.case:
+    print('RESULT ' + json.dumps(measure(FLAGS.case)), flush=True)
+    return
+  results = []
+  for name in FLAGS.cases:
+    if name not in CASES:
+      raise app.UsageError(f'--cases: unknown {name!r}; use any of '
+                           f'{list(CASES)}.')
+    out = subprocess.run(
+        [sys.executable, '-m', 'benchmarks.gradient_cache', f'--case={name}',
+         f'--timed_steps={FLAGS.timed_steps}'], check=True,
+        capture_output=True, text=True).stdout
+    result = json.loads(out.split('RESULT ', 1)[1])
+    results.append(result)
+    print(json.dumps(result), flush=True)
+  if FLAGS.output:
+    records.write_json(FLAGS.output, {
+        'date': time.strftime('%Y-%m-%d'),
+        'machine': throughput._machine(),  # pylint: disable=protected-access
+        'tensorflow': tf.__version__, 'results': results})
+
+
+if __name__ == '__main__':
+  app.run(main)

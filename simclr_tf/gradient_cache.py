@@ -1,0 +1,116 @@
+"""Gradient caching: a large contrastive batch in the memory of a small one.
+
+Gao et al. 2021, "Scaling Deep Contrastive Learning Batch Size under Memory
+Limited Setup". The negatives of the contrastive loss come from the whole
+batch, so gradient accumulation over small batches is not the same loss.
+Instead, for a batch split into chunks:
+
+1. every chunk's projections, without keeping activations;
+2. the loss of the whole batch and its gradient with respect to the
+   projections (cheap: [2B, D]);
+3. every chunk again, with a tape, back-propagating its slice of that
+   gradient; the parameter gradients are summed over chunks;
+4. one optimizer step (by the caller).
+
+Batch norm in training mode normalises with the statistics of what it sees,
+so here it sees one chunk at a time ("ghost" batch norm): the gradient is
+exactly that of the same loss computed in one pass with batch norm over the
+same chunks, and the moving statistics are updated once per chunk, in the
+second pass only (the first pass leaves them as they were).
+"""
+
+import tensorflow as tf
+
+
+def chunk(view1, view2, chunk_size: int):
+  """Two [B, ...] views -> [B / chunk_size, 2 * chunk_size, ...]: chunk k
+  holds examples k*N .. (k+1)*N - 1 of view 1, then the same of view 2, as
+  a plain batch of N examples would."""
+  shape = tf.concat([[-1, chunk_size], tf.shape(view1)[1:]], 0)
+  return tf.concat([tf.reshape(view1, shape), tf.reshape(view2, shape)], 1)
+
+
+def unchunk(chunks):
+  """The inverse of `chunk`: [C, 2N, ...] -> [2B, ...], view 1 then view 2
+  (the layout the contrastive loss takes)."""
+  view1, view2 = tf.split(chunks, 2, axis=1)
+  shape = tf.concat([[-1], tf.shape(chunks)[2:]], 0)
+  return tf.concat([tf.reshape(view1, shape), tf.reshape(view2, shape)], 0)
+
+
+def _chunk_indices(num_chunks: int, unroll: bool):
+  """A graph loop over chunks, or a Python one: MirroredStrategy cannot
+  synchronise (batch norm over replicas) inside a graph loop."""
+  return range(num_chunks) if unroll else tf.range(num_chunks)
+
+
+def _after(tensors, dependencies, unroll):
+  """`tensors`, available only once `dependencies` are computed: chunks run
+  one after the other, so that one chunk's activations are alive at once.
+  (Unrolled, the synchronised batch norms order the chunks already, and a
+  dependency would make each one's gradient trace walk all before it.)"""
+  if unroll:
+    return tensors
+  with tf.control_dependencies(tf.nest.flatten(dependencies)):
+    return tf.nest.map_structure(tf.identity, tensors)
+
+
+def cached_gradients(forward, variables, chunks, batch_objective,
+                     statistics, num_sums: int, unroll: bool = False):
+  """Gradients of a contrastive batch computed chunk by chunk.
+
+  Args:
+    forward: one chunk (of each of `chunks`) -> (projections [2N, D],
+      chunk_loss, sums [num_sums]) in training mode. `chunk_loss` is the chunk's share of
+      the terms that add up over examples (e.g. the supervised head's loss,
+      already divided by the whole batch); `sums` are metric sums.
+    variables: what to differentiate.
+    chunks: [C, 2N, ...] from `chunk` (images), or a nest of them (images
+      and labels).
+    batch_objective: projections [2B, D] (float32) -> (loss, values): the
+      loss of the whole batch and its metric values.
+    statistics: variables `forward` updates as a side effect (batch-norm
+      moving statistics), restored after the first pass.
+    num_sums: the length of `sums`.
+    unroll: loop over chunks in Python (a graph as large as that many
+      chunks), for batch norm synchronised across MirroredStrategy replicas.
+
+  Returns:
+    (gradients with zeros where a variable gets none, batch values, sums of
+    `sums` over chunks).
+  """
+  num_chunks = tf.nest.flatten(chunks)[0].shape[0]
+  chunk_at = lambda k: tf.nest.map_structure(lambda c: c[k], chunks)
+  before = [tf.identity(v) for v in statistics]
+  projections = tf.TensorArray(tf.float32, size=num_chunks)
+  previous = tf.zeros([])  # What the next chunk waits for.
+  for k in _chunk_indices(num_chunks, unroll):
+    outputs = forward(_after(chunk_at(k), previous, unroll))[0]
+    projections = projections.write(k, tf.cast(outputs, tf.float32))
+    previous = tf.reduce_sum(outputs[:1, :1])
+  with tf.control_dependencies([projections.stack()]):
+    for variable, value in zip(statistics, before):
+      variable.assign(value)
+
+  everything = unchunk(projections.stack())
+  with tf.GradientTape() as tape:
+    tape.watch(everything)
+    loss, values = batch_objective(everything)
+  projection_gradients = chunk(*tf.split(tape.gradient(loss, everything), 2),
+                               chunk_size=everything.shape[0] //
+                               (2 * num_chunks))
+
+  gradients = [tf.zeros_like(v) for v in variables]
+  sums = tf.zeros([num_sums])
+  for k in _chunk_indices(num_chunks, unroll):
+    with tf.GradientTape() as tape:
+      outputs, chunk_loss, chunk_sums = forward(
+          _after(chunk_at(k), gradients, unroll))
+      # d(surrogate)/d(weights) = dL/dz . dz/d(weights) for this chunk.
+      surrogate = tf.reduce_sum(tf.cast(outputs, tf.float32) *
+                                projection_gradients[k]) + chunk_loss
+    chunk_gradients = tape.gradient(surrogate, variables)
+    gradients = [total if g is None else total + tf.cast(g, total.dtype)
+                 for total, g in zip(gradients, chunk_gradients)]
+    sums += chunk_sums
+  return gradients, values, sums
