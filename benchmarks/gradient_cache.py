@@ -37,8 +37,8 @@ CASES = {
 }
 
 flags.DEFINE_list('cases', list(CASES), f'Any of {list(CASES)}.')
-flags.DEFINE_integer('timed_steps', 3, 'Timed training steps.')
-flags.DEFINE_string('output', None, 'JSON file for the results.')
+# --timed_steps (timed training steps) and --output (the JSON file) come
+# from benchmarks.throughput.
 flags.DEFINE_string('case', None, 'Internal: run one case here.')
 FLAGS = flags.FLAGS
 
