@@ -87,7 +87,7 @@ def cached_gradients(forward, variables, chunks, batch_objective,
   for k in _chunk_indices(num_chunks, unroll):
     outputs = forward(_after(chunk_at(k), previous, unroll))[0]
     projections = projections.write(k, tf.cast(outputs, tf.float32))
-    previous = tf.reduce_sum(outputs[:1, :1])
+    previous = tf.reduce_sum(tf.cast(outputs[:1, :1], tf.float32))
   with tf.control_dependencies([projections.stack()]):
     for variable, value in zip(statistics, before):
       variable.assign(value)

@@ -168,3 +168,28 @@ def test_chunking_applies_only_to_pretraining_with_smaller_chunks():
   assert _task(strategy, contrastive_chunk_size=0).chunk_size == 0
   assert _task(strategy, contrastive_chunk_size=PER_REPLICA).chunk_size == 0
   assert _task(strategy, train_mode='finetune').chunk_size == 0
+
+
+def test_a_cached_step_under_xla_and_float16_loss_scaling():
+  # The same first step in float32 without XLA is the reference.
+  settings = dict(jit_compile=True, precision='float16')
+  batch = _batch(4)
+  losses, updates, weights = [], [], None
+  for options in ({}, settings):
+    task = _task(tf.distribute.get_strategy(), **options)
+    if weights is None:
+      weights = task.model.get_weights()
+    task.model.set_weights(weights)
+    values = tf.function(task.replica_step)(batch)
+    losses.append({k: float(v) for k, v in values.items()})
+    assert all(np.isfinite(v) for v in losses[-1].values())
+    updates.append(np.concatenate([
+        (after - before).ravel() for after, before in
+        zip(task.model.get_weights(), weights)]))
+  tolerance = 3e-2  # float16 compute.
+  for name, value in losses[0].items():
+    assert losses[1][name] == pytest.approx(value, rel=tolerance,
+                                            abs=tolerance), name
+  # The loss-scaled gradients, unscaled, make the float32 update.
+  assert np.linalg.norm(updates[1] - updates[0]) < 0.1 * np.linalg.norm(
+      updates[0])
