@@ -61,9 +61,10 @@ def cached_gradients(forward, variables, chunks, batch_objective,
 
   Args:
     forward: one chunk (of each of `chunks`) -> (projections [2N, D],
-      chunk_loss, sums [num_sums]) in training mode. `chunk_loss` is the chunk's share of
-      the terms that add up over examples (e.g. the supervised head's loss,
-      already divided by the whole batch); `sums` are metric sums.
+      chunk_loss, sums [num_sums]) in training mode. `chunk_loss` is the
+      chunk's share of the terms that add up over examples (e.g. the
+      supervised head's loss, already divided by the whole batch); `sums`
+      are metric sums.
     variables: what to differentiate.
     chunks: [C, 2N, ...] from `chunk` (images), or a nest of them (images
       and labels).
