@@ -308,6 +308,12 @@ def test_import_then_export_eval_and_fine_tune_as_any_run(tmp_path):
   result_json = json.loads((model_dir / 'result.json').read_text())
   assert result_json['global_step'] == 3
 
+  # Exporting again needs neither architecture flags nor a dataset.
+  exported = _run('--mode=export', f'--model_dir={model_dir}')
+  assert exported.returncode == 0, exported.stderr
+  assert f'Exported {model_dir}/ckpt-3 to {model_dir}/saved_model/3' in (
+      exported.stdout)
+
   # Fine-tuning starts from the imported encoder.
   tuned_dir = tmp_path / 'tuned'
   tuned = _run('--mode=train', '--train_mode=finetune',
