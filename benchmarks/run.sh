@@ -4,10 +4,15 @@
 #   bash benchmarks/run.sh fashion_mnist   # learning (about 2 h on 2 cores: 1 h of pretraining and
 #                                          #   evaluation, then the supervised baseline as long)
 #                                          #        -> benchmarks/results/fashion_mnist/
+#   bash benchmarks/run.sh gradient_cache  # memory and speed of --contrastive_chunk_size (~15 min)
+#                                          #        -> benchmarks/results/gradient_cache.json
+#   bash benchmarks/run.sh original_import --original_code=PATH/simclr/tf2
+#                                          # --mode=import against the original code (~13 min)
+#                                          #        -> benchmarks/results/original_import.json
 # Extra arguments go to the script (see its --help).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-name="${1:?usage: bash benchmarks/run.sh throughput|fashion_mnist [flags]}"
+name="${1:?usage: bash benchmarks/run.sh throughput|fashion_mnist|gradient_cache|original_import [flags]}"
 shift
 
 if [ "$name" = fashion_mnist ] && [ ! -d /usr/share/datasets/fashion-mnist ] \
@@ -25,5 +30,12 @@ case "$name" in
   fashion_mnist)
     exec .venv/bin/python -m benchmarks.fashion_mnist \
       --output=benchmarks/results/fashion_mnist "$@" ;;
-  *) echo "unknown benchmark: $name (throughput or fashion_mnist)" >&2; exit 2 ;;
+  gradient_cache)
+    exec .venv/bin/python -m benchmarks.gradient_cache --timed_steps=3 \
+      --output=benchmarks/results/gradient_cache.json "$@" ;;
+  original_import)
+    exec .venv/bin/python -m benchmarks.original_import \
+      --output=benchmarks/results/original_import.json "$@" ;;
+  *) echo "unknown benchmark: $name (throughput, fashion_mnist, gradient_cache or" \
+       "original_import)" >&2; exit 2 ;;
 esac
