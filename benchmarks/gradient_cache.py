@@ -12,8 +12,6 @@ computed in chunks. Images/s are steady state (after the first calls).
 import dataclasses
 import json
 import resource
-import subprocess
-import sys
 import tempfile
 import time
 
@@ -23,7 +21,6 @@ import tensorflow as tf
 
 from benchmarks import throughput
 from simclr_tf import hooks
-from simclr_tf import records
 from simclr_tf import train as train_lib
 
 # name: (throughput configuration (model, image size), batch, chunk size)
@@ -78,18 +75,10 @@ def main(_):
     if name not in CASES:
       raise app.UsageError(f'--cases: unknown {name!r}; use any of '
                            f'{list(CASES)}.')
-    out = subprocess.run(
-        [sys.executable, '-m', 'benchmarks.gradient_cache', f'--case={name}',
-         f'--timed_steps={FLAGS.timed_steps}'], check=True,
-        capture_output=True, text=True).stdout
-    result = json.loads(out.split('RESULT ', 1)[1])
-    results.append(result)
-    print(json.dumps(result), flush=True)
-  if FLAGS.output:
-    records.write_json(FLAGS.output, {
-        'date': time.strftime('%Y-%m-%d'),
-        'machine': throughput._machine(),  # pylint: disable=protected-access
-        'tensorflow': tf.__version__, 'results': results})
+    results.append(throughput.in_own_process(
+        'benchmarks.gradient_cache',
+        [f'--case={name}', f'--timed_steps={FLAGS.timed_steps}']))
+  throughput.write_record(FLAGS.output, results)
 
 
 if __name__ == '__main__':

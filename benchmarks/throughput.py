@@ -209,17 +209,28 @@ def main(_):
     if name not in CONFIGS:
       raise app.UsageError(f'--configs: unknown {name!r}; use any of '
                            f'{list(CONFIGS)}.')
-    # A process per configuration: its peak memory is its own.
-    out = subprocess.run(
-        [sys.executable, '-m', 'benchmarks.throughput', f'--child={name}',
-         *passed], check=True, capture_output=True, text=True).stdout
-    result = json.loads(out.split('RESULT ', 1)[1])
-    results.append(result)
-    print(json.dumps(result), flush=True)
-  record = {'date': time.strftime('%Y-%m-%d'), 'machine': _machine(),
-            'tensorflow': tf.__version__, 'results': results}
-  if FLAGS.output:
-    records.write_json(FLAGS.output, record)
+    results.append(in_own_process('benchmarks.throughput',
+                                  [f'--child={name}', *passed]))
+  write_record(FLAGS.output, results)
+
+
+def in_own_process(module: str, args: list) -> dict:
+  """Runs `python -m module args` (whose peak memory is then its own) and
+  returns the dict it prints after 'RESULT '."""
+  out = subprocess.run([sys.executable, '-m', module, *args], check=True,
+                       capture_output=True, text=True).stdout
+  result = json.loads(out.split('RESULT ', 1)[1])
+  print(json.dumps(result), flush=True)
+  return result
+
+
+def write_record(path: str | None, results: list):
+  """The results with the date, machine and TensorFlow version."""
+  if path:
+    records.write_json(path, {'date': time.strftime('%Y-%m-%d'),
+                              'machine': _machine(),
+                              'tensorflow': tf.__version__,
+                              'results': results})
 
 
 def _machine():
