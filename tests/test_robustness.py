@@ -122,6 +122,35 @@ def test_killed_runs_resume_to_the_uninterrupted_weights(folder, tmp_path):
         f'weight difference to the uninterrupted run: {largest}')
 
 
+def test_a_chunked_run_resumed_from_a_middle_checkpoint_ends_identical(
+    folder, tmp_path):
+  """Gradient caching keeps no state outside the checkpoint: resuming from
+  step 3 gives the uninterrupted run's weights, bit for bit."""
+  flags = [f'--dataset=folder:{folder}', '--mode=train', '--train_steps=6',
+           '--checkpoint_steps=3', '--deterministic',
+           '--contrastive_chunk_size=4', *TINY]
+  reference_dir, resumed_dir = tmp_path / 'reference', tmp_path / 'resumed'
+  reference = run(*flags, f'--model_dir={reference_dir}')
+  assert reference.returncode == 0, reference.stderr[-3000:]
+  os.makedirs(resumed_dir)
+  for name in os.listdir(reference_dir):
+    if name == 'flags.json' or name.startswith('ckpt-3.'):
+      with open(reference_dir / name, 'rb') as f:
+        (resumed_dir / name).write_bytes(f.read())
+  (resumed_dir / 'checkpoint').write_text(
+      'model_checkpoint_path: "ckpt-3"\nall_model_checkpoint_paths: '
+      '"ckpt-3"\n')
+  resumed = run(*flags, f'--model_dir={resumed_dir}')
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert f'Resuming from {resumed_dir}/ckpt-3' in resumed.stderr
+  assert _fingerprint(resumed.stderr) == _fingerprint(reference.stderr)
+  a = tf.train.load_checkpoint(str(reference_dir / 'ckpt-6'))
+  b = tf.train.load_checkpoint(str(resumed_dir / 'ckpt-6'))
+  for name, _ in tf.train.list_variables(str(reference_dir / 'ckpt-6')):
+    if name != '_CHECKPOINTABLE_OBJECT_GRAPH':
+      np.testing.assert_array_equal(a.get_tensor(name), b.get_tensor(name))
+
+
 @pytest.mark.parametrize('stop_signal,exit_code', [
     (signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_sigterm_and_ctrl_c_save_the_current_step_and_exit(
