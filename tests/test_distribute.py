@@ -17,7 +17,7 @@ from simclr_tf import config as c
 from tests import helpers
 from tests.test_run_preview import REPO, run
 
-GLOBAL_BATCH = 8
+GLOBAL_BATCH = 12
 SIZE = 12
 
 
@@ -68,8 +68,8 @@ def single():
   return one_step(1, global_bn=True)
 
 
-@pytest.mark.parametrize('replicas', [2, 4])
-def test_one_step_is_the_same_on_1_2_and_4_replicas(single, replicas):
+@pytest.mark.parametrize('replicas', [2, 3])
+def test_one_step_is_the_same_on_1_2_and_3_replicas(single, replicas):
   reference, initial, expected = single
   results, _, weights = one_step(replicas, global_bn=True)
   for name in ('total_loss', 'contrast_loss', 'contrast_acc',
