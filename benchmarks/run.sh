@@ -4,6 +4,9 @@
 #   bash benchmarks/run.sh fashion_mnist   # learning (about 2 h on 2 cores: 1 h of pretraining and
 #                                          #   evaluation, then the supervised baseline as long)
 #                                          #        -> benchmarks/results/fashion_mnist/
+#   bash benchmarks/run.sh semi_supervised # fine-tuning on 1% / 10% of the labels, from the encoder
+#                                          #   fashion_mnist left in /tmp/simclr_fashion_mnist (~1 h)
+#                                          #        -> benchmarks/results/semi_supervised/
 #   bash benchmarks/run.sh gradient_cache  # memory and speed of --contrastive_chunk_size (~15 min)
 #                                          #        -> benchmarks/results/gradient_cache.json
 #   bash benchmarks/run.sh original_import --original_code=PATH/simclr/tf2
@@ -12,11 +15,11 @@
 # Extra arguments go to the script (see its --help).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-name="${1:?usage: bash benchmarks/run.sh throughput|fashion_mnist|gradient_cache|original_import [flags]}"
+name="${1:?usage: bash benchmarks/run.sh throughput|fashion_mnist|semi_supervised|gradient_cache|original_import [flags]}"
 shift
 
-if [ "$name" = fashion_mnist ] && [ ! -d /usr/share/datasets/fashion-mnist ] \
-    && command -v apt-get >/dev/null; then
+if { [ "$name" = fashion_mnist ] || [ "$name" = semi_supervised ]; } \
+    && [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null; then
   sudo_cmd=""; [ "$(id -u)" = 0 ] || sudo_cmd="sudo"
   $sudo_cmd apt-get update -qq && $sudo_cmd apt-get install -y -qq dataset-fashion-mnist
 fi
@@ -30,12 +33,15 @@ case "$name" in
   fashion_mnist)
     exec .venv/bin/python -m benchmarks.fashion_mnist \
       --output=benchmarks/results/fashion_mnist "$@" ;;
+  semi_supervised)
+    exec .venv/bin/python -m benchmarks.semi_supervised \
+      --output=benchmarks/results/semi_supervised "$@" ;;
   gradient_cache)
     exec .venv/bin/python -m benchmarks.gradient_cache --timed_steps=3 \
       --output=benchmarks/results/gradient_cache.json "$@" ;;
   original_import)
     exec .venv/bin/python -m benchmarks.original_import \
       --output=benchmarks/results/original_import.json "$@" ;;
-  *) echo "unknown benchmark: $name (throughput, fashion_mnist, gradient_cache or" \
-       "original_import)" >&2; exit 2 ;;
+  *) echo "unknown benchmark: $name (throughput, fashion_mnist, semi_supervised," \
+       "gradient_cache or original_import)" >&2; exit 2 ;;
 esac

@@ -1,0 +1,329 @@
+"""The paper's second headline on Fashion-MNIST: fine-tuning on 1% and 10%
+of the labels, from the SimCLR encoder and from random weights.
+
+  python -m benchmarks.semi_supervised --encoder=/tmp/simclr_fashion_mnist/pretrain
+
+`--encoder` is the pretraining run of benchmarks/fashion_mnist.py (its
+latest checkpoint is used). The protocol:
+
+* Labeled subsets are class-balanced and seeded (`--label_fraction`, as
+  run.py draws them), taken from the first 50,000 training images: 600 images
+  (1% of Fashion-MNIST's 60,000) and 6,000 (10%). The last 10,000 training
+  images are the validation set on which each method's learning rate and
+  weight decay are chosen (subset seed 0); the test set only reports.
+* (a) SimCLR: fine-tuned as the SimCLR code fine-tunes: the whole network,
+  the new head on the first projection layer (`--ft_proj_selector=1`) and
+  zero-initialised, momentum SGD, crop + flip only. (b) The same network from
+  random weights with the same steps, batch and augmentation, its own
+  learning rate and weight decay chosen the same way. Both get the same
+  grid. (c) Ceiling: the same network trained from random weights on all
+  60,000 labels. For reference, also the frozen SimCLR encoder with the
+  linear probe fitted on the subset only.
+* 1% is repeated for `--seeds` (other subsets, augmentation orders and head
+  initialisations) and reported as mean and spread.
+
+Writes result.json and semi_supervised.png to --output.
+"""
+
+import dataclasses
+import itertools
+import json
+import os
+import time
+
+from absl import app
+from absl import flags
+from absl import logging
+import numpy as np
+import tensorflow as tf
+
+from simclr_tf import config as c
+from simclr_tf import datasets
+from simclr_tf import evaluate
+from simclr_tf import evaluators
+from simclr_tf import recipes
+from simclr_tf import records
+from simclr_tf import runner
+from simclr_tf import train as train_lib
+
+flags.DEFINE_string('encoder', '/tmp/simclr_fashion_mnist/pretrain',
+                    'The pretraining run (directory or checkpoint prefix).')
+flags.DEFINE_string('output', 'benchmarks/results/semi_supervised',
+                    'Directory for result.json and the chart.')
+flags.DEFINE_string('model_dir', '/tmp/simclr_semi_supervised',
+                    'Scratch directory of the fine-tuning runs (removed '
+                    'first).')
+flags.DEFINE_string('data_dir', 'data', 'Where Fashion-MNIST is looked for '
+                    '(then /usr/share/datasets/fashion-mnist).')
+flags.DEFINE_list('simclr_learning_rates', ['0.001', '0.003', '0.01'],
+                  'Base learning rates (times sqrt(batch size)) tried when '
+                  'fine-tuning the SimCLR encoder.')
+flags.DEFINE_list('random_learning_rates', ['0.01', '0.03', '0.1'],
+                  'Base learning rates tried from random weights (a '
+                  'pretrained network wants smaller steps).')
+flags.DEFINE_list('weight_decays', ['0', '0.0005'], 'Grid of weight decays '
+                  '(searched at 1%; 10% uses each method\'s choice at 1%).')
+flags.DEFINE_list('seeds', ['0', '1', '2'], 'Subset seeds of the 1% runs.')
+flags.DEFINE_integer('epochs_1pct', 40, 'Fine-tuning epochs on 1%.')
+flags.DEFINE_integer('epochs_10pct', 20, 'Fine-tuning epochs on 10% (0 '
+                     'skips 10%).')
+flags.DEFINE_integer('batch_1pct', 64, 'Batch size on 1%.')
+flags.DEFINE_integer('batch_10pct', 256, 'Batch size on 10%.')
+flags.DEFINE_integer('ceiling_epochs', 5, 'Epochs of the all-labels '
+                     'ceiling (0 skips it).')
+flags.DEFINE_float('min_crop_area', 0.08, 'Fine-tuning crop area lower '
+                   'bound (the paper\'s).')
+flags.DEFINE_float('random_min_crop_area', None, 'The same for the runs from '
+                   'random weights (default: --min_crop_area).')
+flags.DEFINE_list('crop_search', [], 'Only try these crop lower bounds on '
+                  '1% (seed 0, each method\'s first learning rate and first '
+                  'weight decay); writes crop_search.json.')
+FLAGS = flags.FLAGS
+
+NUM_TRAIN = 60000
+LABEL_POOL = 'train[:50000]'
+VALIDATION = 'train[50000:]'
+METHODS = ('SimCLR', 'random weights')
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+  """One fine-tuning run's varying part."""
+  method: str  # One of METHODS.
+  labels: int  # Labeled images: 600, 6000 or 60000.
+  seed: int
+  learning_rate: float
+  weight_decay: float
+
+  @property
+  def name(self):
+    return (f'{self.method.replace(" ", "_")}-{self.labels}-s{self.seed}-'
+            f'lr{self.learning_rate:g}-wd{self.weight_decay:g}')
+
+
+def min_crop_area(method: str) -> float:
+  if method == 'random weights' and FLAGS.random_min_crop_area is not None:
+    return FLAGS.random_min_crop_area
+  return FLAGS.min_crop_area
+
+
+def fine_tuning_config(setting: Setting, model_dir: str, *, epochs: int,
+                       batch_size: int, encoder: str | None) -> c.RunConfig:
+  """The fashion_mnist preset, fine-tuned the SimCLR code's way."""
+  all_labels = setting.labels >= NUM_TRAIN
+  values = recipes.with_preset('fashion_mnist', {
+      'data_dir': FLAGS.data_dir, 'model_dir': model_dir,
+      'train_mode': 'finetune', 'num_classes': 10, 'image_size': 28,
+      'train_split': 'train' if all_labels else LABEL_POOL,
+      # A fraction of the 50k pool that gives 1% / 10% of the 60k.
+      'label_fraction': 1.0 if all_labels else setting.labels / 50000,
+      'seed': setting.seed, 'checkpoint': encoder,
+      'ft_proj_selector': 1, 'zero_init_logits_layer': True,
+      'fine_tune_after_block': -1, 'optimizer': 'momentum',
+      'learning_rate': setting.learning_rate,
+      'learning_rate_scaling': 'sqrt', 'weight_decay': setting.weight_decay,
+      'warmup_epochs': 0, 'train_epochs': epochs,
+      'train_batch_size': batch_size, 'checkpoint_epochs': epochs,
+      'min_crop_area': min_crop_area(setting.method),
+      'keep_checkpoint_max': 1,
+      'log_every_seconds': 60, 'lineareval_while_pretraining': False,
+      'jit_compile': False})
+  return c.build(recipes.resolve(values, native_image_size=28,
+                                 num_classes=10,
+                                 strategy=tf.distribute.get_strategy()))
+
+
+def fine_tune(setting: Setting, source, encoder: str, *, epochs: int,
+              batch_size: int) -> dict:
+  """Trains one setting; its validation and test top-1."""
+  model_dir = os.path.join(FLAGS.model_dir, setting.name)
+  if tf.io.gfile.exists(model_dir):
+    tf.io.gfile.rmtree(model_dir)
+  config = fine_tuning_config(
+      setting, model_dir, epochs=epochs, batch_size=batch_size,
+      encoder=encoder if setting.method == 'SimCLR' else None)
+  strategy = tf.distribute.get_strategy()
+  started = time.monotonic()
+  trained = train_lib.train(config, strategy, source)
+  seconds = time.monotonic() - started
+  run = evaluators.Run(config, strategy, source)
+  labeled = run.labeled_indices
+  result = {
+      **dataclasses.asdict(setting), 'epochs': epochs,
+      'min_crop_area': config.augment.min_crop_area,
+      'batch_size': batch_size, 'steps': trained.global_step,
+      'train_labels': NUM_TRAIN if labeled is None else len(labeled),
+      'train_seconds': seconds,
+      'validation_top_1': evaluate.label_accuracy(
+          trained.model, strategy,
+          run.eval_data(VALIDATION))['label_top_1_accuracy'],
+      'test_top_1': evaluate.label_accuracy(
+          trained.model, strategy,
+          run.eval_data('test'))['label_top_1_accuracy']}
+  logging.info('%s: %s', setting.name, result)
+  tf.io.gfile.rmtree(model_dir)
+  return result
+
+
+def best(results: list[dict], method: str, labels: int) -> dict:
+  """The run of `method` with the best validation accuracy (seed 0)."""
+  candidates = [r for r in results if r['method'] == method
+                and r['labels'] == labels and r['seed'] == 0]
+  return max(candidates, key=lambda r: r['validation_top_1'])
+
+
+def frozen_probe(source, encoder: str, labels: int, seed: int) -> dict:
+  """The frozen SimCLR encoder, linear probe fitted on the subset only."""
+  setting = Setting('SimCLR', labels, seed, 0.0, 0.0)
+  config = fine_tuning_config(setting, '/tmp/unused', epochs=1,
+                              batch_size=64, encoder=None)
+  pretrain_config = dataclasses.replace(config, model=dataclasses.replace(
+      config.model, train_mode='pretrain', num_classes=None))
+  strategy = tf.distribute.get_strategy()
+  model, _ = runner.restored_model(
+      evaluators.Run(pretrain_config, strategy, source),
+      tf.train.latest_checkpoint(encoder) or encoder)
+  metrics = evaluators.feature_metrics(evaluators.Run(config, strategy,
+                                                      source),
+                                       model, knn=True, probe=True)
+  return {'labels': labels, 'seed': seed, **metrics}
+
+
+def summary(values: list[float]) -> dict:
+  return {'mean': float(np.mean(values)), 'std': float(np.std(values)),
+          'min': float(np.min(values)), 'max': float(np.max(values)),
+          'runs': len(values)}
+
+
+def plot(table: dict, title: str, directory: str):
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  rows = list(table)
+  columns = list(table[rows[0]])
+  fig, ax = plt.subplots(figsize=(7, 3.4))
+  width = 0.8 / len(rows)
+  for i, row in enumerate(rows):
+    cells = [table[row].get(col) for col in columns]
+    means = [100 * cell['mean'] if cell else 0 for cell in cells]
+    spreads = [100 * cell['std'] if cell else 0 for cell in cells]
+    positions = [j + (i - (len(rows) - 1) / 2) * width
+                 for j in range(len(columns))]
+    bars = ax.bar(positions, means, width, yerr=spreads, capsize=3,
+                  label=row)
+    ax.bar_label(bars, fmt='%.1f', fontsize=7, padding=2)
+  ax.set_xticks(range(len(columns)), columns)
+  ax.set_ylim(50, 100)
+  ax.set_ylabel('Fashion-MNIST test top-1 (%)')
+  ax.legend(fontsize=7, loc='lower right')
+  ax.grid(axis='y', alpha=0.3)
+  fig.suptitle(title, fontsize=8)
+  fig.tight_layout()
+  fig.savefig(os.path.join(directory, 'semi_supervised.png'), dpi=120)
+
+
+def main(_):
+  tf.io.gfile.makedirs(FLAGS.output)
+  encoder = FLAGS.encoder
+  if not (tf.train.latest_checkpoint(encoder)
+          or tf.io.gfile.exists(encoder + '.index')):
+    raise app.UsageError(f'--encoder={encoder} holds no checkpoint; run '
+                         'benchmarks/fashion_mnist.py first.')
+  config = fine_tuning_config(Setting('SimCLR', 600, 0, 0.0, 0.0), '/tmp',
+                              epochs=1, batch_size=64, encoder=None)
+  source = datasets.make_source(config.data)
+  learning_rates = {
+      'SimCLR': [float(v) for v in FLAGS.simclr_learning_rates],
+      'random weights': [float(v) for v in FLAGS.random_learning_rates]}
+  weight_decays = [float(v) for v in FLAGS.weight_decays]
+  seeds = [int(v) for v in FLAGS.seeds]
+  budgets = {600: (FLAGS.epochs_1pct, FLAGS.batch_1pct)}
+  if FLAGS.epochs_10pct > 0:
+    budgets[6000] = (FLAGS.epochs_10pct, FLAGS.batch_10pct)
+  columns = [(labels, f'{labels // 600}% labels') for labels in budgets]
+  runs = []
+
+  def run(setting):
+    epochs, batch_size = budgets.get(setting.labels,
+                                     (FLAGS.ceiling_epochs, 256))
+    runs.append(fine_tune(setting, source, encoder, epochs=epochs,
+                          batch_size=batch_size))
+    records.write_json(os.path.join(FLAGS.output, 'runs.json'), runs)
+
+  if FLAGS.crop_search:
+    for crop in FLAGS.crop_search:
+      FLAGS.min_crop_area = FLAGS.random_min_crop_area = float(crop)
+      for method in METHODS:
+        run(Setting(method, 600, 0, learning_rates[method][0],
+                    weight_decays[0]))
+    records.write_json(os.path.join(FLAGS.output, 'crop_search.json'), runs)
+    return
+
+  chosen = {}
+  for method in METHODS:
+    # The grid on 1% (seed 0), then the learning rates on 10% with the
+    # weight decay 1% chose, then the other 1% seeds with 1%'s choice.
+    for lr, wd in itertools.product(learning_rates[method],
+                                    weight_decays):
+      run(Setting(method, 600, 0, lr, wd))
+    chosen[method, 600] = best(runs, method, 600)
+    if 6000 in budgets:
+      for lr in learning_rates[method]:
+        run(Setting(method, 6000, 0, lr,
+                    chosen[method, 600]['weight_decay']))
+      chosen[method, 6000] = best(runs, method, 6000)
+    pick = chosen[method, 600]
+    for seed in seeds[1:]:
+      run(Setting(method, 600, seed, pick['learning_rate'],
+                  pick['weight_decay']))
+
+  table = {}
+  for method in METHODS:
+    row = {}
+    for labels, column in columns:
+      pick = chosen[method, labels]
+      matching = [r for r in runs if r['method'] == method
+                  and r['labels'] == labels
+                  and r['learning_rate'] == pick['learning_rate']
+                  and r['weight_decay'] == pick['weight_decay']]
+      row[column] = summary([r['test_top_1'] for r in matching])
+      row[column].update(learning_rate=pick['learning_rate'],
+                         weight_decay=pick['weight_decay'],
+                         min_crop_area=pick['min_crop_area'])
+    table[f'{method}, fine-tuned'] = row
+  probes = {labels: [frozen_probe(source, encoder, labels, seed)
+                     for seed in (seeds if labels == 600 else seeds[:1])]
+            for labels in budgets}
+  table['SimCLR frozen, linear probe on the subset'] = {
+      column: summary([p['linear_probe_top_1_accuracy']
+                       for p in probes[labels]])
+      for labels, column in columns}
+  ceiling = None
+  if FLAGS.ceiling_epochs > 0:
+    pick = chosen['random weights', max(budgets)]
+    run(Setting('random weights', NUM_TRAIN, 0, pick['learning_rate'],
+                pick['weight_decay']))
+    ceiling = runs[-1]
+  result = {
+      'title': ('ResNet-18 x0.25 on Fashion-MNIST, fine-tuned on 1% / 10% '
+                'of the labels (test top-1, mean ± std over subsets)'),
+      'encoder': tf.train.latest_checkpoint(encoder) or encoder,
+      'min_crop_area': {method: min_crop_area(method) for method in METHODS},
+      'table': table, 'ceiling': ceiling, 'frozen_probes': probes,
+      'runs': runs, 'date': time.strftime('%Y-%m-%d'),
+      'budgets': {'1%': {'epochs': FLAGS.epochs_1pct,
+                         'batch_size': FLAGS.batch_1pct},
+                  '10%': {'epochs': FLAGS.epochs_10pct,
+                          'batch_size': FLAGS.batch_10pct},
+                  'ceiling': {'epochs': FLAGS.ceiling_epochs,
+                              'batch_size': 256}},
+  }
+  records.write_json(os.path.join(FLAGS.output, 'result.json'), result)
+  plot(table, result['title'], FLAGS.output)
+  print(json.dumps({'table': table, 'ceiling': ceiling and {
+      k: ceiling[k] for k in ('test_top_1', 'epochs')}}, indent=2))
+
+
+if __name__ == '__main__':
+  app.run(main)
