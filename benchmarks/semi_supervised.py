@@ -15,14 +15,17 @@ latest checkpoint is used). The protocol:
   the new head on the first projection layer (`--ft_proj_selector=1`) and
   zero-initialised, momentum SGD, crop + flip only. (b) The same network from
   random weights with the same steps, batch and augmentation, its own
-  learning rate and weight decay chosen the same way. Both get the same
-  grid. (c) Ceiling: the same network trained from random weights on all
-  60,000 labels. For reference, also the frozen SimCLR encoder with the
-  linear probe fitted on the subset only.
+  learning rate (from its own grid) and weight decay chosen the same way.
+  (c) Ceiling: the same network trained from random weights on all 60,000
+  labels. For reference, also the frozen SimCLR encoder with the linear
+  probe fitted on the subset only.
+* `--crop_search` instead tries crop lower bounds on 1% (subset 0) for both
+  methods; `--min_crop_area` / `--random_min_crop_area` then set them.
 * 1% is repeated for `--seeds` (other subsets, augmentation orders and head
   initialisations) and reported as mean and spread.
 
-Writes result.json and semi_supervised.png to --output.
+Writes result.json and semi_supervised.png (or crop_search.json) to
+--output.
 """
 
 import dataclasses
@@ -34,6 +37,7 @@ import time
 from absl import app
 from absl import flags
 from absl import logging
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -51,8 +55,8 @@ flags.DEFINE_string('encoder', '/tmp/simclr_fashion_mnist/pretrain',
 flags.DEFINE_string('output', 'benchmarks/results/semi_supervised',
                     'Directory for result.json and the chart.')
 flags.DEFINE_string('model_dir', '/tmp/simclr_semi_supervised',
-                    'Scratch directory of the fine-tuning runs (removed '
-                    'first).')
+                    'Scratch directory of the fine-tuning runs; its '
+                    'runs.json lists the runs finished so far.')
 flags.DEFINE_string('data_dir', 'data', 'Where Fashion-MNIST is looked for '
                     '(then /usr/share/datasets/fashion-mnist).')
 flags.DEFINE_list('simclr_learning_rates', ['0.001', '0.003', '0.01'],
@@ -143,6 +147,9 @@ def fine_tune(setting: Setting, source, encoder: str, *, epochs: int,
       setting, model_dir, epochs=epochs, batch_size=batch_size,
       encoder=encoder if setting.method == 'SimCLR' else None)
   strategy = tf.distribute.get_strategy()
+  # Seeded as run.py seeds: the initialisation of the head and, from random
+  # weights, of the encoder.
+  keras.utils.set_random_seed(setting.seed)
   started = time.monotonic()
   trained = train_lib.train(config, strategy, source)
   seconds = time.monotonic() - started
@@ -195,7 +202,7 @@ def summary(values: list[float]) -> dict:
           'runs': len(values)}
 
 
-def plot(table: dict, title: str, directory: str):
+def plot(table: dict, title: str, directory: str, ceiling: dict | None):
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -213,6 +220,9 @@ def plot(table: dict, title: str, directory: str):
     bars = ax.bar(positions, means, width, yerr=spreads, capsize=3,
                   label=row)
     ax.bar_label(bars, fmt='%.1f', fontsize=7, padding=2)
+  if ceiling:
+    ax.axhline(100 * ceiling['test_top_1'], ls='--', color='gray',
+               label=f'random weights, all labels, {ceiling["epochs"]} epochs')
   ax.set_xticks(range(len(columns)), columns)
   ax.set_ylim(50, 100)
   ax.set_ylabel('Fashion-MNIST test top-1 (%)')
@@ -249,7 +259,7 @@ def main(_):
                                      (FLAGS.ceiling_epochs, 256))
     runs.append(fine_tune(setting, source, encoder, epochs=epochs,
                           batch_size=batch_size))
-    records.write_json(os.path.join(FLAGS.output, 'runs.json'), runs)
+    records.write_json(os.path.join(FLAGS.model_dir, 'runs.json'), runs)
 
   if FLAGS.crop_search:
     for crop in FLAGS.crop_search:
@@ -320,7 +330,7 @@ def main(_):
                               'batch_size': 256}},
   }
   records.write_json(os.path.join(FLAGS.output, 'result.json'), result)
-  plot(table, result['title'], FLAGS.output)
+  plot(table, result['title'], FLAGS.output, ceiling)
   print(json.dumps({'table': table, 'ceiling': ceiling and {
       k: ceiling[k] for k in ('test_top_1', 'epochs')}}, indent=2))
 

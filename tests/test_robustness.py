@@ -3,6 +3,7 @@
 import os
 import random
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -135,8 +136,7 @@ def test_a_chunked_run_resumed_from_a_middle_checkpoint_ends_identical(
   os.makedirs(resumed_dir)
   for name in os.listdir(reference_dir):
     if name == 'flags.json' or name.startswith('ckpt-3.'):
-      with open(reference_dir / name, 'rb') as f:
-        (resumed_dir / name).write_bytes(f.read())
+      shutil.copy(reference_dir / name, resumed_dir / name)
   (resumed_dir / 'checkpoint').write_text(
       'model_checkpoint_path: "ckpt-3"\nall_model_checkpoint_paths: '
       '"ckpt-3"\n')
