@@ -207,9 +207,10 @@ def plot(table: dict, title: str, directory: str, ceiling: dict | None):
   matplotlib.use('Agg')
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
 
-  rows = list(table)
+  # Fine-tuned rows first (result.json stores them sorted by name).
+  rows = sorted(table, key=lambda row: ('frozen' in row, 'random' in row))
   columns = list(table[rows[0]])
-  fig, ax = plt.subplots(figsize=(7, 3.4))
+  fig, ax = plt.subplots(figsize=(7, 4))
   width = 0.8 / len(rows)
   for i, row in enumerate(rows):
     cells = [table[row].get(col) for col in columns]
@@ -226,7 +227,8 @@ def plot(table: dict, title: str, directory: str, ceiling: dict | None):
   ax.set_xticks(range(len(columns)), columns)
   ax.set_ylim(50, 100)
   ax.set_ylabel('Fashion-MNIST test top-1 (%)')
-  ax.legend(fontsize=7, loc='lower right')
+  ax.legend(fontsize=7, loc='upper center', bbox_to_anchor=(0.5, -0.1),
+            ncol=2)
   ax.grid(axis='y', alpha=0.3)
   fig.suptitle(title, fontsize=8)
   fig.tight_layout()
