@@ -41,6 +41,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from simclr_tf import checkpoints
 from simclr_tf import config as c
 from simclr_tf import datasets
 from simclr_tf import evaluate
@@ -85,8 +86,9 @@ flags.DEFINE_list('crop_search', [], 'Only try these crop lower bounds on '
 FLAGS = flags.FLAGS
 
 NUM_TRAIN = 60000
-LABEL_POOL = 'train[:50000]'
-VALIDATION = 'train[50000:]'
+POOL_SIZE = 50000  # Labeled subsets come from here; the rest validates.
+LABEL_POOL = f'train[:{POOL_SIZE}]'
+VALIDATION = f'train[{POOL_SIZE}:]'
 METHODS = ('SimCLR', 'random weights')
 
 
@@ -120,7 +122,7 @@ def fine_tuning_config(setting: Setting, model_dir: str, *, epochs: int,
       'train_mode': 'finetune', 'num_classes': 10, 'image_size': 28,
       'train_split': 'train' if all_labels else LABEL_POOL,
       # A fraction of the 50k pool that gives 1% / 10% of the 60k.
-      'label_fraction': 1.0 if all_labels else setting.labels / 50000,
+      'label_fraction': 1.0 if all_labels else setting.labels / POOL_SIZE,
       'seed': setting.seed, 'checkpoint': encoder,
       'ft_proj_selector': 1, 'zero_init_logits_layer': True,
       'fine_tune_after_block': -1, 'optimizer': 'momentum',
@@ -188,8 +190,7 @@ def frozen_probe(source, encoder: str, labels: int, seed: int) -> dict:
       config.model, train_mode='pretrain', num_classes=None))
   strategy = tf.distribute.get_strategy()
   model, _ = runner.restored_model(
-      evaluators.Run(pretrain_config, strategy, source),
-      tf.train.latest_checkpoint(encoder) or encoder)
+      evaluators.Run(pretrain_config, strategy, source), encoder)
   metrics = evaluators.feature_metrics(evaluators.Run(config, strategy,
                                                       source),
                                        model, knn=True, probe=True)
@@ -237,11 +238,10 @@ def plot(table: dict, title: str, directory: str, ceiling: dict | None):
 
 def main(_):
   tf.io.gfile.makedirs(FLAGS.output)
-  encoder = FLAGS.encoder
-  if not (tf.train.latest_checkpoint(encoder)
-          or tf.io.gfile.exists(encoder + '.index')):
-    raise app.UsageError(f'--encoder={encoder} holds no checkpoint; run '
-                         'benchmarks/fashion_mnist.py first.')
+  try:
+    encoder = checkpoints.resolve(FLAGS.encoder)  # The latest checkpoint.
+  except checkpoints.CheckpointError as e:
+    raise app.UsageError(f'{e} Run benchmarks/fashion_mnist.py first.')
   config = fine_tuning_config(Setting('SimCLR', 600, 0, 0.0, 0.0), '/tmp',
                               epochs=1, batch_size=64, encoder=None)
   source = datasets.make_source(config.data)
@@ -320,7 +320,7 @@ def main(_):
   result = {
       'title': ('ResNet-18 x0.25 on Fashion-MNIST, fine-tuned on 1% / 10% '
                 'of the labels (test top-1, mean ± std over subsets)'),
-      'encoder': tf.train.latest_checkpoint(encoder) or encoder,
+      'encoder': encoder,
       'min_crop_area': {method: min_crop_area(method) for method in METHODS},
       'table': table, 'ceiling': ceiling, 'frozen_probes': probes,
       'runs': runs, 'date': time.strftime('%Y-%m-%d'),

@@ -86,9 +86,10 @@ def cached_gradients(forward, variables, chunks, batch_objective,
   projections = tf.TensorArray(tf.float32, size=num_chunks)
   previous = tf.zeros([])  # What the next chunk waits for.
   for k in _chunk_indices(num_chunks, unroll):
-    outputs = forward(_after(chunk_at(k), previous, unroll))[0]
-    projections = projections.write(k, tf.cast(outputs, tf.float32))
-    previous = tf.reduce_sum(tf.cast(outputs[:1, :1], tf.float32))
+    outputs = tf.cast(forward(_after(chunk_at(k), previous, unroll))[0],
+                      tf.float32)
+    projections = projections.write(k, outputs)
+    previous = tf.reduce_sum(outputs[:1, :1])
   with tf.control_dependencies([projections.stack()]):
     for variable, value in zip(statistics, before):
       variable.assign(value)
