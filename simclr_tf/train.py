@@ -39,12 +39,8 @@ def labeled_indices(config: RunConfig, source: datasets.Source):
 
 def training_split(config: RunConfig, source: datasets.Source):
   """The training split; for fine-tuning, the label-fraction subset."""
-  data = config.data
-  indices = labeled_indices(config, source)
-  if indices is not None:
-    logging.info('Fine-tuning on %d labeled examples (%.1f%% of %s).',
-                 len(indices), 100 * data.label_fraction, data.train_split)
-  return pipeline.Split(data.train_split, indices)
+  return pipeline.Split(config.data.train_split,
+                        labeled_indices(config, source))
 
 
 @dataclasses.dataclass
@@ -126,6 +122,10 @@ def train(config: RunConfig, strategy: tf.distribute.Strategy,
   `fn(task, step)` at every n-th checkpoint before the end."""
   tc = config.train
   split = training_split(config, source)
+  if split.indices is not None:
+    logging.info('Fine-tuning on %d labeled examples (%.1f%% of %s).',
+                 len(split.indices), 100 * config.data.label_fraction,
+                 split.name)
   plan = make_plan(config, split.num_examples(source))
   logging.info('Training %s for %d steps (%d examples, %d steps/epoch, '
                'warmup %d, checkpoint every %d).', config.model.train_mode,

@@ -146,8 +146,8 @@ def test_finetune_with_label_fraction_changes_only_unfrozen_blocks(
                '--learning_rate=0.5', '--knn=False', *TINY)
   assert result.returncode == 0, result.stderr[-3000:]
   assert 'Restored the encoder and projection head' in result.stderr
-  # round(0.34 * 33 / 3) = 4 of each class's 11 training images.
-  assert 'Fine-tuning on 12 labeled examples' in result.stderr
+  # round(0.34 * 33 / 3) = 4 of each class's 11 training images; said once.
+  assert result.stderr.count('Fine-tuning on 12 labeled examples') == 1
   before = _encoder_kernels(model_dir, 'pretrain')
   after = _encoder_kernels(finetune_dir, 'finetune')
   changed = {stage: [not np.array_equal(x, y)
