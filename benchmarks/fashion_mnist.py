@@ -48,7 +48,8 @@ flags.DEFINE_string('output', 'benchmarks/results/fashion_mnist',
                     'Directory for result.json and the PNG charts.')
 flags.DEFINE_string('model_dir', '/tmp/simclr_fashion_mnist',
                     'Checkpoints of the runs (removed first unless '
-                    '--resume).')
+                    '--resume; with --only_supervised only its supervised/ '
+                    'subdirectory).')
 flags.DEFINE_boolean('resume', False, 'Keep --model_dir and continue.')
 flags.DEFINE_string('data_dir', 'data', 'Where Fashion-MNIST is looked for '
                     '(then /usr/share/datasets/fashion-mnist).')
@@ -70,7 +71,8 @@ flags.DEFINE_enum('precision', 'float32', ['float32', 'bfloat16'],
                   'Compute precision of every training run.')
 flags.DEFINE_boolean('only_supervised', False, 'Run only the supervised '
                      'baseline for --supervised_minutes; writes '
-                     'supervised.json.')
+                     'supervised.json and adds it to a result.json '
+                     'already in --output.')
 flags.DEFINE_boolean('baselines', True, 'Also probe raw pixels and the '
                      'random-weights encoders.')
 flags.DEFINE_float('supervised_minutes', None, 'Budget of the supervised '
@@ -242,6 +244,31 @@ def supervised_baseline(source, model_dir: str, minutes: float) -> dict:
   return {'epochs': epochs, 'train_seconds': seconds, **metrics}
 
 
+def supervised_methods(supervised: dict) -> dict:
+  """The supervised baseline's rows of the methods chart."""
+  name = f'supervised ({supervised["train_seconds"] / 60:.0f} min)'
+  return {f'{name}, its own head': supervised['label_top_1_accuracy'],
+          f'{name}, linear probe': supervised['linear_probe_top_1_accuracy']}
+
+
+def add_to_result(directory: str, supervised: dict):
+  """Puts a separately run supervised baseline into the result.json that a
+  pretraining run left in `directory` (replacing an earlier one), and
+  redraws the charts; does nothing if there is none."""
+  path = os.path.join(directory, 'result.json')
+  if not tf.io.gfile.exists(path):
+    return
+  with tf.io.gfile.GFile(path) as f:
+    result = json.load(f)
+  methods = {name: value for name, value in result['methods'].items()
+             if not name.startswith('supervised (')}
+  methods.update(supervised_methods(supervised))
+  result.update(methods=methods, supervised=supervised)
+  records.write_json(path, result)
+  plot(result, directory)
+  logging.info('Added the supervised baseline to %s.', path)
+
+
 def plot(result: dict, directory: str):
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
@@ -281,7 +308,10 @@ def plot(result: dict, directory: str):
 
 def main(_):
   tf.io.gfile.makedirs(FLAGS.output)
-  if not FLAGS.resume and tf.io.gfile.exists(FLAGS.model_dir):
+  # Alone, the supervised baseline replaces only its own directory: the
+  # pretraining run's checkpoints beside it stay (semi_supervised reads them).
+  if (not FLAGS.resume and not FLAGS.only_supervised
+      and tf.io.gfile.exists(FLAGS.model_dir)):
     tf.io.gfile.rmtree(FLAGS.model_dir)
   pretrain_dir = os.path.join(FLAGS.model_dir, 'pretrain')
   config = recipe(pretrain_dir, epochs=FLAGS.train_epochs)
@@ -294,6 +324,7 @@ def main(_):
                       date=time.strftime('%Y-%m-%d'))
     records.write_json(os.path.join(FLAGS.output, 'supervised.json'),
                        supervised)
+    add_to_result(FLAGS.output, supervised)
     print(json.dumps(supervised, indent=2))
     return
   run = evaluators.Run(config, tf.distribute.get_strategy(), source)
@@ -330,10 +361,7 @@ def main(_):
   if minutes > 0:
     supervised = supervised_baseline(
         source, os.path.join(FLAGS.model_dir, 'supervised'), minutes)
-    name = f'supervised ({supervised["train_seconds"] / 60:.0f} min)'
-    methods[f'{name}, its own head'] = supervised['label_top_1_accuracy']
-    methods[f'{name}, linear probe'] = supervised[
-        'linear_probe_top_1_accuracy']
+    methods.update(supervised_methods(supervised))
   result = {
       'title': (f'ResNet-18 x{FLAGS.width_multiplier}, '
                 f'{final["epochs"]:.0f} epochs of SimCLR pretraining in '

@@ -1,10 +1,18 @@
-"""The FLOP count that benchmarks/throughput.py reports GFLOP/s with."""
+"""The FLOP count that benchmarks/throughput.py reports GFLOP/s with, and
+the supervised baseline's budget in benchmarks/fashion_mnist.py."""
+
+import json
+import os
+import subprocess
+import sys
 
 import pytest
 
 from benchmarks import throughput
 from simclr_tf import config as c
 from simclr_tf import task as task_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _resnet18_cifar_macs(size=32, width=64):
@@ -33,3 +41,47 @@ def test_forward_flops_of_resnet18_match_the_hand_count():
   assert expected == pytest.approx(1.11e9, rel=0.01)  # 6.7 GFLOP / 6.
   # Convolutions dominate; batch norm, ReLU and the add are ~1% more.
   assert flops == pytest.approx(expected, rel=0.02)
+
+
+_SUPERVISED_CHECK = r'''
+import json, os, sys
+from benchmarks import fashion_mnist as fm
+
+# One epoch of 10 steps took 30 s in all; after the first call the steps ran
+# at 0.5 s each, so an epoch is 5 s and the fixed cost 25 s:
+# (4 min - 25 s) / 5 s = 43 epochs.
+clock = fm.StepClock()
+clock.marks = [(2, 100.0), (6, 102.0), (10, 104.0)]
+epochs = fm.supervised_epochs(4, 30.0, clock, steps_per_epoch=10)
+
+directory = sys.argv[1]
+with open(os.path.join(directory, 'result.json'), 'w') as f:
+  json.dump({'methods': {'SimCLR, linear probe': 0.87,
+                         'supervised (9 min), its own head': 0.5,
+                         'supervised (9 min), linear probe': 0.5},
+             'supervised': {'train_seconds': 540}}, f)
+drawn = []
+fm.plot = lambda result, where: drawn.append(where)
+supervised = {'train_seconds': 2700.0, 'label_top_1_accuracy': 0.91,
+              'linear_probe_top_1_accuracy': 0.92}
+fm.add_to_result(directory, supervised)
+with open(os.path.join(directory, 'result.json')) as f:
+  result = json.load(f)
+print(json.dumps({'epochs': epochs, 'result': result, 'drawn': drawn}))
+'''
+
+
+def test_fashion_mnist_supervised_baseline_fills_its_budget_and_joins_the_result(
+    tmp_path):
+  # In a subprocess: the benchmark scripts define the same absl flags.
+  output = subprocess.run(
+      [sys.executable, '-c', _SUPERVISED_CHECK, str(tmp_path)],
+      capture_output=True, text=True, cwd=REPO, check=True).stdout
+  report = json.loads(output.strip().splitlines()[-1])
+  assert report['epochs'] == 43
+  assert report['result']['methods'] == {
+      'SimCLR, linear probe': 0.87,
+      'supervised (45 min), its own head': 0.91,
+      'supervised (45 min), linear probe': 0.92}
+  assert report['result']['supervised']['train_seconds'] == 2700.0
+  assert report['drawn'] == [str(tmp_path)]
