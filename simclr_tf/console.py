@@ -49,10 +49,7 @@ def setup(verbosity: int):
   """Call once flags are parsed, before TensorFlow is imported."""
   verbose = verbosity >= TENSORFLOW_VERBOSITY
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '0' if verbose else '2')
-  with _captured_stderr(show=verbose):
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    import keras  # pylint: disable=g-import-not-at-top
-    tf.config.list_physical_devices()  # Probes CUDA (and says so) now.
+  tf, keras = import_tensorflow(show_start_up=verbose)
   if verbose:
     return
   handler = logging.get_absl_handler()
@@ -60,6 +57,17 @@ def setup(verbosity: int):
   handler.addFilter(LibraryFilter(
       [os.path.dirname(module.__file__) for module in (tf, keras)]))
   tf.get_logger().setLevel('ERROR')
+
+
+def import_tensorflow(show_start_up: bool = False):
+  """Imports TensorFlow and Keras; what their C++ start-up writes to
+  stderr (oneDNN and CUDA notes, which TF_CPP_MIN_LOG_LEVEL does not
+  silence) is shown only with `show_start_up` or if the import fails."""
+  with _captured_stderr(show=show_start_up):
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    import keras  # pylint: disable=g-import-not-at-top
+    tf.config.list_physical_devices()  # Probes CUDA (and says so) now.
+  return tf, keras
 
 
 class _captured_stderr:  # pylint: disable=invalid-name

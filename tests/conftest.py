@@ -11,7 +11,11 @@ os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')
 
 import numpy as np  # pylint: disable=g-import-not-at-top
 import pytest  # pylint: disable=g-import-not-at-top
-import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+from simclr_tf import console  # pylint: disable=g-import-not-at-top
+
+# Quiet also in pytest-xdist's controller, whose stderr is not captured.
+tf, _ = console.import_tensorflow()
 
 NUM_CPU_DEVICES = 4
 
