@@ -5,7 +5,7 @@
 #                                          #   evaluation, then the supervised baseline as long)
 #                                          #        -> benchmarks/results/fashion_mnist/
 #   bash benchmarks/run.sh semi_supervised # fine-tuning on 1% / 10% of the labels, from the encoder
-#                                          #   fashion_mnist left in /tmp/simclr_fashion_mnist (~1 h)
+#                                          #   fashion_mnist left in /tmp/simclr_fashion_mnist (~40 min)
 #                                          #        -> benchmarks/results/semi_supervised/
 #   bash benchmarks/run.sh gradient_cache  # memory and speed of --contrastive_chunk_size (~15 min)
 #                                          #        -> benchmarks/results/gradient_cache.json
