@@ -37,6 +37,7 @@ from simclr_tf import config as c
 from simclr_tf import datasets
 from simclr_tf import evaluate
 from simclr_tf import evaluators
+from simclr_tf import hooks
 from simclr_tf import loop
 from simclr_tf import recipes
 from simclr_tf import records
@@ -47,10 +48,10 @@ from simclr_tf import train as train_lib
 flags.DEFINE_string('output', 'benchmarks/results/fashion_mnist',
                     'Directory for result.json and the PNG charts.')
 flags.DEFINE_string('model_dir', '/tmp/simclr_fashion_mnist',
-                    'Checkpoints of the runs (removed first unless '
-                    '--resume; with --only_supervised only its supervised/ '
-                    'subdirectory).')
-flags.DEFINE_boolean('resume', False, 'Keep --model_dir and continue.')
+                    'Checkpoints of the runs: pretrain/ (removed first '
+                    'unless --resume) and supervised/ (removed first).')
+flags.DEFINE_boolean('resume', False, 'Keep the pretraining checkpoints '
+                     'and continue.')
 flags.DEFINE_string('data_dir', 'data', 'Where Fashion-MNIST is looked for '
                     '(then /usr/share/datasets/fashion-mnist).')
 flags.DEFINE_float('budget_minutes', 60, 'Pretraining time limit; training '
@@ -192,27 +193,13 @@ def random_baselines(run: evaluators.Run, config: c.RunConfig) -> dict:
   return variants
 
 
-class StepClock(loop.Hook):
-  """When each call of the loop ended, to tell the steady rate from the
-  first call's tracing."""
-
-  def __init__(self):
-    self.marks = []
-
-  def after_steps(self, state):
-    self.marks.append((state.step, time.monotonic()))
-
-  def seconds_per_step(self) -> float:
-    (first_step, first), (last_step, last) = self.marks[1], self.marks[-1]
-    return (last - first) / (last_step - first_step)
-
-
-def supervised_epochs(minutes: float, seconds: float, clock: StepClock,
-                      steps_per_epoch: int) -> int:
+def supervised_epochs(minutes: float, seconds: float,
+                      timer: hooks.StepTimesHook, steps_per_epoch: int) -> int:
   """The epochs that fill `minutes`, from a timed run of one epoch that
   took `seconds` in all: its fixed cost (start-up, tracing, evaluation)
-  once, then epochs at the steady rate."""
-  per_epoch = clock.seconds_per_step() * steps_per_epoch
+  once, then epochs at the steady rate `timer` saw after two calls."""
+  steps_per_second = timer.images_per_second(batch_size=1, skip_calls=2)
+  per_epoch = steps_per_epoch / steps_per_second
   fixed = max(0.0, seconds - per_epoch)
   return max(1, int((minutes * 60 - fixed) / per_epoch))
 
@@ -224,11 +211,11 @@ def supervised_baseline(source, model_dir: str, minutes: float) -> dict:
   if tf.io.gfile.exists(model_dir):
     tf.io.gfile.rmtree(model_dir)
   config = recipe(model_dir, 'finetune', epochs=1)
-  clock = StepClock()
+  timer = hooks.StepTimesHook()
   started = time.monotonic()
   train_lib.train(config, tf.distribute.get_strategy(), source,
-                  extra_hooks=[clock])
-  epochs = supervised_epochs(minutes, time.monotonic() - started, clock,
+                  extra_hooks=[timer])
+  epochs = supervised_epochs(minutes, time.monotonic() - started, timer,
                              task_lib.make_plan(config, NUM_TRAIN).total_steps)
   logging.info('Supervised baseline: %d epochs in about %.1f minutes.',
                epochs, minutes)
@@ -244,8 +231,10 @@ def supervised_baseline(source, model_dir: str, minutes: float) -> dict:
   return {'epochs': epochs, 'train_seconds': seconds, **metrics}
 
 
-def supervised_methods(supervised: dict) -> dict:
-  """The supervised baseline's rows of the methods chart."""
+def supervised_methods(supervised: dict | None) -> dict:
+  """The supervised baseline's rows of the methods chart (none for None)."""
+  if not supervised:
+    return {}
   name = f'supervised ({supervised["train_seconds"] / 60:.0f} min)'
   return {f'{name}, its own head': supervised['label_top_1_accuracy'],
           f'{name}, linear probe': supervised['linear_probe_top_1_accuracy']}
@@ -260,13 +249,20 @@ def add_to_result(directory: str, supervised: dict):
     return
   with tf.io.gfile.GFile(path) as f:
     result = json.load(f)
-  methods = {name: value for name, value in result['methods'].items()
-             if not name.startswith('supervised (')}
+  methods = result['methods']
+  for name in supervised_methods(result.get('supervised')):
+    methods.pop(name, None)
   methods.update(supervised_methods(supervised))
-  result.update(methods=methods, supervised=supervised)
+  result['supervised'] = supervised
   records.write_json(path, result)
   plot(result, directory)
   logging.info('Added the supervised baseline to %s.', path)
+
+
+def _chart_rank(method: str) -> int:
+  families = ('raw pixels', 'random-weights', 'SimCLR', 'supervised')
+  return next((i for i, family in enumerate(families)
+               if method.startswith(family)), len(families))
 
 
 def plot(result: dict, directory: str):
@@ -275,7 +271,9 @@ def plot(result: dict, directory: str):
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
 
   methods = result['methods']
-  names = list(methods)
+  # Baselines, then SimCLR, then supervised, also when the methods come
+  # from a file (records.write_json sorts keys).
+  names = sorted(methods, key=_chart_rank)
   values = [100 * methods[n] for n in names]
   fig, ax = plt.subplots(figsize=(7, 3.2))
   bars = ax.barh(names[::-1], values[::-1], color='tab:blue')
@@ -308,11 +306,6 @@ def plot(result: dict, directory: str):
 
 def main(_):
   tf.io.gfile.makedirs(FLAGS.output)
-  # Alone, the supervised baseline replaces only its own directory: the
-  # pretraining run's checkpoints beside it stay (semi_supervised reads them).
-  if (not FLAGS.resume and not FLAGS.only_supervised
-      and tf.io.gfile.exists(FLAGS.model_dir)):
-    tf.io.gfile.rmtree(FLAGS.model_dir)
   pretrain_dir = os.path.join(FLAGS.model_dir, 'pretrain')
   config = recipe(pretrain_dir, epochs=FLAGS.train_epochs)
   source = datasets.make_source(config.data)
@@ -327,8 +320,11 @@ def main(_):
     add_to_result(FLAGS.output, supervised)
     print(json.dumps(supervised, indent=2))
     return
+  # Each run replaces only its own directory (supervised_baseline likewise):
+  # --only_supervised keeps the checkpoints semi_supervised.py reads.
+  if not FLAGS.resume and tf.io.gfile.exists(pretrain_dir):
+    tf.io.gfile.rmtree(pretrain_dir)
   run = evaluators.Run(config, tf.distribute.get_strategy(), source)
-
   points = pretrain(config, source, FLAGS.budget_minutes * 60)
   curve = []
   for path, seconds in points:
