@@ -150,6 +150,11 @@ _setting_flag('checkpoint_steps', 'Steps between checkpoints; > 0 overrides '
               '--checkpoint_epochs.')
 _setting_flag('keep_checkpoint_max', 'Checkpoints kept.')
 _setting_flag('keep_hub_module_max', 'SavedModel exports kept.')
+_setting_flag('export_precision', 'What SavedModel exports compute in, '
+              'whatever the training precision. float32 serves the same '
+              'features on any machine; bfloat16 / float16 are faster only '
+              'where the serving device computes in them natively.',
+              c.PRECISIONS)
 _setting_flag('summary_steps', 'Steps between TensorBoard summaries.')
 _setting_flag('steps_per_loop', 'Steps per tf.function call.')
 _setting_flag('log_every_seconds', 'Seconds between progress lines.')
@@ -188,10 +193,12 @@ flags.DEFINE_boolean('deterministic', False, 'Deterministic TensorFlow ops, '
 # --- Devices --------------------------------------------------------------------
 flags.DEFINE_enum('mixed_precision', 'auto',
                   ['auto', 'float32', 'bfloat16', 'float16'],
-                  'Compute precision (variables, loss and softmax stay '
-                  'float32; float16 adds loss scaling). auto: float32 on '
-                  'CPU, bfloat16 on TPUs and GPUs of compute capability 8+, '
-                  'float16 on 7.x GPUs.')
+                  'Training and evaluation compute precision (variables, '
+                  'loss and softmax stay float32; float16 adds loss '
+                  'scaling; exports follow --export_precision). auto: '
+                  'bfloat16 on TPUs, on GPUs of compute capability 8+ and on '
+                  'CPUs with AVX512_BF16 or AMX; float16 on 7.x GPUs; '
+                  'float32 elsewhere.')
 _setting_flag('jit_compile', 'Compile the training step with XLA. Default: '
               'on for a single GPU, off otherwise (it is slower on CPU).')
 flags.DEFINE_integer('cpu_replicas', 1, 'Split the CPU into this many '

@@ -116,6 +116,8 @@ class HeadConfig:
 
 
 TRAIN_MODES = ('pretrain', 'finetune')
+# Compute precisions; variables, losses and softmax stay float32 in all.
+PRECISIONS = ('float32', 'bfloat16', 'float16')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,7 +134,7 @@ class ModelConfig:
   # -1: fine-tune everything; 0: freeze the stem; 1-4: freeze up to that
   # block group.
   fine_tune_after_block: int = -1
-  # Compute precision (precision.PRECISIONS); variables stay float32.
+  # Compute precision (PRECISIONS); variables stay float32.
   precision: str = 'float32'
 
 
@@ -170,6 +172,10 @@ class TrainConfig:
   steps_per_loop: int = 10
   keep_checkpoint_max: int = 5
   keep_hub_module_max: int = 1
+  # What SavedModel exports compute in (PRECISIONS), whatever the training
+  # precision: float32 serves the same features on every machine; bfloat16
+  # and float16 are fast only where the serving hardware has units for them.
+  export_precision: str = 'float32'
   # Initial weights (encoder and projection head) for a new run: a
   # checkpoint prefix or a directory holding checkpoints.
   checkpoint: str | None = None

@@ -9,9 +9,17 @@
   JPEG/PNG/BMP/GIF, decoded and given the evaluation preprocessing inside;
 * a reusable object: `obj(images, training=False)` -> features, with
   `variables`, `trainable_variables` and `regularization_losses`, for
-  `hub.KerasLayer(path, trainable=True)`.
+  `hub.KerasLayer(path, trainable=True)`;
+* `export.json` beside `saved_model.pb`: the precision the export computes
+  in, the one the model was trained in, the step and the image size.
+
+An export computes in float32 unless asked otherwise, whatever the model
+was trained in: a bfloat16 graph runs emulated, several times slower, on
+CPUs without bfloat16 units, and its features would depend on the machine
+that exported it.
 """
 
+import dataclasses
 import os
 import shutil
 import time
@@ -20,10 +28,13 @@ from absl import logging
 import tensorflow as tf
 
 from simclr_tf import augment
+from simclr_tf import model as model_lib
+from simclr_tf import records
 from simclr_tf.config import AugmentConfig
 from simclr_tf.config import DEFAULT_MAX_IMAGE_PIXELS
 
 SAVED_MODEL_DIR = 'saved_model'
+RECORD_FILE = 'export.json'
 
 
 def _unsigned(encoded, offset, length, little_endian):
@@ -68,6 +79,19 @@ def header_size(encoded):
       (tf.equal(tf.strings.substr(magic, 0, 4), b'GIF8'), gif),
       (tf.equal(tf.strings.substr(magic, 0, 2), b'BM'), bmp)],
       default=unknown)
+
+
+def in_precision(model, compute_precision: str, image_size: int):
+  """`model` if it computes in `compute_precision`, else a model of the same
+  architecture and weights that does (its variables are float32 in both)."""
+  if model.config.precision == compute_precision:
+    return model
+  twin = model_lib.create(
+      dataclasses.replace(model.config, precision=compute_precision),
+      image_size)
+  for target, source in zip(twin.weights, model.weights, strict=True):
+    target.assign(source)
+  return twin
 
 
 def _unique_names(variables):
@@ -183,8 +207,10 @@ def build_module(model, augment_config: AugmentConfig,
 
 def export(model, augment_config: AugmentConfig, model_dir: str,
            global_step: int, keep: int = 1,
-           max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> str:
-  """Writes `<model_dir>/saved_model/<global_step>/` atomically.
+           max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+           compute_precision: str = 'float32') -> str:
+  """Writes `<model_dir>/saved_model/<global_step>/` atomically, computing in
+  `compute_precision` whatever `model` computes in.
 
   The SavedModel is written to a hidden temporary directory and renamed, so
   TF Serving (which watches numeric sub-directories) never sees half an
@@ -198,12 +224,19 @@ def export(model, augment_config: AugmentConfig, model_dir: str,
       shutil.rmtree(os.path.join(base, stale), ignore_errors=True)
   temporary = os.path.join(base, f'.tmp-{global_step}-{os.getpid()}')
   start = time.time()
-  logging.info('Exporting step %d to %s.', global_step, final)
-  root = build_module(model, augment_config, max_image_pixels)
+  logging.info('Exporting step %d to %s, computing in %s.', global_step,
+               final, compute_precision)
+  served = in_precision(model, compute_precision, augment_config.image_size)
+  root = build_module(served, augment_config, max_image_pixels)
   try:
     tf.saved_model.save(root, temporary, signatures={
         'serving_default': root.serving_default,
         'serving_bytes': root.serving_bytes})
+    records.write_json(os.path.join(temporary, RECORD_FILE), {
+        'compute_precision': compute_precision,
+        'trained_precision': model.config.precision,
+        'global_step': global_step,
+        'image_size': augment_config.image_size})
     if os.path.exists(final):  # Re-export of the same step: swap it out.
       replaced = f'{temporary}-old'
       os.rename(final, replaced)

@@ -3,6 +3,7 @@
 import keras
 import tensorflow as tf
 
+from simclr_tf import precision
 from simclr_tf.config import ModelConfig
 from simclr_tf.heads import ProjectionHead, SupervisedHead
 from simclr_tf.resnet import ResNet
@@ -79,3 +80,12 @@ class SimCLRModel(keras.Model):
     return [variable for layer in self._flatten_layers()
             if isinstance(layer, keras.layers.BatchNormalization)
             for variable in layer.trainable_variables]
+
+
+def create(config: ModelConfig, image_size: int) -> SimCLRModel:
+  """The model with its variables created, computing in `config.precision`
+  (call inside the strategy's scope to place its variables there)."""
+  with precision.dtype_policy(config.precision):
+    model = SimCLRModel(config)
+  model(tf.zeros([1, image_size, image_size, 3]), training=False)
+  return model

@@ -15,7 +15,7 @@ import contextlib
 import keras
 import tensorflow as tf
 
-PRECISIONS = ('float32', 'bfloat16', 'float16')
+from simclr_tf.config import PRECISIONS
 _KERAS_POLICIES = {'float32': 'float32', 'bfloat16': 'mixed_bfloat16',
                    'float16': 'mixed_float16'}
 

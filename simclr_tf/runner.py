@@ -25,11 +25,15 @@ def write_result(run: Run, result: dict):
   write_summary(run, result['global_step'], result)
 
 
-def _export(run: Run, model, global_step: int):
-  if run.chief:
-    export.export(model, run.config.augment, run.model_dir, global_step,
-                  run.config.train.keep_hub_module_max,
-                  run.config.data.max_image_pixels)
+def export_model(run: Run, model, global_step: int) -> str | None:
+  """The run's SavedModel of `model` (the chief writes it); its path."""
+  if not run.chief:
+    return None
+  config = run.config
+  return export.export(model, config.augment, run.model_dir, global_step,
+                       config.train.keep_hub_module_max,
+                       config.data.max_image_pixels,
+                       config.train.export_precision)
 
 
 def run_train(run: Run, then_eval: bool) -> dict | None:
@@ -46,7 +50,7 @@ def run_train(run: Run, then_eval: bool) -> dict | None:
     monitor = (every, knn_monitor)
   result = train_lib.train(config, run.strategy, run.source, run.chief,
                            every_nth_checkpoint=monitor)
-  _export(run, result.model, result.global_step)
+  export_model(run, result.model, result.global_step)
   if then_eval:
     evaluation = evaluators.evaluate_model(run, result.model,
                                            result.global_step)
@@ -110,9 +114,7 @@ def run_export(run: Run, checkpoint: str | None) -> str:
         f'--model_dir={run.model_dir} holds no checkpoint to export; give '
         '--checkpoint=PATH or train first.')
   model, step = restored_model(run, path)
-  exported = export.export(model, run.config.augment, run.model_dir, step,
-                           run.config.train.keep_hub_module_max,
-                           run.config.data.max_image_pixels)
+  exported = export_model(run, model, step)
   print(f'Exported {path} to {exported}', flush=True)
   return exported
 
@@ -132,8 +134,6 @@ def run_import(run: Run, weights: original.OriginalWeights) -> dict:
   manager = checkpoints.manager(checkpoint, run.model_dir,
                                 run.config.train.keep_checkpoint_max)
   path = manager.save(checkpoint_number=step)
-  exported = export.export(model, run.config.augment, run.model_dir, step,
-                           run.config.train.keep_hub_module_max,
-                           run.config.data.max_image_pixels)
+  exported = export_model(run, model, step)
   return {'checkpoint': path, 'saved_model': exported, 'global_step': step,
           'seconds': time.perf_counter() - start}

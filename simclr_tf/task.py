@@ -15,8 +15,8 @@ import tensorflow as tf
 from simclr_tf import evaluate
 from simclr_tf import gradient_cache
 from simclr_tf import objective
+from simclr_tf import model as model_lib
 from simclr_tf import optim
-from simclr_tf import precision
 from simclr_tf.config import RunConfig
 from simclr_tf.model import SimCLRModel
 
@@ -53,11 +53,7 @@ def make_plan(config: RunConfig, num_examples: int) -> Plan:
 
 def build_model(config: RunConfig) -> SimCLRModel:
   """The model with its variables created (call inside strategy.scope())."""
-  with precision.dtype_policy(config.model.precision):
-    model = SimCLRModel(config.model)
-  size = config.augment.image_size
-  model(tf.zeros([1, size, size, 3]), training=False)
-  return model
+  return model_lib.create(config.model, config.augment.image_size)
 
 
 def build_optimizer(config: RunConfig, plan: Plan, model: SimCLRModel):

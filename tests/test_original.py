@@ -270,8 +270,10 @@ def _run(*flags):
 def test_import_then_export_eval_and_fine_tune_as_any_run(tmp_path):
   folder = FIXTURES / 'r18_w025_32px'
   model_dir = tmp_path / 'imported'
+  # bfloat16 as `auto` picks on CPUs with bfloat16 units: the export still
+  # computes in float32, so it serves the original's outputs.
   result = _run('--mode=import', f'--checkpoint={folder}',
-                f'--model_dir={model_dir}')
+                f'--model_dir={model_dir}', '--mixed_precision=bfloat16')
   assert result.returncode == 0, result.stderr
   assert 'ResNet-18 x0.25, CIFAR stem, 2-layer projection head' in (
       result.stdout)
@@ -289,6 +291,10 @@ def test_import_then_export_eval_and_fine_tune_as_any_run(tmp_path):
                        ('logits_sup', 'logits_sup')):
     assert _relative_error(outputs[ours].numpy(),
                            np.load(folder / f'{theirs}.npy')) < TOLERANCE
+  record = json.loads(
+      (model_dir / 'saved_model' / '3' / 'export.json').read_text())
+  assert (record['compute_precision'], record['trained_precision']) == (
+      'float32', 'bfloat16')
 
   # Nothing is overwritten; conflicting flags and resuming say why.
   again = _run('--mode=import', f'--checkpoint={folder}',

@@ -1,6 +1,8 @@
 """Fused batch norm, mixed precision, loss scaling and XLA."""
 
 import dataclasses
+import json
+import os
 
 import keras
 import numpy as np
@@ -192,18 +194,46 @@ def test_float16_loss_matches_float32_at_the_same_weights(rng):
   assert losses['bfloat16'] == pytest.approx(losses['float32'], rel=3e-2)
 
 
-def test_export_of_a_bfloat16_model_serves_float32(tmp_path):
+def _relative_error(ours, reference):
+  return float(np.abs(ours - reference).max() / np.abs(reference).max())
+
+
+def test_an_export_of_a_bfloat16_model_computes_in_float32(tmp_path, rng):
   config = _run_config(precision='bfloat16')
+  keras.utils.set_random_seed(0)
   model = task_lib.build_model(config)
+  for v in model.weights:  # Zero-gamma blocks would hide the encoder.
+    if v.name == 'gamma':
+      v.assign(tf.ones_like(v) * 0.7)
+  reference = task_lib.build_model(_run_config())  # float32, same weights.
+  reference.set_weights(model.get_weights())
+  images = tf.constant(rng.uniform(size=(4, 16, 16, 3)), tf.float32)
+  expected = {k: v.numpy() for k, v in reference(images).items()}
+  in_bfloat16 = {k: tf.cast(v, tf.float32).numpy()
+                 for k, v in model(images).items()}
+
   path = export.export(model, config.augment, str(tmp_path), 1)
-  loaded = tf.saved_model.load(path)
-  outputs = loaded.signatures['serving_default'](
-      images=tf.zeros([2, 16, 16, 3]))
-  assert all(v.dtype == tf.float32 for v in outputs.values())
-  expected = model(tf.zeros([2, 16, 16, 3]), training=False)
-  np.testing.assert_allclose(
-      outputs['final_avg_pool'].numpy(),
-      tf.cast(expected['final_avg_pool'], tf.float32).numpy(), rtol=1e-6)
+  served = tf.saved_model.load(path).signatures['serving_default'](
+      images=images)
+  for name in ('final_avg_pool', 'proj_head_output', 'logits_sup'):
+    assert served[name].dtype == tf.float32
+    assert _relative_error(served[name].numpy(), expected[name]) < 1e-5
+    # The model itself computes in bfloat16, far from float32.
+    assert _relative_error(in_bfloat16[name], expected[name]) > 1e-3
+  assert json.load(open(os.path.join(path, export.RECORD_FILE))) == {
+      'compute_precision': 'float32', 'trained_precision': 'bfloat16',
+      'global_step': 1, 'image_size': 16}
+
+  # Asked for, an export computes in bfloat16: the model's own outputs.
+  path = export.export(model, config.augment, str(tmp_path), 2,
+                       compute_precision='bfloat16')
+  served = tf.saved_model.load(path).signatures['serving_default'](
+      images=images)
+  for name in ('final_avg_pool', 'proj_head_output', 'logits_sup'):
+    assert served[name].dtype == tf.float32
+    assert _relative_error(served[name].numpy(), in_bfloat16[name]) < 1e-5
+  assert json.load(open(os.path.join(path, export.RECORD_FILE)))[
+      'compute_precision'] == 'bfloat16'
 
 
 def test_run_py_trains_in_float16_with_xla_and_says_so(tmp_path, rng):

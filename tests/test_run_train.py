@@ -115,9 +115,19 @@ def test_export_mode_exports_a_given_checkpoint(pretrained, folder,
                f'--checkpoint={os.path.join(model_dir, "ckpt-2")}', *TINY)
   assert result.returncode == 0, result.stderr[-3000:]
   assert os.listdir(os.path.join(export_dir, 'saved_model')) == ['2']
-  loaded = tf.saved_model.load(os.path.join(export_dir, 'saved_model', '2'))
+  exported = os.path.join(export_dir, 'saved_model', '2')
+  loaded = tf.saved_model.load(exported)
   assert loaded.signatures['serving_default'](
       images=tf.zeros([2, 16, 16, 3]))['logits_sup'].shape == (2, 3)
+  assert json.load(open(os.path.join(exported, 'export.json')))[
+      'compute_precision'] == 'float32'
+  # Asked for, the export computes in bfloat16 and says so.
+  result = run('--mode=export', f'--dataset=folder:{folder}',
+               f'--model_dir={export_dir}', '--export_precision=bfloat16',
+               f'--checkpoint={os.path.join(model_dir, "ckpt-2")}', *TINY)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert json.load(open(os.path.join(exported, 'export.json')))[
+      'compute_precision'] == 'bfloat16'
 
 
 def test_eval_mode_reproduces_result_json(pretrained, folder):
