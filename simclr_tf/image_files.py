@@ -8,7 +8,6 @@ No TensorFlow here: worker processes import this module alone.
 import concurrent.futures
 import dataclasses
 import hashlib
-import multiprocessing
 import os
 
 from absl import logging
@@ -85,18 +84,39 @@ def _header_pixels_of(paths: list[str]) -> list[int]:
   return [header_pixels(p) for p in paths]
 
 
-def _check(paths: list[str]) -> list[int]:
-  """header_pixels of every path, in parallel."""
-  if len(paths) < _PROCESS_THRESHOLD:
-    with concurrent.futures.ThreadPoolExecutor(8) as pool:
-      return list(pool.map(header_pixels, paths))
-  # Parsing headers is Python work: processes scale with cores, threads do
-  # not. 'spawn' because the caller has TensorFlow's threads running.
+def _check_in_threads(paths: list[str]) -> list[int]:
+  with concurrent.futures.ThreadPoolExecutor(8) as pool:
+    return list(pool.map(header_pixels, paths))
+
+
+def _check_in_processes(paths: list[str]) -> list[int]:
+  """Parsing headers is Python work: processes scale with cores, threads do
+  not. joblib's loky workers start fresh interpreters (the caller has
+  TensorFlow's threads running, so no fork) that, unlike multiprocessing's
+  spawn, do not import the caller's main script again: scripts without an
+  `if __name__ == '__main__':` guard, or read from standard input, work."""
+  import joblib  # pylint: disable=g-import-not-at-top
   chunks = [paths[i:i + _CHUNK] for i in range(0, len(paths), _CHUNK)]
-  with concurrent.futures.ProcessPoolExecutor(
-      os.cpu_count(), mp_context=multiprocessing.get_context('spawn')) as pool:
-    return [pixels for chunk in pool.map(_header_pixels_of, chunks)
-            for pixels in chunk]
+  results = joblib.Parallel(n_jobs=os.cpu_count(), backend='loky')(
+      joblib.delayed(_header_pixels_of)(chunk) for chunk in chunks)
+  return [pixels for chunk in results for pixels in chunk]
+
+
+def _check(paths: list[str]) -> list[int]:
+  """header_pixels of every path, in parallel: in worker processes for
+  large folders, in threads (this process) for small ones or when worker
+  processes cannot start or fail."""
+  if len(paths) < _PROCESS_THRESHOLD:
+    return _check_in_threads(paths)
+  try:
+    return _check_in_processes(paths)
+  except Exception as e:  # pylint: disable=broad-except
+    # header_pixels itself never raises: this is the pool failing.
+    logging.warning('Checking %d image files in worker processes failed '
+                    '(%s: %s); checking them in this process instead, '
+                    'which is slower.', len(paths), type(e).__name__,
+                    str(e).splitlines()[0] if str(e) else '')
+    return _check_in_threads(paths)
 
 
 def cache_path(cache_dir: str, directory: str) -> str:

@@ -1,6 +1,9 @@
 """Folder scans: header checks, their cache, and the parallel first scan."""
 
+import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 
@@ -8,6 +11,8 @@ from simclr_tf import datasets
 from simclr_tf import image_files
 from simclr_tf.config import DataConfig
 from tests import helpers
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _counting(monkeypatch):
@@ -77,11 +82,16 @@ def test_a_damaged_cache_is_ignored_and_rewritten(tmp_path, rng,
   assert image_files.scan(root, cache) == expected and not opened
 
 
-def test_the_parallel_scan_in_processes_agrees_with_threads(tmp_path, rng,
-                                                           monkeypatch):
+def _class_folder_with_a_broken_file(tmp_path, rng):
   root = helpers.make_class_folder(str(tmp_path / 'f'), rng, per_class=6,
                                    size=(3, 5))
   helpers.write(f'{root}/cat/broken.png', b'\x89PNG broken')
+  return root
+
+
+def test_the_parallel_scan_in_processes_agrees_with_threads(tmp_path, rng,
+                                                           monkeypatch):
+  root = _class_folder_with_a_broken_file(tmp_path, rng)
   threads = image_files.scan(root)
   monkeypatch.setattr(image_files, '_PROCESS_THRESHOLD', 1)
   monkeypatch.setattr(image_files, '_CHUNK', 4)
@@ -89,6 +99,62 @@ def test_the_parallel_scan_in_processes_agrees_with_threads(tmp_path, rng,
   assert processes == threads
   assert [f.pixels for f in threads].count(15) == 12
   assert [f.pixels for f in threads].count(image_files.UNREADABLE) == 1
+
+
+# A user's script without a main guard: worker processes must not run it
+# again (each run appends a line to the marker file).
+_UNGUARDED_SCRIPT = """
+import json, os, sys
+sys.path.insert(0, {repo!r})
+from simclr_tf import image_files
+with open({marker!r}, 'a') as f:
+  f.write(f'{{os.getpid()}}\\n')
+image_files._PROCESS_THRESHOLD = 1
+image_files._CHUNK = 4
+files = image_files.scan({root!r})
+print(json.dumps([[f.path, f.pixels] for f in files]))
+"""
+
+
+def test_a_script_without_a_main_guard_scans_in_processes_once(tmp_path,
+                                                               rng):
+  root = _class_folder_with_a_broken_file(tmp_path, rng)
+  expected = [[f.path, f.pixels] for f in image_files.scan(root)]
+  marker = tmp_path / 'runs.txt'
+  script = tmp_path / 'unguarded.py'
+  script.write_text(_UNGUARDED_SCRIPT.format(
+      repo=_REPO, marker=str(marker), root=root))
+  for how in ('file', 'stdin'):
+    marker.write_text('')
+    result = subprocess.run(
+        [sys.executable, str(script)] if how == 'file' else
+        [sys.executable, '-'], input=None if how == 'file' else
+        script.read_text(), capture_output=True, text=True, timeout=120,
+        cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout) == expected, how
+    assert len(marker.read_text().splitlines()) == 1, how  # Ran once.
+    assert 'failed' not in result.stderr, result.stderr  # No fallback.
+
+
+def test_a_broken_worker_pool_falls_back_to_this_process(tmp_path, rng,
+                                                         monkeypatch,
+                                                         caplog):
+  root = _class_folder_with_a_broken_file(tmp_path, rng)
+  expected = image_files.scan(root)
+  monkeypatch.setattr(image_files, '_PROCESS_THRESHOLD', 1)
+  monkeypatch.setattr(image_files, '_CHUNK', 4)
+  # Every worker dies at its first chunk (a lambda travels by value).
+  monkeypatch.setattr(image_files, '_header_pixels_of',
+                      lambda paths: os._exit(3))  # pylint: disable=protected-access
+  assert image_files.scan(root) == expected
+  warnings = [r.getMessage() for r in caplog.records
+              if r.levelname == 'WARNING']
+  assert len(warnings) == 1
+  assert warnings[0].startswith('Checking 13 image files in worker processes '
+                                'failed (TerminatedWorkerError: ')
+  assert warnings[0].endswith('checking them in this process instead, which '
+                              'is slower.')
 
 
 def test_folder_datasets_keep_their_scan_under_data_dir(tmp_path, rng,
