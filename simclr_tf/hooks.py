@@ -110,6 +110,15 @@ class TimeBudgetHook(Hook):
       state.request_stop('time budget')
 
 
+def format_duration(seconds: float) -> str:
+  """'HH:MM:SS', with days in front from one day on ('2d 03:04:05')."""
+  minutes, secs = divmod(int(round(seconds)), 60)
+  hours, minutes = divmod(minutes, 60)
+  days, hours = divmod(hours, 24)
+  clock = f'{hours:02d}:{minutes:02d}:{secs:02d}'
+  return f'{days}d {clock}' if days else clock
+
+
 class ProgressHook(Hook):
   """A line every few seconds: step / total, metrics, images/s, ETA.
 
@@ -140,7 +149,7 @@ class ProgressHook(Hook):
                     if name in metrics)
     self.log('step %d/%d%s  images/s %.1f  ETA %s', state.step,
              state.total_steps, shown, state.images_per_second,
-             time.strftime('%H:%M:%S', time.gmtime(eta)))
+             format_duration(eta))
 
 
 class SummaryHook(Hook):

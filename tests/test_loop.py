@@ -178,6 +178,15 @@ def test_progress_lines_show_step_metrics_and_eta():
   assert task.reads == 3
 
 
+@pytest.mark.parametrize('seconds,expected', [
+    (0, '00:00:00'), (59.6, '00:01:00'), (3 * 3600 + 4 * 60 + 5, '03:04:05'),
+    (86399, '23:59:59'), (86400, '1d 00:00:00'),
+    # 46 hours: the clock alone would wrap to 22:00:00.
+    (46 * 3600, '1d 22:00:00'), (9 * 86400 + 3661, '9d 01:01:01')])
+def test_durations_show_days_past_24_hours(seconds, expected):
+  assert hooks.format_duration(seconds) == expected
+
+
 def test_every_nth_checkpoint_runs_before_the_end_only():
   task, manager = FakeTask(), FakeManager()
   checkpoint = hooks.CheckpointHook(manager, every=2)
