@@ -490,6 +490,7 @@ def main(argv):
   import tensorflow as tf
   from simclr_tf.checkpoints import CheckpointError
   from simclr_tf.datasets import DatasetError
+  from simclr_tf.distribute import WorkerLost
   from simclr_tf.embed import EmbedError
   from simclr_tf.hooks import Preempted
   from simclr_tf.lock import LockError
@@ -508,6 +509,8 @@ def main(argv):
   except (UsageError, DatasetError, CheckpointError, LockError, EmbedError,
           FloatingPointError) as e:
     _fail(str(e), 2)
+  except WorkerLost as e:
+    _fail(str(e), e.exit_code)
   except Preempted as e:
     # 128 + the signal: 143 for SIGTERM, 130 for Ctrl-C, as shells report.
     logging.warning('%s', e)

@@ -2,9 +2,21 @@
 
 import json
 import os
+import re
 
 from absl import logging
 import tensorflow as tf
+
+# The exit code of a worker that stops because a peer was lost: in the
+# 128-255 range that cluster managers (Kubeflow's ExitCode restart policy)
+# treat as retryable, and above the codes of signals (129-192).
+WORKER_LOST_EXIT_CODE = 200
+
+
+class WorkerLost(Exception):
+  """A peer worker of a multi-worker run died; this worker cannot go on."""
+
+  exit_code = WORKER_LOST_EXIT_CODE
 
 
 def split_cpu(num_devices: int):
@@ -55,3 +67,41 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
   return (resolver.task_type == 'chief' or
           (resolver.task_type == 'worker' and resolver.task_id == 0 and
            'chief' not in resolver.cluster_spec().as_dict()))
+
+
+def is_multi_worker(strategy: tf.distribute.Strategy) -> bool:
+  return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+
+
+# What collectives and the coordination service raise when a peer is gone.
+_PEER_ERRORS = (tf.errors.UnavailableError, tf.errors.AbortedError,
+                tf.errors.CancelledError, tf.errors.InternalError,
+                tf.errors.DeadlineExceededError)
+_TASK_NAME = re.compile(r'/job:(\w+)/(?:replica:\d+/)?task:(\d+)')
+
+
+def lost_workers(error: Exception, strategy) -> str | None:
+  """Who a multi-worker error says was lost (see `peers_named`); None if it
+  is not about a lost peer."""
+  if not is_multi_worker(strategy) or not isinstance(error, _PEER_ERRORS):
+    return None
+  resolver = strategy.cluster_resolver
+  return peers_named(error.message or '',
+                     (resolver.task_type, resolver.task_id),
+                     resolver.cluster_spec().as_dict())
+
+
+def peers_named(message: str, own: tuple[str, int],
+                cluster: dict[str, list[str]]) -> str:
+  """The tasks of `cluster` other than `own` that `message` names, as
+  'worker 1 (host:port)'; 'a peer worker' when it names none (a collective
+  that lost its connection says only 'Connection reset by peer')."""
+  names = []
+  for job, index in _TASK_NAME.findall(message):
+    addresses = cluster.get(job, [])
+    if (job, int(index)) == own or int(index) >= len(addresses):
+      continue
+    name = f'{job} {index} ({addresses[int(index)]})'
+    if name not in names:
+      names.append(name)
+  return ' and '.join(names) or 'a peer worker'

@@ -2,12 +2,15 @@
 budget), progress lines, TensorBoard summaries, checkpoints, and work at
 every N-th checkpoint (the kNN monitor)."""
 
+import shutil
 import signal
+import tempfile
 import threading
 import time
 
 from absl import logging
 import numpy as np
+import tensorflow as tf
 
 from simclr_tf.loop import Hook, next_multiple
 
@@ -64,6 +67,67 @@ class PreemptionHook(Hook):
     for signum, previous in self._previous.items():
       signal.signal(signum, previous)
     self._previous = {}
+
+
+class ClusterPreemptionHook(Hook):
+  """Several workers: SIGTERM to any of them stops all of them after the
+  same step (where the checkpoint hook after this one saves), then raises
+  `Preempted` on each.
+
+  TensorFlow's PreemptionCheckpointHandler agrees on that step through the
+  coordination service: it counts the loop's calls, and the signalled worker
+  names the call after its next one. Its own checkpoint bookkeeping is kept
+  apart, empty and in a temporary directory, so that every worker counts
+  from zero after a restart; the run's checkpoints are the checkpoint
+  hook's.
+  """
+
+  def __init__(self, cluster_resolver, model_dir: str):
+    self._resolver = cluster_resolver
+    self._model_dir = model_dir
+    self._handler = self._directory = None
+    self._previous = None
+    self.stopped = False
+
+  def begin(self, state):
+    self._previous = signal.getsignal(signal.SIGTERM)
+    self._directory = tempfile.mkdtemp(prefix='preemption-')
+    bookkeeping = tf.train.CheckpointManager(tf.train.Checkpoint(),
+                                             self._directory, max_to_keep=1)
+    self._handler = tf.distribute.experimental.PreemptionCheckpointHandler(
+        self._resolver, bookkeeping,
+        termination_config=tf.distribute.experimental.TerminationConfig(
+            exit_fn=self._stop, save_fn=lambda: None))
+
+  def _stop(self):
+    self.stopped = True
+
+  def after_steps(self, state):
+    if not self.stopped:
+      self._handler.save_checkpoint_if_preempted()
+    if self.stopped:
+      state.request_stop('preemption')
+
+  def end(self, state):
+    if self.stopped:
+      raise Preempted(
+          f'A worker was preempted (SIGTERM): every worker stopped at step '
+          f'{state.step}, checkpointed in {self._model_dir}; launch all '
+          'workers again with the same command to resume.',
+          signal.SIGTERM)
+
+  def close(self):
+    if self._handler is not None:
+      # TensorFlow's cleanup: ends its watcher threads, which keep it alive
+      # (so it is never deleted on its own).
+      self._handler.__del__()
+      self._handler = None
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+      self._previous = None
+    if self._directory:
+      shutil.rmtree(self._directory, ignore_errors=True)
+      self._directory = None
 
 
 class NanGuardHook(Hook):

@@ -18,6 +18,7 @@ import tensorflow as tf
 
 from simclr_tf import checkpoints
 from simclr_tf import datasets
+from simclr_tf import distribute
 from simclr_tf import hooks as hooks_lib
 from simclr_tf import loop
 from simclr_tf import pipeline
@@ -76,9 +77,14 @@ def standard_hooks(config: RunConfig, task: TrainTask, manager, writer,
   step they stop at), then progress, summaries, checkpoints, monitors."""
   tc = config.train
   latest = lambda: manager.latest_checkpoint
+  preemption = (
+      hooks_lib.ClusterPreemptionHook(task.strategy.cluster_resolver,
+                                      tc.model_dir)
+      if distribute.is_multi_worker(task.strategy)
+      else hooks_lib.PreemptionHook(latest))
   hooks = [hooks_lib.NanGuardHook(tc.summary_steps,
                                   task.plan.checkpoint_steps, latest),
-           hooks_lib.PreemptionHook(latest)]
+           preemption]
   if tc.max_train_seconds > 0:
     hooks.append(hooks_lib.TimeBudgetHook(tc.max_train_seconds))
   checkpoint_hook = hooks_lib.CheckpointHook(manager,
@@ -150,12 +156,23 @@ def train(config: RunConfig, strategy: tf.distribute.Strategy,
     _write_view_summary(config, source, split, task, writer)
   hooks = standard_hooks(config, task, manager, writer,
                          every_nth_checkpoint=every_nth_checkpoint)
-  state = loop.run(task, iterator, total_steps=plan.total_steps,
-                   steps_per_loop=tc.steps_per_loop,
-                   hooks=hooks + list(extra_hooks),
-                   batch_size=tc.train_batch_size)
-  if not chief:
-    shutil.rmtree(save_dir, ignore_errors=True)
+  try:
+    state = loop.run(task, iterator, total_steps=plan.total_steps,
+                     steps_per_loop=tc.steps_per_loop,
+                     hooks=hooks + list(extra_hooks),
+                     batch_size=tc.train_batch_size)
+  except tf.errors.OpError as e:
+    lost = distribute.lost_workers(e, strategy)
+    if lost is None:
+      raise
+    resume = checkpoints.latest_in(tc.model_dir)
+    raise distribute.WorkerLost(
+        f'Lost {lost} during training ({type(e).__name__}); this worker '
+        'stops too. Launch all workers again with the same command: they '
+        f'resume from {resume or "the start (no checkpoint yet)"}.') from None
+  finally:
+    if not chief:
+      shutil.rmtree(save_dir, ignore_errors=True)
   logging.info('Trained to step %d; weights fingerprint %s.', state.step,
                weights_fingerprint(task.model))
   # Tear the input pipeline down first, then the loop: in the other order
