@@ -14,8 +14,8 @@ import tensorflow as tf
 
 from simclr_tf import evaluate
 from simclr_tf import gradient_cache
-from simclr_tf import objective
 from simclr_tf import model as model_lib
+from simclr_tf import objective
 from simclr_tf import optim
 from simclr_tf.config import RunConfig
 from simclr_tf.model import SimCLRModel
@@ -66,7 +66,8 @@ def build_optimizer(config: RunConfig, plan: Plan, model: SimCLRModel):
   optimizer = optim.build_optimizer(config.optim, schedule, model)
   if config.model.precision == 'float16':
     optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-  # Built here, not lazily inside the replica function (DESIGN.md 1).
+  # Built here, not lazily inside the replica function (docs/contract.md,
+  # section 1).
   optimizer.build(model.trainable_variables)
   return optimizer
 

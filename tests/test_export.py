@@ -1,4 +1,4 @@
-"""The SavedModel contract (DESIGN.md section 5): signatures, TF Serving,
+"""The SavedModel contract (docs/contract.md, section 5): signatures, TF Serving,
 TF Hub-style reuse, Keras 3 loading, embeddings, and crash safety."""
 
 import base64

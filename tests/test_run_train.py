@@ -1,5 +1,6 @@
 """run.py end to end on a tiny image folder: train_then_eval, resume,
-fine-tune with a label fraction, eval, and the artefacts DESIGN.md lists."""
+fine-tune with a label fraction, eval, and the artefacts docs/contract.md
+lists."""
 
 import glob
 import json
