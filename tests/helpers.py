@@ -1,14 +1,42 @@
-"""Small image files and folders for tests."""
+"""What several test files share: run.py in a subprocess, small image files
+and folders, a numpy kNN, test TFDS builders."""
 
 import io
 import os
 import struct
+import subprocess
+import sys
 import zlib
 
 import numpy as np
 from PIL import Image
 import tensorflow as tf
 import tensorflow_datasets as tfds
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run(*flags, as_user=False):
+  """run.py in a subprocess; `as_user`: in a user's environment, without the
+  test run's TensorFlow log level and hidden GPUs."""
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', CUDA_VISIBLE_DEVICES='')
+  if as_user:
+    for name in ('TF_CPP_MIN_LOG_LEVEL', 'CUDA_VISIBLE_DEVICES'):
+      env.pop(name)
+  return subprocess.run([sys.executable, os.path.join(REPO, 'run.py'),
+                         *flags], capture_output=True, text=True, env=env,
+                        cwd=REPO, timeout=300)
+
+
+def knn_numpy(train_x, train_y, test_x, num_classes, k, temperature):
+  """Weighted kNN votes (InstDisc), a loop over test examples."""
+  train = train_x / np.linalg.norm(train_x, axis=1, keepdims=True)
+  scores = np.zeros((len(test_x), num_classes))
+  for i, x in enumerate(test_x):
+    sims = train @ (x / np.linalg.norm(x))
+    for j in np.argsort(-sims)[:k]:
+      scores[i, train_y[j]] += np.exp(sims[j] / temperature)
+  return scores
 
 
 def encode(array, fmt, mode=None, **kwargs) -> bytes:

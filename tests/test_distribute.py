@@ -18,7 +18,7 @@ from simclr_tf import distribute
 from simclr_tf import task as task_lib
 from simclr_tf import config as c
 from tests import helpers
-from tests.test_run_preview import REPO, run
+from tests.helpers import REPO, run
 
 GLOBAL_BATCH = 12
 SIZE = 12

@@ -5,10 +5,11 @@ import re
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import REPO
+
 PAGES = ['README.md'] + sorted(
-    os.path.join('docs', name) for name in os.listdir(os.path.join(REPO, 'docs'))
-    if name.endswith('.md'))
+    os.path.join('docs', name)
+    for name in os.listdir(os.path.join(REPO, 'docs')) if name.endswith('.md'))
 _LINK = re.compile(r'\[[^\]]*\]\(([^)\s]+)\)')
 _FENCE = re.compile(r'^(```|~~~)')
 

@@ -8,7 +8,6 @@ from simclr_tf import evaluate
 from simclr_tf import probe as probe_lib
 from simclr_tf.config import AugmentConfig
 from tests import helpers
-from tests.test_knn import _knn_numpy
 
 
 def test_train_subsets_are_seeded_random_and_nested():
@@ -52,7 +51,8 @@ def test_feature_metrics_use_the_seeded_subsets_of_training_features():
   features = lambda x: (x / 255.0).reshape(len(x), -1)[:, :12] - 0.5
   train_x = features(images['train'][bank_rows])
   test_x = features(images['test'])
-  scores = _knn_numpy(train_x, labels['train'][bank_rows], test_x, 3, 5, 0.1)
+  scores = helpers.knn_numpy(train_x, labels['train'][bank_rows], test_x, 3,
+                             5, 0.1)
   assert result['knn_top_1_accuracy'] == evaluate.accuracy(scores,
                                                            labels['test'])
   # The probe fits on 60: the same order's first 60.
@@ -94,7 +94,7 @@ def test_fine_tuning_on_a_label_fraction_evaluates_on_that_subset_only():
     if bank_rows is None:  # A seeded random 12 of the 30 labeled.
       bank_rows = labeled[np.random.default_rng(2).permutation(30)[:12]]
     result = evaluators.feature_metrics(run, model, knn=True, probe=True)
-    scores = _knn_numpy(features(images['train'][bank_rows]),
+    scores = helpers.knn_numpy(features(images['train'][bank_rows]),
                         labels['train'][bank_rows], features(images['test']),
                         3, 5, 0.1)
     assert result['knn_top_1_accuracy'] == evaluate.accuracy(

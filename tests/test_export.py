@@ -17,7 +17,7 @@ from simclr_tf.config import (AugmentConfig, EncoderConfig, HeadConfig,
                               ModelConfig)
 from simclr_tf.model import SimCLRModel
 from tests import helpers
-from tests.test_run_preview import run
+from tests.helpers import run
 
 SIZE = 16
 AUGMENT = AugmentConfig(image_size=SIZE)

@@ -12,8 +12,6 @@ from simclr_tf import image_files
 from simclr_tf.config import DataConfig
 from tests import helpers
 
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 def _counting(monkeypatch):
   opened = []
@@ -123,7 +121,7 @@ def test_a_script_without_a_main_guard_scans_in_processes_once(tmp_path,
   marker = tmp_path / 'runs.txt'
   script = tmp_path / 'unguarded.py'
   script.write_text(_UNGUARDED_SCRIPT.format(
-      repo=_REPO, marker=str(marker), root=root))
+      repo=helpers.REPO, marker=str(marker), root=root))
   for how in ('file', 'stdin'):
     marker.write_text('')
     result = subprocess.run(

@@ -4,23 +4,14 @@ import numpy as np
 
 from simclr_tf import evaluate
 from simclr_tf import knn
-
-
-def _knn_numpy(train_x, train_y, test_x, num_classes, k, temperature):
-  train = train_x / np.linalg.norm(train_x, axis=1, keepdims=True)
-  scores = np.zeros((len(test_x), num_classes))
-  for i, x in enumerate(test_x):
-    sims = train @ (x / np.linalg.norm(x))
-    for j in np.argsort(-sims)[:k]:
-      scores[i, train_y[j]] += np.exp(sims[j] / temperature)
-  return scores
+from tests import helpers
 
 
 def test_knn_matches_a_numpy_loop(rng):
   train_x = rng.normal(size=(300, 8))
   train_y = rng.integers(0, 5, 300)
   test_x = rng.normal(size=(40, 8))
-  expected = _knn_numpy(train_x, train_y, test_x, 5, 20, 0.1)
+  expected = helpers.knn_numpy(train_x, train_y, test_x, 5, 20, 0.1)
   bank = knn.feature_bank(train_x, np.float32)
   # Whole bank at once, and in blocks smaller than k (a running top-k).
   for bank_chunk_size in (1000, 7):

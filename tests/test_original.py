@@ -11,8 +11,6 @@ import json
 import os
 import pathlib
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -22,6 +20,7 @@ from simclr_tf import config as c
 from simclr_tf import original
 from simclr_tf import task
 from simclr_tf.checkpoints import CheckpointError
+from tests.helpers import run
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 FIXTURES = pathlib.Path(os.environ.get(
@@ -259,21 +258,14 @@ def test_an_ambiguous_supervised_head_input_takes_the_given_selector(
 # --- The command line -----------------------------------------------------------
 
 
-def _run(*flags):
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', CUDA_VISIBLE_DEVICES='')
-  return subprocess.run([sys.executable, str(REPO / 'run.py'), *flags],
-                        capture_output=True, text=True, env=env, cwd=REPO,
-                        timeout=300)
-
-
 @needs_fixtures
 def test_import_then_export_eval_and_fine_tune_as_any_run(tmp_path):
   folder = FIXTURES / 'r18_w025_32px'
   model_dir = tmp_path / 'imported'
   # bfloat16 as `auto` picks on CPUs with bfloat16 units: the export still
   # computes in float32, so it serves the original's outputs.
-  result = _run('--mode=import', f'--checkpoint={folder}',
-                f'--model_dir={model_dir}', '--mixed_precision=bfloat16')
+  result = run('--mode=import', f'--checkpoint={folder}',
+               f'--model_dir={model_dir}', '--mixed_precision=bfloat16')
   assert result.returncode == 0, result.stderr
   assert 'ResNet-18 x0.25, CIFAR stem, 2-layer projection head' in (
       result.stdout)
@@ -297,36 +289,36 @@ def test_import_then_export_eval_and_fine_tune_as_any_run(tmp_path):
       'float32', 'bfloat16')
 
   # Nothing is overwritten; conflicting flags and resuming say why.
-  again = _run('--mode=import', f'--checkpoint={folder}',
-               f'--model_dir={model_dir}')
+  again = run('--mode=import', f'--checkpoint={folder}',
+              f'--model_dir={model_dir}')
   assert again.returncode == 2 and 'already holds checkpoints' in (
       again.stderr)
-  conflict = _run('--mode=import', f'--checkpoint={folder}',
-                  f'--model_dir={tmp_path / "other"}', '--resnet_depth=50')
+  conflict = run('--mode=import', f'--checkpoint={folder}',
+                 f'--model_dir={tmp_path / "other"}', '--resnet_depth=50')
   assert conflict.returncode == 2
   assert '--resnet_depth=50 (the checkpoint has 18)' in conflict.stderr
 
   # Evaluation takes the architecture from flags.json.
-  evaluated = _run('--mode=eval', f'--model_dir={model_dir}',
-                   '--dataset=fashion_mnist', '--eval_steps=2',
-                   '--eval_batch_size=50', '--knn=false')
+  evaluated = run('--mode=eval', f'--model_dir={model_dir}',
+                  '--dataset=fashion_mnist', '--eval_steps=2',
+                  '--eval_batch_size=50', '--knn=false')
   assert evaluated.returncode == 0, evaluated.stderr
   result_json = json.loads((model_dir / 'result.json').read_text())
   assert result_json['global_step'] == 3
 
   # Exporting again needs neither architecture flags nor a dataset.
-  exported = _run('--mode=export', f'--model_dir={model_dir}')
+  exported = run('--mode=export', f'--model_dir={model_dir}')
   assert exported.returncode == 0, exported.stderr
   assert f'Exported {model_dir}/ckpt-3 to {model_dir}/saved_model/3' in (
       exported.stdout)
 
   # Fine-tuning starts from the imported encoder.
   tuned_dir = tmp_path / 'tuned'
-  tuned = _run('--mode=train', '--train_mode=finetune',
-               f'--checkpoint={model_dir}', f'--model_dir={tuned_dir}',
-               '--dataset=fashion_mnist', '--label_fraction=0.01',
-               '--train_steps=2', '--train_batch_size=16', '--knn=false',
-               '--optimizer=momentum', '--learning_rate=0.01')
+  tuned = run('--mode=train', '--train_mode=finetune',
+              f'--checkpoint={model_dir}', f'--model_dir={tuned_dir}',
+              '--dataset=fashion_mnist', '--label_fraction=0.01',
+              '--train_steps=2', '--train_batch_size=16', '--knn=false',
+              '--optimizer=momentum', '--learning_rate=0.01')
   assert tuned.returncode == 0, tuned.stderr
   assert 'Restored the encoder and projection head' in tuned.stderr
   assert (tuned_dir / 'saved_model' / '2' / 'saved_model.pb').exists()

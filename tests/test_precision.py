@@ -17,7 +17,7 @@ from simclr_tf import precision
 from simclr_tf import task as task_lib
 from simclr_tf.resnet import BATCH_NORM_EPSILON, FusedBatchNormalization
 from tests import helpers
-from tests.test_run_preview import run
+from tests.helpers import run
 
 
 

@@ -15,7 +15,7 @@ import tensorflow as tf
 
 from simclr_tf import hooks
 from tests import helpers
-from tests.test_run_preview import REPO, run
+from tests.helpers import REPO, run
 
 TINY = ['--image_size=16', '--resnet_depth=18', '--width_multiplier=0.125',
         '--train_batch_size=8', '--eval_batch_size=8', '--steps_per_loop=1',

@@ -1,27 +1,10 @@
 """`run.py --mode=preview` end to end, and its one-line errors."""
 
-import os
-import subprocess
-import sys
-
 import numpy as np
 from PIL import Image
 
 from tests import helpers
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def run(*flags, as_user=False):
-  """run.py in a subprocess; `as_user`: in a user's environment, without the
-  test run's TensorFlow log level and hidden GPUs."""
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', CUDA_VISIBLE_DEVICES='')
-  if as_user:
-    for name in ('TF_CPP_MIN_LOG_LEVEL', 'CUDA_VISIBLE_DEVICES'):
-      env.pop(name)
-  return subprocess.run([sys.executable, os.path.join(REPO, 'run.py'),
-                         *flags], capture_output=True, text=True, env=env,
-                        cwd=REPO, timeout=300)
+from tests.helpers import run
 
 
 def test_preview_writes_a_grid_of_originals_and_view_pairs(tmp_path, rng):

@@ -16,7 +16,7 @@ from tensorboard.backend.event_processing import event_accumulator
 from simclr_tf.config import EncoderConfig, ModelConfig
 from simclr_tf.model import SimCLRModel
 from tests import helpers
-from tests.test_run_preview import run
+from tests.helpers import run
 
 TINY = ['--image_size=16', '--resnet_depth=18', '--width_multiplier=0.25',
         '--train_batch_size=8', '--eval_batch_size=8', '--summary_steps=2',
