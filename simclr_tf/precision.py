@@ -1,7 +1,7 @@
 """Numeric precision and XLA compilation, and their defaults per device.
 
-Measured (benchmarks/throughput.py, benchmarks/fashion_mnist.py, README
-"Speed"): on CPUs with bfloat16 units (AVX512_BF16 or AMX), oneDNN runs
+Measured (benchmarks/throughput.py, benchmarks/fashion_mnist.py;
+docs/benchmarks.md, "Speed"): on CPUs with bfloat16 units (AVX512_BF16 or AMX), oneDNN runs
 bfloat16 convolutions natively and trains faster than float32; on other
 CPUs bfloat16 is emulated and slower, so float32 stays. XLA's CPU
 convolutions are slower than oneDNN's. On accelerators the usual choice is
