@@ -96,8 +96,8 @@ class Workers:
 
 
 def _fingerprint(stderr):
-  return [l.split('weights fingerprint ')[1] for l in stderr.splitlines()
-          if 'weights fingerprint' in l]
+  return [l.split('weights fingerprint ')[1].rstrip('.')
+          for l in stderr.splitlines() if 'weights fingerprint' in l]
 
 
 STEPS = 30
