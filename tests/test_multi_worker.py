@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from simclr_tf import checkpoints
 from simclr_tf import distribute
 from tests import helpers
 from tests.helpers import REPO
@@ -175,7 +176,8 @@ def test_a_preempted_or_lost_worker_stops_all_and_resumes_identically(
   assert workers.finish() == [distribute.WORKER_LOST_EXIT_CODE, -9]
   stop_seconds = time.monotonic() - killed
   assert stop_seconds < 120
-  resume = tf.train.latest_checkpoint(str(model_dir))
+  # What a relaunch resumes from: the newest checkpoint that loads.
+  resume = checkpoints.latest_in(str(model_dir))
   assert workers.lines[0][-1] == (
       f'run.py: error: Lost worker 1 ({workers.addresses[1]}) during training '
       f'(UnavailableError); this worker stops too. Launch all workers again '
