@@ -246,7 +246,8 @@ def recorded_settings(values: dict) -> dict:
   exports: from --model_dir's flags.json when it holds checkpoints (all of
   SAME_RUN), else from the one beside --checkpoint (the ARCHITECTURE of a
   run started from it). An export of --checkpoint takes SAME_RUN from
-  beside it, and an export takes num_classes too, so it needs no data."""
+  beside it, and an export takes num_classes (so it needs no data) and the
+  training precision too."""
   # pylint: disable=g-import-not-at-top
   from simclr_tf import checkpoints
   from simclr_tf import records
@@ -264,7 +265,9 @@ def recorded_settings(values: dict) -> dict:
   else:
     return {}
   if FLAGS.mode == 'export':
-    names += ('num_classes',)
+    # The precision it trained in, which export.json records (the export
+    # itself computes in --export_precision).
+    names += ('num_classes', 'precision')
   recorded = records.read_settings(directory)
   # num_classes None is recorded information: the model has no head.
   return {name: recorded[name] for name in names if name in recorded and (

@@ -112,7 +112,7 @@ def test_export_mode_exports_a_given_checkpoint(pretrained, folder,
   model_dir, _ = pretrained
   export_dir = str(tmp_path / 'exported')
   result = run('--mode=export', f'--dataset=folder:{folder}',
-               f'--model_dir={export_dir}',
+               f'--model_dir={export_dir}', '--mixed_precision=float16',
                f'--checkpoint={os.path.join(model_dir, "ckpt-2")}', *TINY)
   assert result.returncode == 0, result.stderr[-3000:]
   assert os.listdir(os.path.join(export_dir, 'saved_model')) == ['2']
@@ -120,8 +120,12 @@ def test_export_mode_exports_a_given_checkpoint(pretrained, folder,
   loaded = tf.saved_model.load(exported)
   assert loaded.signatures['serving_default'](
       images=tf.zeros([2, 16, 16, 3]))['logits_sup'].shape == (2, 3)
-  assert json.load(open(os.path.join(exported, 'export.json')))[
-      'compute_precision'] == 'float32'
+  record = json.load(open(os.path.join(exported, 'export.json')))
+  assert record['compute_precision'] == 'float32'
+  # What the run trained in, from its flags.json, not this process's choice.
+  trained = json.load(open(os.path.join(model_dir, 'flags.json')))[
+      'config']['model']['precision']
+  assert record['trained_precision'] == trained
   # Asked for, the export computes in bfloat16 and says so.
   result = run('--mode=export', f'--dataset=folder:{folder}',
                f'--model_dir={export_dir}', '--export_precision=bfloat16',
