@@ -16,8 +16,8 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from simclr_tf import config as c
-from simclr_tf import recipes
+from simclr_tf.settings import config as c
+from simclr_tf.settings import recipes
 
 MODES = ('train', 'eval', 'train_then_eval', 'export', 'preview', 'embed',
          'import')
@@ -249,8 +249,8 @@ def recorded_settings(values: dict) -> dict:
   beside it, and an export takes num_classes (so it needs no data) and the
   training precision too."""
   # pylint: disable=g-import-not-at-top
-  from simclr_tf import checkpoints
-  from simclr_tf import records
+  from simclr_tf.storage import checkpoints
+  from simclr_tf.storage import records
   model_dir = values.get('model_dir') or _default_model_dir(values)
   checkpoint = values.get('checkpoint')
   beside_checkpoint = checkpoint and (
@@ -275,16 +275,16 @@ def recorded_settings(values: dict) -> dict:
 
 
 def _check(condition, message):
-  from simclr_tf import preflight  # pylint: disable=g-import-not-at-top
-  preflight.check(condition, message)
+  from simclr_tf.settings import checks  # pylint: disable=g-import-not-at-top
+  checks.check(condition, message)
 
 
 def check_flags(values: dict):
   """Fails before any work on values that cannot work."""
-  from simclr_tf import preflight  # pylint: disable=g-import-not-at-top
+  from simclr_tf.settings import checks  # pylint: disable=g-import-not-at-top
   for name in ('cpu_replicas', 'preview_images', 'preview_pairs'):
     _check(FLAGS[name].value > 0, f'--{name}={FLAGS[name].value} must be > 0.')
-  preflight.check_settings(values)
+  checks.check_settings(values)
 
 
 def _default_model_dir(values):
@@ -298,8 +298,8 @@ def _default_model_dir(values):
 def build_config(values: dict, source, strategy):
   """Settings (and what the dataset and devices tell) -> RunConfig."""
   # pylint: disable=g-import-not-at-top
-  from simclr_tf import datasets
-  from simclr_tf import preflight
+  from simclr_tf.inputs import sources
+  from simclr_tf.settings import checks
   values = recipes.resolve(
       values, native_image_size=source and source.native_image_size,
       num_classes=source and source.num_classes, strategy=strategy,
@@ -309,17 +309,17 @@ def build_config(values: dict, source, strategy):
          'is too small for the CIFAR stem: use 8 or more.')
   config = c.build(values)
   replicas = strategy.num_replicas_in_sync
-  preflight.check_batches(config, replicas)
-  preflight.check_activation_memory(config, replicas)
+  checks.check_batches(config, replicas)
+  checks.check_activation_memory(config, replicas)
   if config.model.train_mode == 'finetune' and source is not None:
-    datasets.require_labels(source, 'fine-tuning')
+    sources.require_labels(source, 'fine-tuning')
   return config
 
 
 def write_flags(config):
   """flags.json: every flag of this run and the configuration it became."""
   import dataclasses  # pylint: disable=g-import-not-at-top
-  from simclr_tf import records  # pylint: disable=g-import-not-at-top
+  from simclr_tf.storage import records  # pylint: disable=g-import-not-at-top
   values = {f.name: f.value
             for f in FLAGS.get_flags_for_module(sys.modules['__main__'])}
   records.write_json(os.path.join(config.train.model_dir, 'flags.json'),
@@ -328,15 +328,15 @@ def write_flags(config):
 
 
 def _make_source(values):
-  from simclr_tf import datasets  # pylint: disable=g-import-not-at-top
-  return datasets.make_source(c.DataConfig(
+  from simclr_tf.inputs import catalog  # pylint: disable=g-import-not-at-top
+  return catalog.make_source(c.DataConfig(
       dataset=values['dataset'], data_dir=values['data_dir'],
       max_image_pixels=values['max_image_pixels']))
 
 
 def run_preview(values):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from simclr_tf import preview  # pylint: disable=g-import-not-at-top
+  from simclr_tf.inputs import preview  # pylint: disable=g-import-not-at-top
   source = _make_source(values)
   config = build_config(values, source, tf.distribute.get_strategy())
   grid = preview.preview_grid(source, config.data.train_split, config.augment,
@@ -352,17 +352,17 @@ def run_preview(values):
 
 def run_embed(values):
   # pylint: disable=g-import-not-at-top
-  from simclr_tf import datasets
-  from simclr_tf import embed
+  from simclr_tf.inputs import catalog
+  from simclr_tf.serving import embed
   _check(FLAGS.saved_model, '--mode=embed needs --saved_model=DIR '
          '(a model_dir\'s saved_model/<step>).')
   _check(os.path.exists(os.path.join(FLAGS.saved_model, 'saved_model.pb')),
          f'--saved_model={FLAGS.saved_model} holds no saved_model.pb.')
-  _check(values['dataset'].startswith(datasets.FOLDER_PREFIX),
+  _check(values['dataset'].startswith(catalog.FOLDER_PREFIX),
          '--mode=embed takes --dataset=folder:PATH.')
   _check(FLAGS.neighbors >= 0, '--neighbors must be >= 0.')
   arrays = embed.embed_folder(
-      FLAGS.saved_model, values['dataset'][len(datasets.FOLDER_PREFIX):],
+      FLAGS.saved_model, values['dataset'][len(catalog.FOLDER_PREFIX):],
       FLAGS.output, FLAGS.neighbors, values['eval_batch_size'],
       values['max_image_pixels'])
   print(f'Wrote {FLAGS.output}: {arrays["embeddings"].shape[0]} embeddings '
@@ -374,19 +374,19 @@ def run_import(values):
   ours in --model_dir (checkpoint, flags.json, SavedModel)."""
   # pylint: disable=g-import-not-at-top
   import tensorflow as tf
-  from simclr_tf import checkpoints
-  from simclr_tf import lock
-  from simclr_tf import original
-  from simclr_tf import preflight
-  from simclr_tf import runner
-  from simclr_tf.evaluators import Run
+  from simclr_tf.storage import checkpoints
+  from simclr_tf.storage import lock
+  from simclr_tf.network import original
+  from simclr_tf.settings import checks
+  from simclr_tf import modes
+  from simclr_tf.run_context import Run
   _check(values.get('checkpoint'), '--mode=import needs --checkpoint=PATH: '
          'a checkpoint (prefix or directory) or SavedModel directory written '
          'by the original SimCLR TF2 code.')
   _check(FLAGS['model_dir'].present, '--mode=import needs --model_dir=DIR, '
          'the new run directory to write.')
   model_dir = values['model_dir']
-  preflight.check_writable(model_dir)
+  checks.check_writable(model_dir)
   _check(not checkpoints.candidates(model_dir), f'--model_dir={model_dir} '
          'already holds checkpoints; import into a new directory.')
   weights = original.read(values['checkpoint'])
@@ -416,7 +416,7 @@ def run_import(values):
   config = c.build(values)
   with lock.exclusive(model_dir):
     write_flags(config)
-    done = runner.run_import(Run(config, tf.distribute.get_strategy(), None),
+    done = modes.run_import(Run(config, tf.distribute.get_strategy(), None),
                              weights)
   print(f'Imported {weights.path} (global step {done["global_step"]}): '
         f'{original.describe(inferred)}, at {image_size} px.\n'
@@ -427,15 +427,15 @@ def run_import(values):
 def run_mode(values):
   # pylint: disable=g-import-not-at-top
   import keras
-  from simclr_tf import checkpoints
-  from simclr_tf import datasets
-  from simclr_tf import distribute
-  from simclr_tf import evaluators
-  from simclr_tf import lock
-  from simclr_tf import precision
-  from simclr_tf import preflight
-  from simclr_tf import runner
-  from simclr_tf import train
+  from simclr_tf.storage import checkpoints
+  from simclr_tf.inputs import sources
+  from simclr_tf.devices import distribute
+  from simclr_tf.run_context import Run
+  from simclr_tf.inputs import subsets
+  from simclr_tf.storage import lock
+  from simclr_tf.devices import precision
+  from simclr_tf.settings import checks
+  from simclr_tf import modes
   import tensorflow as tf
   if FLAGS.deterministic:
     tf.config.experimental.enable_op_determinism()
@@ -453,17 +453,17 @@ def run_mode(values):
                ' with XLA' if config.train.jit_compile else '',
                strategy.num_replicas_in_sync, precision.device_type(strategy))
   if FLAGS.mode in ('eval', 'train_then_eval'):
-    datasets.require_labels(source, 'evaluation')
+    sources.require_labels(source, 'evaluation')
   trains = FLAGS.mode in ('train', 'train_then_eval')
   if trains and config.train.checkpoint:
     checkpoints.resolve(config.train.checkpoint)  # Fails now if missing.
-  run = evaluators.Run(config, strategy, source)
+  run = Run(config, strategy, source)
   if run.chief:
-    preflight.check_writable(config.train.model_dir)
+    checks.check_writable(config.train.model_dir)
   if trains:
-    preflight.check_dataset_fits_a_batch(
-        config, train.training_split(config, source).num_examples(source))
-    preflight.check_same_architecture(config)
+    checks.check_dataset_fits_a_batch(
+        config, subsets.training_split(config, source).num_examples(source))
+    checks.check_same_architecture(config)
   # One training process per model_dir (the chief's); evaluators and
   # exports may run beside it.
   with (lock.exclusive(config.train.model_dir) if run.chief and trains
@@ -473,13 +473,13 @@ def run_mode(values):
       write_flags(config)
     logging.info('Model directory: %s', config.train.model_dir)
     if FLAGS.mode == 'train':
-      runner.run_train(run, then_eval=False)
+      modes.run_train(run, then_eval=False)
     elif FLAGS.mode == 'train_then_eval':
-      runner.run_train(run, then_eval=True)
+      modes.run_train(run, then_eval=True)
     elif FLAGS.mode == 'eval':
-      runner.run_eval(run, FLAGS.eval_watch, FLAGS.eval_timeout)
+      modes.run_eval(run, FLAGS.eval_watch, FLAGS.eval_timeout)
     elif FLAGS.mode == 'export':
-      runner.run_export(run, config.train.checkpoint)
+      modes.run_export(run, config.train.checkpoint)
 
 
 def main(argv):
@@ -491,13 +491,13 @@ def main(argv):
   console.setup(FLAGS.verbosity)
   # pylint: disable=g-import-not-at-top
   import tensorflow as tf
-  from simclr_tf.checkpoints import CheckpointError
-  from simclr_tf.datasets import DatasetError
-  from simclr_tf.distribute import WorkerLost
-  from simclr_tf.embed import EmbedError
-  from simclr_tf.hooks import Preempted
-  from simclr_tf.lock import LockError
-  from simclr_tf.preflight import UsageError, storage_error
+  from simclr_tf.storage.checkpoints import CheckpointError
+  from simclr_tf.inputs.sources import DatasetError
+  from simclr_tf.devices.distribute import WorkerLost
+  from simclr_tf.serving.embed import EmbedError
+  from simclr_tf.training.hooks import Preempted
+  from simclr_tf.storage.lock import LockError
+  from simclr_tf.settings.checks import UsageError, storage_error
   try:
     values = setting_values()
     check_flags(values)

@@ -12,9 +12,9 @@ from absl import flags
 import numpy as np
 import tensorflow as tf
 
-from simclr_tf import export
-from simclr_tf.config import (AugmentConfig, EncoderConfig, ModelConfig)
-from simclr_tf.model import SimCLRModel
+from simclr_tf.serving import export
+from simclr_tf.settings.config import (AugmentConfig, EncoderConfig, ModelConfig)
+from simclr_tf.network.model import SimCLRModel
 
 flags.DEFINE_integer('resnet_depth', 18, 'ResNet depth.')
 flags.DEFINE_integer('image_size', 32, 'Image side.')

@@ -32,18 +32,19 @@ from absl import logging
 import keras
 import tensorflow as tf
 
-from simclr_tf import checkpoints
-from simclr_tf import config as c
-from simclr_tf import datasets
-from simclr_tf import evaluate
-from simclr_tf import evaluators
-from simclr_tf import hooks
-from simclr_tf import loop
-from simclr_tf import recipes
-from simclr_tf import records
-from simclr_tf import runner
-from simclr_tf import task as task_lib
-from simclr_tf import train as train_lib
+from simclr_tf.storage import checkpoints
+from simclr_tf.settings import config as c
+from simclr_tf.inputs import catalog
+from simclr_tf.evaluation import features
+from simclr_tf.evaluation import evaluators
+from simclr_tf.run_context import Run
+from simclr_tf.training import hooks
+from simclr_tf.training import loop
+from simclr_tf.settings import recipes
+from simclr_tf.storage import records
+from simclr_tf import modes
+from simclr_tf.training import task as task_lib
+from simclr_tf.training import train as train_lib
 
 flags.DEFINE_string('output', 'benchmarks/results/fashion_mnist',
                     'Directory for result.json and the PNG charts.')
@@ -159,12 +160,12 @@ def pretrain(config: c.RunConfig, source, budget_seconds: float):
           for path in state.all_model_checkpoint_paths]
 
 
-def probe_and_knn(run: evaluators.Run, model) -> dict:
+def probe_and_knn(run: Run, model) -> dict:
   """kNN (k=200, T=0.1) and the converged linear probe on frozen features."""
   return evaluators.feature_metrics(run, model, knn=True, probe=True)
 
 
-def recalibrate_batch_norm(run: evaluators.Run, model, batches: int = 60):
+def recalibrate_batch_norm(run: Run, model, batches: int = 60):
   """Re-estimates every batch norm's moving statistics on training images
   (momentum 0.9: 60 batches leave 0.2% of the initial values)."""
   data = run.eval_data('train')
@@ -180,7 +181,7 @@ def recalibrate_batch_norm(run: evaluators.Run, model, batches: int = 60):
   return model
 
 
-def random_baselines(run: evaluators.Run, config: c.RunConfig) -> dict:
+def random_baselines(run: Run, config: c.RunConfig) -> dict:
   """Random-weights encoders probed like SimCLR's: the standard one and two
   variants that show it is the strongest obvious choice."""
   standard = evaluators.standard_init_model(config)
@@ -224,9 +225,9 @@ def supervised_baseline(source, model_dir: str, minutes: float) -> dict:
   started = time.monotonic()
   result = train_lib.train(config, tf.distribute.get_strategy(), source)
   seconds = time.monotonic() - started
-  run = evaluators.Run(config, tf.distribute.get_strategy(), source)
+  run = Run(config, tf.distribute.get_strategy(), source)
   metrics = probe_and_knn(run, result.model)
-  metrics.update(evaluate.label_accuracy(
+  metrics.update(features.label_accuracy(
       result.model, run.strategy, run.eval_data('test')))
   return {'epochs': epochs, 'train_seconds': seconds, **metrics}
 
@@ -308,7 +309,7 @@ def main(_):
   tf.io.gfile.makedirs(FLAGS.output)
   pretrain_dir = os.path.join(FLAGS.model_dir, 'pretrain')
   config = recipe(pretrain_dir, epochs=FLAGS.train_epochs)
-  source = datasets.make_source(config.data)
+  source = catalog.make_source(config.data)
   if FLAGS.only_supervised:
     supervised = supervised_baseline(
         source, os.path.join(FLAGS.model_dir, 'supervised'),
@@ -324,11 +325,11 @@ def main(_):
   # --only_supervised keeps the checkpoints semi_supervised.py reads.
   if not FLAGS.resume and tf.io.gfile.exists(pretrain_dir):
     tf.io.gfile.rmtree(pretrain_dir)
-  run = evaluators.Run(config, tf.distribute.get_strategy(), source)
+  run = Run(config, tf.distribute.get_strategy(), source)
   points = pretrain(config, source, FLAGS.budget_minutes * 60)
   curve = []
   for path, seconds in points:
-    model, step = runner.restored_model(run, path)
+    model, step = modes.restored_model(run, path)
     metrics = probe_and_knn(run, model)
     curve.append({'step': step, 'epochs': step * FLAGS.batch_size / NUM_TRAIN,
                   'train_seconds': seconds, **metrics})

@@ -20,8 +20,8 @@ from absl import flags
 import tensorflow as tf
 
 from benchmarks import throughput
-from simclr_tf import hooks
-from simclr_tf import train as train_lib
+from simclr_tf.training import hooks
+from simclr_tf.training import train as train_lib
 
 # name: (throughput configuration (model, image size), batch, chunk size)
 CASES = {

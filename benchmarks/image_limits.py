@@ -52,10 +52,10 @@ def _make_images(workdir):
 
 def _folder_case(workdir, limit) -> dict:
   # pylint: disable=g-import-not-at-top
-  from simclr_tf import config as c
-  from simclr_tf import datasets
-  from simclr_tf import pipeline
-  source = datasets.FolderSource(os.path.join(workdir, 'folder'), limit)
+  from simclr_tf.settings import config as c
+  from simclr_tf.inputs import folder_source
+  from simclr_tf.inputs import pipeline
+  source = folder_source.FolderSource(os.path.join(workdir, 'folder'), limit)
   dataset = pipeline.train_dataset(
       source, pipeline.Split('train'), global_batch_size=8,
       augment_config=c.AugmentConfig(image_size=32, use_blur=False), views=2,
@@ -68,9 +68,9 @@ def _folder_case(workdir, limit) -> dict:
 def _serving_case(workdir, limit) -> dict:
   # pylint: disable=g-import-not-at-top
   import tensorflow as tf
-  from simclr_tf import config as c
-  from simclr_tf import export
-  from simclr_tf.model import SimCLRModel
+  from simclr_tf.settings import config as c
+  from simclr_tf.serving import export
+  from simclr_tf.network.model import SimCLRModel
   model = SimCLRModel(c.ModelConfig(encoder=c.EncoderConfig(
       resnet_depth=18, width_multiplier=0.25, cifar_stem=True)))
   model(tf.zeros([1, 32, 32, 3]))
@@ -121,7 +121,7 @@ def main(_):
   report = {'date': time.strftime('%Y-%m-%d'), 'file_bytes': sizes,
             'results': results}
   if FLAGS.output:
-    from simclr_tf import records  # pylint: disable=g-import-not-at-top
+    from simclr_tf.storage import records  # pylint: disable=g-import-not-at-top
     records.write_json(FLAGS.output, report)
 
 

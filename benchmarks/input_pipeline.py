@@ -156,8 +156,8 @@ def _png_folder(count):
 
 def _pipeline(source, image_size=224, start_step=0, views=2,
               batch_size=None):
-  from simclr_tf import pipeline  # pylint: disable=g-import-not-at-top
-  from simclr_tf.config import AugmentConfig, default_use_blur  # pylint: disable=g-import-not-at-top
+  from simclr_tf.inputs import pipeline  # pylint: disable=g-import-not-at-top
+  from simclr_tf.settings.config import AugmentConfig, default_use_blur  # pylint: disable=g-import-not-at-top
   # The ImageNet recipe's augmentation (colour jitter strength 1).
   config = AugmentConfig(image_size=image_size, color_jitter_strength=1.0,
                          use_blur=default_use_blur(image_size))
@@ -185,18 +185,19 @@ def _images_per_second(source, image_size, threads=None):
 
 
 def speed():
-  from simclr_tf import datasets  # pylint: disable=g-import-not-at-top
+  from simclr_tf.inputs import array_source  # pylint: disable=g-import-not-at-top
+  from simclr_tf.inputs import folder_source  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(0)
   cases = [
-      ('images in memory, 32 px', 32, datasets.ArraySource(
+      ('images in memory, 32 px', 32, array_source.ArraySource(
           'random32', {'train': rng.integers(0, 256, (2048, 32, 32, 3),
                                              np.uint8)},
           {'train': np.zeros(2048, np.int64)}, None)),
-      ('images in memory, 256 -> 224 px', 224, datasets.ArraySource(
+      ('images in memory, 256 -> 224 px', 224, array_source.ArraySource(
           'random256', {'train': rng.integers(0, 256, (512, 256, 256, 3),
                                               np.uint8)},
           {'train': np.zeros(512, np.int64)}, None)),
-      ('JPEG folder, 224 px', 224, datasets.FolderSource(_write_files(
+      ('JPEG folder, 224 px', 224, folder_source.FolderSource(_write_files(
           os.path.join(FLAGS.workdir, 'jpeg_folder_512'), 512,
           _smooth_jpegs(512)))),
   ]
@@ -220,13 +221,13 @@ def _measure(kind, path):
   """Runs in a fresh process: peak memory of one pipeline."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  from simclr_tf import datasets  # pylint: disable=g-import-not-at-top
-  from simclr_tf import tfds_source  # pylint: disable=g-import-not-at-top
+  from simclr_tf.inputs import folder_source  # pylint: disable=g-import-not-at-top
+  from simclr_tf.inputs import tfds_source  # pylint: disable=g-import-not-at-top
   del tf
   baseline = _rss_bytes()
   started = time.perf_counter()
   if kind == 'folder':
-    source = datasets.FolderSource(path)
+    source = folder_source.FolderSource(path)
   else:
     source = tfds_source.TFDSSource(tfds.builder_from_directory(path))
   built = time.perf_counter() - started
@@ -268,7 +269,7 @@ def memory():
 
 
 def startup():
-  from simclr_tf import datasets  # pylint: disable=g-import-not-at-top
+  from simclr_tf.inputs import folder_source  # pylint: disable=g-import-not-at-top
   path = _write_files(
       os.path.join(FLAGS.workdir, f'startup_{FLAGS.startup_files}'),
       FLAGS.startup_files, [_tiny_png()])
@@ -277,7 +278,7 @@ def startup():
   timings = {}
   for name in ('cold', 'cached'):
     started = time.perf_counter()
-    source = datasets.FolderSource(path, scan_cache_dir=cache)
+    source = folder_source.FolderSource(path, scan_cache_dir=cache)
     timings[f'{name}_seconds'] = time.perf_counter() - started
   result = {'files': source.num_examples('train') + source.num_examples(
       'test'), 'cores': os.cpu_count(), **timings}
@@ -287,8 +288,8 @@ def startup():
 
 @functools.cache  # Built once for mix and resume: its scan takes a while.
 def _largest_folder_source():
-  from simclr_tf import datasets  # pylint: disable=g-import-not-at-top
-  return datasets.FolderSource(_png_folder(max(map(int, FLAGS.folder_sizes))))
+  from simclr_tf.inputs import folder_source  # pylint: disable=g-import-not-at-top
+  return folder_source.FolderSource(_png_folder(max(map(int, FLAGS.folder_sizes))))
 
 
 def mix():
@@ -319,7 +320,7 @@ def _seconds_to_first_batch(source, start_step):
 def resume():
   """Time to the first batch at step 0 and deep into the stream."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  from simclr_tf import tfds_source  # pylint: disable=g-import-not-at-top
+  from simclr_tf.inputs import tfds_source  # pylint: disable=g-import-not-at-top
   builder = _tfds_dataset('tfrecord', max(map(int, FLAGS.tfds_sizes)))
   sources = [('folder (random access)', _largest_folder_source()),
              ('TFDS tfrecord (sequential)',
@@ -358,7 +359,7 @@ def main(_):
     results[case] = CASES[case]()
     results.setdefault('dates', {})[case] = time.strftime('%Y-%m-%d')
     if FLAGS.output:  # After every case: a later failure loses nothing.
-      from simclr_tf import records  # pylint: disable=g-import-not-at-top
+      from simclr_tf.storage import records  # pylint: disable=g-import-not-at-top
       records.write_json(FLAGS.output, results)
 
 

@@ -164,7 +164,7 @@ def _compare(model_dir, directory, spec):
   # pylint: disable=g-import-not-at-top
   import numpy as np
   import tensorflow as tf
-  from simclr_tf import records
+  from simclr_tf.storage import records
   reference = np.load(os.path.join(directory, 'outputs.npz'))
   served = tf.saved_model.load(os.path.join(model_dir, 'saved_model', '1234'))
   outputs = served.signatures['serving_default'](
@@ -206,9 +206,9 @@ def _fixture_errors(folder, image_size):
   """Each output the fixture holds: our relative error after the import."""
   # pylint: disable=g-import-not-at-top
   import numpy as np
-  from simclr_tf import config as c
-  from simclr_tf import original
-  from simclr_tf import task
+  from simclr_tf.settings import config as c
+  from simclr_tf.network import original
+  from simclr_tf.training import task
   weights = original.read(folder)
   settings = original.infer_settings(weights)
   model = task.build_model(c.build({**settings, 'image_size': image_size,

@@ -41,15 +41,16 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from simclr_tf import checkpoints
-from simclr_tf import config as c
-from simclr_tf import datasets
-from simclr_tf import evaluate
-from simclr_tf import evaluators
-from simclr_tf import recipes
-from simclr_tf import records
-from simclr_tf import runner
-from simclr_tf import train as train_lib
+from simclr_tf.storage import checkpoints
+from simclr_tf.settings import config as c
+from simclr_tf.inputs import catalog
+from simclr_tf.evaluation import features
+from simclr_tf.evaluation import evaluators
+from simclr_tf.run_context import Run
+from simclr_tf.settings import recipes
+from simclr_tf.storage import records
+from simclr_tf import modes
+from simclr_tf.training import train as train_lib
 
 flags.DEFINE_string('encoder', '/tmp/simclr_fashion_mnist/pretrain',
                     'The pretraining run (directory or checkpoint prefix).')
@@ -155,7 +156,7 @@ def fine_tune(setting: Setting, source, encoder: str, *, epochs: int,
   started = time.monotonic()
   trained = train_lib.train(config, strategy, source)
   seconds = time.monotonic() - started
-  run = evaluators.Run(config, strategy, source)
+  run = Run(config, strategy, source)
   labeled = run.labeled_indices
   result = {
       **dataclasses.asdict(setting), 'epochs': epochs,
@@ -163,10 +164,10 @@ def fine_tune(setting: Setting, source, encoder: str, *, epochs: int,
       'batch_size': batch_size, 'steps': trained.global_step,
       'train_labels': NUM_TRAIN if labeled is None else len(labeled),
       'train_seconds': seconds,
-      'validation_top_1': evaluate.label_accuracy(
+      'validation_top_1': features.label_accuracy(
           trained.model, strategy,
           run.eval_data(VALIDATION))['label_top_1_accuracy'],
-      'test_top_1': evaluate.label_accuracy(
+      'test_top_1': features.label_accuracy(
           trained.model, strategy,
           run.eval_data('test'))['label_top_1_accuracy']}
   logging.info('%s: %s', setting.name, result)
@@ -189,9 +190,9 @@ def frozen_probe(source, encoder: str, labels: int, seed: int) -> dict:
   pretrain_config = dataclasses.replace(config, model=dataclasses.replace(
       config.model, train_mode='pretrain', num_classes=None))
   strategy = tf.distribute.get_strategy()
-  model, _ = runner.restored_model(
-      evaluators.Run(pretrain_config, strategy, source), encoder)
-  metrics = evaluators.feature_metrics(evaluators.Run(config, strategy,
+  model, _ = modes.restored_model(
+      Run(pretrain_config, strategy, source), encoder)
+  metrics = evaluators.feature_metrics(Run(config, strategy,
                                                       source),
                                        model, knn=True, probe=True)
   return {'labels': labels, 'seed': seed, **metrics}
@@ -244,7 +245,7 @@ def main(_):
     raise app.UsageError(f'{e} Run benchmarks/fashion_mnist.py first.')
   config = fine_tuning_config(Setting('SimCLR', 600, 0, 0.0, 0.0), '/tmp',
                               epochs=1, batch_size=64, encoder=None)
-  source = datasets.make_source(config.data)
+  source = catalog.make_source(config.data)
   learning_rates = {
       'SimCLR': [float(v) for v in FLAGS.simclr_learning_rates],
       'random weights': [float(v) for v in FLAGS.random_learning_rates]}

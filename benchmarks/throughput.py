@@ -32,15 +32,15 @@ from absl import flags
 import numpy as np
 import tensorflow as tf
 
-from simclr_tf import config as c
-from simclr_tf import datasets
-from simclr_tf import hooks
-from simclr_tf import pipeline
-from simclr_tf import precision
-from simclr_tf import records
-from simclr_tf import recipes
-from simclr_tf import task as task_lib
-from simclr_tf import train as train_lib
+from simclr_tf.settings import config as c
+from simclr_tf.inputs import array_source
+from simclr_tf.training import hooks
+from simclr_tf.inputs import pipeline
+from simclr_tf.devices import precision
+from simclr_tf.storage import records
+from simclr_tf.settings import recipes
+from simclr_tf.training import task as task_lib
+from simclr_tf.training import train as train_lib
 
 CONFIGS = {  # name: (depth, width, image size, batch size, stored size)
     'resnet18_32px_b128': (18, 1.0, 32, 128, 32),
@@ -52,7 +52,7 @@ CONFIGS = {  # name: (depth, width, image size, batch size, stored size)
 
 flags.DEFINE_list('configs', list(CONFIGS), f'Any of {list(CONFIGS)}.')
 flags.DEFINE_enum('mixed_precision', 'auto',
-                  ['auto', *precision.PRECISIONS], 'As run.py.')
+                  ['auto', *c.PRECISIONS], 'As run.py.')
 flags.DEFINE_boolean('jit_compile', None, 'As run.py (default per device).')
 flags.DEFINE_integer('warmup_calls', 2, 'Untimed loop calls (tracing).')
 flags.DEFINE_integer('timed_steps', 6, 'Timed training steps.')
@@ -83,7 +83,7 @@ def run_config(depth, width, image_size, batch_size, stored_size, strategy,
   images = rng.integers(0, 256, [_NUM_IMAGES, stored_size, stored_size, 3],
                         dtype=np.uint8)
   labels = rng.integers(0, 10, [_NUM_IMAGES]).astype(np.int64)
-  source = datasets.ArraySource('random', {'train': images},
+  source = array_source.ArraySource('random', {'train': images},
                                 {'train': labels}, num_classes=10)
   return config, source
 

@@ -129,7 +129,7 @@ class SimclrTestNumbered(tfds.core.GeneratorBasedBuilder):
 
 def numbered_tfds(data_dir, file_format='tfrecord', num_shards=8):
   """The prepared SimclrTestNumbered dataset as a TFDSSource."""
-  from simclr_tf import tfds_source  # pylint: disable=g-import-not-at-top
+  from simclr_tf.inputs import tfds_source  # pylint: disable=g-import-not-at-top
   builder = SimclrTestNumbered(data_dir=str(data_dir),
                                file_format=file_format)
   builder.download_and_prepare(

@@ -9,8 +9,8 @@ import sys
 import pytest
 
 from benchmarks import throughput
-from simclr_tf import config as c
-from simclr_tf import task as task_lib
+from simclr_tf.settings import config as c
+from simclr_tf.training import task as task_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -46,7 +46,7 @@ def test_forward_flops_of_resnet18_match_the_hand_count():
 _SUPERVISED_CHECK = r'''
 import json, os, sys
 from benchmarks import fashion_mnist as fm
-from simclr_tf import hooks
+from simclr_tf.training import hooks
 
 # One epoch of 10 steps took 30 s in all; after the first two calls the
 # steps ran at 0.5 s each, so an epoch is 5 s and the fixed cost 25 s:

@@ -5,7 +5,7 @@ import os
 import pytest
 import tensorflow as tf
 
-from simclr_tf import checkpoints
+from simclr_tf.storage import checkpoints
 
 
 @pytest.fixture

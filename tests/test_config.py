@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
-from simclr_tf import config as c
-from simclr_tf import recipes
-from simclr_tf import records
+from simclr_tf.settings import config as c
+from simclr_tf.settings import recipes
+from simclr_tf.storage import records
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from simclr_tf import datasets
-from simclr_tf import evaluate
-from simclr_tf import pipeline
-from simclr_tf.config import AugmentConfig
+from simclr_tf.inputs import array_source
+from simclr_tf.evaluation import features
+from simclr_tf.inputs import pipeline
+from simclr_tf.settings.config import AugmentConfig
 from tests import helpers
 
 
@@ -32,16 +32,16 @@ def _source(n_test=29, num_classes=7, channels=3):
             'test': rng.integers(0, 256, (n_test, 8, 8, channels), np.uint8)}
   labels = {'train': rng.integers(0, num_classes, 10),
             'test': rng.integers(0, num_classes, n_test)}
-  return datasets.ArraySource('toy', images, labels, num_classes)
+  return array_source.ArraySource('toy', images, labels, num_classes)
 
 
 @pytest.mark.parametrize('replicas', [1, 2])
 def test_label_accuracy_counts_each_example_once(replicas):
   source = _source()
   model = _LinearOnPixels(7)
-  data = evaluate.EvalData(source, pipeline.Split('test'),
+  data = features.EvalData(source, pipeline.Split('test'),
                            AugmentConfig(image_size=8), batch_size=8)
-  result = evaluate.label_accuracy(model, helpers.cpu_strategy(replicas),
+  result = features.label_accuracy(model, helpers.cpu_strategy(replicas),
                                    data)
   images = np.stack([e['image'] / 255.0 for e in
                      source.load('test').as_numpy_iterator()])
@@ -57,13 +57,13 @@ def test_label_accuracy_counts_each_example_once(replicas):
 
 def test_extract_features_returns_every_example_once():
   source = _source(n_test=13)
-  data = evaluate.EvalData(source, pipeline.Split('test'),
+  data = features.EvalData(source, pipeline.Split('test'),
                            AugmentConfig(image_size=8), batch_size=4)
-  features, labels = evaluate.extract_features(
+  extracted, labels = features.extract_features(
       _LinearOnPixels(7), helpers.cpu_strategy(2), data)
   images = np.stack([e['image'] / 255.0 for e in
                      source.load('test').as_numpy_iterator()])
-  np.testing.assert_allclose(features, images.mean(axis=(1, 2)), atol=1e-6)
+  np.testing.assert_allclose(extracted, images.mean(axis=(1, 2)), atol=1e-6)
   np.testing.assert_array_equal(labels, source.labels('test'))
 
 
@@ -71,9 +71,9 @@ def test_extract_features_returns_every_example_once():
 def test_extract_pixels_returns_every_image_once_in_0_1(grayscale):
   # Grayscale sources decode to three equal channels.
   source = _source(n_test=13, channels=1 if grayscale else 3)
-  data = evaluate.EvalData(source, pipeline.Split('test'),
+  data = features.EvalData(source, pipeline.Split('test'),
                            AugmentConfig(image_size=8), batch_size=4)
-  pixels, labels = evaluate.extract_pixels(data)
+  pixels, labels = features.extract_pixels(data)
   images = np.stack([e['image'] / 255.0 for e in
                      source.load('test').as_numpy_iterator()])
   if grayscale:  # One of the three equal channels is kept.

@@ -3,20 +3,18 @@
 import numpy as np
 import tensorflow as tf
 
-from simclr_tf import datasets
-from simclr_tf import evaluate
-from simclr_tf import probe as probe_lib
-from simclr_tf.config import AugmentConfig
+from simclr_tf.inputs import array_source
+from simclr_tf.inputs import subsets
+from simclr_tf.evaluation import features
+from simclr_tf.evaluation import probe as probe_lib
 from tests import helpers
 
 
 def test_train_subsets_are_seeded_random_and_nested():
-  from simclr_tf import evaluators  # pylint: disable=g-import-not-at-top
-  # pylint: disable=protected-access
-  whole = evaluators._TrainSubset.of(np.arange(10), 0, seed=0)
+  whole = subsets.TrainSubset.of(np.arange(10), 0, seed=0)
   assert whole.indices is None and whole.ranks.tolist() == list(range(10))
-  assert evaluators._TrainSubset.of(np.arange(10), 10, seed=0).indices is None
-  subset = evaluators._TrainSubset.of(np.arange(1000), 300, seed=3)
+  assert subsets.TrainSubset.of(np.arange(10), 10, seed=0).indices is None
+  subset = subsets.TrainSubset.of(np.arange(1000), 300, seed=3)
   assert len(set(subset.indices.tolist())) == 300
   assert subset.indices.tolist() == sorted(subset.indices.tolist())
   assert sorted(subset.ranks.tolist()) == list(range(300))
@@ -29,17 +27,18 @@ def test_train_subsets_are_seeded_random_and_nested():
 
 
 def test_feature_metrics_use_the_seeded_subsets_of_training_features():
-  from simclr_tf import config as c  # pylint: disable=g-import-not-at-top
-  from simclr_tf import evaluators  # pylint: disable=g-import-not-at-top
+  from simclr_tf.settings import config as c  # pylint: disable=g-import-not-at-top
+  from simclr_tf.evaluation import evaluators  # pylint: disable=g-import-not-at-top
+  from simclr_tf.run_context import Run  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(4)
   images = {'train': rng.integers(0, 256, (90, 8, 8, 3), np.uint8),
             'test': rng.integers(0, 256, (20, 8, 8, 3), np.uint8)}
   labels = {'train': rng.integers(0, 3, 90), 'test': rng.integers(0, 3, 20)}
-  source = datasets.ArraySource('toy', images, labels, num_classes=3)
+  source = array_source.ArraySource('toy', images, labels, num_classes=3)
   config = c.build({'dataset': 'toy', 'seed': 6, 'image_size': 8,
                     'model_dir': 'unused', 'eval_batch_size': 16, 'knn_k': 5,
                     'knn_train_examples': 30, 'probe_train_examples': 60})
-  run = evaluators.Run(config, helpers.cpu_strategy(1), source)
+  run = Run(config, helpers.cpu_strategy(1), source)
 
   def model(images, training=False):
     del training  # Features: the first 12 centred pixel values.
@@ -48,17 +47,17 @@ def test_feature_metrics_use_the_seeded_subsets_of_training_features():
 
   order = np.random.default_rng(6).permutation(90)
   bank_rows = order[:30]
-  features = lambda x: (x / 255.0).reshape(len(x), -1)[:, :12] - 0.5
-  train_x = features(images['train'][bank_rows])
-  test_x = features(images['test'])
+  pixel_features = lambda x: (x / 255.0).reshape(len(x), -1)[:, :12] - 0.5
+  train_x = pixel_features(images['train'][bank_rows])
+  test_x = pixel_features(images['test'])
   scores = helpers.knn_numpy(train_x, labels['train'][bank_rows], test_x, 3,
                              5, 0.1)
-  assert result['knn_top_1_accuracy'] == evaluate.accuracy(scores,
+  assert result['knn_top_1_accuracy'] == features.accuracy(scores,
                                                            labels['test'])
   # The probe fits on 60: the same order's first 60.
   probe_rows = np.sort(order[:60])
   expected = probe_lib.linear_probe(
-      features(images['train'][probe_rows]), labels['train'][probe_rows],
+      pixel_features(images['train'][probe_rows]), labels['train'][probe_rows],
       test_x, 3, seed=6).metrics(labels['test'])
   both = evaluators.feature_metrics(run, model, knn=True, probe=True)
   assert both['knn_top_1_accuracy'] == result['knn_top_1_accuracy']
@@ -68,21 +67,22 @@ def test_feature_metrics_use_the_seeded_subsets_of_training_features():
 
 
 def test_fine_tuning_on_a_label_fraction_evaluates_on_that_subset_only():
-  from simclr_tf import config as c  # pylint: disable=g-import-not-at-top
-  from simclr_tf import evaluators  # pylint: disable=g-import-not-at-top
+  from simclr_tf.settings import config as c  # pylint: disable=g-import-not-at-top
+  from simclr_tf.evaluation import evaluators  # pylint: disable=g-import-not-at-top
+  from simclr_tf.run_context import Run  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(5)
   images = {'train': rng.integers(0, 256, (300, 8, 8, 3), np.uint8),
             'test': rng.integers(0, 256, (20, 8, 8, 3), np.uint8)}
   labels = {'train': rng.integers(0, 3, 300), 'test': rng.integers(0, 3, 20)}
-  source = datasets.ArraySource('toy', images, labels, num_classes=3)
-  features = lambda x: (x / 255.0).reshape(len(x), -1)[:, :12] - 0.5
+  source = array_source.ArraySource('toy', images, labels, num_classes=3)
+  pixel_features = lambda x: (x / 255.0).reshape(len(x), -1)[:, :12] - 0.5
 
   def model(images, training=False):
     del training
     return {'final_avg_pool': tf.reshape(images, [-1, 192])[:, :12] - 0.5}
 
   # 10% of the labels: 10 per class, the subset fine-tuning trains on.
-  labeled = datasets.label_fraction_indices(labels['train'], 0.1, 2)
+  labeled = subsets.label_fraction_indices(labels['train'], 0.1, 2)
   assert len(labeled) == 30
   for bank_size, bank_rows in ((0, labeled), (12, None)):
     config = c.build({'dataset': 'toy', 'seed': 2, 'image_size': 8,
@@ -90,14 +90,14 @@ def test_fine_tuning_on_a_label_fraction_evaluates_on_that_subset_only():
                       'knn_k': 5, 'train_mode': 'finetune',
                       'label_fraction': 0.1, 'knn_train_examples': bank_size,
                       'probe_train_examples': 0})
-    run = evaluators.Run(config, helpers.cpu_strategy(1), source)
+    run = Run(config, helpers.cpu_strategy(1), source)
     if bank_rows is None:  # A seeded random 12 of the 30 labeled.
       bank_rows = labeled[np.random.default_rng(2).permutation(30)[:12]]
     result = evaluators.feature_metrics(run, model, knn=True, probe=True)
-    scores = helpers.knn_numpy(features(images['train'][bank_rows]),
-                        labels['train'][bank_rows], features(images['test']),
+    scores = helpers.knn_numpy(pixel_features(images['train'][bank_rows]),
+                        labels['train'][bank_rows], pixel_features(images['test']),
                         3, 5, 0.1)
-    assert result['knn_top_1_accuracy'] == evaluate.accuracy(
+    assert result['knn_top_1_accuracy'] == features.accuracy(
         scores, labels['test'])
     assert result['knn_train_labels'] == len(bank_rows)
     assert result['linear_probe_train_labels'] == 30

@@ -11,11 +11,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from simclr_tf import embed
-from simclr_tf import export
-from simclr_tf.config import (AugmentConfig, EncoderConfig, HeadConfig,
+from simclr_tf.serving import export
+from simclr_tf.settings.config import (AugmentConfig, EncoderConfig, HeadConfig,
                               ModelConfig)
-from simclr_tf.model import SimCLRModel
+from simclr_tf.network.model import SimCLRModel
 from tests import helpers
 from tests.helpers import run
 

@@ -11,12 +11,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from simclr_tf import config as c
-from simclr_tf import evaluate
-from simclr_tf import gradient_cache
-from simclr_tf import objective
-from simclr_tf import optim
-from simclr_tf import task as task_lib
+from simclr_tf.settings import config as c
+from simclr_tf.training import gradient_cache
+from simclr_tf.training import objective
+from simclr_tf.training import optim
+from simclr_tf.training import task as task_lib
 from tests import helpers
 
 PER_REPLICA = 8
@@ -85,7 +84,7 @@ def _direct_gradients(task, batch):
     replica_share = total / replicas
   variables = model.trainable_variables
   gradients = tape.gradient(replica_share, variables)
-  accuracy = tf.reduce_mean(evaluate.top_k_correct(
+  accuracy = tf.reduce_mean(objective.top_k_correct(
       gradient_cache.unchunk(labels), logits, 1))
   return gradients, {'total_loss': total, 'contrast_loss': contrast,
                      'supervised_loss': supervised, 'supervised_acc': accuracy}

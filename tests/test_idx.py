@@ -6,9 +6,10 @@ import os
 import numpy as np
 import pytest
 
-from simclr_tf import datasets
-from simclr_tf import idx
-from simclr_tf.config import DataConfig
+from simclr_tf.inputs import catalog
+from simclr_tf.inputs import sources
+from simclr_tf.inputs import idx
+from simclr_tf.settings.config import DataConfig
 
 
 def _write_idx(path, array, type_code=0x08):
@@ -44,14 +45,14 @@ def test_read_idx_rejects_bad_and_truncated_files(tmp_path):
     idx.read_idx(str(tmp_path / 'short'))
 
 
-_FASHION_DIR = idx.find_fashion_mnist([datasets.FASHION_MNIST_SYSTEM_DIR])
+_FASHION_DIR = idx.find_fashion_mnist([sources.FASHION_MNIST_SYSTEM_DIR])
 
 
 @pytest.mark.skipif(_FASHION_DIR is None, reason=(
     'Fashion-MNIST IDX files not installed (apt-get install '
     'dataset-fashion-mnist); .ci/run installs them.'))
 def test_fashion_mnist_has_the_published_counts_and_labels():
-  source = datasets.make_source(DataConfig(dataset='fashion_mnist',
+  source = catalog.make_source(DataConfig(dataset='fashion_mnist',
                                                     data_dir='/nonexistent'))
   assert source.split_sizes == {'train': 60000, 'test': 10000}
   assert source.num_classes == 10 and source.native_image_size == 28

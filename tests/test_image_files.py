@@ -7,9 +7,9 @@ import sys
 
 import numpy as np
 
-from simclr_tf import datasets
-from simclr_tf import image_files
-from simclr_tf.config import DataConfig
+from simclr_tf.inputs import catalog
+from simclr_tf.inputs import image_files
+from simclr_tf.settings.config import DataConfig
 from tests import helpers
 
 
@@ -104,7 +104,7 @@ def test_the_parallel_scan_in_processes_agrees_with_threads(tmp_path, rng,
 _UNGUARDED_SCRIPT = """
 import json, os, sys
 sys.path.insert(0, {repo!r})
-from simclr_tf import image_files
+from simclr_tf.inputs import image_files
 with open({marker!r}, 'a') as f:
   f.write(f'{{os.getpid()}}\\n')
 image_files._PROCESS_THRESHOLD = 1
@@ -160,10 +160,10 @@ def test_folder_datasets_keep_their_scan_under_data_dir(tmp_path, rng,
   root = helpers.make_class_folder(str(tmp_path / 'f'), rng, per_class=5)
   config = DataConfig(dataset=f'folder:{root}',
                       data_dir=str(tmp_path / 'data'))
-  first = datasets.make_source(config)
+  first = catalog.make_source(config)
   opened = _counting(monkeypatch)
-  again = datasets.make_source(config)
+  again = catalog.make_source(config)
   assert not opened
   assert again.paths('train') == first.paths('train')
   np.testing.assert_array_equal(again.labels('test'), first.labels('test'))
-  assert os.listdir(tmp_path / 'data' / datasets.FOLDER_SCANS_DIR)
+  assert os.listdir(tmp_path / 'data' / catalog.FOLDER_SCANS_DIR)

@@ -2,8 +2,8 @@
 
 import numpy as np
 
-from simclr_tf import evaluate
-from simclr_tf import knn
+from simclr_tf.evaluation import features
+from simclr_tf.evaluation import knn
 from tests import helpers
 
 
@@ -24,7 +24,7 @@ def test_knn_matches_a_numpy_loop(rng):
                         5, k=20, temperature=0.1, bank_chunk_size=64)
   assert (half.argmax(1) == expected.argmax(1)).mean() >= 0.95
   np.testing.assert_allclose(half.sum(1), expected.sum(1), rtol=0.05)
-  assert evaluate.accuracy(np.eye(3), np.array([0, 1, 0])) == 2 / 3
+  assert features.accuracy(np.eye(3), np.array([0, 1, 0])) == 2 / 3
 
 
 def test_nearest_neighbors_in_chunks(rng):

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from simclr_tf import lock
+from simclr_tf.storage import lock
 
 
 def _write_lock(directory, **holder):

@@ -7,8 +7,8 @@ import time
 import numpy as np
 import pytest
 
-from simclr_tf import hooks
-from simclr_tf import loop
+from simclr_tf.training import hooks
+from simclr_tf.training import loop
 
 
 class FakeTask:

@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from simclr_tf import heads
-from simclr_tf import objective
-from simclr_tf import optim
-from simclr_tf.config import (EncoderConfig, HeadConfig, ModelConfig,
+from simclr_tf.network import heads
+from simclr_tf.training import objective
+from simclr_tf.training import optim
+from simclr_tf.settings.config import (EncoderConfig, HeadConfig, ModelConfig,
                               OptimConfig)
-from simclr_tf.model import SimCLRModel
+from simclr_tf.network.model import SimCLRModel
 from tests import helpers
 
 _ENCODER = EncoderConfig(resnet_depth=18, width_multiplier=0.25,

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from simclr_tf import objective
+from simclr_tf.training import objective
 from tests import helpers
 
 

@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from simclr_tf import config as c
-from simclr_tf import original
-from simclr_tf import task
-from simclr_tf.checkpoints import CheckpointError
+from simclr_tf.settings import config as c
+from simclr_tf.network import original
+from simclr_tf.training import task
+from simclr_tf.storage.checkpoints import CheckpointError
 from tests.helpers import run
 
 REPO = pathlib.Path(__file__).resolve().parents[1]

@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from simclr_tf import datasets
-from simclr_tf import image_files
-from simclr_tf import pipeline
-from simclr_tf.config import AugmentConfig
+from simclr_tf.inputs import array_source
+from simclr_tf.inputs import folder_source
+from simclr_tf.inputs import image_files
+from simclr_tf.inputs import pipeline
+from simclr_tf.settings.config import AugmentConfig
 from tests import helpers
 
 _AUGMENT = AugmentConfig(image_size=16, use_blur=True)
@@ -19,7 +20,7 @@ def _source(n_train=40, n_test=37):
   images = {'train': rng.integers(0, 256, (n_train, 20, 20, 3), np.uint8),
             'test': rng.integers(0, 256, (n_test, 20, 20, 3), np.uint8)}
   labels = {'train': np.arange(n_train), 'test': np.arange(n_test)}
-  return datasets.ArraySource('ids', images, labels, num_classes=None)
+  return array_source.ArraySource('ids', images, labels, num_classes=None)
 
 
 def _first_batches(dataset, n):
@@ -129,7 +130,7 @@ def test_folder_pipeline_skips_a_file_that_fails_to_decode(tmp_path, rng,
   # skip it rather than crash mid-epoch.
   monkeypatch.setattr(image_files, 'header_pixels', lambda path: 1)
   helpers.write(f'{root}/cat/zz_broken.png', b'\x89PNG\r\n\x1a\n broken')
-  source = datasets.FolderSource(root)
+  source = folder_source.FolderSource(root)
   dataset = pipeline.train_dataset(
       source, pipeline.Split('train'), global_batch_size=2,
       augment_config=_AUGMENT, views=2, seed=0)
@@ -209,7 +210,7 @@ def test_batches_of_a_class_sorted_folder_mix_all_classes(tmp_path, rng):
   classes = [f'c{i:02d}' for i in range(20)]
   root = helpers.make_class_folder(str(tmp_path / 'sorted'), rng, classes,
                                    per_class=45, size=(4, 4))
-  source = datasets.FolderSource(root)
+  source = folder_source.FolderSource(root)
   n = source.num_examples('train')
   assert n == 20 * 41  # 4 of each class held out as 'test'.
   batch_size = 41
@@ -233,7 +234,7 @@ def test_batches_of_a_class_sorted_folder_mix_all_classes(tmp_path, rng):
 def test_resuming_a_random_access_source_reads_only_what_it_trains_on():
   reads = []
 
-  class CountingSource(datasets.ArraySource):
+  class CountingSource(array_source.ArraySource):
 
     def decode(self, record):
       def count(row):

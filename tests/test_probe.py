@@ -3,8 +3,8 @@
 import numpy as np
 import scipy.optimize
 
-from simclr_tf import evaluate
-from simclr_tf import probe as probe_lib
+from simclr_tf.evaluation import features
+from simclr_tf.evaluation import probe as probe_lib
 
 
 def _softmax_regression_scipy(x, y, num_classes, c):
@@ -74,12 +74,12 @@ def test_linear_probe_separates_separable_classes(rng):
   train_x = centers[train_y] + rng.normal(size=(800, 16))
   test_x = centers[test_y] + rng.normal(size=(200, 16))
   probe = probe_lib.linear_probe(train_x, train_y, test_x, 4)
-  assert evaluate.accuracy(probe.scores, test_y) > 0.97
+  assert features.accuracy(probe.scores, test_y) > 0.97
   assert probe.metrics(test_y)['linear_probe_top_1_accuracy'] > 0.97
   # Labels unrelated to the features cannot be learned.
   shuffled = probe_lib.linear_probe(train_x, rng.permutation(train_y), test_x,
                                    4)
-  assert evaluate.accuracy(shuffled.scores, test_y) < 0.45
+  assert features.accuracy(shuffled.scores, test_y) < 0.45
   # A class missing from training is never predicted.
   seen = train_y != 3
   partial = probe_lib.linear_probe(train_x[seen], train_y[seen], test_x, 4)

@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 
-from simclr_tf import records
+from simclr_tf.storage import records
 
 
 def test_write_json_replaces_the_file_whole(tmp_path):

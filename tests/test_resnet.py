@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from simclr_tf import resnet
-from simclr_tf.config import EncoderConfig
+from simclr_tf.network import resnet
+from simclr_tf.settings.config import EncoderConfig
 
 
 def _num_params(layer):

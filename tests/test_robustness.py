@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from simclr_tf import hooks
+from simclr_tf.training import hooks
 from tests import helpers
 from tests.helpers import REPO, run
 

@@ -1,0 +1,1 @@
+"""Devices: distribution strategies and compute precision."""

@@ -1,0 +1,1 @@
+"""Evaluation: features, kNN, linear probe and the evaluators that yield metrics."""

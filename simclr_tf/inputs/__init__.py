@@ -1,0 +1,1 @@
+"""Inputs: dataset sources, augmentations and tf.data pipelines."""

@@ -1,0 +1,252 @@
+"""The SimCLR augmentations (paper, appendix A), one image at a time.
+
+Every random choice comes from a stateless op driven by an explicit `seed`
+(a shape-[2] integer tensor), so the same seed always gives the same view and
+`--seed` makes whole runs repeatable. Images are float32 in [0, 1], [H, W, 3].
+"""
+
+import math
+
+import tensorflow as tf
+
+from simclr_tf.settings.config import AugmentConfig
+
+_NUM_CROP_ATTEMPTS = 10
+
+
+def split_seed(seed: tf.Tensor, num: int) -> list[tf.Tensor]:
+  """Derives `num` independent seeds from one."""
+  return tf.unstack(tf.random.experimental.stateless_split(seed, num))
+
+
+def _uniform(seed, minval=0.0, maxval=1.0):
+  return tf.random.stateless_uniform([], seed, minval, maxval)
+
+
+def to_float(image: tf.Tensor) -> tf.Tensor:
+  """uint8 [0, 255] -> float32 [0, 1]; float input is passed through."""
+  return tf.image.convert_image_dtype(image, tf.float32)
+
+
+# --- Random crop with resize -------------------------------------------------
+
+
+def sample_crop_box(seed, height, width, area_range=(0.08, 1.0),
+                    aspect_ratio_range=(3 / 4, 4 / 3)):
+  """Samples a crop box as (offset_y, offset_x, crop_height, crop_width).
+
+  Area is uniform in `area_range` (fraction of the image), the aspect ratio
+  width/height is log-uniform in `aspect_ratio_range`. Of several attempts,
+  the first box that fits in the image wins; if none fits, the largest central
+  box with an in-range aspect ratio is used.
+  """
+  area_seed, ratio_seed, y_seed, x_seed = split_seed(seed, 4)
+  height_f = tf.cast(height, tf.float32)
+  width_f = tf.cast(width, tf.float32)
+  area = height_f * width_f * tf.random.stateless_uniform(
+      [_NUM_CROP_ATTEMPTS], area_seed, *area_range)
+  log_ratio = tf.random.stateless_uniform(
+      [_NUM_CROP_ATTEMPTS], ratio_seed,
+      math.log(aspect_ratio_range[0]), math.log(aspect_ratio_range[1]))
+  ratio = tf.exp(log_ratio)
+  crop_w = tf.cast(tf.round(tf.sqrt(area * ratio)), tf.int32)
+  crop_h = tf.cast(tf.round(tf.sqrt(area / ratio)), tf.int32)
+  fits = ((crop_w >= 1) & (crop_w <= width) & (crop_h >= 1) &
+          (crop_h <= height))
+  first_fit = tf.argmax(tf.cast(fits, tf.int32))
+
+  # Fallback: the whole image, trimmed to the nearest allowed aspect ratio.
+  image_ratio = width_f / height_f
+  clipped_ratio = tf.clip_by_value(image_ratio, *aspect_ratio_range)
+  fallback_w = tf.minimum(width, tf.cast(tf.round(height_f * clipped_ratio),
+                                         tf.int32))
+  fallback_h = tf.minimum(height, tf.cast(tf.round(width_f / clipped_ratio),
+                                          tf.int32))
+  any_fit = tf.reduce_any(fits)
+  box_h = tf.where(any_fit, crop_h[first_fit], fallback_h)
+  box_w = tf.where(any_fit, crop_w[first_fit], fallback_w)
+
+  offset_y = tf.random.stateless_uniform(
+      [], y_seed, 0, height - box_h + 1, dtype=tf.int32)
+  offset_x = tf.random.stateless_uniform(
+      [], x_seed, 0, width - box_w + 1, dtype=tf.int32)
+  return offset_y, offset_x, box_h, box_w
+
+
+def resize(image, size):
+  """Bicubic resize to [size, size], clipped back into [0, 1]."""
+  resized = tf.image.resize(image, [size, size], method='bicubic')
+  return tf.clip_by_value(resized, 0.0, 1.0)
+
+
+def random_crop_and_resize(image, seed, size, area_range=(0.08, 1.0),
+                           aspect_ratio_range=(3 / 4, 4 / 3)):
+  shape = tf.shape(image)
+  offset_y, offset_x, box_h, box_w = sample_crop_box(
+      seed, shape[0], shape[1], area_range, aspect_ratio_range)
+  crop = tf.image.crop_to_bounding_box(image, offset_y, offset_x, box_h, box_w)
+  return resize(crop, size)
+
+
+def center_crop_and_resize(image, size, crop_proportion):
+  """Central square of `crop_proportion` of the short side, resized."""
+  shape = tf.shape(image)
+  short_side = tf.cast(tf.minimum(shape[0], shape[1]), tf.float32)
+  side = tf.maximum(1, tf.cast(tf.round(crop_proportion * short_side),
+                               tf.int32))
+  offset_y = (shape[0] - side) // 2
+  offset_x = (shape[1] - side) // 2
+  crop = tf.image.crop_to_bounding_box(image, offset_y, offset_x, side, side)
+  return resize(crop, size)
+
+
+# --- Colour distortion -------------------------------------------------------
+
+
+def _adjust_brightness(image, seed, delta):
+  # Multiplicative, as SimCLR v2's implementation ('simclrv2' in the original).
+  factor = _uniform(seed, max(1.0 - delta, 0.0), 1.0 + delta)
+  return image * factor
+
+
+def _adjust_contrast(image, seed, delta):
+  return tf.image.stateless_random_contrast(
+      image, max(1.0 - delta, 0.0), 1.0 + delta, seed)
+
+
+def _adjust_saturation(image, seed, delta):
+  return tf.image.stateless_random_saturation(
+      image, max(1.0 - delta, 0.0), 1.0 + delta, seed)
+
+
+def _adjust_hue(image, seed, delta):
+  return tf.image.stateless_random_hue(image, min(delta, 0.5), seed)
+
+
+def jitter_order(seed):
+  """A random permutation of the four colour adjustments."""
+  return tf.argsort(tf.random.stateless_uniform([4], seed))
+
+
+def color_jitter(image, seed, strength):
+  """Brightness, contrast, saturation (0.8 s) and hue (0.2 s), random order."""
+  if strength <= 0:
+    return image
+  order_seed, *op_seeds = split_seed(seed, 5)
+  adjustments = [
+      lambda x: _adjust_brightness(x, op_seeds[0], 0.8 * strength),
+      lambda x: _adjust_contrast(x, op_seeds[1], 0.8 * strength),
+      lambda x: _adjust_saturation(x, op_seeds[2], 0.8 * strength),
+      lambda x: _adjust_hue(x, op_seeds[3], 0.2 * strength),
+  ]
+  order = jitter_order(order_seed)
+  for position in range(4):
+    image = tf.switch_case(
+        order[position],
+        [lambda fn=fn: tf.clip_by_value(fn(image), 0.0, 1.0)
+         for fn in adjustments])
+  return image
+
+
+def to_grayscale(image):
+  return tf.tile(tf.image.rgb_to_grayscale(image), [1, 1, 3])
+
+
+def random_color_distortion(image, seed, strength, jitter_prob=0.8,
+                            grayscale_prob=0.2):
+  """Colour jitter with probability `jitter_prob`, then grayscale."""
+  jitter_coin, jitter_seed, gray_coin = split_seed(seed, 3)
+  image = tf.cond(_uniform(jitter_coin) < jitter_prob,
+                  lambda: color_jitter(image, jitter_seed, strength),
+                  lambda: image)
+  return tf.cond(_uniform(gray_coin) < grayscale_prob,
+                 lambda: to_grayscale(image), lambda: image)
+
+
+# --- Gaussian blur -----------------------------------------------------------
+
+
+def blur_kernel_size(image_size: int) -> int:
+  """10% of the image side, made odd, as in the SimCLR code."""
+  return 2 * (image_size // 20) + 1
+
+
+def gaussian_kernel_1d(sigma, kernel_size: int):
+  radius = kernel_size // 2
+  x = tf.range(-radius, radius + 1, dtype=tf.float32)
+  weights = tf.exp(-tf.square(x) / (2.0 * tf.square(sigma)))
+  return weights / tf.reduce_sum(weights)
+
+
+def gaussian_blur(image, sigma, kernel_size: int):
+  """Separable Gaussian blur with reflected borders (no dark frame)."""
+  radius = kernel_size // 2
+  if radius == 0:
+    return image
+  kernel = gaussian_kernel_1d(sigma, kernel_size)
+  channels = 3
+  vertical = tf.tile(tf.reshape(kernel, [-1, 1, 1, 1]), [1, 1, channels, 1])
+  horizontal = tf.reshape(vertical, [1, -1, channels, 1])
+  padded = tf.pad(image[tf.newaxis], [[0, 0], [radius, radius],
+                                      [radius, radius], [0, 0]], 'REFLECT')
+  blurred = tf.nn.depthwise_conv2d(padded, vertical, [1, 1, 1, 1], 'VALID')
+  blurred = tf.nn.depthwise_conv2d(blurred, horizontal, [1, 1, 1, 1], 'VALID')
+  return blurred[0]
+
+
+def random_blur(image, seed, image_size, prob=0.5, sigma_range=(0.1, 2.0)):
+  """Blurs with probability `prob`, with a sigma drawn for this image."""
+  coin_seed, sigma_seed = split_seed(seed, 2)
+  sigma = _uniform(sigma_seed, *sigma_range)
+  kernel_size = blur_kernel_size(image_size)
+  return tf.cond(_uniform(coin_seed) < prob,
+                 lambda: gaussian_blur(image, sigma, kernel_size),
+                 lambda: image)
+
+
+# --- The three preprocessing modes -------------------------------------------
+
+
+def pretrain_view(image, seed, config: AugmentConfig):
+  """One SimCLR view: crop, flip, colour distortion, optional blur."""
+  crop_seed, flip_seed, color_seed, blur_seed = split_seed(seed, 4)
+  image = to_float(image)
+  image = random_crop_and_resize(image, crop_seed, config.image_size,
+                                 config.crop_area_range,
+                                 config.crop_aspect_ratio_range)
+  if config.flip_prob > 0:
+    image = tf.image.stateless_random_flip_left_right(image, flip_seed)
+  image = random_color_distortion(image, color_seed,
+                                  config.color_jitter_strength,
+                                  config.jitter_prob, config.grayscale_prob)
+  if config.use_blur:
+    image = random_blur(image, blur_seed, config.image_size, config.blur_prob,
+                        config.blur_sigma_range)
+  image = tf.clip_by_value(image, 0.0, 1.0)
+  return tf.ensure_shape(image, [config.image_size, config.image_size, 3])
+
+
+def finetune_view(image, seed, config: AugmentConfig):
+  """Fine-tuning augmentation: crop and flip only, as in the SimCLR code."""
+  crop_seed, flip_seed = split_seed(seed, 2)
+  image = to_float(image)
+  image = random_crop_and_resize(image, crop_seed, config.image_size,
+                                 config.crop_area_range,
+                                 config.crop_aspect_ratio_range)
+  image = tf.image.stateless_random_flip_left_right(image, flip_seed)
+  return tf.ensure_shape(image, [config.image_size, config.image_size, 3])
+
+
+def eval_view(image, config: AugmentConfig):
+  """Deterministic evaluation preprocessing.
+
+  Large images: central crop of 87.5% then resize; small ones: resize only.
+  """
+  image = to_float(image)
+  size = config.image_size
+  if config.is_small_image:
+    if image.shape[0] != size or image.shape[1] != size:
+      image = resize(image, size)
+  else:
+    image = center_crop_and_resize(image, size, config.eval_crop_proportion)
+  return tf.ensure_shape(image, [size, size, 3])

@@ -1,0 +1,88 @@
+"""Projection head (for the contrastive loss) and supervised head.
+
+Each projection layer is a dense layer followed by batch norm, as in the
+SimCLR code: the batch norm normalises every output unit over the (global)
+batch; the dense layer has no bias because batch norm's beta takes its place,
+and the last layer has neither beta nor ReLU, so the projection output is
+centred per unit before the contrastive loss normalises each vector.
+"""
+
+import keras
+import tensorflow as tf
+
+from simclr_tf.settings.config import EncoderConfig, HeadConfig
+from simclr_tf.network.resnet import BatchNormRelu, get_layers, set_layers
+
+
+class LinearLayer(keras.layers.Layer):
+  """Dense (N(0, 0.01) init), optionally followed by batch norm."""
+
+  def __init__(self, units, encoder_config: EncoderConfig | None = None,
+               use_bias=True, use_bn=False, zero_init=False, **kwargs):
+    super().__init__(**kwargs)
+    self.units = units  # None: as many as the input has.
+    self.use_bias = use_bias
+    self.use_bn = use_bn
+    self.zero_init = zero_init
+    self.bn = (BatchNormRelu(encoder_config, relu=False, center=use_bias)
+               if use_bn else None)
+
+  def build(self, input_shape):
+    initializer = ('zeros' if self.zero_init else
+                   keras.initializers.RandomNormal(stddev=0.01))
+    self.dense = keras.layers.Dense(
+        self.units or input_shape[-1], kernel_initializer=initializer,
+        use_bias=self.use_bias and not self.use_bn,
+        trainable=self.trainable)  # Built after a freeze, it stays frozen.
+
+  def call(self, inputs, training=None):
+    outputs = self.dense(inputs)
+    if self.bn is not None:
+      outputs = self.bn(outputs, training=training)
+    return outputs
+
+
+class ProjectionHead(keras.layers.Layer):
+  """`none`: identity; `linear`: one layer; `nonlinear`: `num_proj_layers`
+  layers with ReLU between them (middle layers keep the input width).
+
+  `call` returns (projection output, hiddens) where hiddens[0] is the input
+  and hiddens[k] the output of layer k, for `ft_proj_selector`.
+  """
+
+  def __init__(self, config: HeadConfig, encoder_config: EncoderConfig,
+               **kwargs):
+    super().__init__(**kwargs)
+    self.config = config
+    layers = []
+    for j in range(config.num_layers):
+      last = j == config.num_layers - 1
+      layers.append(LinearLayer(
+          config.proj_out_dim if last else None, encoder_config,
+          use_bias=not last, use_bn=True, name=f'layer{j + 1}'))
+    self.num_layers = set_layers(self, 'layer', layers)
+
+  @property
+  def projection_layers(self):
+    return get_layers(self, 'layer', self.num_layers)
+
+  def call(self, inputs, training=None):
+    hiddens = [inputs]
+    for j, layer in enumerate(self.projection_layers):
+      outputs = layer(hiddens[-1], training=training)
+      if j != len(self.projection_layers) - 1:
+        outputs = tf.nn.relu(outputs)
+      hiddens.append(outputs)
+    return hiddens[-1], hiddens
+
+
+class SupervisedHead(keras.layers.Layer):
+  """One dense layer with bias producing class logits."""
+
+  def __init__(self, num_classes, zero_init=False, **kwargs):
+    super().__init__(**kwargs)
+    self.linear = LinearLayer(num_classes, use_bias=True, use_bn=False,
+                              zero_init=zero_init)
+
+  def call(self, inputs, training=None):
+    return self.linear(inputs, training=training)

@@ -1,0 +1,91 @@
+"""The SimCLR model: encoder, projection head and supervised head."""
+
+import keras
+import tensorflow as tf
+
+from simclr_tf.devices import precision
+from simclr_tf.settings.config import ModelConfig
+from simclr_tf.network.heads import ProjectionHead, SupervisedHead
+from simclr_tf.network.resnet import ResNet
+
+
+class SimCLRModel(keras.Model):
+  """`call(images)` returns a dict of named outputs.
+
+  * `final_avg_pool`: the representation, [batch, feature_dim].
+  * `proj_head_output`: the projection fed to the contrastive loss.
+  * `logits_sup` (with a supervised head): class logits. When pretraining,
+    the head sees stop_gradient(features), so linear evaluation runs
+    alongside pretraining without changing the encoder.
+  """
+
+  def __init__(self, config: ModelConfig, **kwargs):
+    super().__init__(**kwargs)
+    self.config = config
+    self.encoder = ResNet(config.encoder, name='resnet')
+    self.projection_head = ProjectionHead(config.head, config.encoder,
+                                          name='head_projection')
+    wants_head = (config.train_mode == 'finetune' or
+                  config.lineareval_while_pretraining)
+    self.supervised_head = None
+    if config.num_classes and wants_head:
+      self.supervised_head = SupervisedHead(
+          config.num_classes, config.head.zero_init_logits_layer,
+          name='head_supervised')
+    if config.train_mode == 'finetune':
+      self.encoder.freeze_through(config.fine_tune_after_block)
+      # The supervised head reads hiddens[ft_proj_selector]: the projection
+      # layers after it get no gradient, so they are not trained.
+      for layer in self.projection_head.projection_layers[
+          config.head.ft_proj_selector:]:
+        layer.trainable = False
+
+  def call(self, images, training=None):
+    features = self.encoder(images, training=training)['final_avg_pool']
+    projection, hiddens = self.projection_head(features, training=training)
+    outputs = {'final_avg_pool': features, 'proj_head_output': projection}
+    if self.supervised_head is not None:
+      head_input = hiddens[self.config.head.ft_proj_selector]
+      if self.config.train_mode == 'pretrain':
+        head_input = tf.stop_gradient(head_input)
+      outputs['logits_sup'] = self.supervised_head(head_input,
+                                                   training=training)
+    return outputs
+
+  # --- Variable groups: what optimizers and exports select by ------------
+
+  @property
+  def encoder_variables(self) -> list:
+    return self.encoder.trainable_variables
+
+  @property
+  def projection_variables(self) -> list:
+    return self.projection_head.trainable_variables
+
+  @property
+  def supervised_variables(self) -> list:
+    head = self.supervised_head
+    return head.trainable_variables if head is not None else []
+
+  @property
+  def batch_norm_statistics(self) -> list:
+    """The moving means and variances of every batch norm."""
+    return [variable for layer in self._flatten_layers()
+            if isinstance(layer, keras.layers.BatchNormalization)
+            for variable in (layer.moving_mean, layer.moving_variance)]
+
+  @property
+  def batch_norm_variables(self) -> list:
+    """The trainable scales and offsets of every batch norm."""
+    return [variable for layer in self._flatten_layers()
+            if isinstance(layer, keras.layers.BatchNormalization)
+            for variable in layer.trainable_variables]
+
+
+def create(config: ModelConfig, image_size: int) -> SimCLRModel:
+  """The model with its variables created, computing in `config.precision`
+  (call inside the strategy's scope to place its variables there)."""
+  with precision.dtype_policy(config.precision):
+    model = SimCLRModel(config)
+  model(tf.zeros([1, image_size, image_size, 3]), training=False)
+  return model

@@ -1,0 +1,1 @@
+"""Serving: SavedModel export and embedding with an exported model."""

@@ -1,0 +1,1 @@
+"""Settings: defaults, recipes, the resolver and the checks run before work starts."""

@@ -1,0 +1,188 @@
+"""Checks that fail before any work starts, with one line for the user."""
+
+import dataclasses
+import json
+import os
+
+from simclr_tf.storage import checkpoints
+from simclr_tf.network import resnet
+from simclr_tf.settings.config import HeadConfig, RunConfig
+
+
+class UsageError(ValueError):
+  """Invalid settings; the message is one line for the user."""
+
+
+def check(condition, message):
+  if not condition:
+    raise UsageError(message)
+
+
+def check_settings(values: dict):
+  """Fails on setting values that cannot work (flag names in messages)."""
+  positive = ['train_batch_size', 'eval_batch_size', 'proj_out_dim',
+              'max_image_pixels', 'shuffle_buffer', 'num_proj_layers',
+              'summary_steps', 'steps_per_loop', 'keep_checkpoint_max',
+              'keep_hub_module_max', 'knn_k']
+  for name in positive:
+    check(values[name] > 0, f'--{name}={values[name]} must be > 0.')
+  for name in ('knn_train_examples', 'probe_train_examples',
+               'max_train_seconds'):
+    check(values[name] >= 0, f'--{name}={values[name]} must be >= 0 (0: '
+          'no limit).')
+  check(values['contrastive_chunk_size'] >= 0, '--contrastive_chunk_size='
+        f'{values["contrastive_chunk_size"]} must be >= 0 (0: off).')
+  check(0 < values['label_fraction'] <= 1,
+        f'--label_fraction={values["label_fraction"]} must be in (0, 1].')
+  for name in ('temperature', 'learning_rate'):
+    check(0 < values[name] < float('inf'),
+          f'--{name}={values[name]} must be a number > 0.')
+  check(0 <= values['weight_decay'] < float('inf'),
+        f'--weight_decay={values["weight_decay"]} must be a number >= 0.')
+  check(0 <= values['momentum'] < 1,
+        f'--momentum={values["momentum"]} must be in [0, 1).')
+  width = values['width_multiplier']
+  check(width > 0 and round(64 * width) >= 1,
+        f'--width_multiplier={width} leaves the first layers without '
+        'channels (64 x width rounds to 0); use 1/64 or more.')
+  check(values['color_jitter_strength'] >= 0,
+        '--color_jitter_strength must be >= 0.')
+  check(0 < values['min_crop_area'] <= 1,
+        '--min_crop_area must be in (0, 1].')
+  check(values['train_epochs'] > 0 or values['train_steps'] > 0,
+        'Give --train_epochs or --train_steps > 0.')
+  check(-1 <= values['fine_tune_after_block'] <= 4,
+        '--fine_tune_after_block must be in [-1, 4].')
+  if values['fine_tune_after_block'] >= 0:
+    check(values['train_mode'] == 'finetune',
+          '--fine_tune_after_block needs --train_mode=finetune.')
+  head_layers = HeadConfig(
+      proj_head_mode=values['proj_head_mode'],
+      num_proj_layers=values['num_proj_layers']).num_layers
+  check(0 <= values['ft_proj_selector'] <= head_layers,
+        f'--ft_proj_selector={values["ft_proj_selector"]} needs a projection'
+        f' head with that many layers; --proj_head_mode='
+        f'{values["proj_head_mode"]} has {head_layers}.')
+  check(values['resnet_depth'] in resnet.SUPPORTED_DEPTHS,
+        f'--resnet_depth={values["resnet_depth"]} is not one of '
+        f'{resnet.SUPPORTED_DEPTHS}.')
+  if values.get('image_size') is not None:
+    check(values['image_size'] >= 8, f'--image_size={values["image_size"]} '
+          'is too small for the CIFAR stem: use 8 or more.')
+
+
+def check_writable(model_dir: str):
+  """Fails when --model_dir cannot be written."""
+  if os.path.exists(model_dir) and not os.path.isdir(model_dir):
+    raise UsageError(f'--model_dir={model_dir} is a file, not a directory.')
+  probe = os.path.join(model_dir, f'.write-test-{os.getpid()}')
+  try:
+    os.makedirs(model_dir, exist_ok=True)
+    with open(probe, 'w') as f:
+      f.write('ok')
+    os.remove(probe)
+  except OSError as e:
+    raise UsageError(f'--model_dir={model_dir} is not writable: '
+                     f'{e.strerror or e}.') from None
+
+
+# What a failed write says, whichever layer (Python or TensorFlow) raised it.
+_STORAGE_ERRORS = ('No space left on device', 'File too large',
+                   'Permission denied', 'Operation not permitted',
+                   'Read-only file system', 'Disk quota exceeded')
+
+
+def storage_error(error) -> str | None:
+  """The user's line for a failed write to --model_dir, else None."""
+  text = str(error)
+  for reason in _STORAGE_ERRORS:
+    if reason in text:
+      return (f'could not write to --model_dir ({reason}). What was already '
+              'written there (checkpoints, exports) is intact: free space or '
+              'fix permissions and run the same command to resume.')
+  return None
+
+
+def check_activation_memory(config: RunConfig, replicas: int):
+  """Fails on image sizes whose activations cannot fit: the stem's output
+  alone (two views, float32) is a lower bound on what training keeps."""
+  image_size = config.augment.image_size
+  per_replica_batch = config.train.train_batch_size // replicas
+  stride = 1 if config.model.encoder.cifar_stem else 4  # Conv + max pool.
+  channels = max(1, round(64 * config.model.encoder.width_multiplier))
+  lower_bound = 2 * per_replica_batch * (image_size // stride)**2 * channels * 4
+  try:
+    memory = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
+  except (ValueError, OSError, AttributeError):
+    return
+  check(lower_bound < memory,
+        f'--image_size={image_size} with {per_replica_batch} images per '
+        f'replica needs at least {lower_bound / 2**30:.0f} GiB for the first '
+        f'layer\'s activations alone, more than this machine\'s '
+        f'{memory / 2**30:.0f} GiB; use a smaller --image_size or batch.')
+
+
+def check_batches(config: RunConfig, replicas: int):
+  for name, value in (('train_batch_size', config.train.train_batch_size),
+                      ('eval_batch_size', config.eval.eval_batch_size)):
+    check(value % replicas == 0,
+          f'--{name}={value} is not divisible by the {replicas} replicas; '
+          f'use a multiple of {replicas}.')
+  chunk = config.train.contrastive_chunk_size
+  if chunk:
+    per_replica = config.train.train_batch_size // replicas
+    check(config.model.train_mode == 'pretrain',
+          '--contrastive_chunk_size applies to pretraining only; leave it '
+          'out with --train_mode=finetune.')
+    check(per_replica % chunk == 0,
+          f'--contrastive_chunk_size={chunk} does not divide the '
+          f'{per_replica} examples per replica (--train_batch_size='
+          f'{config.train.train_batch_size} over {replicas} replicas).')
+  if config.model.train_mode == 'pretrain':
+    # An image's negatives are the other images of the batch.
+    check(config.train.train_batch_size >= 2,
+          f'--train_batch_size={config.train.train_batch_size} leaves no '
+          'negatives for the contrastive loss; use 2 or more (SimCLR uses '
+          'hundreds).')
+
+
+def check_dataset_fits_a_batch(config: RunConfig, num_examples: int):
+  """A training split smaller than one batch gives no step at all."""
+  check(num_examples >= config.train.train_batch_size,
+        f'--train_batch_size={config.train.train_batch_size} is larger than '
+        f'the {num_examples} training examples: no full batch, so no step; '
+        'use a smaller batch.')
+
+
+# What fixes the model's variables: config field -> the flag that sets it.
+_ARCHITECTURE = {('encoder', 'resnet_depth'): 'resnet_depth',
+                 ('encoder', 'width_multiplier'): 'width_multiplier',
+                 ('encoder', 'sk_ratio'): 'sk_ratio',
+                 ('encoder', 'se_ratio'): 'se_ratio',
+                 ('encoder', 'cifar_stem'): 'image_size',
+                 ('head', 'proj_head_mode'): 'proj_head_mode',
+                 ('head', 'proj_out_dim'): 'proj_out_dim',
+                 ('head', 'num_proj_layers'): 'num_proj_layers'}
+
+
+def check_same_architecture(config: RunConfig):
+  """A resumed run whose architecture differs from the one in flags.json
+  would fail to restore; say which flags differ instead."""
+  model_dir = config.train.model_dir
+  path = os.path.join(model_dir, 'flags.json')
+  if not (os.path.exists(path) and checkpoints.candidates(model_dir)):
+    return
+  try:
+    with open(path) as f:
+      before = json.load(f)['config']['model']
+  except (OSError, ValueError, KeyError):
+    return  # Unreadable: restoring will check the variables themselves.
+  now = dataclasses.asdict(config.model)
+  differ = [f'--{flag} ({part}.{field}: {before[part][field]} before, '
+            f'{now[part][field]} now)'
+            for (part, field), flag in _ARCHITECTURE.items()
+            if field in before.get(part, {})
+            and before[part][field] != now[part][field]]
+  check(not differ, f'{model_dir} holds a run with another architecture: '
+        f'{"; ".join(differ)}. Resume with the same flags, or use another '
+        '--model_dir.')

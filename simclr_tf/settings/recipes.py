@@ -1,0 +1,84 @@
+"""Recipes as plain data, and the settings that follow from the data and
+the devices.
+
+A preset is a flat {setting: value} mapping over `config.SETTINGS`;
+settings it does not name keep their defaults (config.py), and settings a
+user gives explicitly override it.
+"""
+
+from typing import Any
+
+from simclr_tf.settings import config as c
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The paper's CIFAR-10 recipe (appendix B.9), as the original code's
+    # README runs it; it is also what the defaults are.
+    'cifar10': {
+        'dataset': 'cifar10', 'resnet_depth': 18, 'train_batch_size': 512,
+        'train_epochs': 1000, 'learning_rate': 1.0,
+        'learning_rate_scaling': 'linear', 'weight_decay': 1e-4,
+        'temperature': 0.5, 'color_jitter_strength': 0.5,
+    },
+    # The paper's ImageNet recipe (ResNet-50, batch 4096, 100 epochs), as the
+    # original code's README runs it.
+    'imagenet2012': {
+        'dataset': 'imagenet2012', 'resnet_depth': 50, 'image_size': 224,
+        'train_batch_size': 4096, 'train_epochs': 100, 'learning_rate': 0.3,
+        'learning_rate_scaling': 'linear', 'weight_decay': 1e-6,
+        'temperature': 0.1, 'color_jitter_strength': 1.0,
+        'eval_split': 'validation',
+    },
+    # A small-budget recipe for 2 CPU cores (benchmarks/fashion_mnist.py:
+    # 20 epochs, about 46 minutes), a ResNet-18 at a quarter width.
+    'fashion_mnist': {
+        'dataset': 'fashion_mnist', 'resnet_depth': 18,
+        'width_multiplier': 0.25, 'train_batch_size': 512,
+        'train_epochs': 20, 'warmup_epochs': 2, 'learning_rate': 0.075,
+        'learning_rate_scaling': 'sqrt', 'weight_decay': 1e-6,
+        'temperature': 0.3, 'color_jitter_strength': 0.5,
+        # A 28 px image cropped to 8% is mostly background; a milder lower
+        # bound learns faster in a short budget.
+        'min_crop_area': 0.2, 'checkpoint_epochs': 1,
+        'eval_batch_size': 1000,
+    },
+}
+
+
+def with_preset(name: str | None, values: dict[str, Any]) -> dict[str, Any]:
+  """`values` over the preset `name` (None: no preset)."""
+  if name is None:
+    return dict(values)
+  if name not in PRESETS:
+    raise ValueError(f'Unknown preset {name!r}; use one of '
+                     f'{", ".join(PRESETS)}.')
+  return {**PRESETS[name], **values}
+
+
+def default_image_size(native_image_size: int | None) -> int:
+  """A dataset's own size for square images of 32 px or less, else 224."""
+  if native_image_size and native_image_size <= c.SMALL_IMAGE_MAX_SIZE:
+    return native_image_size
+  return 224
+
+
+def resolve(values: dict[str, Any], *, native_image_size: int | None,
+            num_classes: int | None, strategy,
+            mixed_precision: str = 'auto') -> dict[str, Any]:
+  """Fills the settings that follow from the dataset and the devices when
+  `values` leaves them unset (absent or None): image_size, use_blur,
+  cifar_stem, num_classes, precision and jit_compile."""
+  # TensorFlow is imported only here: the command line sets up its logging
+  # before TensorFlow starts.
+  from simclr_tf.devices import precision  # pylint: disable=g-import-not-at-top
+  values = {k: v for k, v in values.items() if v is not None}
+  image_size = values.setdefault('image_size',
+                                 default_image_size(native_image_size))
+  values.setdefault('use_blur', c.default_use_blur(image_size))
+  values.setdefault('cifar_stem', image_size <= c.SMALL_IMAGE_MAX_SIZE)
+  if num_classes is not None:
+    values.setdefault('num_classes', num_classes)
+  values.setdefault('precision',
+                    precision.resolve_precision(mixed_precision, strategy))
+  values.setdefault('jit_compile', precision.default_jit_compile(
+      precision.device_type(strategy), strategy.num_replicas_in_sync))
+  return values

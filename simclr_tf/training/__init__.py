@@ -1,0 +1,1 @@
+"""Training: the task and its step, the loop, hooks, objective and optimizers."""
