@@ -32,6 +32,7 @@ from absl import logging
 import keras
 import tensorflow as tf
 
+from benchmarks import charts
 from simclr_tf.storage import checkpoints
 from simclr_tf.settings import config as c
 from simclr_tf.inputs import catalog
@@ -40,7 +41,7 @@ from simclr_tf.evaluation import evaluators
 from simclr_tf.run_context import Run
 from simclr_tf.training import hooks
 from simclr_tf.training import loop
-from simclr_tf.settings import recipes
+from simclr_tf.settings import resolver
 from simclr_tf.storage import records
 from simclr_tf import modes
 from simclr_tf.training import task as task_lib
@@ -86,10 +87,10 @@ NUM_TRAIN = 60000
 
 def recipe(model_dir: str, train_mode: str = 'pretrain', *,
            epochs: float) -> c.RunConfig:
-  """The preset `fashion_mnist` (simclr_tf/recipes.py) with this script's
-  flags; fine-tuning crops as the paper does."""
+  """The preset `fashion_mnist` (simclr_tf/settings/recipes.py) with this
+  script's flags; fine-tuning crops as the paper does."""
   pretrain = train_mode == 'pretrain'
-  values = recipes.with_preset('fashion_mnist', {
+  given = {
       'data_dir': FLAGS.data_dir, 'model_dir': model_dir,
       'train_mode': train_mode, 'width_multiplier': FLAGS.width_multiplier,
       'train_batch_size': FLAGS.batch_size, 'temperature': FLAGS.temperature,
@@ -97,16 +98,14 @@ def recipe(model_dir: str, train_mode: str = 'pretrain', *,
       'warmup_epochs': min(2, epochs / 10),
       'checkpoint_epochs': FLAGS.checkpoint_epochs if pretrain else epochs,
       'keep_checkpoint_max': 1000, 'log_every_seconds': 30,
-      'lineareval_while_pretraining': False, 'precision': FLAGS.precision,
-      'image_size': 28, 'num_classes': None if pretrain else 10,
-      'jit_compile': False,
+      'lineareval_while_pretraining': False, 'image_size': 28,
+      'num_classes': None if pretrain else 10, 'jit_compile': False,
       'contrastive_chunk_size': FLAGS.contrastive_chunk_size if pretrain
-                                else 0})
+                                else 0}
   if not pretrain:
-    values['min_crop_area'] = 0.08
-  return c.build(recipes.resolve(values, native_image_size=28,
-                                 num_classes=None,
-                                 strategy=tf.distribute.get_strategy()))
+    given['min_crop_area'] = 0.08
+  return resolver.resolve(given, preset='fashion_mnist',
+                          mixed_precision=FLAGS.precision)
 
 
 _TIMES_FILE = 'pretrain_seconds.json'
@@ -267,10 +266,7 @@ def _chart_rank(method: str) -> int:
 
 
 def plot(result: dict, directory: str):
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
-
+  plt = charts.pyplot()
   methods = result['methods']
   # Baselines, then SimCLR, then supervised, also when the methods come
   # from a file (records.write_json sorts keys).
@@ -281,9 +277,7 @@ def plot(result: dict, directory: str):
   ax.bar_label(bars, fmt='%.1f', padding=3)
   ax.set_xlim(min(values) - 10, 100)
   ax.set_xlabel('Fashion-MNIST test accuracy (%)')
-  fig.suptitle(result['title'], fontsize=8)
-  fig.tight_layout()
-  fig.savefig(os.path.join(directory, 'methods.png'), dpi=120)
+  charts.save(fig, directory, 'methods.png', result['title'])
 
   curve = result['curve']
   # Epochs, not minutes: the curve then does not depend on the machine.
@@ -301,8 +295,7 @@ def plot(result: dict, directory: str):
   ax.set_ylabel('test accuracy (%)')
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8, loc='best')
-  fig.tight_layout()
-  fig.savefig(os.path.join(directory, 'learning_curve.png'), dpi=120)
+  charts.save(fig, directory, 'learning_curve.png')
 
 
 def main(_):

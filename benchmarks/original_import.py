@@ -164,7 +164,7 @@ def _compare(model_dir, directory, spec):
   # pylint: disable=g-import-not-at-top
   import numpy as np
   import tensorflow as tf
-  from simclr_tf.storage import records
+  from simclr_tf.settings import resolver
   reference = np.load(os.path.join(directory, 'outputs.npz'))
   served = tf.saved_model.load(os.path.join(model_dir, 'saved_model', '1234'))
   outputs = served.signatures['serving_default'](
@@ -177,7 +177,7 @@ def _compare(model_dir, directory, spec):
       ref = reference[name]
       errors[name] = float(np.abs(outputs[ours].numpy() - ref).max() /
                            np.abs(ref).max())
-  recorded = records.read_settings(model_dir)
+  recorded = resolver.read_settings(model_dir)
   wrong = {k: (recorded.get(k), v) for k, v in _expected(spec).items()
            if recorded.get(k) != v}
   return errors, wrong
@@ -206,14 +206,17 @@ def _fixture_errors(folder, image_size):
   """Each output the fixture holds: our relative error after the import."""
   # pylint: disable=g-import-not-at-top
   import numpy as np
-  from simclr_tf.settings import config as c
+  from simclr_tf.network import model as model_lib
   from simclr_tf.network import original
-  from simclr_tf.training import task
+  from simclr_tf.network import original_variables
+  from simclr_tf.settings import resolver
   weights = original.read(folder)
   settings = original.infer_settings(weights)
-  model = task.build_model(c.build({**settings, 'image_size': image_size,
-                                    'model_dir': 'unused'}))
-  original.load(model, weights)
+  config = resolver.resolve({**settings, 'image_size': image_size,
+                             'model_dir': 'unused'}, mode='import',
+                            mixed_precision='float32')
+  model = model_lib.create(config.model, image_size)
+  original_variables.load(model, weights)
   images = np.load(os.path.join(folder, 'images.npy'))
   ours = dict(model.encoder(images, training=False))
   ours['hidden'] = ours.pop('final_avg_pool')

@@ -41,13 +41,14 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from benchmarks import charts
 from simclr_tf.storage import checkpoints
 from simclr_tf.settings import config as c
 from simclr_tf.inputs import catalog
 from simclr_tf.evaluation import features
 from simclr_tf.evaluation import evaluators
 from simclr_tf.run_context import Run
-from simclr_tf.settings import recipes
+from simclr_tf.settings import resolver
 from simclr_tf.storage import records
 from simclr_tf import modes
 from simclr_tf.training import train as train_lib
@@ -101,24 +102,34 @@ class Setting:
   seed: int
   learning_rate: float
   weight_decay: float
+  # The crop area lower bound (--min_crop_area, --random_min_crop_area).
+  min_crop_area: float
 
   @property
   def name(self):
     return (f'{self.method.replace(" ", "_")}-{self.labels}-s{self.seed}-'
-            f'lr{self.learning_rate:g}-wd{self.weight_decay:g}')
+            f'lr{self.learning_rate:g}-wd{self.weight_decay:g}-'
+            f'crop{self.min_crop_area:g}')
 
 
 def min_crop_area(method: str) -> float:
+  """The crop lower bound of `method`'s runs, as the flags ask."""
   if method == 'random weights' and FLAGS.random_min_crop_area is not None:
     return FLAGS.random_min_crop_area
   return FLAGS.min_crop_area
+
+
+def make_setting(method: str, labels: int, seed: int, learning_rate: float,
+            weight_decay: float, crop: float | None = None) -> Setting:
+  return Setting(method, labels, seed, learning_rate, weight_decay,
+                 min_crop_area(method) if crop is None else crop)
 
 
 def fine_tuning_config(setting: Setting, model_dir: str, *, epochs: int,
                        batch_size: int, encoder: str | None) -> c.RunConfig:
   """The fashion_mnist preset, fine-tuned the SimCLR code's way."""
   all_labels = setting.labels >= NUM_TRAIN
-  values = recipes.with_preset('fashion_mnist', {
+  given = {
       'data_dir': FLAGS.data_dir, 'model_dir': model_dir,
       'train_mode': 'finetune', 'num_classes': 10, 'image_size': 28,
       'train_split': 'train' if all_labels else LABEL_POOL,
@@ -131,13 +142,11 @@ def fine_tuning_config(setting: Setting, model_dir: str, *, epochs: int,
       'learning_rate_scaling': 'sqrt', 'weight_decay': setting.weight_decay,
       'warmup_epochs': 0, 'train_epochs': epochs,
       'train_batch_size': batch_size, 'checkpoint_epochs': epochs,
-      'min_crop_area': min_crop_area(setting.method),
+      'min_crop_area': setting.min_crop_area,
       'keep_checkpoint_max': 1,
       'log_every_seconds': 60, 'lineareval_while_pretraining': False,
-      'jit_compile': False})
-  return c.build(recipes.resolve(values, native_image_size=28,
-                                 num_classes=10,
-                                 strategy=tf.distribute.get_strategy()))
+      'jit_compile': False}
+  return resolver.resolve(given, preset='fashion_mnist')
 
 
 def fine_tune(setting: Setting, source, encoder: str, *, epochs: int,
@@ -184,9 +193,10 @@ def best(results: list[dict], method: str, labels: int) -> dict:
 
 def frozen_probe(source, encoder: str, labels: int, seed: int) -> dict:
   """The frozen SimCLR encoder, linear probe fitted on the subset only."""
-  setting = Setting('SimCLR', labels, seed, 0.0, 0.0)
-  config = fine_tuning_config(setting, '/tmp/unused', epochs=1,
-                              batch_size=64, encoder=None)
+  config = fine_tuning_config(make_setting('SimCLR', labels, seed, 0.0, 0.0),
+                              '/tmp/unused', epochs=1, batch_size=64,
+                              encoder=None)
+  # The encoder's own architecture: pretrained, without a head.
   pretrain_config = dataclasses.replace(config, model=dataclasses.replace(
       config.model, train_mode='pretrain', num_classes=None))
   strategy = tf.distribute.get_strategy()
@@ -205,10 +215,7 @@ def summary(values: list[float]) -> dict:
 
 
 def plot(table: dict, title: str, directory: str, ceiling: dict | None):
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
-
+  plt = charts.pyplot()
   # Fine-tuned rows first (result.json stores them sorted by name).
   rows = sorted(table, key=lambda row: ('frozen' in row, 'random' in row))
   columns = list(table[rows[0]])
@@ -232,20 +239,17 @@ def plot(table: dict, title: str, directory: str, ceiling: dict | None):
   ax.legend(fontsize=7, loc='upper center', bbox_to_anchor=(0.5, -0.1),
             ncol=2)
   ax.grid(axis='y', alpha=0.3)
-  fig.suptitle(title, fontsize=8)
-  fig.tight_layout()
-  fig.savefig(os.path.join(directory, 'semi_supervised.png'), dpi=120)
+  charts.save(fig, directory, 'semi_supervised.png', title)
 
 
 def main(_):
   tf.io.gfile.makedirs(FLAGS.output)
   try:
-    encoder = checkpoints.resolve(FLAGS.encoder)  # The latest checkpoint.
+    encoder = checkpoints.locate(FLAGS.encoder)  # The latest checkpoint.
   except checkpoints.CheckpointError as e:
     raise app.UsageError(f'{e} Run benchmarks/fashion_mnist.py first.')
-  config = fine_tuning_config(Setting('SimCLR', 600, 0, 0.0, 0.0), '/tmp',
-                              epochs=1, batch_size=64, encoder=None)
-  source = catalog.make_source(config.data)
+  source = catalog.make_source(c.DataConfig(dataset='fashion_mnist',
+                                           data_dir=FLAGS.data_dir))
   learning_rates = {
       'SimCLR': [float(v) for v in FLAGS.simclr_learning_rates],
       'random weights': [float(v) for v in FLAGS.random_learning_rates]}
@@ -257,19 +261,18 @@ def main(_):
   columns = [(labels, f'{labels // 600}% labels') for labels in budgets]
   runs = []
 
-  def run(setting):
-    epochs, batch_size = budgets.get(setting.labels,
+  def run(chosen_setting):
+    epochs, batch_size = budgets.get(chosen_setting.labels,
                                      (FLAGS.ceiling_epochs, 256))
-    runs.append(fine_tune(setting, source, encoder, epochs=epochs,
+    runs.append(fine_tune(chosen_setting, source, encoder, epochs=epochs,
                           batch_size=batch_size))
     records.write_json(os.path.join(FLAGS.model_dir, 'runs.json'), runs)
 
   if FLAGS.crop_search:
     for crop in FLAGS.crop_search:
-      FLAGS.min_crop_area = FLAGS.random_min_crop_area = float(crop)
       for method in METHODS:
-        run(Setting(method, 600, 0, learning_rates[method][0],
-                    weight_decays[0]))
+        run(make_setting(method, 600, 0, learning_rates[method][0],
+                    weight_decays[0], crop=float(crop)))
     records.write_json(os.path.join(FLAGS.output, 'crop_search.json'), runs)
     return
 
@@ -279,16 +282,16 @@ def main(_):
     # weight decay 1% chose, then the other 1% seeds with 1%'s choice.
     for lr, wd in itertools.product(learning_rates[method],
                                     weight_decays):
-      run(Setting(method, 600, 0, lr, wd))
+      run(make_setting(method, 600, 0, lr, wd))
     chosen[method, 600] = best(runs, method, 600)
     if 6000 in budgets:
       for lr in learning_rates[method]:
-        run(Setting(method, 6000, 0, lr,
+        run(make_setting(method, 6000, 0, lr,
                     chosen[method, 600]['weight_decay']))
       chosen[method, 6000] = best(runs, method, 6000)
     pick = chosen[method, 600]
     for seed in seeds[1:]:
-      run(Setting(method, 600, seed, pick['learning_rate'],
+      run(make_setting(method, 600, seed, pick['learning_rate'],
                   pick['weight_decay']))
 
   table = {}
@@ -315,7 +318,7 @@ def main(_):
   ceiling = None
   if FLAGS.ceiling_epochs > 0:
     pick = chosen['random weights', max(budgets)]
-    run(Setting('random weights', NUM_TRAIN, 0, pick['learning_rate'],
+    run(make_setting('random weights', NUM_TRAIN, 0, pick['learning_rate'],
                 pick['weight_decay']))
     ceiling = runs[-1]
   result = {

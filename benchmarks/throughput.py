@@ -38,7 +38,7 @@ from simclr_tf.training import hooks
 from simclr_tf.inputs import pipeline
 from simclr_tf.devices import precision
 from simclr_tf.storage import records
-from simclr_tf.settings import recipes
+from simclr_tf.settings import resolver
 from simclr_tf.training import task as task_lib
 from simclr_tf.training import train as train_lib
 
@@ -70,21 +70,19 @@ _NUM_IMAGES = 512
 
 def run_config(depth, width, image_size, batch_size, stored_size, strategy,
                model_dir='/tmp/unused', train_steps=1):
-  values = recipes.resolve({
-      'dataset': 'random', 'model_dir': model_dir, 'resnet_depth': depth,
-      'width_multiplier': width, 'image_size': image_size,
-      'num_proj_layers': 2, 'train_batch_size': batch_size,
-      'train_steps': train_steps, 'checkpoint_steps': train_steps,
-      'steps_per_loop': FLAGS.steps_per_loop, 'jit_compile': FLAGS.jit_compile,
-  }, native_image_size=stored_size, num_classes=10, strategy=strategy,
-                           mixed_precision=FLAGS.mixed_precision)
-  config = c.build(values)
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, [_NUM_IMAGES, stored_size, stored_size, 3],
                         dtype=np.uint8)
   labels = rng.integers(0, 10, [_NUM_IMAGES]).astype(np.int64)
   source = array_source.ArraySource('random', {'train': images},
-                                {'train': labels}, num_classes=10)
+                                    {'train': labels}, num_classes=10)
+  config = resolver.resolve({
+      'dataset': 'random', 'model_dir': model_dir, 'resnet_depth': depth,
+      'width_multiplier': width, 'image_size': image_size,
+      'num_proj_layers': 2, 'train_batch_size': batch_size,
+      'train_steps': train_steps, 'checkpoint_steps': train_steps,
+      'steps_per_loop': FLAGS.steps_per_loop, 'jit_compile': FLAGS.jit_compile,
+  }, source=source, strategy=strategy, mixed_precision=FLAGS.mixed_precision)
   return config, source
 
 

@@ -1,67 +1,238 @@
-"""The modes of run.py: train, eval, train_then_eval, export, import."""
+"""What each `--mode` of run.py does (docs/command_line.md); `run` dispatches.
 
+train, train_then_eval, eval and export work on the model of a model_dir
+(or --checkpoint); import makes one from a checkpoint of the original SimCLR
+code; preview and embed read images. Each mode sets up (devices, dataset,
+configuration from settings/resolver.py, the run lock, flags.json), then
+calls the functions below it that do the work on a `Run`.
+"""
+
+import contextlib
+import dataclasses
 import os
 import time
 
 from absl import logging
+import keras
 import tensorflow as tf
 
-from simclr_tf.storage import checkpoints
+from simclr_tf.devices import distribute
+from simclr_tf.devices import precision
 from simclr_tf.evaluation import evaluators
-from simclr_tf.serving import export
+from simclr_tf.evaluation import report
+from simclr_tf.inputs import catalog
+from simclr_tf.inputs import preview as preview_lib
+from simclr_tf.inputs import sources
+from simclr_tf.inputs import subsets
+from simclr_tf.network import model as model_lib
 from simclr_tf.network import original
-from simclr_tf.storage import records
-from simclr_tf.training import task as task_lib
-from simclr_tf.training import train as train_lib
+from simclr_tf.network import original_variables
 from simclr_tf.run_context import Run
+from simclr_tf.serving import embed as embed_lib
+from simclr_tf.serving import export as export_lib
+from simclr_tf.settings import checks
+from simclr_tf.settings import config as c
+from simclr_tf.settings import resolver
+from simclr_tf.settings.command import Command
+from simclr_tf.storage import checkpoints
+from simclr_tf.storage import lock
+from simclr_tf.storage import records
+from simclr_tf.training import train as train_lib
 
-RESULT_FILE = 'result.json'
+# What the modes raise when the input cannot work: one line for the user
+# (run.py exits with code 2).
+USER_ERRORS = (checks.UsageError, sources.DatasetError,
+               checkpoints.CheckpointError, lock.LockError,
+               embed_lib.EmbedError, FloatingPointError)
 
 
-def write_result(run: Run, result: dict):
-  if not run.chief:
-    return
-  records.write_json(os.path.join(run.model_dir, RESULT_FILE), result)
-  write_summary(run, result['global_step'], result)
+def run(command: Command):
+  """Runs `command.mode`; invalid settings fail first (checks.UsageError)."""
+  command.check()
+  checks.check_settings(resolver.layered(command.given,
+                                         preset=command.preset))
+  {'train': model_mode, 'train_then_eval': model_mode, 'eval': model_mode,
+   'export': model_mode, 'preview': preview, 'embed': embed,
+   'import': import_original}[command.mode](command)
 
 
-def export_model(run: Run, model, global_step: int) -> str | None:
+# --- Setting up ------------------------------------------------------------
+
+
+def make_source(values: dict) -> sources.Source:
+  return catalog.make_source(c.DataConfig(
+      dataset=values['dataset'], data_dir=values['data_dir'],
+      max_image_pixels=values['max_image_pixels']))
+
+
+def make_strategy(command: Command) -> tf.distribute.Strategy:
+  if command.deterministic:
+    tf.config.experimental.enable_op_determinism()
+  if command.cpu_replicas > 1:
+    distribute.split_cpu(command.cpu_replicas)
+  return distribute.make_strategy(command.cpu_replicas, command.use_tpu,
+                                  command.tpu_name)
+
+
+def configure(command: Command, source, *, record=resolver.Record(),
+              strategy=None) -> c.RunConfig:
+  """The run's configuration (settings/resolver.py); fine-tuning needs a
+  dataset with labels."""
+  config = resolver.resolve(command.given, mode=command.mode,
+                            preset=command.preset, record=record,
+                            source=source, strategy=strategy,
+                            mixed_precision=command.mixed_precision)
+  if config.model.train_mode == 'finetune' and source is not None:
+    sources.require_labels(source, 'fine-tuning')
+  return config
+
+
+def write_flags(config: c.RunConfig, command: Command):
+  """flags.json: every flag of this run and the configuration it became."""
+  records.write_json(
+      os.path.join(config.train.model_dir, records.FLAGS_FILE),
+      {'flags': dict(command.flag_values),
+       'config': dataclasses.asdict(config)}, default=str)
+
+
+# --- The modes -------------------------------------------------------------
+
+
+def model_mode(command: Command):
+  """train, train_then_eval, eval, export."""
+  mode = command.mode
+  strategy = make_strategy(command)
+  record = resolver.read_record(
+      mode, resolver.layered(command.given, preset=command.preset))
+  recorded = record.values()
+  # An export of a run whose flags.json recorded its settings needs no data.
+  needs_data = not (mode == 'export' and 'image_size' in recorded and
+                    'num_classes' in recorded)
+  source = (make_source(resolver.layered(command.given, preset=command.preset,
+                                         recorded=recorded))
+            if needs_data else None)
+  config = configure(command, source, record=record, strategy=strategy)
+  logging.info('Computing in %s%s on %d %s replica(s).',
+               config.model.precision,
+               ' with XLA' if config.train.jit_compile else '',
+               strategy.num_replicas_in_sync, precision.device_type(strategy))
+  if mode in ('eval', 'train_then_eval'):
+    sources.require_labels(source, 'evaluation')
+  trains = mode in resolver.TRAINING_MODES
+  if trains and config.train.checkpoint:
+    checkpoints.locate(config.train.checkpoint)  # Fails now if missing.
+  run_ = Run(config, strategy, source)
+  if run_.chief:
+    checks.check_writable(config.train.model_dir)
+  if trains:
+    checks.check_dataset_fits_a_batch(
+        config, subsets.training_split(config, source).num_examples(source))
+  # One training process per model_dir (the chief's); evaluators and
+  # exports may run beside it.
+  with (lock.exclusive(config.train.model_dir) if run_.chief and trains
+        else contextlib.nullcontext()):
+    keras.utils.set_random_seed(config.data.seed)
+    if run_.chief and mode != 'export':
+      write_flags(config, command)
+    logging.info('Model directory: %s', config.train.model_dir)
+    if trains:
+      run_train(run_, then_eval=mode == 'train_then_eval')
+    elif mode == 'eval':
+      run_eval(run_, command.eval_watch, command.eval_timeout)
+    else:
+      run_export(run_, config.train.checkpoint)
+
+
+def preview(command: Command):
+  """A PNG of augmented views."""
+  values = resolver.layered(command.given, preset=command.preset)
+  source = make_source(values)
+  config = configure(command, source)
+  grid = preview_lib.preview_grid(
+      source, config.data.train_split, config.augment,
+      command.preview_images, command.preview_pairs, config.data.seed)
+  path = command.preview_path
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  preview_lib.write_png(grid, path)
+  print(f'Wrote {path}: {command.preview_images} images of {source.name} at '
+        f'{config.augment.image_size} px, each followed by '
+        f'{command.preview_pairs} pairs of SimCLR views.')
+
+
+def embed(command: Command):
+  """Embeddings of an image folder with an exported SavedModel."""
+  values = resolver.layered(command.given, preset=command.preset)
+  saved_model = command.saved_model
+  checks.check(saved_model, '--mode=embed needs --saved_model=DIR '
+               '(a model_dir\'s saved_model/<step>).')
+  checks.check(os.path.exists(os.path.join(saved_model, 'saved_model.pb')),
+               f'--saved_model={saved_model} holds no saved_model.pb.')
+  checks.check(values['dataset'].startswith(catalog.FOLDER_PREFIX),
+               '--mode=embed takes --dataset=folder:PATH.')
+  arrays = embed_lib.embed_folder(
+      saved_model, values['dataset'][len(catalog.FOLDER_PREFIX):],
+      command.output, command.neighbors, values['eval_batch_size'],
+      values['max_image_pixels'])
+  print(f'Wrote {command.output}: {arrays["embeddings"].shape[0]} embeddings '
+        f'of size {arrays["embeddings"].shape[1]}.')
+
+
+def import_original(command: Command):
+  """A checkpoint of the original SimCLR code -> a run of ours in
+  --model_dir (checkpoint, flags.json, SavedModel)."""
+  given = command.given
+  checks.check(given.get('checkpoint'), '--mode=import needs '
+               '--checkpoint=PATH: a checkpoint (prefix or directory) or '
+               'SavedModel directory written by the original SimCLR TF2 code.')
+  checks.check('model_dir' in given, '--mode=import needs --model_dir=DIR, '
+               'the new run directory to write.')
+  model_dir = given['model_dir']
+  checks.check_writable(model_dir)
+  checks.check(not checkpoints.candidates(model_dir), f'--model_dir='
+               f'{model_dir} already holds checkpoints; import into a new '
+               'directory.')
+  weights = original.read(given['checkpoint'])
+  inferred = original.infer_settings(weights, given.get('ft_proj_selector'))
+  conflicts = [f'--{name}={given[name]} (the checkpoint has {value})'
+               for name, value in inferred.items()
+               if name in given and given[name] != value]
+  checks.check(not conflicts, f'{weights.path} does not fit '
+               f'{"; ".join(conflicts)}: leave these flags out, the '
+               'architecture is read from the checkpoint.')
+  # The original picks the CIFAR stem for images of 32 px and below.
+  small = c.SMALL_IMAGE_MAX_SIZE
+  image_size = resolver.layered(given, preset=command.preset).get(
+      'image_size') or (small if inferred['cifar_stem'] else 224)
+  stem = 'CIFAR' if inferred['cifar_stem'] else 'ImageNet'
+  checks.check(inferred['cifar_stem'] == (image_size <= small),
+               f'--image_size={image_size} does not suit the checkpoint\'s '
+               f'{stem} stem, which the original uses for images of {small} '
+               f'px and {"below" if inferred["cifar_stem"] else "above"}.')
+  config = resolver.resolve({**given, **inferred, 'image_size': image_size},
+                            mode=command.mode, preset=command.preset,
+                            mixed_precision=command.mixed_precision)
+  with lock.exclusive(model_dir):
+    write_flags(config, command)
+    done = run_import(Run(config, tf.distribute.get_strategy(), None),
+                      weights)
+  print(f'Imported {weights.path} (global step {done["global_step"]}): '
+        f'{original.describe(inferred)}, at {image_size} px.\n'
+        f'Wrote {done["checkpoint"]} and {done["saved_model"]} in '
+        f'{done["seconds"]:.1f} s.', flush=True)
+
+
+# --- The work on a run -----------------------------------------------------
+
+
+def export_model(run_: Run, model, global_step: int) -> str | None:
   """The run's SavedModel of `model` (the chief writes it); its path."""
-  if not run.chief:
+  if not run_.chief:
     return None
-  config = run.config
-  return export.export(model, config.augment, run.model_dir, global_step,
-                       config.train.keep_hub_module_max,
-                       config.data.max_image_pixels,
-                       config.train.export_precision)
-
-
-def run_train(run: Run, then_eval: bool) -> dict | None:
-  config = run.config
-  monitor = None
-  every = config.eval.knn_every_n_checkpoints
-  if every and config.eval.knn and run.source.has_labels:
-
-    def knn_monitor(task, step):
-      results = evaluators.feature_metrics(run, task.model, knn=True)
-      logging.info('kNN monitor at step %d: %s', step, _rounded(results))
-      write_summary(run, step, results)
-
-    monitor = (every, knn_monitor)
-  result = train_lib.train(config, run.strategy, run.source, run.chief,
-                           every_nth_checkpoint=monitor)
-  export_model(run, result.model, result.global_step)
-  if then_eval:
-    evaluation = evaluators.evaluate_model(run, result.model,
-                                           result.global_step)
-    write_result(run, evaluation)
-    evaluators.print_result(evaluation)
-    return evaluation
-  if config.eval.knn and run.source.has_labels:
-    results = evaluators.feature_metrics(run, result.model, knn=True)
-    write_summary(run, result.global_step, results)
-    logging.info('kNN monitor at the end of training: %s', _rounded(results))
-  return None
+  config = run_.config
+  return export_lib.export(model, config.augment, run_.model_dir, global_step,
+                           config.train.keep_hub_module_max,
+                           config.data.max_image_pixels,
+                           config.train.export_precision)
 
 
 def _rounded(results: dict) -> str:
@@ -69,71 +240,91 @@ def _rounded(results: dict) -> str:
                    for k, v in results.items())
 
 
-def write_summary(run: Run, step: int, values: dict):
-  records.MetricsWriter(os.path.join(run.model_dir, 'eval'),
-                        run.chief).scalars(step, values)
+def run_train(run_: Run, then_eval: bool) -> dict | None:
+  """Trains (resuming), exports, then evaluates or runs the kNN monitor;
+  returns result.json's content when it evaluates."""
+  config = run_.config
+  monitor = None
+  every = config.eval.knn_every_n_checkpoints
+  if every and config.eval.knn and run_.source.has_labels:
+
+    def knn_monitor(task, step):
+      results = evaluators.feature_metrics(run_, task.model, knn=True)
+      logging.info('kNN monitor at step %d: %s', step, _rounded(results))
+      report.write_summary(run_, step, results)
+
+    monitor = (every, knn_monitor)
+  result = train_lib.train(config, run_.strategy, run_.source, run_.chief,
+                           every_nth_checkpoint=monitor)
+  export_model(run_, result.model, result.global_step)
+  if then_eval:
+    return report.report(run_, evaluators.evaluate(run_, result.model,
+                                                   result.global_step))
+  if config.eval.knn and run_.source.has_labels:
+    results = evaluators.feature_metrics(run_, result.model, knn=True)
+    report.write_summary(run_, result.global_step, results)
+    logging.info('kNN monitor at the end of training: %s', _rounded(results))
+  return None
 
 
-def restored_model(run: Run, path: str):
-  with run.strategy.scope():
-    model = task_lib.build_model(run.config)
+def restored_model(run_: Run, path: str):
+  """(The model of checkpoint `path`, its global step)."""
+  with run_.strategy.scope():
+    model = model_lib.create(run_.config.model, run_.config.augment.image_size)
   status = tf.train.Checkpoint(model=model).read(path)
   status.expect_partial().assert_existing_objects_matched()  # No optimizer.
   return model, checkpoints.step_of(path)
 
 
-def _evaluate_checkpoint(run: Run, path: str) -> dict:
-  model, step = restored_model(run, path)
-  result = evaluators.evaluate_model(run, model, step)
-  write_result(run, result)
-  evaluators.print_result(result)
-  return result
+def _evaluate_checkpoint(run_: Run, path: str) -> dict:
+  model, step = restored_model(run_, path)
+  return report.report(run_, evaluators.evaluate(run_, model, step))
 
 
-def run_eval(run: Run, watch: bool = False, timeout: float = 0) -> dict:
+def run_eval(run_: Run, watch: bool = False, timeout: float = 0) -> dict:
   """Evaluates the latest checkpoint, or each new one while watching."""
   if watch:
     result = None
-    for path in tf.train.checkpoints_iterator(run.model_dir,
+    for path in tf.train.checkpoints_iterator(run_.model_dir,
                                               timeout=timeout or None):
-      result = _evaluate_checkpoint(run, path)
+      result = _evaluate_checkpoint(run_, path)
     return result
-  path = checkpoints.latest_in(run.model_dir)
+  path = checkpoints.latest_in(run_.model_dir)
   if path is None:
     raise checkpoints.CheckpointError(
-        f'--model_dir={run.model_dir} holds no checkpoint to evaluate; train '
-        'first (--mode=train) or point --model_dir at a training run.')
-  return _evaluate_checkpoint(run, path)
+        f'--model_dir={run_.model_dir} holds no checkpoint to evaluate; '
+        'train first (--mode=train) or point --model_dir at a training run.')
+  return _evaluate_checkpoint(run_, path)
 
 
-def run_export(run: Run, checkpoint: str | None) -> str:
-  path = (checkpoints.resolve(checkpoint) if checkpoint
-          else checkpoints.latest_in(run.model_dir))
+def run_export(run_: Run, checkpoint: str | None) -> str:
+  path = (checkpoints.locate(checkpoint) if checkpoint
+          else checkpoints.latest_in(run_.model_dir))
   if path is None:
     raise checkpoints.CheckpointError(
-        f'--model_dir={run.model_dir} holds no checkpoint to export; give '
+        f'--model_dir={run_.model_dir} holds no checkpoint to export; give '
         '--checkpoint=PATH or train first.')
-  model, step = restored_model(run, path)
-  exported = export_model(run, model, step)
+  model, step = restored_model(run_, path)
+  exported = export_model(run_, model, step)
   print(f'Exported {path} to {exported}', flush=True)
   return exported
 
 
-def run_import(run: Run, weights: original.OriginalWeights) -> dict:
-  """Writes `weights` (of the original SimCLR code) into `run.model_dir` as
+def run_import(run_: Run, weights: original.OriginalWeights) -> dict:
+  """Writes `weights` (of the original SimCLR code) into `run_.model_dir` as
   a checkpoint of ours at the original's global step, and exports it."""
   start = time.perf_counter()
-  with run.strategy.scope():
-    model = task_lib.build_model(run.config)
-  original.load(model, weights)
+  with run_.strategy.scope():
+    model = model_lib.create(run_.config.model, run_.config.augment.image_size)
+  original_variables.load(model, weights)
   step = weights.global_step
   # The step is where checkpoints of ours keep it (the optimizer's counter);
   # the original's optimizer state is not carried over.
   checkpoint = tf.train.Checkpoint(model=model, optimizer=tf.train.Checkpoint(
       _iterations=tf.Variable(step, dtype=tf.int64)))
-  manager = checkpoints.manager(checkpoint, run.model_dir,
-                                run.config.train.keep_checkpoint_max)
+  manager = checkpoints.manager(checkpoint, run_.model_dir,
+                                run_.config.train.keep_checkpoint_max)
   path = manager.save(checkpoint_number=step)
-  exported = export_model(run, model, step)
+  exported = export_model(run_, model, step)
   return {'checkpoint': path, 'saved_model': exported, 'global_step': step,
           'seconds': time.perf_counter() - start}

@@ -7,7 +7,6 @@ import numpy as np
 import tensorflow as tf
 
 from simclr_tf.devices import distribute
-from simclr_tf.evaluation import features
 from simclr_tf.inputs import pipeline
 from simclr_tf.inputs import sources
 from simclr_tf.inputs import subsets
@@ -33,8 +32,8 @@ class Run:
     return self.config.data.eval_split or self.source.default_eval_split
 
   def eval_data(self, split: str,
-                indices: np.ndarray | None = None) -> features.EvalData:
-    return features.EvalData(
+                indices: np.ndarray | None = None) -> pipeline.EvalData:
+    return pipeline.EvalData(
         self.source, pipeline.Split(split, indices), self.config.augment,
         self.config.eval.eval_batch_size, self.config.eval.eval_steps)
 

@@ -44,8 +44,8 @@ def _anchors(path):
     ('Fine-tuning on 1% and 10% of the labels',
      'fine-tuning-on-1-and-10-of-the-labels'),
     ("Importing the original code's models", 'importing-the-original-codes-models'),
-    ('Large batches on small memory (`simclr_tf/gradient_cache.py`)',
-     'large-batches-on-small-memory-simclr_tfgradient_cachepy')])
+    ('Large batches on small memory (`simclr_tf/training/gradient_cache.py`)',
+     'large-batches-on-small-memory-simclr_tftraininggradient_cachepy')])
 def test_anchors_follow_githubs_rule(heading, anchor):
   assert github_anchor(heading) == anchor
 

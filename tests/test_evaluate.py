@@ -39,7 +39,7 @@ def _source(n_test=29, num_classes=7, channels=3):
 def test_label_accuracy_counts_each_example_once(replicas):
   source = _source()
   model = _LinearOnPixels(7)
-  data = features.EvalData(source, pipeline.Split('test'),
+  data = pipeline.EvalData(source, pipeline.Split('test'),
                            AugmentConfig(image_size=8), batch_size=8)
   result = features.label_accuracy(model, helpers.cpu_strategy(replicas),
                                    data)
@@ -57,7 +57,7 @@ def test_label_accuracy_counts_each_example_once(replicas):
 
 def test_extract_features_returns_every_example_once():
   source = _source(n_test=13)
-  data = features.EvalData(source, pipeline.Split('test'),
+  data = pipeline.EvalData(source, pipeline.Split('test'),
                            AugmentConfig(image_size=8), batch_size=4)
   extracted, labels = features.extract_features(
       _LinearOnPixels(7), helpers.cpu_strategy(2), data)
@@ -71,7 +71,7 @@ def test_extract_features_returns_every_example_once():
 def test_extract_pixels_returns_every_image_once_in_0_1(grayscale):
   # Grayscale sources decode to three equal channels.
   source = _source(n_test=13, channels=1 if grayscale else 3)
-  data = features.EvalData(source, pipeline.Split('test'),
+  data = pipeline.EvalData(source, pipeline.Split('test'),
                            AugmentConfig(image_size=8), batch_size=4)
   pixels, labels = features.extract_pixels(data)
   images = np.stack([e['image'] / 255.0 for e in

@@ -1,13 +1,31 @@
-"""The evaluators: seeded training subsets, kNN and probe on them."""
+"""The evaluators: seeded training subsets, kNN and probe on them, the
+evaluators a configuration names, and the report built from their metrics."""
 
 import numpy as np
 import tensorflow as tf
 
-from simclr_tf.inputs import array_source
-from simclr_tf.inputs import subsets
+from simclr_tf.evaluation import evaluators
 from simclr_tf.evaluation import features
 from simclr_tf.evaluation import probe as probe_lib
+from simclr_tf.evaluation import report
+from simclr_tf.evaluation.evaluators import Metric
+from simclr_tf.inputs import array_source
+from simclr_tf.inputs import subsets
+from simclr_tf.run_context import Run
+from simclr_tf.settings import config as c
+from simclr_tf.settings import resolver
 from tests import helpers
+
+
+def _toy(seed, num_train):
+  """(images, labels, source): random 8 px RGB images of 3 classes."""
+  rng = np.random.default_rng(seed)
+  images = {'train': rng.integers(0, 256, (num_train, 8, 8, 3), np.uint8),
+            'test': rng.integers(0, 256, (20, 8, 8, 3), np.uint8)}
+  labels = {'train': rng.integers(0, 3, num_train),
+            'test': rng.integers(0, 3, 20)}
+  return images, labels, array_source.ArraySource('toy', images, labels,
+                                                  num_classes=3)
 
 
 def test_train_subsets_are_seeded_random_and_nested():
@@ -27,14 +45,7 @@ def test_train_subsets_are_seeded_random_and_nested():
 
 
 def test_feature_metrics_use_the_seeded_subsets_of_training_features():
-  from simclr_tf.settings import config as c  # pylint: disable=g-import-not-at-top
-  from simclr_tf.evaluation import evaluators  # pylint: disable=g-import-not-at-top
-  from simclr_tf.run_context import Run  # pylint: disable=g-import-not-at-top
-  rng = np.random.default_rng(4)
-  images = {'train': rng.integers(0, 256, (90, 8, 8, 3), np.uint8),
-            'test': rng.integers(0, 256, (20, 8, 8, 3), np.uint8)}
-  labels = {'train': rng.integers(0, 3, 90), 'test': rng.integers(0, 3, 20)}
-  source = array_source.ArraySource('toy', images, labels, num_classes=3)
+  images, labels, source = _toy(4, 90)
   config = c.build({'dataset': 'toy', 'seed': 6, 'image_size': 8,
                     'model_dir': 'unused', 'eval_batch_size': 16, 'knn_k': 5,
                     'knn_train_examples': 30, 'probe_train_examples': 60})
@@ -67,14 +78,7 @@ def test_feature_metrics_use_the_seeded_subsets_of_training_features():
 
 
 def test_fine_tuning_on_a_label_fraction_evaluates_on_that_subset_only():
-  from simclr_tf.settings import config as c  # pylint: disable=g-import-not-at-top
-  from simclr_tf.evaluation import evaluators  # pylint: disable=g-import-not-at-top
-  from simclr_tf.run_context import Run  # pylint: disable=g-import-not-at-top
-  rng = np.random.default_rng(5)
-  images = {'train': rng.integers(0, 256, (300, 8, 8, 3), np.uint8),
-            'test': rng.integers(0, 256, (20, 8, 8, 3), np.uint8)}
-  labels = {'train': rng.integers(0, 3, 300), 'test': rng.integers(0, 3, 20)}
-  source = array_source.ArraySource('toy', images, labels, num_classes=3)
+  images, labels, source = _toy(5, 300)
   pixel_features = lambda x: (x / 255.0).reshape(len(x), -1)[:, :12] - 0.5
 
   def model(images, training=False):
@@ -101,3 +105,75 @@ def test_fine_tuning_on_a_label_fraction_evaluates_on_that_subset_only():
         scores, labels['test'])
     assert result['knn_train_labels'] == len(bank_rows)
     assert result['linear_probe_train_labels'] == 30
+
+
+class _PixelFeatures:
+  """A model without a supervised head whose features are pixel values."""
+
+  supervised_head = None
+
+  def __call__(self, images, training=False):
+    del training
+    return {'final_avg_pool': tf.reshape(images, [-1, 192])[:, :12] - 0.5}
+
+
+def test_the_named_evaluators_yield_result_json_and_the_table():
+  images, labels, source = _toy(4, 90)
+  settings = {'seed': 6, 'model_dir': 'unused', 'eval_batch_size': 16,
+              'knn_k': 5, 'knn_train_examples': 30, 'probe_train_examples': 60,
+              'resnet_depth': 18, 'width_multiplier': 0.125,
+              'lineareval_while_pretraining': False}
+  config = resolver.resolve({**settings, 'random_baseline': True},
+                            source=source, mixed_precision='float32')
+  # No supervised head: the probe is the linear evaluation.
+  assert config.eval.evaluators == ('knn', 'linear_probe', 'random_init',
+                                    'raw_pixels')
+  run = Run(config, helpers.cpu_strategy(1), source)
+  metrics = evaluators.evaluate(run, _PixelFeatures(), 7)
+  result = report.as_result(metrics)
+  assert result['global_step'] == 7 and result['eval_split'] == 'test'
+  assert result['label_top_1_accuracy'] == result[
+      'linear_probe_top_1_accuracy']
+  # The pixel baseline: kNN over the probe's 60 seeded examples' pixels.
+  rows = np.sort(np.random.default_rng(6).permutation(90)[:60])
+  pixels = lambda x: (x / 255.0).reshape(len(x), -1)
+  scores = helpers.knn_numpy(pixels(images['train'][rows]),
+                             labels['train'][rows], pixels(images['test']),
+                             3, 5, 0.1)
+  assert result['raw_pixels_knn_top_1_accuracy'] == features.accuracy(
+      scores, labels['test'])
+  assert result['raw_pixels_linear_probe_train_labels'] == 60
+  assert {'random_init_knn_top_1_accuracy',
+          'random_init_linear_probe_top_1_accuracy'} <= set(result)
+  lines = report.table(metrics).splitlines()
+  assert lines[0] == 'Results at step 7 on  test images:'
+  assert lines[1].split() == ['learned', 'random', 'pixels']
+  probe_row = lines[3]
+  assert probe_row.startswith('linear probe top-1 (frozen features)')
+  assert probe_row.split()[-3:] == [
+      f'{result[key]:.4f}' for key in (
+          'linear_probe_top_1_accuracy',
+          'random_init_linear_probe_top_1_accuracy',
+          'raw_pixels_linear_probe_top_1_accuracy')]
+
+  # Only what the configuration names runs.
+  only_knn = resolver.resolve({**settings, 'evaluators': ('knn',)},
+                              source=source, mixed_precision='float32')
+  result = report.as_result(evaluators.evaluate(
+      Run(only_knn, helpers.cpu_strategy(1), source), _PixelFeatures(), 7))
+  assert set(result) == {'global_step', 'eval_split', 'knn_top_1_accuracy',
+                         'knn_top_5_accuracy', 'knn_train_labels'}
+
+
+def test_the_table_has_a_column_per_baseline_that_yielded_metrics():
+  metrics = [Metric('global_step', 3), Metric('eval_split', 'val'),
+             Metric('num_eval_examples', 50),
+             Metric('label_top_1_accuracy', 0.5),
+             Metric('knn_top_1_accuracy', 0.25),
+             Metric('knn_top_1_accuracy', 0.125, 'raw_pixels')]
+  assert report.table(metrics) == '\n'.join([
+      'Results at step 3 on 50 val images:',
+      ' ' * 40 + '  learned   pixels',
+      f'{"linear eval top-1 (supervised head)":40s}   0.5000         ',
+      f'{"kNN top-1 (frozen features)":40s}   0.2500   0.1250'])
+  assert report.as_result(metrics)['raw_pixels_knn_top_1_accuracy'] == 0.125

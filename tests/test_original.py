@@ -18,6 +18,7 @@ import tensorflow as tf
 
 from simclr_tf.settings import config as c
 from simclr_tf.network import original
+from simclr_tf.network import original_variables
 from simclr_tf.training import task
 from simclr_tf.storage.checkpoints import CheckpointError
 from tests.helpers import run
@@ -44,7 +45,7 @@ def _imported(path, image_size, **infer_options):
   weights = original.read(str(path))
   settings = original.infer_settings(weights, **infer_options)
   model = _build(settings, image_size)
-  original.load(model, weights)
+  original_variables.load(model, weights)
   return model, settings, weights
 
 
@@ -130,7 +131,7 @@ def _import_error(tmp_path, tensors) -> str:
   prefix = _write_raw(tmp_path / 'ckpt', tensors)
   with pytest.raises(CheckpointError) as error:
     weights = original.read(prefix)
-    original.load(_build(original.infer_settings(weights), 32), weights)
+    original_variables.load(_build(original.infer_settings(weights), 32), weights)
   message = str(error.value)
   assert '\n' not in message
   return message
@@ -212,7 +213,7 @@ def test_architecture_is_read_back_from_the_original_layout(tmp_path,
     variable.assign(value.astype(np.float32))
   prefix = _write_raw(tmp_path / 'ckpt', {
       f'{name}{original.VALUE_SUFFIX}': variable.numpy()
-      for variable, name in original.variable_pairs(model)})
+      for variable, name in original_variables.variable_pairs(model)})
   weights = original.read(prefix)
   inferred = original.infer_settings(
       weights, ft_proj_selector=settings.get('ft_proj_selector'))
@@ -231,7 +232,7 @@ def test_architecture_is_read_back_from_the_original_layout(tmp_path,
   assert inferred['num_classes'] == (expected.num_classes if has_head
                                      else None)
   copy = _build(inferred, image_size)
-  original.load(copy, weights)
+  original_variables.load(copy, weights)
   images = rng.random((2, image_size, image_size, 3), dtype=np.float32)
   copied = copy(images, training=False)
   for name, value in model(images, training=False).items():
@@ -247,7 +248,7 @@ def test_an_ambiguous_supervised_head_input_takes_the_given_selector(
   model = _build(settings, 16)
   prefix = _write_raw(tmp_path / 'ckpt', {
       f'{name}{original.VALUE_SUFFIX}': variable.numpy()
-      for variable, name in original.variable_pairs(model)})
+      for variable, name in original_variables.variable_pairs(model)})
   weights = original.read(prefix)
   assert original.infer_settings(weights)['ft_proj_selector'] == 0
   assert original.infer_settings(weights, 1)['ft_proj_selector'] == 1

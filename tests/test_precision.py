@@ -110,9 +110,9 @@ def test_auto_follows_this_cpus_bfloat16_units():
   assert precision.device_type(strategy) == 'CPU'
   with open('/proc/cpuinfo') as f:
     native = bool({'avx512_bf16', 'amx_bf16'} & set(f.read().split()))
-  assert precision.resolve_precision('auto', strategy) == (
+  assert precision.choose_precision('auto', strategy) == (
       'bfloat16' if native else 'float32')
-  assert precision.resolve_precision('float16', strategy) == 'float16'
+  assert precision.choose_precision('float16', strategy) == 'float16'
   assert not precision.default_jit_compile('CPU', 1)
   assert precision.default_jit_compile('GPU', 1)
   assert not precision.default_jit_compile('GPU', 2)

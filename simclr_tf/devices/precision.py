@@ -74,7 +74,7 @@ def default_precision(device: str, compute_capability=None,
   return 'bfloat16' if cpu_bfloat16 else 'float32'
 
 
-def resolve_precision(requested: str, strategy) -> str:
+def choose_precision(requested: str, strategy) -> str:
   """`requested` ('auto' or one of PRECISIONS) -> one of PRECISIONS."""
   if requested != 'auto':
     return requested

@@ -1,7 +1,18 @@
-"""The evaluators of a run: supervised-head accuracy, kNN and linear probe
-on frozen features, and the baselines (raw pixels; the same architecture
-with random weights at standard initialisation), collected into the dict
-that result.json holds."""
+"""The evaluators a run names (`EvalConfig.evaluators`), each a small
+function `(run, model, names) -> iterator of Metric`, as big_vision's
+evaluators yield theirs:
+
+* `supervised_head`: top-1 / top-5 of the supervised head;
+* `knn` and `linear_probe`: on frozen features (one extraction serves both);
+* `random_init`: the same architecture with random weights at standard
+  initialisation, probed the same way;
+* `raw_pixels`: the same probe and kNN on the pixels.
+
+`evaluate` runs them; result.json and the result table (report.py) are
+built from the metrics they yield.
+"""
+
+from collections.abc import Iterator
 
 import dataclasses
 import time
@@ -16,7 +27,27 @@ from simclr_tf.evaluation import knn as knn_lib
 from simclr_tf.evaluation import probe as probe_lib
 from simclr_tf.network import model as model_lib
 from simclr_tf.run_context import Run
+from simclr_tf.settings import config as c
 from simclr_tf.settings.config import RunConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class Metric:
+  """One value an evaluator yields."""
+
+  name: str  # knn_top_1_accuracy, ...
+  value: float | int | str
+  # None: of the model evaluated; else the baseline's ('random_init',
+  # 'raw_pixels'), which result.json keys as a prefix.
+  baseline: str | None = None
+
+  @property
+  def key(self) -> str:
+    return f'{self.baseline}_{self.name}' if self.baseline else self.name
+
+
+def as_metrics(values: dict, baseline: str | None = None) -> list[Metric]:
+  return [Metric(name, value, baseline) for name, value in values.items()]
 
 
 def knn_metrics(run: Run, bank, bank_labels, test_features,
@@ -94,9 +125,9 @@ def standard_init_model(config: RunConfig):
                           config.augment.image_size)
 
 
-def pixel_metrics(run: Run) -> dict:
+def pixel_metrics(run: Run, knn: bool = True) -> dict:
   """The raw-pixel baseline: the same probe on the evaluation-preprocessed
-  pixels in [0, 1] (not standardised) and kNN on them."""
+  pixels in [0, 1] (not standardised), and kNN on them."""
   subset = run.train_subset(run.config.eval.probe_train_examples)
   train_x, train_y = features.extract_pixels(
       run.eval_data(run.config.data.train_split, subset.indices))
@@ -104,58 +135,65 @@ def pixel_metrics(run: Run) -> dict:
   results = probe_metrics(run, train_x, train_y, test_x, test_y,
                           standardize=False)
   results['linear_probe_train_labels'] = len(train_y)
-  if run.config.eval.knn:
+  if knn:
     results.update(knn_metrics(run, knn_lib.feature_bank(train_x), train_y,
                                test_x, test_y))
     results['knn_train_labels'] = len(train_y)
   return results
 
 
-def evaluate_model(run: Run, model, global_step: int) -> dict:
-  """Everything result.json holds for `model` at `global_step`."""
+def supervised_head(run: Run, model, names) -> Iterator[Metric]:
+  """Top-1 / top-5 of the model's supervised head (none without one)."""
+  del names
+  if model.supervised_head is not None:
+    yield from as_metrics(features.label_accuracy(
+        model, run.strategy, run.eval_data(run.eval_split)))
+
+
+def frozen_features(run: Run, model, names) -> Iterator[Metric]:
+  """kNN and the linear probe, as `names` ask, from one extraction. Without
+  a supervised head, the probe is the model's linear evaluation."""
+  probe = 'linear_probe' in names
+  results = feature_metrics(run, model, knn='knn' in names, probe=probe)
+  if probe and model.supervised_head is None:
+    for k in (1, 5):
+      results[f'label_top_{k}_accuracy'] = results[
+          f'linear_probe_top_{k}_accuracy']
+  yield from as_metrics(results)
+
+
+def random_init(run: Run, model, names) -> Iterator[Metric]:
+  """The baseline of random weights: the same kNN and probe."""
+  del model
+  with run.strategy.scope():
+    random_model = standard_init_model(run.config)
+  yield from as_metrics(
+      feature_metrics(run, random_model, knn='knn' in names, probe=True),
+      'random_init')
+
+
+def raw_pixels(run: Run, model, names) -> Iterator[Metric]:
+  """The baseline of pixels: the same probe and kNN."""
+  del model
+  yield from as_metrics(pixel_metrics(run, knn='knn' in names), 'raw_pixels')
+
+
+EVALUATORS = {'supervised_head': supervised_head, 'knn': frozen_features,
+              'linear_probe': frozen_features, 'random_init': random_init,
+              'raw_pixels': raw_pixels}
+assert set(EVALUATORS) == set(c.EVALUATORS)
+
+
+def evaluate(run: Run, model, global_step: int) -> list[Metric]:
+  """What the run's evaluators yield for `model` at `global_step`."""
   sources.require_labels(run.source, 'evaluation')
-  config = run.config.eval
-  result = {'global_step': global_step, 'eval_split': run.eval_split}
-  has_head = model.supervised_head is not None
-  if has_head:
-    result.update(features.label_accuracy(model, run.strategy,
-                                          run.eval_data(run.eval_split)))
-  # The baselines have no trained head: compare probes.
-  probe = config.linear_probe or config.random_baseline or not has_head
-  result.update(feature_metrics(run, model, knn=config.knn, probe=probe))
-  if not has_head:  # Linear evaluation then comes from the probe.
-    result['label_top_1_accuracy'] = result['linear_probe_top_1_accuracy']
-    result['label_top_5_accuracy'] = result['linear_probe_top_5_accuracy']
-  if config.random_baseline:
-    with run.strategy.scope():
-      random_model = standard_init_model(run.config)
-    baseline = feature_metrics(run, random_model, knn=config.knn, probe=True)
-    result.update({f'random_init_{k}': v for k, v in baseline.items()})
-    result.update({f'raw_pixels_{k}': v
-                   for k, v in pixel_metrics(run).items()})
-  return result
-
-
-def print_result(result: dict):
-  """A short table; with baselines, learned next to random weights at
-  standard initialisation and raw pixels, probed the same way."""
-  rows = [('linear eval top-1 (supervised head)', 'label_top_1_accuracy'),
-          ('linear probe top-1 (frozen features)',
-           'linear_probe_top_1_accuracy'),
-          ('kNN top-1 (frozen features)', 'knn_top_1_accuracy')]
-  columns = [('learned', ''), ('random', 'random_init_'),
-             ('pixels', 'raw_pixels_')]
-  columns = [(name, prefix) for name, prefix in columns
-             if any(k.startswith(prefix) for k in result)]
-  lines = [f'Results at step {result["global_step"]} on '
-           f'{result.get("num_eval_examples", "")} {result["eval_split"]} '
-           'images:',
-           f'{"":40s}' + ''.join(f' {name:>8s}' for name, _ in columns)]
-  for title, key in rows:
-    if key not in result:
-      continue
-    values = [result.get(prefix + key) for _, prefix in columns]
-    lines.append(f'{title:40s}' + ''.join(
-        f' {value:8.4f}' if value is not None else f' {"":8s}'
-        for value in values))
-  print('\n'.join(lines), flush=True)
+  names = c.evaluators_of(run.config)
+  metrics = [Metric('global_step', global_step),
+             Metric('eval_split', run.eval_split)]
+  done = []
+  for name in names:
+    evaluator = EVALUATORS[name]
+    if evaluator not in done:  # One call serves knn and linear_probe.
+      done.append(evaluator)
+      metrics += evaluator(run, model, names)
+  return metrics

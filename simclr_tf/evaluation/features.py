@@ -1,41 +1,15 @@
-"""Evaluation data and what is read from it: supervised-head accuracy,
-frozen features, pixels; top-k accuracy of scores (kNN and probe use it)."""
-
-import dataclasses
+"""What is read from evaluation data (inputs/pipeline.EvalData):
+supervised-head accuracy, frozen features, pixels; and top-k accuracy of
+scores (kNN and probe use it)."""
 
 import numpy as np
 import tensorflow as tf
 
 from simclr_tf.inputs import pipeline
 from simclr_tf.training.objective import top_k_correct
-from simclr_tf.settings.config import AugmentConfig
-from simclr_tf.inputs.sources import Source
 
 
-@dataclasses.dataclass(frozen=True)
-class EvalData:
-  """What to evaluate on: a source's split and how to read it."""
-
-  source: Source
-  split: pipeline.Split
-  augment: AugmentConfig
-  batch_size: int
-  max_steps: int = 0  # > 0: only the first batches.
-
-  def num_steps(self) -> int:
-    steps = pipeline.eval_num_steps(self.split.num_examples(self.source),
-                                    self.batch_size)
-    return min(steps, self.max_steps) if self.max_steps else steps
-
-  def distributed(self, strategy):
-    return strategy.distribute_datasets_from_function(
-        lambda ctx: pipeline.eval_dataset(
-            self.source, self.split, global_batch_size=self.batch_size,
-            augment_config=self.augment, input_context=ctx))
-
-
-
-def label_accuracy(model, strategy, data: EvalData) -> dict:
+def label_accuracy(model, strategy, data: pipeline.EvalData) -> dict:
   """Top-1 / top-5 of the supervised head over every example once."""
 
   @tf.function
@@ -59,7 +33,7 @@ def label_accuracy(model, strategy, data: EvalData) -> dict:
           'num_eval_examples': int(count)}
 
 
-def extract_features(model, strategy, data: EvalData, dtype=np.float32):
+def extract_features(model, strategy, data: pipeline.EvalData, dtype=np.float32):
   """(`final_avg_pool` features [N, F] in `dtype`, labels [N]) for every
   example once."""
 
@@ -82,7 +56,7 @@ def extract_features(model, strategy, data: EvalData, dtype=np.float32):
   return np.concatenate(features)[keep], np.concatenate(labels)[keep]
 
 
-def extract_pixels(data: EvalData):
+def extract_pixels(data: pipeline.EvalData):
   """(flattened evaluation-preprocessed images [N, P] in [0, 1], labels [N])
   for every example once: the raw-pixel baseline's features. Grayscale
   images stored as three equal channels give one."""

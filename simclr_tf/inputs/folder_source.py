@@ -137,7 +137,7 @@ class FolderSource(Source):
     self.native_image_size = None
 
   def paths(self, split: str) -> list[str]:
-    return [p for part in self.resolve(split)
+    return [p for part in self.slices(split)
             for p in self._files[part.splitname][0][part.from_:part.to]]
 
   decode_may_fail = True  # The scan is cheap, not a full decode.

@@ -222,3 +222,25 @@ def eval_dataset(source: Source, split: Split, *, global_batch_size: int,
   dataset = dataset.concatenate(padding).take(slots)
   dataset = dataset.batch(batch_size, drop_remainder=True)
   return _with_options(dataset.prefetch(tf.data.AUTOTUNE))
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalData:
+  """What to evaluate on: a source's split and how to read it."""
+
+  source: Source
+  split: Split
+  augment: AugmentConfig
+  batch_size: int
+  max_steps: int = 0  # > 0: only the first batches.
+
+  def num_steps(self) -> int:
+    steps = eval_num_steps(self.split.num_examples(self.source),
+                                    self.batch_size)
+    return min(steps, self.max_steps) if self.max_steps else steps
+
+  def distributed(self, strategy):
+    return strategy.distribute_datasets_from_function(
+        lambda ctx: eval_dataset(
+            self.source, self.split, global_batch_size=self.batch_size,
+            augment_config=self.augment, input_context=ctx))

@@ -56,7 +56,7 @@ class Source:
   def has_labels(self) -> bool:
     return self.num_classes is not None
 
-  def resolve(self, split: str) -> list[SplitSlice]:
+  def slices(self, split: str) -> list[SplitSlice]:
     """TFDS split syntax ('train[:10%]+test') -> absolute slices."""
     infos = {name: types.SimpleNamespace(num_examples=size)
              for name, size in self.split_sizes.items()}
@@ -72,12 +72,12 @@ class Source:
       ) from None
 
   def num_examples(self, split: str) -> int:
-    return sum(part.to - part.from_ for part in self.resolve(split))
+    return sum(part.to - part.from_ for part in self.slices(split))
 
   def records(self, split: str) -> tf.data.Dataset:
     """`{'record', 'label'}` for every example of `split`, in a fixed order."""
     parts = [self._records(p.splitname, p.from_, p.to)
-             for p in self.resolve(split)]
+             for p in self.slices(split)]
     dataset = parts[0]
     for part in parts[1:]:
       dataset = dataset.concatenate(part)
@@ -106,7 +106,7 @@ class Source:
   def labels(self, split: str) -> np.ndarray:
     """Labels of `split` in `records` order, without decoding images."""
     return np.concatenate([self._labels(p.splitname, p.from_, p.to)
-                           for p in self.resolve(split)])
+                           for p in self.slices(split)])
 
   def lookup(self, split: str, indices: np.ndarray | None = None):
     """For random-access sources: a function from an int64 index tensor in
@@ -116,7 +116,7 @@ class Source:
     The table holds small records (a row number, a path), never images.
     """
     parts = [self._record_arrays(p.splitname, p.from_, p.to)
-             for p in self.resolve(split)]
+             for p in self.slices(split)]
     records = np.concatenate([records for records, _ in parts])
     labels = np.concatenate([labels for _, labels in parts]).astype(np.int64)
     if indices is not None:

@@ -25,10 +25,8 @@ class SimCLRModel(keras.Model):
     self.encoder = ResNet(config.encoder, name='resnet')
     self.projection_head = ProjectionHead(config.head, config.encoder,
                                           name='head_projection')
-    wants_head = (config.train_mode == 'finetune' or
-                  config.lineareval_while_pretraining)
     self.supervised_head = None
-    if config.num_classes and wants_head:
+    if config.has_supervised_head:
       self.supervised_head = SupervisedHead(
           config.num_classes, config.head.zero_init_logits_layer,
           name='head_supervised')

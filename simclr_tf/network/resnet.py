@@ -10,7 +10,7 @@ shortcut of every block group's first block, BN epsilon 1e-5.
 import keras
 import tensorflow as tf
 
-from simclr_tf.settings.config import EncoderConfig
+from simclr_tf.settings.config import RESNET_DEPTHS, EncoderConfig
 
 BATCH_NORM_EPSILON = 1e-5
 
@@ -24,6 +24,7 @@ DEPTHS = {
     200: ('bottleneck', (3, 24, 36, 3)),
 }
 SUPPORTED_DEPTHS = tuple(DEPTHS)
+assert SUPPORTED_DEPTHS == RESNET_DEPTHS  # What the settings accept.
 # Stages that `fine_tune_after_block` can freeze: 0 the stem, 1-4 the groups.
 STAGE_NAMES = ('stem', 'block_group1', 'block_group2', 'block_group3',
                'block_group4')

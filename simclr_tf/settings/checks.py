@@ -1,12 +1,8 @@
 """Checks that fail before any work starts, with one line for the user."""
 
-import dataclasses
-import json
 import os
 
-from simclr_tf.storage import checkpoints
-from simclr_tf.network import resnet
-from simclr_tf.settings.config import HeadConfig, RunConfig
+from simclr_tf.settings.config import RESNET_DEPTHS, HeadConfig, RunConfig
 
 
 class UsageError(ValueError):
@@ -63,12 +59,9 @@ def check_settings(values: dict):
         f'--ft_proj_selector={values["ft_proj_selector"]} needs a projection'
         f' head with that many layers; --proj_head_mode='
         f'{values["proj_head_mode"]} has {head_layers}.')
-  check(values['resnet_depth'] in resnet.SUPPORTED_DEPTHS,
+  check(values['resnet_depth'] in RESNET_DEPTHS,
         f'--resnet_depth={values["resnet_depth"]} is not one of '
-        f'{resnet.SUPPORTED_DEPTHS}.')
-  if values.get('image_size') is not None:
-    check(values['image_size'] >= 8, f'--image_size={values["image_size"]} '
-          'is too small for the CIFAR stem: use 8 or more.')
+        f'{RESNET_DEPTHS}.')
 
 
 def check_writable(model_dir: str):
@@ -152,37 +145,3 @@ def check_dataset_fits_a_batch(config: RunConfig, num_examples: int):
         f'--train_batch_size={config.train.train_batch_size} is larger than '
         f'the {num_examples} training examples: no full batch, so no step; '
         'use a smaller batch.')
-
-
-# What fixes the model's variables: config field -> the flag that sets it.
-_ARCHITECTURE = {('encoder', 'resnet_depth'): 'resnet_depth',
-                 ('encoder', 'width_multiplier'): 'width_multiplier',
-                 ('encoder', 'sk_ratio'): 'sk_ratio',
-                 ('encoder', 'se_ratio'): 'se_ratio',
-                 ('encoder', 'cifar_stem'): 'image_size',
-                 ('head', 'proj_head_mode'): 'proj_head_mode',
-                 ('head', 'proj_out_dim'): 'proj_out_dim',
-                 ('head', 'num_proj_layers'): 'num_proj_layers'}
-
-
-def check_same_architecture(config: RunConfig):
-  """A resumed run whose architecture differs from the one in flags.json
-  would fail to restore; say which flags differ instead."""
-  model_dir = config.train.model_dir
-  path = os.path.join(model_dir, 'flags.json')
-  if not (os.path.exists(path) and checkpoints.candidates(model_dir)):
-    return
-  try:
-    with open(path) as f:
-      before = json.load(f)['config']['model']
-  except (OSError, ValueError, KeyError):
-    return  # Unreadable: restoring will check the variables themselves.
-  now = dataclasses.asdict(config.model)
-  differ = [f'--{flag} ({part}.{field}: {before[part][field]} before, '
-            f'{now[part][field]} now)'
-            for (part, field), flag in _ARCHITECTURE.items()
-            if field in before.get(part, {})
-            and before[part][field] != now[part][field]]
-  check(not differ, f'{model_dir} holds a run with another architecture: '
-        f'{"; ".join(differ)}. Resume with the same flags, or use another '
-        '--model_dir.')

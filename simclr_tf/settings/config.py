@@ -1,9 +1,10 @@
 """Configuration as plain frozen dataclasses: the one place for defaults.
 
 Every field is a *setting* with a unique name; `run.py` defines its flags
-from these defaults (same names) and `build` turns a flat {setting: value}
-mapping (flags, a preset from `recipes.py`, a benchmark's overrides) into a
-`RunConfig`. Library code receives these objects and never reads flags.
+from these defaults (same names), and `build` turns a flat {setting: value}
+mapping into a `RunConfig` (resolver.py decides which values: flags,
+recorded runs, presets, derived settings). Library code receives these
+objects and never reads flags.
 """
 
 from collections.abc import Mapping
@@ -17,6 +18,12 @@ SMALL_IMAGE_MAX_SIZE = 32
 # Images above this many pixels are refused before decoding (a 41 KB PNG can
 # declare 12000 x 12000 pixels: 430 MB decoded).
 DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
+
+
+# Settings whose default follows from the dataset and the devices
+# (settings/resolver.py derives them unless given).
+DERIVED = ('image_size', 'use_blur', 'cifar_stem', 'num_classes', 'precision',
+           'jit_compile')
 
 
 def default_use_blur(image_size: int) -> bool:
@@ -74,6 +81,10 @@ class AugmentConfig:
   @property
   def is_small_image(self) -> bool:
     return self.image_size <= SMALL_IMAGE_MAX_SIZE
+
+
+# The ResNet depths network/resnet.py builds.
+RESNET_DEPTHS = (18, 34, 50, 101, 152, 200)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,6 +147,11 @@ class ModelConfig:
   fine_tune_after_block: int = -1
   # Compute precision (PRECISIONS); variables stay float32.
   precision: str = 'float32'
+
+  @property
+  def has_supervised_head(self) -> bool:
+    return bool(self.num_classes) and (
+        self.train_mode == 'finetune' or self.lineareval_while_pretraining)
 
 
 OPTIMIZERS = ('lars', 'momentum', 'adam')
@@ -215,6 +231,14 @@ class EvalConfig:
   # Also evaluate the baselines, probed the same way: raw pixels and the same
   # encoder with random weights at standard initialisation.
   random_baseline: bool = False
+  # What evaluating a model runs, by name (EVALUATORS, in this order); None:
+  # what knn, linear_probe and random_baseline ask for (`evaluators_of`).
+  evaluators: tuple[str, ...] | None = None
+
+
+# The evaluators of evaluation/evaluators.py.
+EVALUATORS = ('supervised_head', 'knn', 'linear_probe', 'random_init',
+              'raw_pixels')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -227,6 +251,24 @@ class RunConfig:
   optim: OptimConfig
   train: TrainConfig
   eval: EvalConfig
+
+
+def evaluators_of(config: 'RunConfig') -> tuple[str, ...]:
+  """The evaluators a run names, or those its flags ask for: the supervised
+  head's accuracy when the model has one, kNN (--knn), the linear probe
+  (--linear_probe, the baselines' comparison, and the linear evaluation of a
+  model without a head), the baselines (--random_baseline)."""
+  if config.eval.evaluators is not None:
+    return tuple(config.eval.evaluators)
+  has_head = config.model.has_supervised_head
+  names = ['supervised_head'] if has_head else []
+  if config.eval.knn:
+    names.append('knn')
+  if config.eval.linear_probe or config.eval.random_baseline or not has_head:
+    names.append('linear_probe')
+  if config.eval.random_baseline:
+    names += ['random_init', 'raw_pixels']
+  return tuple(names)
 
 
 # --- Settings: the fields of every section under one flat namespace ---------

@@ -1,5 +1,4 @@
-"""Recipes as plain data, and the settings that follow from the data and
-the devices.
+"""Recipes as plain data.
 
 A preset is a flat {setting: value} mapping over `config.SETTINGS`;
 settings it does not name keep their defaults (config.py), and settings a
@@ -59,26 +58,3 @@ def default_image_size(native_image_size: int | None) -> int:
   if native_image_size and native_image_size <= c.SMALL_IMAGE_MAX_SIZE:
     return native_image_size
   return 224
-
-
-def resolve(values: dict[str, Any], *, native_image_size: int | None,
-            num_classes: int | None, strategy,
-            mixed_precision: str = 'auto') -> dict[str, Any]:
-  """Fills the settings that follow from the dataset and the devices when
-  `values` leaves them unset (absent or None): image_size, use_blur,
-  cifar_stem, num_classes, precision and jit_compile."""
-  # TensorFlow is imported only here: the command line sets up its logging
-  # before TensorFlow starts.
-  from simclr_tf.devices import precision  # pylint: disable=g-import-not-at-top
-  values = {k: v for k, v in values.items() if v is not None}
-  image_size = values.setdefault('image_size',
-                                 default_image_size(native_image_size))
-  values.setdefault('use_blur', c.default_use_blur(image_size))
-  values.setdefault('cifar_stem', image_size <= c.SMALL_IMAGE_MAX_SIZE)
-  if num_classes is not None:
-    values.setdefault('num_classes', num_classes)
-  values.setdefault('precision',
-                    precision.resolve_precision(mixed_precision, strategy))
-  values.setdefault('jit_compile', precision.default_jit_compile(
-      precision.device_type(strategy), strategy.num_replicas_in_sync))
-  return values

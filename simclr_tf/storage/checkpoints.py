@@ -12,7 +12,7 @@ class CheckpointError(ValueError):
   """A checkpoint that cannot be used; the message is for the user."""
 
 
-def resolve(path: str) -> str:
+def locate(path: str) -> str:
   """A checkpoint prefix, or the latest checkpoint in a directory."""
   if tf.io.gfile.isdir(path):
     latest = tf.train.latest_checkpoint(path)
@@ -52,7 +52,7 @@ def restore_encoder(model, path: str):
   Used to start fine-tuning (or a new pretraining run) from another run's
   checkpoint: the supervised head and the optimizer start fresh.
   """
-  path = resolve(path)
+  path = locate(path)
   partial = tf.train.Checkpoint(model=tf.train.Checkpoint(
       encoder=model.encoder, projection_head=model.projection_head))
   status = partial.read(path)

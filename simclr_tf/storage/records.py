@@ -5,8 +5,6 @@ import os
 
 import tensorflow as tf
 
-from simclr_tf.settings import config as c
-
 FLAGS_FILE = 'flags.json'
 
 
@@ -25,17 +23,6 @@ def write_json(path: str, value, **json_options):
   finally:
     if os.path.exists(temporary):
       os.remove(temporary)
-
-
-def read_settings(model_dir: str) -> dict:
-  """{setting: value} of the configuration recorded in `model_dir`'s
-  flags.json; {} when there is none or it cannot be read."""
-  try:
-    with open(os.path.join(model_dir, FLAGS_FILE)) as f:
-      recorded = json.load(f)['config']
-  except (OSError, ValueError, KeyError, TypeError):
-    return {}
-  return c.settings_of(recorded) if isinstance(recorded, dict) else {}
 
 
 class MetricsWriter:

@@ -1,0 +1,192 @@
+"""The one place where a run's settings become a `RunConfig`.
+
+Order of precedence (docs/command_line.md): the defaults of config.py, then
+what the `flags.json` of the run being continued recorded, then the preset,
+then the settings given, then the values that follow from the dataset and
+the devices for whatever is still unset. Every check that can fail before
+work starts runs here, with one line for the user (checks.UsageError).
+
+`read_record` is the only part that reads files; `resolve` is a function of
+its arguments. TensorFlow starts when this module is imported: the command
+line imports it after setting up its logging.
+"""
+
+from collections.abc import Mapping
+import dataclasses
+import json
+import os
+import re
+from typing import Any
+
+import tensorflow as tf
+
+from simclr_tf.devices import precision
+from simclr_tf.settings import checks
+from simclr_tf.settings import config as c
+from simclr_tf.settings import recipes
+from simclr_tf.storage import checkpoints
+from simclr_tf.storage import records
+
+# Settings that fix a model's variables and inputs (image_size through the
+# stem it picks). Unless given, a run on a model_dir that holds checkpoints
+# takes them from its flags.json, and a new run from --checkpoint
+# (fine-tuning) from the flags.json beside it.
+ARCHITECTURE = ('resnet_depth', 'width_multiplier', 'sk_ratio', 'se_ratio',
+                'proj_head_mode', 'proj_out_dim', 'num_proj_layers',
+                'image_size')
+# What else a continued run (resume, evaluation, export) keeps.
+SAME_RUN = ARCHITECTURE + ('ft_proj_selector', 'lineareval_while_pretraining',
+                           'train_mode', 'fine_tune_after_block')
+# Modes that work on the model a model_dir (or --checkpoint) holds.
+CONTINUING_MODES = ('train', 'eval', 'train_then_eval', 'export')
+TRAINING_MODES = ('train', 'train_then_eval')
+
+
+@dataclasses.dataclass(frozen=True)
+class Record:
+  """What an earlier run's flags.json recorded, and what this run takes."""
+
+  settings: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  # The setting names this run takes from it, unless given.
+  taken: tuple[str, ...] = ()
+  # Whether it is the record of model_dir itself, whose checkpoints this
+  # run resumes (then the architecture must not change).
+  resumes: bool = False
+
+  def values(self) -> dict[str, Any]:
+    # num_classes None is recorded information: the model has no head.
+    return {name: self.settings[name] for name in self.taken
+            if name in self.settings and (self.settings[name] is not None or
+                                          name == 'num_classes')}
+
+
+def layered(given: Mapping[str, Any], *, preset: str | None = None,
+            recorded: Mapping[str, Any] | None = None) -> dict[str, Any]:
+  """Defaults < recorded < preset < given; derived settings left unset."""
+  defaults = {name: s.default for name, s in c.SETTINGS.items()
+              if not s.required and name not in c.DERIVED}
+  try:
+    chosen = recipes.with_preset(preset, dict(given))
+  except ValueError as e:
+    raise checks.UsageError(str(e)) from None
+  kept = {k: v for k, v in (recorded or {}).items() if k not in chosen}
+  return {**defaults, **kept, **chosen}
+
+
+def default_model_dir(values: Mapping[str, Any]) -> str:
+  """models/<dataset>-<train_mode>; a folder dataset by its folder's name."""
+  name = values['dataset']
+  if name.startswith('folder:'):
+    name = os.path.basename(os.path.normpath(name[len('folder:'):]))
+  return os.path.join('models', re.sub(r'[^\w.-]+', '_', name) +
+                      f'-{values["train_mode"]}')
+
+
+def read_settings(model_dir: str) -> dict:
+  """{setting: value} of the configuration recorded in `model_dir`'s
+  flags.json; {} when there is none or it cannot be read."""
+  try:
+    with open(os.path.join(model_dir, records.FLAGS_FILE)) as f:
+      recorded = json.load(f)['config']
+  except (OSError, ValueError, KeyError, TypeError):
+    return {}
+  return c.settings_of(recorded) if isinstance(recorded, dict) else {}
+
+
+def read_record(mode: str, values: Mapping[str, Any]) -> Record:
+  """The record a `mode` run with `values` (layered, without a record)
+  continues: model_dir's flags.json when it holds checkpoints (SAME_RUN),
+  else the one beside --checkpoint (its ARCHITECTURE, for a new run from
+  it). An export of --checkpoint takes SAME_RUN from beside it, and an
+  export takes num_classes (so it needs no data) and the training precision
+  (which export.json records) too."""
+  if mode not in CONTINUING_MODES:
+    return Record()
+  model_dir = values.get('model_dir') or default_model_dir(values)
+  checkpoint = values.get('checkpoint')
+  beside_checkpoint = checkpoint and (
+      checkpoint if os.path.isdir(checkpoint) else os.path.dirname(checkpoint))
+  resumes = bool(os.path.isdir(model_dir) and
+                 checkpoints.candidates(model_dir))
+  if mode == 'export' and checkpoint:
+    directory, names, resumes = beside_checkpoint, SAME_RUN, False
+  elif resumes:
+    directory, names = model_dir, SAME_RUN
+  elif checkpoint:
+    directory, names = beside_checkpoint, ARCHITECTURE
+  else:
+    return Record()
+  if mode == 'export':
+    names += ('num_classes', 'precision')
+  return Record(read_settings(directory), names, resumes)
+
+
+def derive(values: Mapping[str, Any], *, native_image_size: int | None,
+           num_classes: int | None, strategy,
+           mixed_precision: str = 'auto') -> dict[str, Any]:
+  """Fills the settings that follow from the dataset and the devices when
+  `values` leaves them unset (absent or None): config.DERIVED."""
+  values = {k: v for k, v in values.items() if v is not None}
+  image_size = values.setdefault('image_size',
+                                 recipes.default_image_size(native_image_size))
+  values.setdefault('use_blur', c.default_use_blur(image_size))
+  values.setdefault('cifar_stem', image_size <= c.SMALL_IMAGE_MAX_SIZE)
+  if num_classes is not None:
+    values.setdefault('num_classes', num_classes)
+  values.setdefault('precision',
+                    precision.choose_precision(mixed_precision, strategy))
+  values.setdefault('jit_compile', precision.default_jit_compile(
+      precision.device_type(strategy), strategy.num_replicas_in_sync))
+  return values
+
+
+def resolve(given: Mapping[str, Any], *, mode: str = 'train',
+            preset: str | None = None, record: Record = Record(),
+            source=None, strategy=None,
+            mixed_precision: str = 'auto') -> c.RunConfig:
+  """The RunConfig of a `mode` run: `given` settings (flags given
+  explicitly, or a benchmark's choices) over `preset`, over what `record`
+  hands on, over the defaults; then what `source` (a dataset source, or None
+  when the record says enough) and `strategy` (default: the current one)
+  tell. Raises checks.UsageError, one line, on settings that cannot work."""
+  if strategy is None:
+    strategy = tf.distribute.get_strategy()
+  values = layered(given, preset=preset, recorded=record.values())
+  checks.check_settings(values)
+  values = derive(values, native_image_size=source and source.native_image_size,
+                  num_classes=source and source.num_classes, strategy=strategy,
+                  mixed_precision=mixed_precision)
+  values.setdefault('model_dir', default_model_dir(values))
+  checks.check(values['image_size'] >= 8, f'--image_size={values["image_size"]}'
+               ' is too small for the CIFAR stem: use 8 or more.')
+  unknown = set(values.get('evaluators') or ()) - set(c.EVALUATORS)
+  checks.check(not unknown, f'Unknown evaluators {sorted(unknown)}; use '
+               f'some of {", ".join(c.EVALUATORS)}.')
+  config = c.build(values)
+  # The evaluators are named in the config that flags.json records.
+  config = dataclasses.replace(config, eval=dataclasses.replace(
+      config.eval, evaluators=c.evaluators_of(config)))
+  if mode != 'import':  # An import neither trains nor evaluates.
+    replicas = strategy.num_replicas_in_sync
+    checks.check_batches(config, replicas)
+    checks.check_activation_memory(config, replicas)
+  if mode in TRAINING_MODES and record.resumes:
+    check_same_architecture(config, record.settings)
+  return config
+
+
+def check_same_architecture(config: c.RunConfig, before: Mapping[str, Any]):
+  """A resumed run whose architecture differs from the one recorded would
+  fail to restore; say which flags differ instead. image_size matters
+  through the stem it picks."""
+  now = c.flatten(config)
+  differ = []
+  for flag in ARCHITECTURE:
+    name = 'cifar_stem' if flag == 'image_size' else flag
+    if name in before and before[name] != now[name]:
+      part = c.SETTINGS[name].section.split('.')[-1]
+      differ.append(f'--{flag} ({part}.{name}: {before[name]} before, '
+                    f'{now[name]} now)')
+  checks.check(not differ, f'{config.train.model_dir} holds a run with '
+               f'another architecture: {"; ".join(differ)}. Resume with the '
+               'same flags, or use another --model_dir.')
