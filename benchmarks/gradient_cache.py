@@ -4,12 +4,11 @@
       --output=benchmarks/results/gradient_cache.json
 
 Each case runs in its own process (its peak memory is its own): the training
-loop that run.py runs (`simclr_tf.train.train`, as benchmarks/throughput.py
+loop that run.py runs (`simclr_tf.training.train.train`, as benchmarks/throughput.py
 times it) on in-memory random images, with plain batches or with one batch
 computed in chunks. Images/s are steady state (after the first calls).
 """
 
-import dataclasses
 import json
 import resource
 import tempfile
@@ -49,9 +48,7 @@ def measure(name):
   with tempfile.TemporaryDirectory() as model_dir:
     config, source = throughput.run_config(
         depth, width, image_size, batch, stored_size, strategy, model_dir,
-        steps)
-    config = dataclasses.replace(config, train=dataclasses.replace(
-        config.train, contrastive_chunk_size=chunk))
+        steps, contrastive_chunk_size=chunk)
     timer = hooks.StepTimesHook()
     started = time.perf_counter()
     train_lib.train(config, strategy, source, extra_hooks=[timer])

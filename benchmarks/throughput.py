@@ -7,7 +7,7 @@ For each configuration (default: ResNet-18 at 32 px batch 128, ResNet-50 at
 the 2-layer projection head and the linear head trained alongside, as the
 original code's pretraining), in a fresh process each:
 
-* `train`: `simclr_tf.train.train`, the loop that run.py runs with its
+* `train`: `simclr_tf.training.train.train`, the loop that run.py runs with its
   hooks (input pipeline, model, NT-Xent, LARS, progress, summaries, NaN
   guard), on in-memory random images; images/s after the first calls
   (tracing, warm-up);
@@ -69,7 +69,9 @@ _NUM_IMAGES = 512
 
 
 def run_config(depth, width, image_size, batch_size, stored_size, strategy,
-               model_dir='/tmp/unused', train_steps=1):
+               model_dir='/tmp/unused', train_steps=1, **settings):
+  """(config, source): a throughput configuration over random images;
+  `settings` are any others (e.g. contrastive_chunk_size)."""
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, [_NUM_IMAGES, stored_size, stored_size, 3],
                         dtype=np.uint8)
@@ -82,7 +84,7 @@ def run_config(depth, width, image_size, batch_size, stored_size, strategy,
       'num_proj_layers': 2, 'train_batch_size': batch_size,
       'train_steps': train_steps, 'checkpoint_steps': train_steps,
       'steps_per_loop': FLAGS.steps_per_loop, 'jit_compile': FLAGS.jit_compile,
-  }, source=source, strategy=strategy, mixed_precision=FLAGS.mixed_precision)
+      **settings}, source=source, strategy=strategy, mixed_precision=FLAGS.mixed_precision)
   return config, source
 
 

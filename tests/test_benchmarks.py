@@ -1,5 +1,6 @@
-"""The FLOP count that benchmarks/throughput.py reports GFLOP/s with, and
-the supervised baseline's budget in benchmarks/fashion_mnist.py."""
+"""The FLOP count that benchmarks/throughput.py reports GFLOP/s with, the
+supervised baseline's budget in benchmarks/fashion_mnist.py, and the
+fine-tuning configurations of benchmarks/semi_supervised.py."""
 
 import json
 import os
@@ -88,3 +89,44 @@ def test_fashion_mnist_supervised_baseline_fills_its_budget_and_joins_the_result
       'supervised (45 min), linear probe': 0.92}
   assert report['result']['supervised']['train_seconds'] == 2700.0
   assert report['drawn'] == [str(tmp_path)]
+
+
+_CONFIGS_CHECK = r'''
+import json
+from absl import flags
+from benchmarks import semi_supervised as ss
+FLAGS = flags.FLAGS
+FLAGS(['semi_supervised.py', '--min_crop_area=0.2',
+       '--random_min_crop_area=0.5'])
+searched = ss.make_setting('SimCLR', 600, 0, 0.01, 0.0, crop=0.7)
+config = ss.fine_tuning_config(searched, '/tmp/unused', epochs=2,
+                               batch_size=64, encoder=None)
+random = ss.fine_tuning_config(
+    ss.make_setting('random weights', 600, 1, 0.1, 5e-4), '/tmp/unused',
+    epochs=2, batch_size=64, encoder=None)
+print(json.dumps({
+    'crop': config.augment.min_crop_area, 'name': searched.name,
+    'random_crop': random.augment.min_crop_area,
+    'flags_crop': [FLAGS.min_crop_area, FLAGS.random_min_crop_area],
+    'label_fraction': config.data.label_fraction,
+    'preset_temperature': config.train.temperature,
+    'learning_rate': random.optim.learning_rate,
+    'evaluators': list(config.eval.evaluators)}))
+'''
+
+
+def test_semi_supervised_configs_come_from_the_resolver_without_flag_changes():
+  from simclr_tf.settings import recipes  # pylint: disable=g-import-not-at-top
+  output = subprocess.run(
+      [sys.executable, '-c', _CONFIGS_CHECK],
+      capture_output=True, text=True, cwd=REPO, check=True).stdout
+  report = json.loads(output.strip().splitlines()[-1])
+  # A crop searched is the setting's own; the flags keep their values.
+  assert report['crop'] == 0.7 and report['name'].endswith('-crop0.7')
+  assert report['random_crop'] == 0.5
+  assert report['flags_crop'] == [0.2, 0.5]
+  assert report['label_fraction'] == 600 / 50000
+  assert report['preset_temperature'] == recipes.PRESETS['fashion_mnist'][
+      'temperature']
+  assert report['learning_rate'] == 0.1
+  assert report['evaluators'] == ['supervised_head', 'knn']

@@ -26,5 +26,5 @@ def test_library_records_below_error_are_dropped(tmp_path):
   assert not keep.filter(_record(logging.WARNING, inside))
   assert keep.filter(_record(logging.ERROR, inside))
   # The project's own lines, and a sibling whose name merely starts alike.
-  assert keep.filter(_record(logging.INFO, '/work/simclr_tf/train.py'))
+  assert keep.filter(_record(logging.INFO, '/work/simclr_tf/training/train.py'))
   assert keep.filter(_record(logging.INFO, library + '_datasets/core.py'))

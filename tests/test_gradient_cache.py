@@ -2,9 +2,9 @@
 
 The reference differentiates, in one pass with every activation kept, the
 same loss with batch norm over the same chunks (the contract stated in
-simclr_tf/gradient_cache.py): each chunk through the model in training mode,
-the projections assembled into the batch, contrastive and supervised losses
-on the whole batch.
+simclr_tf/training/gradient_cache.py): each chunk through the model in
+training mode, the projections assembled into the batch, contrastive and
+supervised losses on the whole batch.
 """
 
 import numpy as np
