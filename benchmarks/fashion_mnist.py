@@ -33,17 +33,17 @@ import keras
 import tensorflow as tf
 
 from benchmarks import charts
-from simclr_tf.storage import checkpoints
-from simclr_tf.settings import config as c
-from simclr_tf.inputs import catalog
-from simclr_tf.evaluation import features
+from simclr_tf import modes
 from simclr_tf.evaluation import evaluators
+from simclr_tf.evaluation import features
+from simclr_tf.inputs import catalog
 from simclr_tf.run_context import Run
+from simclr_tf.settings import config as c
+from simclr_tf.settings import resolver
+from simclr_tf.storage import checkpoints
+from simclr_tf.storage import records
 from simclr_tf.training import hooks
 from simclr_tf.training import loop
-from simclr_tf.settings import resolver
-from simclr_tf.storage import records
-from simclr_tf import modes
 from simclr_tf.training import task as task_lib
 from simclr_tf.training import train as train_lib
 

@@ -52,9 +52,9 @@ def _make_images(workdir):
 
 def _folder_case(workdir, limit) -> dict:
   # pylint: disable=g-import-not-at-top
-  from simclr_tf.settings import config as c
   from simclr_tf.inputs import folder_source
   from simclr_tf.inputs import pipeline
+  from simclr_tf.settings import config as c
   source = folder_source.FolderSource(os.path.join(workdir, 'folder'), limit)
   dataset = pipeline.train_dataset(
       source, pipeline.Split('train'), global_batch_size=8,
@@ -68,9 +68,9 @@ def _folder_case(workdir, limit) -> dict:
 def _serving_case(workdir, limit) -> dict:
   # pylint: disable=g-import-not-at-top
   import tensorflow as tf
-  from simclr_tf.settings import config as c
-  from simclr_tf.serving import export
   from simclr_tf.network.model import SimCLRModel
+  from simclr_tf.serving import export
+  from simclr_tf.settings import config as c
   model = SimCLRModel(c.ModelConfig(encoder=c.EncoderConfig(
       resnet_depth=18, width_multiplier=0.25, cifar_stem=True)))
   model(tf.zeros([1, 32, 32, 3]))

@@ -32,13 +32,13 @@ from absl import flags
 import numpy as np
 import tensorflow as tf
 
-from simclr_tf.settings import config as c
-from simclr_tf.inputs import array_source
-from simclr_tf.training import hooks
-from simclr_tf.inputs import pipeline
 from simclr_tf.devices import precision
-from simclr_tf.storage import records
+from simclr_tf.inputs import array_source
+from simclr_tf.inputs import pipeline
+from simclr_tf.settings import config as c
 from simclr_tf.settings import resolver
+from simclr_tf.storage import records
+from simclr_tf.training import hooks
 from simclr_tf.training import task as task_lib
 from simclr_tf.training import train as train_lib
 

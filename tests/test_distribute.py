@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from simclr_tf.training import task as task_lib
 from simclr_tf.settings import config as c
+from simclr_tf.training import task as task_lib
 from tests import helpers
 from tests.helpers import run
 

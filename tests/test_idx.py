@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from simclr_tf.inputs import catalog
-from simclr_tf.inputs import sources
 from simclr_tf.inputs import idx
+from simclr_tf.inputs import sources
 from simclr_tf.settings.config import DataConfig
 
 

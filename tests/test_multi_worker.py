@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from simclr_tf.storage import checkpoints
 from simclr_tf.devices import distribute
+from simclr_tf.storage import checkpoints
 from tests import helpers
 from tests.helpers import REPO
 

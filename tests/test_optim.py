@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from simclr_tf.training import optim
 from simclr_tf.settings.config import OptimConfig
+from simclr_tf.training import optim
 from tests import helpers
 
 

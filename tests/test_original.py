@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from simclr_tf.settings import config as c
 from simclr_tf.network import original
 from simclr_tf.network import original_variables
-from simclr_tf.training import task
+from simclr_tf.settings import config as c
 from simclr_tf.storage.checkpoints import CheckpointError
+from simclr_tf.training import task
 from tests.helpers import run
 
 REPO = pathlib.Path(__file__).resolve().parents[1]

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from simclr_tf.storage import checkpoints
-from simclr_tf.settings import config as c
-from simclr_tf.serving import export
-from simclr_tf.training import objective
 from simclr_tf.devices import precision
-from simclr_tf.training import task as task_lib
 from simclr_tf.network.resnet import BATCH_NORM_EPSILON, FusedBatchNormalization
+from simclr_tf.serving import export
+from simclr_tf.settings import config as c
+from simclr_tf.storage import checkpoints
+from simclr_tf.training import objective
+from simclr_tf.training import task as task_lib
 from tests import helpers
 from tests.helpers import run
 

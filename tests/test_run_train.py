@@ -13,8 +13,8 @@ import pytest
 import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 
-from simclr_tf.settings.config import EncoderConfig, ModelConfig
 from simclr_tf.network.model import SimCLRModel
+from simclr_tf.settings.config import EncoderConfig, ModelConfig
 from tests import helpers
 from tests.helpers import run
 

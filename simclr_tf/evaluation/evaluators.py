@@ -21,10 +21,10 @@ from absl import logging
 import keras
 import numpy as np
 
-from simclr_tf.inputs import sources
 from simclr_tf.evaluation import features
 from simclr_tf.evaluation import knn as knn_lib
 from simclr_tf.evaluation import probe as probe_lib
+from simclr_tf.inputs import sources
 from simclr_tf.network import model as model_lib
 from simclr_tf.run_context import Run
 from simclr_tf.settings import config as c

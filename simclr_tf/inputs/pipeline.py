@@ -12,8 +12,8 @@ import tensorflow as tf
 
 from simclr_tf.inputs import augment
 from simclr_tf.inputs import sequential
-from simclr_tf.settings.config import AugmentConfig
 from simclr_tf.inputs.sources import Source, select
+from simclr_tf.settings.config import AugmentConfig
 
 
 @dataclasses.dataclass(frozen=True)

@@ -4,9 +4,9 @@ import keras
 import tensorflow as tf
 
 from simclr_tf.devices import precision
-from simclr_tf.settings.config import ModelConfig
 from simclr_tf.network.heads import ProjectionHead, SupervisedHead
 from simclr_tf.network.resnet import ResNet
+from simclr_tf.settings.config import ModelConfig
 
 
 class SimCLRModel(keras.Model):

@@ -9,8 +9,8 @@ import numpy as np
 import tensorflow as tf
 
 from simclr_tf.evaluation import knn
-from simclr_tf.settings.config import DEFAULT_MAX_IMAGE_PIXELS
 from simclr_tf.inputs.folder_source import FolderSource
+from simclr_tf.settings.config import DEFAULT_MAX_IMAGE_PIXELS
 
 
 class EmbedError(ValueError):

@@ -12,12 +12,12 @@ import math
 import keras
 import tensorflow as tf
 
-from simclr_tf.training import gradient_cache
 from simclr_tf.network import model as model_lib
+from simclr_tf.network.model import SimCLRModel
+from simclr_tf.settings.config import RunConfig
+from simclr_tf.training import gradient_cache
 from simclr_tf.training import objective
 from simclr_tf.training import optim
-from simclr_tf.settings.config import RunConfig
-from simclr_tf.network.model import SimCLRModel
 
 PRETRAIN_METRICS = ('total_loss', 'contrast_loss', 'contrast_acc',
                     'contrast_entropy', 'supervised_loss', 'supervised_acc',
