@@ -20,7 +20,6 @@ from tests import helpers
 from tests.helpers import run
 
 
-
 def _run_config(model_dir='/tmp/unused', **settings):
   return c.build({
       'model_dir': model_dir, 'image_size': 16, 'resnet_depth': 18,

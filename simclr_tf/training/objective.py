@@ -1,4 +1,5 @@
-"""NT-Xent, the normalised temperature-scaled cross-entropy of SimCLR."""
+"""NT-Xent, the normalised temperature-scaled cross-entropy of SimCLR, its
+metrics, and the top-k hits that supervised accuracies count."""
 
 import tensorflow as tf
 
@@ -80,6 +81,7 @@ def contrastive_metrics(logits_ab, labels):
   entropy = -tf.reduce_mean(tf.reduce_sum(
       probabilities * tf.math.log(probabilities + 1e-8), axis=-1))
   return {'contrast_acc': accuracy, 'contrast_entropy': entropy}
+
 
 def top_k_correct(labels, logits, k):
   """1.0 where `labels` is among the `k` highest logits (labels < 0 never)."""

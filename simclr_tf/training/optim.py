@@ -10,7 +10,6 @@ import tensorflow as tf
 from simclr_tf.settings.config import OptimConfig
 
 
-
 def _is_vector(variable) -> bool:
   """Biases and normalisation scales / offsets: the 1-D variables."""
   return len(variable.shape) <= 1

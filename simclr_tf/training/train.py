@@ -29,7 +29,6 @@ from simclr_tf.training import loop
 from simclr_tf.training.task import TrainTask, make_plan
 
 
-
 @dataclasses.dataclass
 class TrainResult:
   model: SimCLRModel
