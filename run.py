@@ -120,6 +120,9 @@ _setting_flag('learning_rate', 'Base learning rate (scaled by '
               '--learning_rate_scaling).')
 _setting_flag('learning_rate_scaling', 'lr x batch/256 (linear) or lr x '
               'sqrt(batch).', c.LEARNING_RATE_SCALINGS)
+_setting_flag('lineareval_learning_rate_scale', 'The linear head trained '
+              'while pretraining learns at this fraction of the learning '
+              'rate (the SimCLR code: 1).')
 _setting_flag('warmup_epochs', 'Linear warmup length in epochs.')
 _setting_flag('weight_decay', 'Weight decay.')
 _setting_flag('momentum', 'Momentum.')

@@ -174,6 +174,18 @@ def test_progress_lines_show_step_metrics_and_eta():
        steps_per_loop=4)
   assert len(lines) == 3
   assert lines[0].startswith('step 4/12  total_loss 1.0000  images/s ')
+  # A pretraining task's losses are shown apart, without their sum.
+  lines.clear()
+  progress = hooks.ProgressHook(every_seconds=0, log=lambda fmt, *args:
+                                lines.append(fmt % args))
+  state = loop.LoopState(task, 3, 9, start_step=0, _metrics={
+      'total_loss': 9.5, 'contrast_loss': 7.25, 'contrast_acc': 0.5,
+      'supervised_loss': 2.25, 'supervised_acc': 0.125})
+  progress.begin(state)
+  progress.after_steps(state)
+  assert lines[0].startswith('step 3/9  contrast_loss 7.2500  contrast_acc '
+                             '0.5000  supervised_loss 2.2500  supervised_acc '
+                             '0.1250  images/s ')
   assert lines[-1].endswith('ETA 00:00:00')
   assert task.reads == 3
 

@@ -239,7 +239,7 @@ def test_the_console_shows_the_projects_lines_only(folder, pretrained,
   _, result = pretrained  # train_then_eval, as a user runs it.
   lines = (result.stdout + result.stderr).splitlines()
   assert [line for line in lines if _NOISE.search(line)] == []
-  assert any(line.startswith('step 4/4  total_loss ') and 'images/s' in line
+  assert any(line.startswith('step 4/4  contrast_loss ') and 'images/s' in line
              and 'ETA' in line for line in lines)
   assert any(line.startswith('Exported SavedModel') for line in lines)
   assert any(line.startswith('Results at step 4') for line in lines)

@@ -30,7 +30,8 @@ def check_settings(values: dict):
         f'{values["contrastive_chunk_size"]} must be >= 0 (0: off).')
   check(0 < values['label_fraction'] <= 1,
         f'--label_fraction={values["label_fraction"]} must be in (0, 1].')
-  for name in ('temperature', 'learning_rate'):
+  for name in ('temperature', 'learning_rate',
+               'lineareval_learning_rate_scale'):
     check(0 < values[name] < float('inf'),
           f'--{name}={values[name]} must be a number > 0.')
   check(0 <= values['weight_decay'] < float('inf'),

@@ -171,6 +171,11 @@ class OptimConfig:
   weight_decay: float = 1e-4
   momentum: float = 0.9
   eeta: float = 0.001
+  # The linear head trained while pretraining (lineareval_while_pretraining)
+  # learns at this fraction of the pretraining learning rate: at the full
+  # rate, as the SimCLR code trains it, its loss rises for the first few
+  # hundred steps (docs/evaluation.md).
+  lineareval_learning_rate_scale: float = 0.1
 
 
 @dataclasses.dataclass(frozen=True)

@@ -190,7 +190,10 @@ class ProgressHook(Hook):
   ETA of a resumed run, and writes terminal control codes into log files.)
   """
 
-  SHOWN = ('total_loss', 'contrast_acc', 'supervised_acc')
+  # The contrastive loss and the supervised head's apart: their sum would
+  # read as unstable pretraining whenever the side head's loss moves.
+  SHOWN = ('contrast_loss', 'contrast_acc', 'supervised_loss',
+           'supervised_acc')
 
   def __init__(self, every_seconds: float, log=logging.info):
     self.every_seconds = every_seconds
@@ -209,8 +212,9 @@ class ProgressHook(Hook):
     eta = (now - self.started) / max(done, 1) * max(
         0, state.total_steps - state.step)
     metrics = state.metrics
-    shown = ''.join(f'  {name} {metrics[name]:.4f}' for name in self.SHOWN
-                    if name in metrics)
+    names = [name for name in self.SHOWN if name in metrics] or [
+        name for name in ('total_loss',) if name in metrics]
+    shown = ''.join(f'  {name} {metrics[name]:.4f}' for name in names)
     self.log('step %d/%d%s  images/s %.1f  ETA %s', state.step,
              state.total_steps, shown, state.images_per_second,
              format_duration(eta))

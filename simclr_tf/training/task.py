@@ -86,6 +86,12 @@ class TrainTask:
     self.strategy = strategy
     self.plan = plan
     self.pretrain = config.model.train_mode == 'pretrain'
+    # The side head of pretraining sees stop_gradient(features), so the
+    # weight of its loss is its learning rate relative to the encoder's
+    # (momentum SGD and LARS, which leaves the head's steps unadapted; Adam
+    # normalises it away).
+    self.head_loss_weight = (config.optim.lineareval_learning_rate_scale
+                             if self.pretrain else 1.0)
     per_replica = (config.train.train_batch_size //
                    strategy.num_replicas_in_sync)
     chunk_size = config.train.contrastive_chunk_size
@@ -146,7 +152,7 @@ class TrainTask:
     if 'logits_sup' in outputs:
       values['supervised_loss'], values['supervised_acc'] = (
           supervised_loss_and_accuracy(labels, outputs['logits_sup']))
-      loss += values['supervised_loss']
+      loss += self.head_loss_weight * values['supervised_loss']
     values['weight_decay'] = optim.weight_decay_loss(config.optim, self.model)
     values['total_loss'] = loss + values['weight_decay']
     return values
@@ -200,7 +206,8 @@ class TrainTask:
       sums = tf.stack([tf.reduce_sum(losses), tf.reduce_sum(correct)])
       # The supervised loss is a mean over the whole batch's images.
       return (outputs['proj_head_output'],
-              self._scaled(sums[0] / batch_images), sums)
+              self._scaled(self.head_loss_weight * sums[0] / batch_images),
+              sums)
 
     def batch_objective(projections):
       loss, logits_ab, contrast_labels = objective.contrastive_loss(
@@ -222,7 +229,7 @@ class TrainTask:
     if has_head:
       values['supervised_loss'] = sums[0] / batch_images
       values['supervised_acc'] = sums[1] / batch_images
-      loss += values['supervised_loss']
+      loss += self.head_loss_weight * values['supervised_loss']
     values['total_loss'] = loss
     return gradients, values
 

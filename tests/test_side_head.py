@@ -1,0 +1,75 @@
+"""The linear head trained while pretraining (--lineareval_while_pretraining)
+learns at its own fraction of the learning rate, so its loss does not rise
+while the encoder's features move under it."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from simclr_tf.inputs import array_source
+from simclr_tf.settings import resolver
+from simclr_tf.training import task as task_lib
+
+_BATCH = 64
+
+
+def _task(scale, *, seed=0, learning_rate=0.21):
+  """A pretraining task of the fashion_mnist preset on a fixed toy batch. Its
+  learning rate, 0.21 x sqrt(64), is the preset's 0.075 x sqrt(512) = 1.7
+  at the quickstart's batch of 512."""
+  rng = np.random.default_rng(seed)
+  images = rng.integers(0, 256, (_BATCH, 16, 16, 3), np.uint8)
+  labels = rng.integers(0, 10, _BATCH)
+  source = array_source.ArraySource(
+      'toy', {'train': images, 'test': images[:4]},
+      {'train': labels, 'test': labels[:4]}, num_classes=10)
+  config = resolver.resolve(
+      {'model_dir': 'unused', 'train_batch_size': _BATCH, 'warmup_epochs': 0,
+       'train_steps': 100, 'resnet_depth': 18, 'width_multiplier': 0.25,
+       'learning_rate': learning_rate,
+       'lineareval_learning_rate_scale': scale},
+      preset='fashion_mnist', source=source, mixed_precision='float32')
+  tf.keras.utils.set_random_seed(seed)
+  task = task_lib.TrainTask(config, tf.distribute.get_strategy(),
+                            task_lib.make_plan(config, _BATCH))
+  views = tf.cast(images, tf.float32) / 255.0
+  batch = {'view1': views, 'view2': tf.image.flip_left_right(views),
+           'label': tf.constant(labels)}
+  return task, iter(tf.data.Dataset.from_tensors(batch).repeat())
+
+
+def _head_losses(task, iterator, steps):
+  losses = []
+  for _ in range(steps):
+    task.run_steps(iterator, 1)
+    losses.append(task.read_metrics()['supervised_loss'])
+    task.reset_metrics()
+  return losses
+
+
+@pytest.mark.parametrize('scale,rises', [(1.0, True), (0.1, False)])
+def test_the_side_heads_loss_does_not_rise_on_a_fixed_batch(scale, rises):
+  # At the full learning rate (as the SimCLR code trains it) the loss on
+  # the very batch it trains on climbs from the first steps.
+  losses = _head_losses(*_task(scale), steps=10)
+  assert (max(losses[1:]) > 1.05 * losses[0]) == rises, losses
+
+
+def test_the_scale_is_the_heads_learning_rate():
+  # One momentum step from the same start: the head moves by `scale` times
+  # the full-rate step (the head sees stop_gradient(features), so the weight
+  # of its loss acts on it alone); the encoder moves the same either way.
+  moved = {}
+  for scale in (1.0, 0.25):
+    task, iterator = _task(scale)
+    before = [v.numpy() for v in task.model.trainable_variables]
+    task.run_steps(iterator, 1)
+    moved[scale] = [v.numpy() - b for v, b in
+                    zip(task.model.trainable_variables, before)]
+  head = {id(v) for v in task.model.supervised_variables}
+  for variable, full, scaled in zip(task.model.trainable_variables,
+                                    moved[1.0], moved[0.25]):
+    if id(variable) in head:
+      np.testing.assert_allclose(scaled, 0.25 * full, rtol=1e-4, atol=1e-7)
+    else:
+      np.testing.assert_allclose(scaled, full, rtol=1e-4, atol=1e-7)
