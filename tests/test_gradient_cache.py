@@ -42,7 +42,8 @@ def _task(strategy, chunk=CHUNK, **settings):
       'model_dir': 'unused', 'image_size': SIZE, 'resnet_depth': 18,
       'width_multiplier': 0.125, 'cifar_stem': True, 'num_classes': 3,
       'train_batch_size': PER_REPLICA * replicas, 'weight_decay': 1e-3,
-      'contrastive_chunk_size': chunk, 'temperature': 0.2, **settings})
+      'contrastive_chunk_size': chunk, 'temperature': 0.2,
+      'lineareval_learning_rate_scale': 0.3, **settings})
   plan = task_lib.Plan(num_examples=64, steps_per_epoch=8, total_steps=8,
                        warmup_steps=0, checkpoint_steps=8)
   task = task_lib.TrainTask(config, strategy, plan)
@@ -80,7 +81,9 @@ def _direct_gradients(task, batch):
         tf.nn.sparse_softmax_cross_entropy_with_logits(
             gradient_cache.unchunk(labels), logits))
     decay = optim.weight_decay_loss(task.config.optim, model)
-    total = contrast + supervised + decay
+    # The side head's loss weighs in at its learning-rate scale.
+    total = (contrast + task.config.optim.lineareval_learning_rate_scale *
+             supervised + decay)
     replica_share = total / replicas
   variables = model.trainable_variables
   gradients = tape.gradient(replica_share, variables)
