@@ -22,6 +22,7 @@ class Run:
     self.strategy = strategy
     self.source = source
     self.chief = distribute.is_chief(strategy)
+    self.multi_worker = distribute.is_multi_worker(strategy)
 
   @property
   def model_dir(self):

@@ -1,7 +1,11 @@
 """The evaluators: seeded training subsets, kNN and probe on them, the
 evaluators a configuration names, and the report built from their metrics."""
 
+import json
+import os
+
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from simclr_tf.evaluation import evaluators
@@ -10,6 +14,7 @@ from simclr_tf.evaluation import probe as probe_lib
 from simclr_tf.evaluation import report
 from simclr_tf.evaluation.evaluators import Metric
 from simclr_tf.inputs import array_source
+from simclr_tf.inputs import folder_source
 from simclr_tf.inputs import subsets
 from simclr_tf.run_context import Run
 from simclr_tf.settings import config as c
@@ -117,9 +122,10 @@ class _PixelFeatures:
     return {'final_avg_pool': tf.reshape(images, [-1, 192])[:, :12] - 0.5}
 
 
-def test_the_named_evaluators_yield_result_json_and_the_table():
+def test_the_named_evaluators_yield_result_json_and_the_table(tmp_path):
   images, labels, source = _toy(4, 90)
   settings = {'seed': 6, 'model_dir': 'unused', 'eval_batch_size': 16,
+              'data_dir': str(tmp_path),
               'knn_k': 5, 'knn_train_examples': 30, 'probe_train_examples': 60,
               'resnet_depth': 18, 'width_multiplier': 0.125,
               'lineareval_while_pretraining': False}
@@ -163,6 +169,92 @@ def test_the_named_evaluators_yield_result_json_and_the_table():
       Run(only_knn, helpers.cpu_strategy(1), source), _PixelFeatures(), 7))
   assert set(result) == {'global_step', 'eval_split', 'knn_top_1_accuracy',
                          'knn_top_5_accuracy', 'knn_train_labels'}
+
+
+def _baseline_run(source, data_dir, **changes):
+  settings = {'seed': 6, 'model_dir': 'unused', 'eval_batch_size': 16,
+              'data_dir': str(data_dir), 'knn_k': 5, 'resnet_depth': 18,
+              'width_multiplier': 0.125, 'lineareval_while_pretraining': False,
+              'evaluators': ('knn', 'random_init', 'raw_pixels'), **changes}
+  config = resolver.resolve(settings, source=source, mixed_precision='float32')
+  return Run(config, helpers.cpu_strategy(1), source)
+
+
+def _baselines(run):
+  return {m.key: m.value for m in evaluators.evaluate(run, _PixelFeatures(), 1)
+          if m.baseline}
+
+
+def test_baselines_are_computed_once_per_key_and_reused_exactly(
+    tmp_path, monkeypatch):
+  _, _, source = _toy(4, 60)
+  first = _baselines(_baseline_run(source, tmp_path))
+  stored = sorted(os.listdir(tmp_path / 'baselines'))
+  assert [name.split('-')[0] for name in stored] == ['random_init',
+                                                     'raw_pixels']
+
+  # The same key: read back, equal to the last bit, nothing recomputed.
+  def fail(*args, **kwargs):
+    raise AssertionError('recomputed a stored baseline')
+  compute_random_init = evaluators.standard_init_model
+  with monkeypatch.context() as patch:
+    patch.setattr(evaluators, 'pixel_metrics', fail)
+    patch.setattr(evaluators, 'standard_init_model', fail)
+    assert _baselines(_baseline_run(source, tmp_path)) == first
+    # Another architecture: random weights computed again, pixels reused.
+    patch.setattr(evaluators, 'standard_init_model', compute_random_init)
+    wider = _baselines(_baseline_run(source, tmp_path, width_multiplier=0.25))
+    assert {k: v for k, v in wider.items() if k.startswith('raw_pixels')} == {
+        k: v for k, v in first.items() if k.startswith('raw_pixels')}
+  # Another seed or other images: both computed again, and stored apart.
+  reseeded = _baselines(_baseline_run(source, tmp_path, seed=7))
+  assert reseeded != first
+  _, _, other_images = _toy(5, 60)
+  _baselines(_baseline_run(other_images, tmp_path))
+  assert len(os.listdir(tmp_path / 'baselines')) == 2 + 1 + 2 + 2
+
+
+def test_an_unreadable_baseline_file_is_computed_again(tmp_path):
+  _, _, source = _toy(4, 60)
+  run = _baseline_run(source, tmp_path, evaluators=('knn', 'raw_pixels'))
+  first = _baselines(run)
+  [name] = os.listdir(tmp_path / 'baselines')
+  path = tmp_path / 'baselines' / name
+  path.write_text('{"key": ')  # Cut short.
+  assert _baselines(run) == first
+  assert json.loads(path.read_text())['metrics'] == {
+      key.removeprefix('raw_pixels_'): value for key, value in first.items()}
+  # A file whose key is not the run's is not trusted.
+  stored = json.loads(path.read_text())
+  stored['key']['seed'] = 99
+  stored['metrics']['knn_top_1_accuracy'] = -1.0
+  path.write_text(json.dumps(stored))
+  assert _baselines(run) == first
+
+
+def test_source_fingerprints_change_with_the_data(tmp_path):
+  images, labels, source = _toy(4, 10)
+  again = array_source.ArraySource('toy', images, labels, num_classes=3)
+  assert source.fingerprint() == again.fingerprint()
+  images['test'][0, 0, 0, 0] ^= 1
+  changed = array_source.ArraySource('toy', images, labels, num_classes=3)
+  assert changed.fingerprint() != source.fingerprint()
+  labels['test'] = labels['test'].copy()
+  labels['test'][0] = (labels['test'][0] + 1) % 3
+  relabeled = array_source.ArraySource('toy', images, labels, num_classes=3)
+  assert relabeled.fingerprint() != changed.fingerprint()
+
+  rng = np.random.default_rng(0)
+  for name in ('cat/a.png', 'cat/b.png', 'dog/c.png'):
+    helpers.write(str(tmp_path / 'f' / name),
+                  helpers.encode(helpers.random_rgb(rng), 'PNG'))
+  folder = lambda: folder_source.FolderSource(str(tmp_path / 'f'))
+  before = folder().fingerprint()
+  assert folder().fingerprint() == before
+  helpers.write(str(tmp_path / 'f' / 'dog/c.png'),
+                helpers.encode(helpers.random_rgb(rng), 'PNG'))
+  os.utime(tmp_path / 'f' / 'dog/c.png', ns=(1, 1))
+  assert folder().fingerprint() != before
 
 
 def test_the_table_has_a_column_per_baseline_that_yielded_metrics():

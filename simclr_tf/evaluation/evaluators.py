@@ -8,6 +8,10 @@ evaluators yield theirs:
   initialisation, probed the same way;
 * `raw_pixels`: the same probe and kNN on the pixels.
 
+The baselines do not depend on the model evaluated: baseline_cache.py
+keeps their metrics under --data_dir for the next run with the same data,
+architecture and settings.
+
 `evaluate` runs them; result.json and the result table (report.py) are
 built from the metrics they yield.
 """
@@ -21,6 +25,7 @@ from absl import logging
 import keras
 import numpy as np
 
+from simclr_tf.evaluation import baseline_cache
 from simclr_tf.evaluation import features
 from simclr_tf.evaluation import knn as knn_lib
 from simclr_tf.evaluation import probe as probe_lib
@@ -165,17 +170,25 @@ def frozen_features(run: Run, model, names) -> Iterator[Metric]:
 def random_init(run: Run, model, names) -> Iterator[Metric]:
   """The baseline of random weights: the same kNN and probe."""
   del model
-  with run.strategy.scope():
-    random_model = standard_init_model(run.config)
+  knn = 'knn' in names
+
+  def compute():
+    with run.strategy.scope():
+      random_model = standard_init_model(run.config)
+    return feature_metrics(run, random_model, knn=knn, probe=True)
+
   yield from as_metrics(
-      feature_metrics(run, random_model, knn='knn' in names, probe=True),
-      'random_init')
+      baseline_cache.cached('random_init', run, knn, compute), 'random_init')
 
 
 def raw_pixels(run: Run, model, names) -> Iterator[Metric]:
   """The baseline of pixels: the same probe and kNN."""
   del model
-  yield from as_metrics(pixel_metrics(run, knn='knn' in names), 'raw_pixels')
+  knn = 'knn' in names
+  yield from as_metrics(
+      baseline_cache.cached('raw_pixels', run, knn,
+                            lambda: pixel_metrics(run, knn=knn)),
+      'raw_pixels')
 
 
 EVALUATORS = {'supervised_head': supervised_head, 'knn': frozen_features,

@@ -1,5 +1,7 @@
 """Images held in memory as numpy arrays: Fashion-MNIST's IDX files, tests."""
 
+import hashlib
+
 from absl import logging
 import numpy as np
 import tensorflow as tf
@@ -28,11 +30,22 @@ class ArraySource(Source):
     if all_images.ndim == 3:
       all_images = all_images[..., np.newaxis]
     self._images = tf.constant(all_images, tf.uint8)
+    self._fingerprint = None
     self._labels_by_split = labels
     height, width = all_images.shape[1:3]
     self.native_image_size = height if height == width else None
 
   random_access = True
+
+  def fingerprint(self):
+    if self._fingerprint is None:
+      digest = hashlib.sha256(repr(self.split_sizes).encode())
+      digest.update(self._images.numpy().tobytes())
+      for split in self.split_sizes:
+        digest.update(np.asarray(self._labels_by_split[split],
+                                 np.int64).tobytes())
+      self._fingerprint = f'{self.name}:sha256:{digest.hexdigest()[:32]}'
+    return self._fingerprint
 
   def _record_arrays(self, split, start, stop):
     offset = self._offsets[split]

@@ -1,6 +1,7 @@
 """Image folders: one sub-folder per class, or flat for unlabeled images;
 `train/` and `val/` (or `test/`) sub-folders are the splits."""
 
+import hashlib
 import os
 
 from absl import logging
@@ -110,6 +111,11 @@ class FolderSource(Source):
     self.name = f'folder:{path}'
     self.path = path
     files = image_files.scan(path, scan_cache_dir)
+    # Paths, sizes and modification times: what the scan cache trusts too.
+    digest = hashlib.sha256(f'{path}\n{max_image_pixels}\n'.encode())
+    for file in files:
+      digest.update(f'{file.path}\t{file.size}\t{file.mtime_ns}\n'.encode())
+    self._fingerprint = f'{self.name}:sha256:{digest.hexdigest()[:32]}'
     split_dirs = {s: os.path.join(path, s) for s in ('train', 'val', 'test')
                   if os.path.isdir(os.path.join(path, s))}
     self._files = {}
@@ -135,6 +141,9 @@ class FolderSource(Source):
     self.num_classes = len(classes) if classes else None
     self.split_sizes = {k: len(v[0]) for k, v in self._files.items()}
     self.native_image_size = None
+
+  def fingerprint(self):
+    return self._fingerprint
 
   def paths(self, split: str) -> list[str]:
     return [p for part in self.slices(split)

@@ -71,6 +71,12 @@ class Source:
           f'{", ".join(f"{k} ({v})" for k, v in self.split_sizes.items())}.'
       ) from None
 
+  def fingerprint(self) -> str | None:
+    """A digest of what the source holds (its images, labels and splits),
+    equal across runs while they are unchanged; None where it cannot say,
+    and then nothing computed from it is reused across runs."""
+    return None
+
   def num_examples(self, split: str) -> int:
     return sum(part.to - part.from_ for part in self.slices(split))
 

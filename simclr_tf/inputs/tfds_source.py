@@ -37,6 +37,10 @@ class TFDSSource(Source):
 
   _ENCODED = {'image': tfds.decode.SkipDecoding()}
 
+  def fingerprint(self):
+    # A prepared TFDS version does not change (its folder is versioned).
+    return f'tfds:{self._builder.data_dir}'
+
   def records(self, split):
     if self.random_access:  # ArrayRecord files have no tf.data reader.
       return tf.data.Dataset.range(self.num_examples(split)).map(

@@ -1,0 +1,131 @@
+"""Baseline metrics computed once and then reused.
+
+The raw-pixel baseline is the same for every run on a dataset, and the
+random-weights baseline the same for every run of an architecture and seed,
+so their metrics are kept under `--data_dir`/baselines/: one JSON file per
+key, named by the key's digest and holding the key itself. A run whose key
+differs in anything the metrics depend on (the data, splits, seed,
+preprocessing, evaluation settings, for random weights the architecture,
+precision and replica count, library versions) computes and stores its own.
+Delete the folder to recompute everything.
+"""
+
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+import time
+
+from absl import logging
+import numpy as np
+import sklearn
+import tensorflow as tf
+
+from simclr_tf.evaluation import probe
+from simclr_tf.run_context import Run
+
+DIRECTORY = 'baselines'
+# Raised whenever what a baseline computes changes (evaluators, probe, kNN),
+# so that no file from before the change is reused.
+VERSION = 1
+KINDS = ('raw_pixels', 'random_init')
+
+
+def key_of(kind: str, run: Run, knn: bool) -> dict | None:
+  """What the `kind` baseline's metrics depend on, or None when they cannot
+  be reused (a source without a fingerprint, several workers)."""
+  assert kind in KINDS, kind
+  fingerprint = run.source.fingerprint()
+  if fingerprint is None or run.multi_worker:
+    return None
+  config = run.config
+  evaluation = config.eval
+  key = {
+      'baseline': kind, 'version': VERSION, 'data': fingerprint,
+      'train_split': config.data.train_split, 'eval_split': run.eval_split,
+      # The fine-tuning subset a probe may fit on; None: the whole split.
+      'labeled_examples': _digest(run.labeled_indices),
+      'seed': config.data.seed, 'image_size': config.augment.image_size,
+      'eval_crop_proportion': config.augment.eval_crop_proportion,
+      'knn': knn, 'knn_k': evaluation.knn_k,
+      'knn_temperature': evaluation.knn_temperature,
+      'knn_train_examples': evaluation.knn_train_examples,
+      'probe_train_examples': evaluation.probe_train_examples,
+      'probe_c_grid': list(probe.PROBE_C_GRID),
+      'probe_max_iter': probe.PROBE_MAX_ITER,
+      'eval_batch_size': evaluation.eval_batch_size,
+      'eval_steps': evaluation.eval_steps,
+      'libraries': {'numpy': np.__version__,
+                    'scikit-learn': sklearn.__version__,
+                    'tensorflow': tf.__version__},
+  }
+  if kind == 'random_init':
+    key['model'] = dataclasses.asdict(config.model)
+    key['replicas'] = run.strategy.num_replicas_in_sync
+  return json.loads(json.dumps(key, sort_keys=True))  # Tuples as lists.
+
+
+def _digest(indices) -> str | None:
+  if indices is None:
+    return None
+  return hashlib.sha256(np.asarray(indices, np.int64).tobytes()).hexdigest()
+
+
+def path_of(data_dir: str, key: dict) -> str:
+  digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode())
+  return os.path.join(data_dir, DIRECTORY,
+                      f'{key["baseline"]}-{digest.hexdigest()[:16]}.json')
+
+
+def load(path: str, key: dict) -> dict | None:
+  """The metrics stored for `key` at `path`, or None (absent, unreadable or
+  another key's)."""
+  try:
+    with open(path) as f:
+      stored = json.load(f)
+  except FileNotFoundError:
+    return None
+  except (OSError, ValueError) as e:
+    logging.warning('Ignoring the baseline file %s (%s); computing it again.',
+                    path, e)
+    return None
+  if not isinstance(stored, dict) or stored.get('key') != key or not (
+      isinstance(stored.get('metrics'), dict)):
+    return None
+  return stored['metrics']
+
+
+def store(path: str, key: dict, metrics: dict, seconds: float):
+  """Writes the file whole or not at all (a temporary file renamed into
+  place); a folder that cannot be written costs only the reuse."""
+  content = {'key': key, 'metrics': metrics,
+             'computed_at': time.strftime('%Y-%m-%dT%H:%M:%S%z'),
+             'seconds': round(seconds, 1)}
+  try:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with tempfile.NamedTemporaryFile(
+        'w', dir=os.path.dirname(path), suffix='.tmp', delete=False) as f:
+      json.dump(content, f, indent=1, sort_keys=True)
+    os.replace(f.name, path)
+  except OSError as e:
+    logging.warning('Could not keep the baseline in %s (%s); the next run '
+                    'computes it again.', path, e)
+
+
+def cached(kind: str, run: Run, knn: bool, compute) -> dict:
+  """`compute()`'s metrics for the `kind` baseline, read from the cache
+  when an earlier run stored them under the same key."""
+  key = key_of(kind, run, knn)
+  if key is None:
+    return compute()
+  path = path_of(run.config.data.data_dir, key)
+  metrics = load(path, key)
+  if metrics is not None:
+    logging.info('Baseline %s: reused from %s.', kind, path)
+    return metrics
+  started = time.time()
+  metrics = compute()
+  if run.chief:
+    store(path, key, metrics, time.time() - started)
+  return metrics
