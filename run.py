@@ -92,6 +92,15 @@ _setting_flag('min_crop_area', 'Smallest area of a random crop, as a '
               'fraction of the image (the paper: 0.08).')
 _setting_flag('use_blur', 'Gaussian blur in pretraining; default: on above '
               '32 px.')
+_setting_flag('num_small_crops', 'Multi-crop (SwAV): small views per image '
+              'besides the two, each a positive of both in the contrastive '
+              'loss; 0: the two views only.')
+_setting_flag('small_crop_size', 'Side of the small views in pixels; 0: half '
+              'of --image_size.')
+_setting_flag('small_crop_min_area', 'Smallest area of a small view\'s crop, '
+              'as a fraction of the image.')
+_setting_flag('small_crop_max_area', 'Largest area of a small view\'s crop, '
+              'as a fraction of the image.')
 
 # --- Model ----------------------------------------------------------------------
 _setting_flag('resnet_depth', 'ResNet depth: 18, 34, 50, 101, 152 or 200.')

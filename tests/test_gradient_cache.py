@@ -26,7 +26,7 @@ SIZE = 8
 def test_chunks_are_plain_batches_and_unchunk_inverts_them():
   view1 = np.arange(6)[:, None] * np.ones([1, 3])
   view2 = -view1
-  chunks = gradient_cache.chunk(view1, view2, 2).numpy()
+  chunks = gradient_cache.chunk([view1, view2], 2).numpy()
   assert chunks.shape == (3, 4, 3)
   for k in range(3):  # Examples 2k, 2k+1 of view 1, then of view 2.
     np.testing.assert_array_equal(
@@ -34,6 +34,13 @@ def test_chunks_are_plain_batches_and_unchunk_inverts_them():
                                    view2[2 * k:2 * k + 2]]))
   np.testing.assert_array_equal(gradient_cache.unchunk(chunks),
                                 np.concatenate([view1, view2]))
+  # Any number of views: view-major again after the round trip.
+  views = [view1, view2, 10 + view1, 20 + view1]
+  chunks = gradient_cache.chunk(views, 3).numpy()
+  assert chunks.shape == (2, 12, 3)
+  np.testing.assert_array_equal(chunks[1, 3:6], view2[3:6])
+  np.testing.assert_array_equal(gradient_cache.unchunk(chunks, 4),
+                                np.concatenate(views))
 
 
 def _task(strategy, chunk=CHUNK, **settings):
@@ -54,29 +61,47 @@ def _task(strategy, chunk=CHUNK, **settings):
   return task
 
 
-def _batch(seed):
+def _batch(seed, small_views=0):
   rng = np.random.default_rng(seed)
-  return {'view1': rng.random((PER_REPLICA, SIZE, SIZE, 3), np.float32),
-          'view2': rng.random((PER_REPLICA, SIZE, SIZE, 3), np.float32),
-          'label': rng.integers(0, 3, PER_REPLICA)}
+  batch = {'view1': rng.random((PER_REPLICA, SIZE, SIZE, 3), np.float32),
+           'view2': rng.random((PER_REPLICA, SIZE, SIZE, 3), np.float32),
+           'label': rng.integers(0, 3, PER_REPLICA)}
+  if small_views:  # Multi-crop: views of half the side.
+    batch['small_views'] = rng.random(
+        (PER_REPLICA, small_views, SIZE // 2, SIZE // 2, 3), np.float32)
+  return batch
 
 
 def _direct_gradients(task, batch):
   """The reference: one tape over every chunk's forward pass."""
   model = task.model
   replicas = task.strategy.num_replicas_in_sync
-  images = gradient_cache.chunk(batch['view1'], batch['view2'],
+  images = gradient_cache.chunk([batch['view1'], batch['view2']],
                                 task.chunk_size)
-  labels = gradient_cache.chunk(batch['label'], batch['label'],
+  labels = gradient_cache.chunk([batch['label'], batch['label']],
                                 task.chunk_size)
+  small = (tf.unstack(batch['small_views'], axis=1)
+           if 'small_views' in batch else [])
+  # Each chunk's small views go through the model apart (their own batch
+  # norm), right after the chunk's two views.
+  small_images = gradient_cache.chunk(small, task.chunk_size) if small else None
   with tf.GradientTape() as tape:
-    outputs = [model(images[k], training=True)
-               for k in range(images.shape[0])]
+    outputs, small_outputs = [], []
+    for k in range(images.shape[0]):
+      outputs.append(model(images[k], training=True))
+      if small:
+        small_outputs.append(model(small_images[k], training=True))
     projections = gradient_cache.unchunk(
         tf.stack([o['proj_head_output'] for o in outputs]))
     logits = gradient_cache.unchunk(tf.stack([o['logits_sup']
                                               for o in outputs]))
-    contrast, _, _ = objective.contrastive_loss(projections, 0.2)
+    if small:  # Crop-major over the batch, as the multi-crop loss takes them.
+      small_projections = gradient_cache.unchunk(
+          tf.stack([o['proj_head_output'] for o in small_outputs]), len(small))
+      contrast, _, _ = objective.multi_crop_loss(projections,
+                                                 small_projections, 0.2)
+    else:
+      contrast, _, _ = objective.contrastive_loss(projections, 0.2)
     supervised = tf.reduce_mean(
         tf.nn.sparse_softmax_cross_entropy_with_logits(
             gradient_cache.unchunk(labels), logits))
@@ -97,17 +122,19 @@ def _direct_gradients(task, batch):
 # synchronised across MirroredStrategy replicas); on two replicas the
 # negatives come from both. (Two replicas with synchronised batch norm pass
 # too, but tracing them takes minutes here.)
-@pytest.mark.parametrize('replicas, unroll', [(1, False), (1, True),
-                                              (2, False)])
-def test_cached_gradients_equal_the_direct_one_pass_gradients(replicas,
-                                                              unroll):
+# With small views (multi-crop), their chunks go through the model apart.
+@pytest.mark.parametrize('replicas, unroll, small_views',
+                         [(1, False, 0), (1, True, 0), (2, False, 0),
+                          (2, False, 2)])
+def test_cached_gradients_equal_the_direct_one_pass_gradients(
+    replicas, unroll, small_views):
   strategy = (helpers.cpu_strategy(2) if replicas == 2
               else tf.distribute.get_strategy())
   task = _task(strategy, global_bn=False) if replicas > 1 else (
       _task(strategy))
   task.unroll_chunks = unroll
   model = task.model
-  batches = [_batch(seed) for seed in range(replicas)]
+  batches = [_batch(seed, small_views) for seed in range(replicas)]
   start = [v.numpy() for v in model.variables]
   start_statistics = [v.numpy() for v in model.batch_norm_statistics]
 
@@ -170,6 +197,27 @@ def test_chunking_applies_only_to_pretraining_with_smaller_chunks():
   assert _task(strategy, contrastive_chunk_size=0).chunk_size == 0
   assert _task(strategy, contrastive_chunk_size=PER_REPLICA).chunk_size == 0
   assert _task(strategy, train_mode='finetune').chunk_size == 0
+
+
+def test_a_plain_multi_crop_step_takes_the_small_views_loss():
+  # Without chunks: the two views in one pass, the small views in another,
+  # the multi-crop loss of their projections; the side head on the two.
+  task = _task(tf.distribute.get_strategy(), contrastive_chunk_size=0)
+  batch = _batch(5, small_views=2)
+  model = task.model
+  large = model(tf.concat([batch['view1'], batch['view2']], 0),
+                training=True)
+  small = model(tf.concat(tf.unstack(batch['small_views'], axis=1), 0),
+                training=True)
+  expected, _, _ = objective.multi_crop_loss(
+      large['proj_head_output'], small['proj_head_output'], 0.2)
+  values = task.losses(batch)
+  np.testing.assert_allclose(values['contrast_loss'], expected, rtol=1e-6)
+  two_views = task.losses({k: v for k, v in batch.items()
+                           if k != 'small_views'})
+  assert float(two_views['contrast_loss']) != float(values['contrast_loss'])
+  np.testing.assert_allclose(two_views['supervised_loss'],
+                             values['supervised_loss'], rtol=1e-6)
 
 
 def test_a_cached_step_under_xla_and_float16_loss_scaling():

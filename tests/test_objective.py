@@ -123,3 +123,87 @@ def test_replicas_use_the_global_batch_as_negatives(replicas, rng):
     expected_grad = np.concatenate([single_grad[:replicas * local][part],
                                     single_grad[replicas * local:][part]])
     np.testing.assert_allclose(grads[r].numpy(), expected_grad, atol=1e-6)
+
+
+def multi_crop_numpy(hidden, small, temperature, hidden_norm=True):
+  """Multi-crop NT-Xent from its definition, one term at a time: the
+  two-view loss (`nt_xent_numpy`), and for small view k of example i and
+  each large view v of example i, -log exp(sim(s, v)/t) / sum over every
+  large view u of the batch of exp(sim(s, u)/t); total: (two-view loss +
+  the small terms summed and divided by N) / (1 + S)."""
+  z = np.array(hidden, np.float64)
+  s = np.array(small, np.float64)
+  if hidden_norm:
+    z = z / np.linalg.norm(z, axis=1, keepdims=True)
+    s = s / np.linalg.norm(s, axis=1, keepdims=True)
+  n = len(z) // 2
+  num_small = len(s) // n
+  small_terms = 0.0
+  for k in range(num_small):
+    for i in range(n):
+      anchor = s[k * n + i]
+      denominator = sum(np.exp(anchor @ z[u] / temperature)
+                        for u in range(2 * n))
+      for positive in (i, i + n):
+        small_terms -= np.log(np.exp(anchor @ z[positive] / temperature) /
+                              denominator)
+  two_view = nt_xent_numpy(hidden, temperature, hidden_norm)
+  return (two_view + small_terms / n) / (1 + num_small)
+
+
+@pytest.mark.parametrize('num_small', [1, 3])
+@pytest.mark.parametrize('hidden_norm', [True, False])
+def test_multi_crop_loss_matches_its_definition(num_small, hidden_norm, rng):
+  hidden = rng.normal(size=(8, 5)) * (1.0 if hidden_norm else 0.3)
+  small = rng.normal(size=(4 * num_small, 5)) * (1.0 if hidden_norm else 0.3)
+  loss, logits_ab, labels = objective.multi_crop_loss(
+      tf.constant(hidden), tf.constant(small), 0.2, hidden_norm)
+  assert abs(float(loss) - multi_crop_numpy(hidden, small, 0.2,
+                                            hidden_norm)) < 1e-9
+  # The two views' logits and labels, as without small views.
+  _, two_view_logits, two_view_labels = objective.contrastive_loss(
+      tf.constant(hidden), 0.2, hidden_norm)
+  np.testing.assert_array_equal(logits_ab, two_view_logits)
+  np.testing.assert_array_equal(labels, two_view_labels)
+
+
+def test_a_small_view_equal_to_its_large_views_lowers_the_loss(rng):
+  # Hand-made: a small view equal to view 1 (= view 2) of its own image is
+  # closer to its positives than a random one, so its terms are smaller.
+  view = np.eye(4)
+  hidden = tf.constant(np.concatenate([view, view]))
+  aligned = objective.multi_crop_loss(hidden, tf.constant(view), 0.1)[0]
+  shuffled = objective.multi_crop_loss(hidden, tf.constant(view[[1, 2, 3, 0]]),
+                                       0.1)[0]
+  two_view = objective.contrastive_loss(hidden, 0.1)[0]
+  # Each aligned term: -log(e^10 / (2 e^10 + 6 e^0)); two per example.
+  term = -np.log(np.exp(10) / (2 * np.exp(10) + 6))
+  assert abs(float(aligned) - (float(two_view) + 2 * term) / 2) < 1e-6
+  assert float(shuffled) > float(aligned)
+
+
+@pytest.mark.parametrize('replicas', [2])
+def test_multi_crop_negatives_come_from_every_replica(replicas, rng):
+  local, num_small = 3, 2
+  view1 = rng.normal(size=(replicas * local, 6)).astype(np.float32)
+  view2 = rng.normal(size=(replicas * local, 6)).astype(np.float32)
+  # small[k][j]: small view k of global example j.
+  small = rng.normal(size=(num_small, replicas * local, 6)).astype(np.float32)
+  expected = multi_crop_numpy(np.concatenate([view1, view2]),
+                              small.reshape(-1, 6), 0.2)
+  strategy = helpers.cpu_strategy(replicas)
+
+  def local_batch(ctx):
+    part = slice(ctx.replica_id_in_sync_group * local,
+                 (ctx.replica_id_in_sync_group + 1) * local)
+    return (tf.constant(np.concatenate([view1[part], view2[part]])),
+            tf.constant(small[:, part].reshape(-1, 6)))
+
+  values = strategy.experimental_distribute_values_from_function(local_batch)
+  losses = strategy.experimental_local_results(tf.function(
+      lambda v: strategy.run(
+          lambda h, s: objective.multi_crop_loss(h, s, 0.2)[0], args=v))(
+              values))
+  # Each replica's loss is over its own anchors: their mean is the loss of
+  # the whole batch, negatives from every replica.
+  assert abs(np.mean([float(l) for l in losses]) - expected) < 1e-5

@@ -1,5 +1,7 @@
 """Input pipelines: training batches, sharding and exactly-once evaluation."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -39,6 +41,46 @@ def test_pretrain_batches_hold_two_different_views_in_range():
   for view in ('view1', 'view2'):
     assert batch[view].min() >= 0 and batch[view].max() <= 1
   assert np.abs(batch['view1'] - batch['view2']).max() > 0.05
+
+
+def test_small_views_leave_the_two_views_as_they_were():
+  source = _source()
+  batches = lambda augment: _first_batches(pipeline.train_dataset(
+      source, pipeline.Split('train'), global_batch_size=8,
+      augment_config=augment, views=2, seed=1), 2)
+  two_views = batches(_AUGMENT)
+  multi_crop = batches(dataclasses.replace(_AUGMENT, num_small_crops=3))
+  for plain, multi in zip(two_views, multi_crop):
+    assert 'small_views' not in plain
+    for key in ('view1', 'view2', 'label'):
+      np.testing.assert_array_equal(plain[key], multi[key])
+    small = multi['small_views']  # Half the side by default.
+    assert small.shape == (8, 3, 8, 8, 3) and small.dtype == np.float32
+    assert small.min() >= 0 and small.max() <= 1
+    assert np.abs(small[:, 0] - small[:, 1]).max() > 0.05
+
+
+def test_small_views_are_crops_of_their_area_range():
+  # A horizontal ramp: a view's span of values is the width it was cropped
+  # from. Areas up to 0.14 with aspect ratios up to 4/3 are at most
+  # sqrt(0.14 * 4/3) = 0.43 of the width; the two views reach the whole.
+  ramp = np.tile(np.linspace(0, 255, 20).astype(np.uint8)[None, :, None],
+                 [20, 1, 3])
+  source = array_source.ArraySource(
+      'ramp', {'train': np.stack([ramp] * 16)},
+      {'train': np.zeros(16, np.int64)}, num_classes=1)
+  augment = AugmentConfig(image_size=16, num_small_crops=4, small_crop_size=6,
+                          jitter_prob=0.0, grayscale_prob=0.0,
+                          use_blur=False, min_crop_area=0.2)
+  batch = _first_batches(pipeline.train_dataset(
+      source, pipeline.Split('train'), global_batch_size=16,
+      augment_config=augment, views=2, seed=3), 1)[0]
+  span = lambda views: views[..., 0].max(-1) - views[..., 0].min(-1)
+  small_spans = span(batch['small_views'])
+  assert batch['small_views'].shape == (16, 4, 6, 6, 3)
+  assert small_spans.max() <= 0.45
+  assert span(batch['view1']).max() > 0.8
+  assert small_spans.mean() < span(batch['view1']).mean() - 0.2
 
 
 def test_training_batches_repeat_for_the_same_seed_only():

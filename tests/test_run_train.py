@@ -205,10 +205,13 @@ def test_evaluation_of_unlabeled_images_says_so(tmp_path, rng):
   assert not os.path.exists(tmp_path / 'm' / 'checkpoint')
 
 
-def test_baselines_are_probed_like_the_learned_features(pretrained, folder):
+def test_baselines_are_probed_like_the_learned_features(pretrained, folder,
+                                                        tmp_path):
   model_dir, _ = pretrained
-  result = run('--mode=eval', f'--dataset=folder:{folder}',
-               f'--model_dir={model_dir}', '--random_baseline', *TINY)
+  evaluate = lambda: run('--mode=eval', f'--dataset=folder:{folder}',
+                         f'--model_dir={model_dir}', '--random_baseline',
+                         f'--data_dir={tmp_path}', *TINY)
+  result = evaluate()
   assert result.returncode == 0, result.stderr[-3000:]
   outcome = json.load(open(os.path.join(model_dir, 'result.json')))
   for prefix in ('', 'random_init_', 'raw_pixels_'):
@@ -223,6 +226,15 @@ def test_baselines_are_probed_like_the_learned_features(pretrained, folder):
   assert [float(v) for v in probe_row.split()[-3:]] == [
       round(outcome[p + 'linear_probe_top_1_accuracy'], 4)
       for p in ('', 'random_init_', 'raw_pixels_')]
+  # Again: the baselines are read back, and every printed digit is the same.
+  again = evaluate()
+  assert again.returncode == 0, again.stderr[-3000:]
+  console = again.stdout + again.stderr
+  for baseline in ('random_init', 'raw_pixels'):
+    assert f'Baseline {baseline}: reused from {tmp_path}' in console
+  table = lambda out: out[out.index('Results at step'):].splitlines()[:5]
+  assert table(again.stdout) == table(result.stdout)
+  assert json.load(open(os.path.join(model_dir, 'result.json'))) == outcome
 
 
 # What TensorFlow and absl print by themselves: C++ log lines

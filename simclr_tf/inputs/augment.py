@@ -207,23 +207,34 @@ def random_blur(image, seed, image_size, prob=0.5, sigma_range=(0.1, 2.0)):
 # --- The three preprocessing modes -------------------------------------------
 
 
-def pretrain_view(image, seed, config: AugmentConfig):
-  """One SimCLR view: crop, flip, colour distortion, optional blur."""
+def pretrain_view(image, seed, config: AugmentConfig, small: bool = False):
+  """One SimCLR view: crop, flip, colour distortion, optional blur. `small`:
+  a multi-crop view, cropped from `config.small_crop_area_range` to
+  `config.small_view_size` pixels."""
   crop_seed, flip_seed, color_seed, blur_seed = split_seed(seed, 4)
+  size = config.small_view_size if small else config.image_size
   image = to_float(image)
-  image = random_crop_and_resize(image, crop_seed, config.image_size,
-                                 config.crop_area_range,
-                                 config.crop_aspect_ratio_range)
+  image = random_crop_and_resize(
+      image, crop_seed, size,
+      config.small_crop_area_range if small else config.crop_area_range,
+      config.crop_aspect_ratio_range)
   if config.flip_prob > 0:
     image = tf.image.stateless_random_flip_left_right(image, flip_seed)
   image = random_color_distortion(image, color_seed,
                                   config.color_jitter_strength,
                                   config.jitter_prob, config.grayscale_prob)
   if config.use_blur:
-    image = random_blur(image, blur_seed, config.image_size, config.blur_prob,
+    image = random_blur(image, blur_seed, size, config.blur_prob,
                         config.blur_sigma_range)
   image = tf.clip_by_value(image, 0.0, 1.0)
-  return tf.ensure_shape(image, [config.image_size, config.image_size, 3])
+  return tf.ensure_shape(image, [size, size, 3])
+
+
+def small_crop_seeds(example_seed, num: int) -> list[tf.Tensor]:
+  """Seeds of an example's `num` small crops, apart from those of its two
+  views (which stay as they are without small crops)."""
+  return split_seed(tf.random.experimental.stateless_fold_in(example_seed, 1),
+                    num)
 
 
 def finetune_view(image, seed, config: AugmentConfig):

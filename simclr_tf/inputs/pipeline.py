@@ -111,7 +111,8 @@ def train_dataset(source: Source, split: Split, *, global_batch_size: int,
 
   Args:
     views: 2 for SimCLR pretraining (`view1`, `view2` from the pretraining
-      augmentation); 1 for fine-tuning (`image`, crop and flip only).
+      augmentation, and with `num_small_crops` their `small_views` [S, s, s,
+      3]); 1 for fine-tuning (`image`, crop and flip only).
     cache: read the records of a source without random access (TFDS
       TFRecord files) into memory once, which gives it random access.
     start_step: training steps already taken; the stream starts where an
@@ -159,9 +160,16 @@ def train_dataset(source: Source, split: Split, *, global_batch_size: int,
     image = source.decode(record['record'])
     if views == 2:
       seed1, seed2 = augment.split_seed(example_seed, 2)
-      return {'view1': augment.pretrain_view(image, seed1, augment_config),
-              'view2': augment.pretrain_view(image, seed2, augment_config),
-              'label': record['label']}
+      example = {'view1': augment.pretrain_view(image, seed1, augment_config),
+                 'view2': augment.pretrain_view(image, seed2, augment_config),
+                 'label': record['label']}
+      if augment_config.num_small_crops:
+        example['small_views'] = tf.stack([
+            augment.pretrain_view(image, small_seed, augment_config,
+                                  small=True)
+            for small_seed in augment.small_crop_seeds(
+                example_seed, augment_config.num_small_crops)])
+      return example
     return {'image': augment.finetune_view(image, example_seed,
                                            augment_config),
             'label': record['label']}

@@ -46,6 +46,13 @@ def check_settings(values: dict):
         '--color_jitter_strength must be >= 0.')
   check(0 < values['min_crop_area'] <= 1,
         '--min_crop_area must be in (0, 1].')
+  check(values['num_small_crops'] >= 0 and values['small_crop_size'] >= 0,
+        '--num_small_crops and --small_crop_size must be >= 0.')
+  check(0 < values['small_crop_min_area'] <= values['small_crop_max_area']
+        <= 1, '--small_crop_min_area and --small_crop_max_area must satisfy '
+        '0 < min <= max <= 1.')
+  check(values['num_small_crops'] == 0 or values['train_mode'] == 'pretrain',
+        '--num_small_crops is for pretraining (--train_mode=pretrain).')
   check(values['train_epochs'] > 0 or values['train_steps'] > 0,
         'Give --train_epochs or --train_steps > 0.')
   check(-1 <= values['fine_tune_after_block'] <= 4,

@@ -73,10 +73,28 @@ class AugmentConfig:
   blur_sigma_range: tuple[float, float] = (0.1, 2.0)
   # Evaluation crops the central 87.5% of large images, as for ImageNet.
   eval_crop_proportion: float = 0.875
+  # Multi-crop (Caron et al. 2020, SwAV): besides the two views, this many
+  # small views per image, each a positive of both (objective.py).
+  num_small_crops: int = 0
+  # Their side in pixels; 0: half the image size.
+  small_crop_size: int = 0
+  # The area they are cropped from, as a fraction of the image (SwAV's
+  # ImageNet range: 0.05 to 0.14).
+  small_crop_min_area: float = 0.05
+  small_crop_max_area: float = 0.14
 
   @property
   def crop_area_range(self) -> tuple[float, float]:
     return (self.min_crop_area, 1.0)
+
+  @property
+  def small_view_size(self) -> int:
+    """The side of the small views in pixels."""
+    return self.small_crop_size or max(1, round(self.image_size / 2))
+
+  @property
+  def small_crop_area_range(self) -> tuple[float, float]:
+    return (self.small_crop_min_area, self.small_crop_max_area)
 
   @property
   def is_small_image(self) -> bool:

@@ -22,20 +22,20 @@ second pass only (the first pass leaves them as they were).
 import tensorflow as tf
 
 
-def chunk(view1, view2, chunk_size: int):
-  """Two [B, ...] views -> [B / chunk_size, 2 * chunk_size, ...]: chunk k
-  holds examples k*N .. (k+1)*N - 1 of view 1, then the same of view 2, as
-  a plain batch of N examples would."""
-  shape = tf.concat([[-1, chunk_size], tf.shape(view1)[1:]], 0)
-  return tf.concat([tf.reshape(view1, shape), tf.reshape(view2, shape)], 1)
+def chunk(views, chunk_size: int):
+  """V views [B, ...] -> [B / chunk_size, V * chunk_size, ...]: chunk k
+  holds examples k*N .. (k+1)*N - 1 of view 1, then the same of view 2 (and
+  of any further view), as a plain batch of N examples would."""
+  shape = tf.concat([[-1, chunk_size], tf.shape(views[0])[1:]], 0)
+  return tf.concat([tf.reshape(view, shape) for view in views], 1)
 
 
-def unchunk(chunks):
-  """The inverse of `chunk`: [C, 2N, ...] -> [2B, ...], view 1 then view 2
-  (the layout the contrastive loss takes)."""
-  view1, view2 = tf.split(chunks, 2, axis=1)
+def unchunk(chunks, num_views: int = 2):
+  """The inverse of `chunk`: [C, V N, ...] -> [V B, ...], view 1 then view
+  2 (and so on: the layout the contrastive loss takes)."""
   shape = tf.concat([[-1], tf.shape(chunks)[2:]], 0)
-  return tf.concat([tf.reshape(view1, shape), tf.reshape(view2, shape)], 0)
+  return tf.concat([tf.reshape(view, shape)
+                    for view in tf.split(chunks, num_views, axis=1)], 0)
 
 
 def _chunk_indices(num_chunks: int, unroll: bool):
@@ -56,20 +56,21 @@ def _after(tensors, dependencies, unroll):
 
 
 def cached_gradients(forward, variables, chunks, batch_objective,
-                     statistics, num_sums: int, unroll: bool = False):
+                     statistics, num_sums: int, unroll: bool = False,
+                     num_views: int = 2):
   """Gradients of a contrastive batch computed chunk by chunk.
 
   Args:
-    forward: one chunk (of each of `chunks`) -> (projections [2N, D],
+    forward: one chunk (of each of `chunks`) -> (projections [V N, D],
       chunk_loss, sums [num_sums]) in training mode. `chunk_loss` is the
       chunk's share of the terms that add up over examples (e.g. the
       supervised head's loss, already divided by the whole batch); `sums`
       are metric sums.
     variables: what to differentiate.
     chunks: [C, 2N, ...] from `chunk` (images), or a nest of them (images
-      and labels).
-    batch_objective: projections [2B, D] (float32) -> (loss, values): the
-      loss of the whole batch and its metric values.
+      and labels; the small views of multi-crop, [C, S N, ...]).
+    batch_objective: projections [V B, D] (float32), view-major -> (loss,
+      values): the loss of the whole batch and its metric values.
     statistics: variables `forward` updates as a side effect (batch-norm
       moving statistics), restored after the first pass.
     num_sums: the length of `sums`.
@@ -94,13 +95,13 @@ def cached_gradients(forward, variables, chunks, batch_objective,
     for variable, value in zip(statistics, before):
       variable.assign(value)
 
-  everything = unchunk(projections.stack())
+  everything = unchunk(projections.stack(), num_views)
   with tf.GradientTape() as tape:
     tape.watch(everything)
     loss, values = batch_objective(everything)
-  projection_gradients = chunk(*tf.split(tape.gradient(loss, everything), 2),
-                               chunk_size=everything.shape[0] //
-                               (2 * num_chunks))
+  projection_gradients = chunk(
+      tf.split(tape.gradient(loss, everything), num_views),
+      chunk_size=everything.shape[0] // (num_views * num_chunks))
 
   gradients = [tf.zeros_like(v) for v in variables]
   sums = tf.zeros([num_sums])

@@ -70,6 +70,58 @@ def contrastive_loss(hidden, temperature, hidden_norm=True):
   return loss, logits_ab, labels
 
 
+def multi_crop_loss(hidden, small_hidden, temperature, hidden_norm=True):
+  """NT-Xent with small views (multi-crop, Caron et al. 2020).
+
+  The two-view loss of `contrastive_loss`, plus for every small view of an
+  example one cross-entropy term per large view of the same example: that
+  view's similarity against the similarities to every large view of the
+  global batch (every replica's; the other large view of the same example
+  among them). Small views are anchors only: no view has them among its
+  candidates. Every (anchor, positive) term weighs the same and the total
+  keeps `contrastive_loss`'s scale: (two-view loss + the small views'
+  terms, each summed over the example's two large views and averaged over
+  examples) / (1 + S).
+
+  Args:
+    hidden: [2B, D], view 1 of the local batch stacked on view 2.
+    small_hidden: [S * B, D], small view k of the local batch at rows
+      k B .. (k + 1) B - 1.
+    temperature: softmax temperature tau.
+    hidden_norm: L2-normalise first (cosine similarity).
+
+  Returns:
+    (loss, logits_ab, labels), the last two of the two views as
+    `contrastive_loss` returns them.
+  """
+  two_view_loss, logits_ab, labels = contrastive_loss(hidden, temperature,
+                                                      hidden_norm)
+  hidden, small_hidden = (tf.cast(h, tf.float32) if h.dtype in (
+      tf.float16, tf.bfloat16) else h for h in (hidden, small_hidden))
+  if hidden_norm:
+    hidden = tf.math.l2_normalize(hidden, axis=-1)
+    small_hidden = tf.math.l2_normalize(small_hidden, axis=-1)
+  hidden1, hidden2 = tf.split(hidden, 2, axis=0)
+  batch_size = tf.shape(hidden1)[0]
+  hidden1_all, replica_id = _gather_across_replicas(hidden1)
+  hidden2_all, _ = _gather_across_replicas(hidden2)
+  global_batch_size = tf.shape(hidden1_all)[0]
+  num_small = tf.shape(small_hidden)[0] // batch_size
+
+  logits = tf.matmul(small_hidden, tf.concat([hidden1_all, hidden2_all], 0),
+                     transpose_b=True) / temperature  # [S B, 2 global B]
+  own = tf.tile(tf.range(batch_size) + replica_id * batch_size, [num_small])
+  log_normaliser = tf.reduce_logsumexp(logits, axis=1)
+  positive1 = tf.gather(logits, own, batch_dims=1)
+  positive2 = tf.gather(logits, own + global_batch_size, batch_dims=1)
+  small_terms = 2 * log_normaliser - positive1 - positive2
+  small_loss = tf.reduce_sum(small_terms) / tf.cast(batch_size,
+                                                    small_terms.dtype)
+  total = (two_view_loss + small_loss) / tf.cast(1 + num_small,
+                                                 small_terms.dtype)
+  return total, logits_ab, labels
+
+
 def contrastive_metrics(logits_ab, labels):
   """`contrast_acc` (view 2 of the same image ranked first among all view-2
   candidates) and `contrast_entropy` (of that softmax), as the SimCLR code."""

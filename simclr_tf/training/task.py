@@ -143,9 +143,9 @@ class TrainTask:
     values = {}
     loss = 0.0
     if self.pretrain:
-      contrast_loss, logits_ab, contrast_labels = objective.contrastive_loss(
-          outputs['proj_head_output'], config.train.temperature,
-          config.train.hidden_norm)
+      contrast_loss, logits_ab, contrast_labels = self.contrastive_loss(
+          outputs['proj_head_output'],
+          self.small_view_projections(batch.get('small_views')))
       values['contrast_loss'] = contrast_loss
       values.update(objective.contrastive_metrics(logits_ab, contrast_labels))
       loss += contrast_loss
@@ -156,6 +156,24 @@ class TrainTask:
     values['weight_decay'] = optim.weight_decay_loss(config.optim, self.model)
     values['total_loss'] = loss + values['weight_decay']
     return values
+
+  def small_view_projections(self, small_views):
+    """Projections [S B, D] of a batch's small views [B, S, s, s, 3], small
+    view k of every example at rows k B .. (k + 1) B - 1 (None: none)."""
+    if small_views is None:
+      return None
+    crops = tf.unstack(small_views, axis=1)
+    return self.model(tf.concat(crops, 0), training=True)['proj_head_output']
+
+  def contrastive_loss(self, projections, small_projections=None):
+    """NT-Xent of the two views' projections, with the small views' terms
+    when there are small views (multi-crop)."""
+    train = self.config.train
+    if small_projections is None:
+      return objective.contrastive_loss(projections, train.temperature,
+                                        train.hidden_norm)
+    return objective.multi_crop_loss(projections, small_projections,
+                                     train.temperature, train.hidden_norm)
 
   def train_step(self, batch) -> dict:
     """One replica's step: gradients of its loss, applied; metric values."""
@@ -189,37 +207,50 @@ class TrainTask:
     config = self.config
     model = self.model
     has_head = model.supervised_head is not None
-    images = gradient_cache.chunk(batch['view1'], batch['view2'],
+    images = gradient_cache.chunk([batch['view1'], batch['view2']],
                                   self.chunk_size)
-    labels = gradient_cache.chunk(batch['label'], batch['label'],
+    labels = gradient_cache.chunk([batch['label'], batch['label']],
                                   self.chunk_size)
     batch_images = 2 * batch['view1'].shape[0]
+    small_views = batch.get('small_views')
+    num_small = 0 if small_views is None else small_views.shape[1]
+    # The small views of a chunk's examples, view-major like the two views.
+    small_chunks = (gradient_cache.chunk(tf.unstack(small_views, axis=1),
+                                         self.chunk_size)
+                    if num_small else tf.zeros([images.shape[0], 0]))
 
     def forward(chunk):
-      chunk_images, chunk_labels = chunk
+      chunk_images, chunk_small, chunk_labels = chunk
       outputs = model(chunk_images, training=True)
+      projections = outputs['proj_head_output']
+      if num_small:
+        projections = tf.concat([projections, tf.cast(
+            model(chunk_small, training=True)['proj_head_output'],
+            projections.dtype)], 0)
       if not has_head:
-        return outputs['proj_head_output'], 0.0, tf.zeros([2])
+        return projections, 0.0, tf.zeros([2])
       losses = tf.nn.sparse_softmax_cross_entropy_with_logits(
           chunk_labels, tf.cast(outputs['logits_sup'], tf.float32))
       correct = objective.top_k_correct(chunk_labels, outputs['logits_sup'], 1)
       sums = tf.stack([tf.reduce_sum(losses), tf.reduce_sum(correct)])
       # The supervised loss is a mean over the whole batch's images.
-      return (outputs['proj_head_output'],
+      return (projections,
               self._scaled(self.head_loss_weight * sums[0] / batch_images),
               sums)
 
     def batch_objective(projections):
-      loss, logits_ab, contrast_labels = objective.contrastive_loss(
-          projections, config.train.temperature, config.train.hidden_norm)
+      two_views = projections[:batch_images]
+      loss, logits_ab, contrast_labels = self.contrastive_loss(
+          two_views, projections[batch_images:] if num_small else None)
       values = {'contrast_loss': loss,
                 **objective.contrastive_metrics(logits_ab, contrast_labels)}
       return self._scaled(loss), values
 
     variables = model.trainable_variables
     gradients, values, sums = gradient_cache.cached_gradients(
-        forward, variables, (images, labels), batch_objective,
-        model.batch_norm_statistics, num_sums=2, unroll=self.unroll_chunks)
+        forward, variables, (images, small_chunks, labels), batch_objective,
+        model.batch_norm_statistics, num_sums=2, unroll=self.unroll_chunks,
+        num_views=2 + num_small)
     with tf.GradientTape() as tape:
       values['weight_decay'] = optim.weight_decay_loss(config.optim, model)
       scaled_decay = self._scaled(values['weight_decay'])
