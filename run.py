@@ -120,6 +120,13 @@ _setting_flag('fine_tune_after_block', 'Fine-tuning freezes the stem (0) or '
               'up to block group 1-4; -1 trains everything.')
 _setting_flag('lineareval_while_pretraining', 'Train a linear head on '
               'stop_gradient(features) while pretraining.')
+_setting_flag('lineareval_standardize', 'That head standardises its '
+              'features with a batch norm without scale or offset (the '
+              'SimCLR code: no).')
+_setting_flag('lineareval_view', 'That head learns from each image\'s '
+              'evaluation view (eval: one more forward pass, in inference '
+              'mode) or from the two pretraining views (pretrain: the SimCLR '
+              'code).', c.LINEAREVAL_VIEWS)
 
 # --- Loss and optimisation ------------------------------------------------------
 _setting_flag('temperature', 'NT-Xent temperature.')

@@ -68,6 +68,14 @@ flags.DEFINE_integer('contrastive_chunk_size', 0, 'Pretraining batches in '
                      'chunks of this many examples with gradient caching '
                      '(run.py\'s flag); 0: plain batches.')
 flags.DEFINE_float('temperature', 0.3, 'NT-Xent temperature.')
+flags.DEFINE_integer('num_small_crops', 0, 'Multi-crop: small views per '
+                     'image besides the two (run.py\'s flag).')
+flags.DEFINE_integer('small_crop_size', 0, 'Side of the small views; 0: half '
+                     'the image.')
+flags.DEFINE_float('small_crop_min_area', 0.05, 'Smallest area of a small '
+                   'view\'s crop.')
+flags.DEFINE_float('small_crop_max_area', 0.14, 'Largest area of a small '
+                   'view\'s crop.')
 flags.DEFINE_float('learning_rate', 0.075, 'Base LARS learning rate '
                    '(times sqrt(batch size)).')
 flags.DEFINE_enum('precision', 'float32', ['float32', 'bfloat16'],
@@ -102,6 +110,11 @@ def recipe(model_dir: str, train_mode: str = 'pretrain', *,
       'num_classes': None if pretrain else 10, 'jit_compile': False,
       'contrastive_chunk_size': FLAGS.contrastive_chunk_size if pretrain
                                 else 0}
+  if pretrain:
+    given.update(num_small_crops=FLAGS.num_small_crops,
+                 small_crop_size=FLAGS.small_crop_size,
+                 small_crop_min_area=FLAGS.small_crop_min_area,
+                 small_crop_max_area=FLAGS.small_crop_max_area)
   if not pretrain:
     given['min_crop_area'] = 0.08
   return resolver.resolve(given, preset='fashion_mnist',

@@ -65,7 +65,8 @@ def _batch(seed, small_views=0):
   rng = np.random.default_rng(seed)
   batch = {'view1': rng.random((PER_REPLICA, SIZE, SIZE, 3), np.float32),
            'view2': rng.random((PER_REPLICA, SIZE, SIZE, 3), np.float32),
-           'label': rng.integers(0, 3, PER_REPLICA)}
+           'label': rng.integers(0, 3, PER_REPLICA),
+           'eval_view': rng.random((PER_REPLICA, SIZE, SIZE, 3), np.float32)}
   if small_views:  # Multi-crop: views of half the side.
     batch['small_views'] = rng.random(
         (PER_REPLICA, small_views, SIZE // 2, SIZE // 2, 3), np.float32)
@@ -85,16 +86,23 @@ def _direct_gradients(task, batch):
   # Each chunk's small views go through the model apart (their own batch
   # norm), right after the chunk's two views.
   small_images = gradient_cache.chunk(small, task.chunk_size) if small else None
+  on_eval_view = task.side_head_on_eval_view
   with tf.GradientTape() as tape:
     outputs, small_outputs = [], []
     for k in range(images.shape[0]):
-      outputs.append(model(images[k], training=True))
+      outputs.append(model(images[k], training=True,
+                           supervised=not on_eval_view))
       if small:
         small_outputs.append(model(small_images[k], training=True))
     projections = gradient_cache.unchunk(
         tf.stack([o['proj_head_output'] for o in outputs]))
-    logits = gradient_cache.unchunk(tf.stack([o['logits_sup']
-                                              for o in outputs]))
+    if on_eval_view:  # The side head after the chunks, on the eval view.
+      logits = model.side_head_logits(batch['eval_view'])
+      labels = batch['label']
+    else:
+      logits = gradient_cache.unchunk(tf.stack([o['logits_sup']
+                                                for o in outputs]))
+      labels = gradient_cache.unchunk(labels)
     if small:  # Crop-major over the batch, as the multi-crop loss takes them.
       small_projections = gradient_cache.unchunk(
           tf.stack([o['proj_head_output'] for o in small_outputs]), len(small))
@@ -103,8 +111,7 @@ def _direct_gradients(task, batch):
     else:
       contrast, _, _ = objective.contrastive_loss(projections, 0.2)
     supervised = tf.reduce_mean(
-        tf.nn.sparse_softmax_cross_entropy_with_logits(
-            gradient_cache.unchunk(labels), logits))
+        tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
     decay = optim.weight_decay_loss(task.config.optim, model)
     # The side head's loss weighs in at its learning-rate scale.
     total = (contrast + task.config.optim.lineareval_learning_rate_scale *
@@ -112,8 +119,7 @@ def _direct_gradients(task, batch):
     replica_share = total / replicas
   variables = model.trainable_variables
   gradients = tape.gradient(replica_share, variables)
-  accuracy = tf.reduce_mean(objective.top_k_correct(
-      gradient_cache.unchunk(labels), logits, 1))
+  accuracy = tf.reduce_mean(objective.top_k_correct(labels, logits, 1))
   return gradients, {'total_loss': total, 'contrast_loss': contrast,
                      'supervised_loss': supervised, 'supervised_acc': accuracy}
 
@@ -123,15 +129,19 @@ def _direct_gradients(task, batch):
 # negatives come from both. (Two replicas with synchronised batch norm pass
 # too, but tracing them takes minutes here.)
 # With small views (multi-crop), their chunks go through the model apart.
-@pytest.mark.parametrize('replicas, unroll, small_views',
-                         [(1, False, 0), (1, True, 0), (2, False, 0),
-                          (2, False, 2)])
+# The side head learns from the two views' chunks ('pretrain') or, after
+# them, from the evaluation view ('eval').
+@pytest.mark.parametrize('replicas, unroll, small_views, head_view',
+                         [(1, False, 0, 'pretrain'), (1, False, 0, 'eval'),
+                          (1, True, 0, 'eval'), (2, False, 0, 'pretrain'),
+                          (2, False, 2, 'eval')])
 def test_cached_gradients_equal_the_direct_one_pass_gradients(
-    replicas, unroll, small_views):
+    replicas, unroll, small_views, head_view):
   strategy = (helpers.cpu_strategy(2) if replicas == 2
               else tf.distribute.get_strategy())
-  task = _task(strategy, global_bn=False) if replicas > 1 else (
-      _task(strategy))
+  settings = {'lineareval_view': head_view}
+  task = (_task(strategy, global_bn=False, **settings) if replicas > 1
+          else _task(strategy, **settings))
   task.unroll_chunks = unroll
   model = task.model
   batches = [_batch(seed, small_views) for seed in range(replicas)]
@@ -202,7 +212,8 @@ def test_chunking_applies_only_to_pretraining_with_smaller_chunks():
 def test_a_plain_multi_crop_step_takes_the_small_views_loss():
   # Without chunks: the two views in one pass, the small views in another,
   # the multi-crop loss of their projections; the side head on the two.
-  task = _task(tf.distribute.get_strategy(), contrastive_chunk_size=0)
+  task = _task(tf.distribute.get_strategy(), contrastive_chunk_size=0,
+               lineareval_view='pretrain')
   batch = _batch(5, small_views=2)
   model = task.model
   large = model(tf.concat([batch['view1'], batch['view2']], 0),

@@ -1,6 +1,7 @@
 """The linear head trained while pretraining (--lineareval_while_pretraining)
 learns at its own fraction of the learning rate, so its loss does not rise
-while the encoder's features move under it."""
+while the encoder's features move under it; by default it reads standardised
+features of each image's evaluation view."""
 
 import numpy as np
 import pytest
@@ -13,7 +14,11 @@ from simclr_tf.training import task as task_lib
 _BATCH = 64
 
 
-def _task(scale, *, seed=0, learning_rate=0.21):
+# The SimCLR code's head: the two augmented views, features as they are.
+SIMCLR_HEAD = {'lineareval_view': 'pretrain', 'lineareval_standardize': False}
+
+
+def _task(scale, *, seed=0, learning_rate=0.21, **settings):
   """A pretraining task of the fashion_mnist preset on a fixed toy batch. Its
   learning rate, 0.21 x sqrt(64), is the preset's 0.075 x sqrt(512) = 1.7
   at the quickstart's batch of 512."""
@@ -27,14 +32,14 @@ def _task(scale, *, seed=0, learning_rate=0.21):
       {'model_dir': 'unused', 'train_batch_size': _BATCH, 'warmup_epochs': 0,
        'train_steps': 100, 'resnet_depth': 18, 'width_multiplier': 0.25,
        'learning_rate': learning_rate,
-       'lineareval_learning_rate_scale': scale},
+       'lineareval_learning_rate_scale': scale, **settings},
       preset='fashion_mnist', source=source, mixed_precision='float32')
   tf.keras.utils.set_random_seed(seed)
   task = task_lib.TrainTask(config, tf.distribute.get_strategy(),
                             task_lib.make_plan(config, _BATCH))
   views = tf.cast(images, tf.float32) / 255.0
   batch = {'view1': views, 'view2': tf.image.flip_left_right(views),
-           'label': tf.constant(labels)}
+           'label': tf.constant(labels), 'eval_view': views}
   return task, iter(tf.data.Dataset.from_tensors(batch).repeat())
 
 
@@ -47,12 +52,56 @@ def _head_losses(task, iterator, steps):
   return losses
 
 
-@pytest.mark.parametrize('scale,rises', [(1.0, True), (0.1, False)])
-def test_the_side_heads_loss_does_not_rise_on_a_fixed_batch(scale, rises):
+@pytest.mark.parametrize('scale,settings,rises', [
+    (1.0, SIMCLR_HEAD, True), (0.1, SIMCLR_HEAD, False), (0.1, {}, False)])
+def test_the_side_heads_loss_does_not_rise_on_a_fixed_batch(scale, settings,
+                                                             rises):
   # At the full learning rate (as the SimCLR code trains it) the loss on
   # the very batch it trains on climbs from the first steps.
-  losses = _head_losses(*_task(scale), steps=10)
+  losses = _head_losses(*_task(scale, **settings), steps=10)
   assert (max(losses[1:]) > 1.05 * losses[0]) == rises, losses
+
+
+def test_the_default_head_reads_standardised_features_of_the_eval_view():
+  task, iterator = _task(0.1)
+  batch = next(iterator)
+  model = task.model
+  head = model.supervised_head
+  assert task.side_head_on_eval_view and head.standardize is not None
+  statistics = [v.numpy() for v in model.encoder.variables
+                if 'moving' in v.path]
+  labels = batch['label'].numpy()
+
+  def by_hand():
+    """The encoder in inference mode, the batch's own mean and variance,
+    then the dense layer; cross-entropy against the labels."""
+    features = np.asarray(
+        model(batch['eval_view'], training=False)['final_avg_pool'],
+        np.float64)
+    standardised = (features - features.mean(0)) / np.sqrt(
+        features.var(0) + head.standardize.epsilon)
+    kernel, bias = (np.asarray(v, np.float64) for v in
+                    (head.linear.dense.kernel, head.linear.dense.bias))
+    logits = standardised @ kernel + bias
+    logits -= logits.max(1, keepdims=True)
+    log_softmax = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+    return -log_softmax[np.arange(len(labels)), labels].mean(), features
+
+  expected, features = by_hand()
+  loss, _ = task_lib.supervised_loss_and_accuracy(
+      batch['label'], model.side_head_logits(batch['eval_view']))
+  np.testing.assert_allclose(float(loss), expected, rtol=1e-4)
+  # That pass left the encoder's statistics alone and moved the head's.
+  assert all(np.array_equal(before, v.numpy()) for before, v in zip(
+      statistics, [v for v in model.encoder.variables if 'moving' in v.path]))
+  np.testing.assert_allclose(
+      head.standardize.moving_mean.numpy(),
+      0.1 * features.mean(0), rtol=1e-3, atol=1e-6)
+  # The step's supervised loss is that head's on the evaluation view, after
+  # the step's training pass over the two views moved the encoder's
+  # statistics.
+  loss = float(task.losses(batch)['supervised_loss'])
+  np.testing.assert_allclose(loss, by_hand()[0], rtol=1e-4)
 
 
 def test_the_scale_is_the_heads_learning_rate():

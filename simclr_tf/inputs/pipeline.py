@@ -106,7 +106,8 @@ def train_dataset(source: Source, split: Split, *, global_batch_size: int,
                   augment_config: AugmentConfig, views: int, seed: int,
                   cache: bool = False, input_context=None,
                   start_step: int = 0,
-                  shuffle_buffer: int = sequential.DEFAULT_WINDOW):
+                  shuffle_buffer: int = sequential.DEFAULT_WINDOW,
+                  eval_view: bool = False):
   """Endless shuffled, augmented batches for training.
 
   Args:
@@ -119,6 +120,8 @@ def train_dataset(source: Source, split: Split, *, global_batch_size: int,
       uninterrupted run would be at that step.
     shuffle_buffer: records permuted together when reading files without
       random access (see `sequential`); random access needs none.
+    eval_view: pretraining examples also carry `eval_view`, the image as
+      evaluation preprocesses it (for the side head).
 
   The stream is a pure function of `seed` and the position, so resuming
   needs no iterator state. Example number i of the stream is augmented with
@@ -163,6 +166,8 @@ def train_dataset(source: Source, split: Split, *, global_batch_size: int,
       example = {'view1': augment.pretrain_view(image, seed1, augment_config),
                  'view2': augment.pretrain_view(image, seed2, augment_config),
                  'label': record['label']}
+      if eval_view:
+        example['eval_view'] = augment.eval_view(image, augment_config)
       if augment_config.num_small_crops:
         example['small_views'] = tf.stack([
             augment.pretrain_view(image, small_seed, augment_config,

@@ -77,12 +77,20 @@ class ProjectionHead(keras.layers.Layer):
 
 
 class SupervisedHead(keras.layers.Layer):
-  """One dense layer with bias producing class logits."""
+  """One dense layer with bias producing class logits; with `standardize`,
+  a batch norm without scale or offset first (the features of a linear
+  evaluation at a common scale whatever pretraining does to them)."""
 
-  def __init__(self, num_classes, zero_init=False, **kwargs):
+  def __init__(self, num_classes, zero_init=False, standardize=False,
+               batch_norm_decay=0.9, **kwargs):
     super().__init__(**kwargs)
+    self.standardize = (keras.layers.BatchNormalization(
+        momentum=batch_norm_decay, center=False, scale=False,
+        name='standardize') if standardize else None)
     self.linear = LinearLayer(num_classes, use_bias=True, use_bn=False,
                               zero_init=zero_init)
 
   def call(self, inputs, training=None):
+    if self.standardize is not None:
+      inputs = self.standardize(inputs, training=training)
     return self.linear(inputs, training=training)

@@ -29,6 +29,8 @@ class SimCLRModel(keras.Model):
     if config.has_supervised_head:
       self.supervised_head = SupervisedHead(
           config.num_classes, config.head.zero_init_logits_layer,
+          standardize=config.standardizes_side_head,
+          batch_norm_decay=config.encoder.batch_norm_decay,
           name='head_supervised')
     if config.train_mode == 'finetune':
       self.encoder.freeze_through(config.fine_tune_after_block)
@@ -38,17 +40,28 @@ class SimCLRModel(keras.Model):
           config.head.ft_proj_selector:]:
         layer.trainable = False
 
-  def call(self, images, training=None):
+  def call(self, images, training=None, supervised=True):
+    """`supervised=False` leaves the supervised head out (pretraining steps
+    that train it on other images: `side_head_logits`)."""
     features = self.encoder(images, training=training)['final_avg_pool']
     projection, hiddens = self.projection_head(features, training=training)
     outputs = {'final_avg_pool': features, 'proj_head_output': projection}
-    if self.supervised_head is not None:
+    if self.supervised_head is not None and supervised:
       head_input = hiddens[self.config.head.ft_proj_selector]
       if self.config.train_mode == 'pretrain':
         head_input = tf.stop_gradient(head_input)
       outputs['logits_sup'] = self.supervised_head(head_input,
                                                    training=training)
     return outputs
+
+  def side_head_logits(self, images):
+    """The pretraining side head's logits on `images` as evaluation sees
+    them: encoder and projection head in inference mode (moving statistics,
+    nothing updated, no gradient), the head itself in training mode."""
+    features = self.encoder(images, training=False)['final_avg_pool']
+    _, hiddens = self.projection_head(features, training=False)
+    head_input = tf.stop_gradient(hiddens[self.config.head.ft_proj_selector])
+    return self.supervised_head(head_input, training=True)
 
   # --- Variable groups: what optimizers and exports select by ------------
 

@@ -329,7 +329,8 @@ def _infer_heads(weights, ft_proj_selector) -> dict:
         f'{weights.path}: the supervised head reads {head_input} features, '
         f'but the encoder and projection layers give {widths}.')
   return {**settings, 'lineareval_while_pretraining': True,
-          'num_classes': num_classes, 'ft_proj_selector': selector}
+          'lineareval_standardize': False, 'num_classes': num_classes,
+          'ft_proj_selector': selector}
 
 
 def describe(settings: dict) -> str:

@@ -2,7 +2,8 @@
 
 import os
 
-from simclr_tf.settings.config import RESNET_DEPTHS, HeadConfig, RunConfig
+from simclr_tf.settings.config import (LINEAREVAL_VIEWS, RESNET_DEPTHS,
+                                       HeadConfig, RunConfig)
 
 
 class UsageError(ValueError):
@@ -46,6 +47,8 @@ def check_settings(values: dict):
         '--color_jitter_strength must be >= 0.')
   check(0 < values['min_crop_area'] <= 1,
         '--min_crop_area must be in (0, 1].')
+  check(values['lineareval_view'] in LINEAREVAL_VIEWS,
+        f'--lineareval_view must be one of {", ".join(LINEAREVAL_VIEWS)}.')
   check(values['num_small_crops'] >= 0 and values['small_crop_size'] >= 0,
         '--num_small_crops and --small_crop_size must be >= 0.')
   check(0 < values['small_crop_min_area'] <= values['small_crop_max_area']

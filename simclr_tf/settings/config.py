@@ -160,6 +160,10 @@ class ModelConfig:
   train_mode: str = 'pretrain'
   # Pretraining also trains a linear classifier on stop_gradient(features).
   lineareval_while_pretraining: bool = True
+  # That classifier reads its features standardised by a batch norm without
+  # scale or offset (docs/evaluation.md); runs recorded before this setting
+  # had none (LEGACY_DEFAULTS), nor have the original code's models.
+  lineareval_standardize: bool = True
   # -1: fine-tune everything; 0: freeze the stem; 1-4: freeze up to that
   # block group.
   fine_tune_after_block: int = -1
@@ -170,6 +174,12 @@ class ModelConfig:
   def has_supervised_head(self) -> bool:
     return bool(self.num_classes) and (
         self.train_mode == 'finetune' or self.lineareval_while_pretraining)
+
+  @property
+  def standardizes_side_head(self) -> bool:
+    """Whether the head trained while pretraining standardises its input."""
+    return (self.has_supervised_head and self.train_mode == 'pretrain' and
+            self.lineareval_standardize)
 
 
 OPTIMIZERS = ('lars', 'momentum', 'adam')
@@ -220,6 +230,8 @@ class TrainConfig:
   checkpoint: str | None = None
   temperature: float = 0.5
   hidden_norm: bool = True
+  # What the head trained while pretraining learns from (LINEAREVAL_VIEWS).
+  lineareval_view: str = 'eval'
   log_every_seconds: float = 5.0
   # Compile each replica's training step with XLA.
   jit_compile: bool = False
@@ -258,6 +270,16 @@ class EvalConfig:
   # what knn, linear_probe and random_baseline ask for (`evaluators_of`).
   evaluators: tuple[str, ...] | None = None
 
+
+# Settings added after runs were recorded without them, with the value those
+# runs had: a run continued from such a record takes it (resolver.py).
+LEGACY_DEFAULTS = {'lineareval_standardize': False}
+
+# What the head trained while pretraining learns from: the two pretraining
+# views, as the SimCLR code; or each image's evaluation view (the
+# preprocessing of evaluation, no augmentation), through the encoder in
+# inference mode.
+LINEAREVAL_VIEWS = ('pretrain', 'eval')
 
 # The evaluators of evaluation/evaluators.py.
 EVALUATORS = ('supervised_head', 'knn', 'linear_probe', 'random_init',

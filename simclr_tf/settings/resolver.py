@@ -36,7 +36,8 @@ ARCHITECTURE = ('resnet_depth', 'width_multiplier', 'sk_ratio', 'se_ratio',
                 'image_size')
 # What else a continued run (resume, evaluation, export) keeps.
 SAME_RUN = ARCHITECTURE + ('ft_proj_selector', 'lineareval_while_pretraining',
-                           'train_mode', 'fine_tune_after_block')
+                           'lineareval_standardize', 'train_mode',
+                           'fine_tune_after_block')
 # Modes that work on the model a model_dir (or --checkpoint) holds.
 CONTINUING_MODES = ('train', 'eval', 'train_then_eval', 'export')
 TRAINING_MODES = ('train', 'train_then_eval')
@@ -55,9 +56,13 @@ class Record:
 
   def values(self) -> dict[str, Any]:
     # num_classes None is recorded information: the model has no head.
-    return {name: self.settings[name] for name in self.taken
-            if name in self.settings and (self.settings[name] is not None or
-                                          name == 'num_classes')}
+    values = {name: self.settings[name] for name in self.taken
+              if name in self.settings and (self.settings[name] is not None or
+                                            name == 'num_classes')}
+    if self.settings:  # Recorded before a setting existed: its old value.
+      values.update({name: value for name, value in c.LEGACY_DEFAULTS.items()
+                     if name in self.taken and name not in self.settings})
+    return values
 
 
 def layered(given: Mapping[str, Any], *, preset: str | None = None,

@@ -92,6 +92,11 @@ class TrainTask:
     # normalises it away).
     self.head_loss_weight = (config.optim.lineareval_learning_rate_scale
                              if self.pretrain else 1.0)
+    # The side head learns from each image's evaluation view, in a pass of
+    # its own, rather than from the augmented views (docs/evaluation.md).
+    self.side_head_on_eval_view = (
+        self.pretrain and config.model.has_supervised_head and
+        config.train.lineareval_view == 'eval')
     per_replica = (config.train.train_batch_size //
                    strategy.num_replicas_in_sync)
     chunk_size = config.train.contrastive_chunk_size
@@ -139,7 +144,11 @@ class TrainTask:
       labels = tf.concat([batch['label'], batch['label']], 0)
     else:
       images, labels = batch['image'], batch['label']
-    outputs = self.model(images, training=True)
+    outputs = self.model(images, training=True,
+                         supervised=not self.side_head_on_eval_view)
+    if self.side_head_on_eval_view:
+      outputs['logits_sup'] = self.model.side_head_logits(batch['eval_view'])
+      labels = batch['label']
     values = {}
     loss = 0.0
     if self.pretrain:
@@ -206,7 +215,9 @@ class TrainTask:
     and its metric values."""
     config = self.config
     model = self.model
-    has_head = model.supervised_head is not None
+    # The side head on the evaluation view trains outside the chunks.
+    on_eval_view = self.side_head_on_eval_view
+    has_head = model.supervised_head is not None and not on_eval_view
     images = gradient_cache.chunk([batch['view1'], batch['view2']],
                                   self.chunk_size)
     labels = gradient_cache.chunk([batch['label'], batch['label']],
@@ -221,7 +232,7 @@ class TrainTask:
 
     def forward(chunk):
       chunk_images, chunk_small, chunk_labels = chunk
-      outputs = model(chunk_images, training=True)
+      outputs = model(chunk_images, training=True, supervised=has_head)
       projections = outputs['proj_head_output']
       if num_small:
         projections = tf.concat([projections, tf.cast(
@@ -253,13 +264,20 @@ class TrainTask:
         num_views=2 + num_small)
     with tf.GradientTape() as tape:
       values['weight_decay'] = optim.weight_decay_loss(config.optim, model)
-      scaled_decay = self._scaled(values['weight_decay'])
+      extra = values['weight_decay']
+      if on_eval_view:
+        values['supervised_loss'], values['supervised_acc'] = (
+            supervised_loss_and_accuracy(
+                batch['label'], model.side_head_logits(batch['eval_view'])))
+        extra += self.head_loss_weight * values['supervised_loss']
+      scaled_extra = self._scaled(extra)
     gradients = [g if d is None else g + d for g, d in
-                 zip(gradients, tape.gradient(scaled_decay, variables))]
+                 zip(gradients, tape.gradient(scaled_extra, variables))]
     loss = values['contrast_loss'] + values['weight_decay']
     if has_head:
       values['supervised_loss'] = sums[0] / batch_images
       values['supervised_acc'] = sums[1] / batch_images
+    if 'supervised_loss' in values:
       loss += self.head_loss_weight * values['supervised_loss']
     values['total_loss'] = loss
     return gradients, values
