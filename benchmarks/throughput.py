@@ -137,7 +137,8 @@ def measure(name):
   def dataset():
     return pipeline.train_dataset(
         source, pipeline.Split('train'), global_batch_size=batch_size,
-        augment_config=config.augment, views=2, seed=0)
+        augment_config=config.augment, views=2, seed=0,
+        eval_view=task.side_head_on_eval_view)
 
   cached = iter(dataset().take(1).cache().repeat())
   model_seconds = _timed(task, cached, calls)

@@ -28,10 +28,12 @@ def _config(global_bn):
 
 def _batch():
   rng = np.random.default_rng(0)
-  views = rng.uniform(0, 1, (2, GLOBAL_BATCH, SIZE, SIZE, 3))
+  views = rng.uniform(0, 1, (3, GLOBAL_BATCH, SIZE, SIZE, 3))
   return {'view1': views[0].astype(np.float32),
           'view2': views[1].astype(np.float32),
-          'label': rng.integers(0, 3, GLOBAL_BATCH)}
+          'label': rng.integers(0, 3, GLOBAL_BATCH),
+          # The side head's (standardised over the global batch too).
+          'eval_view': views[2].astype(np.float32)}
 
 
 def _initial_weights(config):

@@ -135,7 +135,8 @@ def _one_step(config, images, labels, max_calls=1):
                             task_lib.Plan(64, 8, 100, 0, 10))
   step_fn = tf.function(task.replica_step)
   for _ in range(max_calls):
-    step_fn({'view1': images[0], 'view2': images[1], 'label': labels})
+    step_fn({'view1': images[0], 'view2': images[1], 'label': labels,
+             'eval_view': images[0]})
     if task.step == 1:
       break
   return task.model, task.optimizer, task.read_metrics()

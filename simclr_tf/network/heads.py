@@ -82,11 +82,13 @@ class SupervisedHead(keras.layers.Layer):
   evaluation at a common scale whatever pretraining does to them)."""
 
   def __init__(self, num_classes, zero_init=False, standardize=False,
-               batch_norm_decay=0.9, **kwargs):
+               encoder_config: EncoderConfig | None = None, **kwargs):
     super().__init__(**kwargs)
+    # Over the global batch with global batch norm, like every other.
     self.standardize = (keras.layers.BatchNormalization(
-        momentum=batch_norm_decay, center=False, scale=False,
-        name='standardize') if standardize else None)
+        momentum=encoder_config.batch_norm_decay, center=False, scale=False,
+        synchronized=encoder_config.global_bn, name='standardize')
+                        if standardize else None)
     self.linear = LinearLayer(num_classes, use_bias=True, use_bn=False,
                               zero_init=zero_init)
 

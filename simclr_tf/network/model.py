@@ -30,7 +30,7 @@ class SimCLRModel(keras.Model):
       self.supervised_head = SupervisedHead(
           config.num_classes, config.head.zero_init_logits_layer,
           standardize=config.standardizes_side_head,
-          batch_norm_decay=config.encoder.batch_norm_decay,
+          encoder_config=config.encoder,
           name='head_supervised')
     if config.train_mode == 'finetune':
       self.encoder.freeze_through(config.fine_tune_after_block)
