@@ -19,6 +19,24 @@ def _gather_across_replicas(tensor):
   return gathered, tf.cast(context.replica_id_in_sync_group, tf.int32)
 
 
+def _prepared(hidden, hidden_norm):
+  """In float32 (softmax in float32), L2-normalised with `hidden_norm`."""
+  if hidden.dtype in (tf.float16, tf.bfloat16):
+    hidden = tf.cast(hidden, tf.float32)
+  if hidden_norm:
+    hidden = tf.math.l2_normalize(hidden, axis=-1)
+  return hidden
+
+
+def _global_views(hidden):
+  """[2B, D] (view 1 stacked on view 2) -> (view 1, view 2, view 1 of every
+  replica, view 2 of every replica, this replica's position)."""
+  hidden1, hidden2 = tf.split(hidden, 2, axis=0)
+  hidden1_all, replica_id = _gather_across_replicas(hidden1)
+  hidden2_all, _ = _gather_across_replicas(hidden2)
+  return hidden1, hidden2, hidden1_all, hidden2_all, replica_id
+
+
 def contrastive_loss(hidden, temperature, hidden_norm=True):
   """The paper's NT-Xent loss, at the original SimCLR code's scale.
 
@@ -40,19 +58,19 @@ def contrastive_loss(hidden, temperature, hidden_norm=True):
     Inside a replica context with several replicas, every replica's examples
     serve as negatives.
   """
-  if hidden.dtype in (tf.float16, tf.bfloat16):
-    hidden = tf.cast(hidden, tf.float32)  # Softmax in float32.
-  if hidden_norm:
-    hidden = tf.math.l2_normalize(hidden, axis=-1)
-  hidden1, hidden2 = tf.split(hidden, 2, axis=0)
+  return _two_view_loss(_global_views(_prepared(hidden, hidden_norm)),
+                        temperature)
+
+
+def _two_view_loss(views, temperature):
+  """`contrastive_loss` of views from `_global_views`."""
+  hidden1, hidden2, hidden1_all, hidden2_all, replica_id = views
   batch_size = tf.shape(hidden1)[0]
-  hidden1_all, replica_id = _gather_across_replicas(hidden1)
-  hidden2_all, _ = _gather_across_replicas(hidden2)
   global_batch_size = tf.shape(hidden1_all)[0]
 
   positives = tf.range(batch_size) + replica_id * batch_size
-  labels = tf.one_hot(positives, 2 * global_batch_size, dtype=hidden.dtype)
-  self_mask = tf.one_hot(positives, global_batch_size, dtype=hidden.dtype)
+  labels = tf.one_hot(positives, 2 * global_batch_size, dtype=hidden1.dtype)
+  self_mask = tf.one_hot(positives, global_batch_size, dtype=hidden1.dtype)
 
   def similarities(a, b):
     return tf.matmul(a, b, transpose_b=True) / temperature
@@ -94,17 +112,11 @@ def multi_crop_loss(hidden, small_hidden, temperature, hidden_norm=True):
     (loss, logits_ab, labels), the last two of the two views as
     `contrastive_loss` returns them.
   """
-  two_view_loss, logits_ab, labels = contrastive_loss(hidden, temperature,
-                                                      hidden_norm)
-  hidden, small_hidden = (tf.cast(h, tf.float32) if h.dtype in (
-      tf.float16, tf.bfloat16) else h for h in (hidden, small_hidden))
-  if hidden_norm:
-    hidden = tf.math.l2_normalize(hidden, axis=-1)
-    small_hidden = tf.math.l2_normalize(small_hidden, axis=-1)
-  hidden1, hidden2 = tf.split(hidden, 2, axis=0)
+  views = _global_views(_prepared(hidden, hidden_norm))
+  two_view_loss, logits_ab, labels = _two_view_loss(views, temperature)
+  small_hidden = _prepared(small_hidden, hidden_norm)
+  hidden1, _, hidden1_all, hidden2_all, replica_id = views
   batch_size = tf.shape(hidden1)[0]
-  hidden1_all, replica_id = _gather_across_replicas(hidden1)
-  hidden2_all, _ = _gather_across_replicas(hidden2)
   global_batch_size = tf.shape(hidden1_all)[0]
   num_small = tf.shape(small_hidden)[0] // batch_size
 
