@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The README's main job: set up .venv and pretrain on Fashion-MNIST on a CPU
-# (about 7 minutes on 2 cores with bfloat16 units, 13 without), then print linear-probe
+# (about 10 minutes on 2 cores with bfloat16 units, longer without; a second run reads
+# the baselines back from data/baselines/), then print linear-probe
 # and kNN accuracy next to the baselines (raw pixels, and the same encoder
 # with random weights). Extra arguments go to run.py.
 set -euo pipefail
