@@ -93,7 +93,8 @@ def _direct_gradients(task, batch):
       outputs.append(model(images[k], training=True,
                            supervised=not on_eval_view))
       if small:
-        small_outputs.append(model(small_images[k], training=True))
+        small_outputs.append(model(small_images[k], training=True,
+                                   supervised=False))
     projections = gradient_cache.unchunk(
         tf.stack([o['proj_head_output'] for o in outputs]))
     if on_eval_view:  # The side head after the chunks, on the eval view.
@@ -229,6 +230,11 @@ def test_a_plain_multi_crop_step_takes_the_small_views_loss():
   assert float(two_views['contrast_loss']) != float(values['contrast_loss'])
   np.testing.assert_allclose(two_views['supervised_loss'],
                              values['supervised_loss'], rtol=1e-6)
+  # The small views leave the supervised head's statistics alone.
+  head_statistics = model.supervised_head.standardize.moving_mean
+  before = head_statistics.numpy()
+  task.small_view_projections(batch['small_views'])
+  np.testing.assert_array_equal(head_statistics.numpy(), before)
 
 
 def test_a_cached_step_under_xla_and_float16_loss_scaling():

@@ -172,7 +172,9 @@ class TrainTask:
     if small_views is None:
       return None
     crops = tf.unstack(small_views, axis=1)
-    return self.model(tf.concat(crops, 0), training=True)['proj_head_output']
+    # The supervised head learns from the two views (or the eval view) only.
+    return self.model(tf.concat(crops, 0), training=True,
+                      supervised=False)['proj_head_output']
 
   def contrastive_loss(self, projections, small_projections=None):
     """NT-Xent of the two views' projections, with the small views' terms
@@ -236,7 +238,8 @@ class TrainTask:
       projections = outputs['proj_head_output']
       if num_small:
         projections = tf.concat([projections, tf.cast(
-            model(chunk_small, training=True)['proj_head_output'],
+            model(chunk_small, training=True,
+                  supervised=False)['proj_head_output'],
             projections.dtype)], 0)
       if not has_head:
         return projections, 0.0, tf.zeros([2])
