@@ -125,11 +125,24 @@ def make_setting(method: str, labels: int, seed: int, learning_rate: float,
                  min_crop_area(method) if crop is None else crop)
 
 
+def encoder_architecture() -> dict:
+  """The architecture that --encoder's run recorded (its flags.json; {}
+  without one), so that every method builds the encoder's network whatever
+  the preset says."""
+  directory = (FLAGS.encoder if os.path.isdir(FLAGS.encoder)
+               else os.path.dirname(FLAGS.encoder))
+  recorded = resolver.read_settings(directory)
+  return {name: recorded[name] for name in resolver.ARCHITECTURE
+          if recorded.get(name) is not None}
+
+
 def fine_tuning_config(setting: Setting, model_dir: str, *, epochs: int,
                        batch_size: int, encoder: str | None) -> c.RunConfig:
-  """The fashion_mnist preset, fine-tuned the SimCLR code's way."""
+  """The fashion_mnist preset with --encoder's architecture, fine-tuned the
+  SimCLR code's way."""
   all_labels = setting.labels >= NUM_TRAIN
   given = {
+      **encoder_architecture(),
       'data_dir': FLAGS.data_dir, 'model_dir': model_dir,
       'train_mode': 'finetune', 'num_classes': 10, 'image_size': 28,
       'train_split': 'train' if all_labels else LABEL_POOL,
@@ -315,6 +328,9 @@ def main(_):
       column: summary([p['linear_probe_top_1_accuracy']
                        for p in probes[labels]])
       for labels, column in columns}
+  architecture = fine_tuning_config(
+      make_setting('SimCLR', 600, 0, 0.0, 0.0), '/tmp/unused', epochs=1,
+      batch_size=64, encoder=None).model
   ceiling = None
   if FLAGS.ceiling_epochs > 0:
     pick = chosen['random weights', max(budgets)]
@@ -322,8 +338,10 @@ def main(_):
                 pick['weight_decay']))
     ceiling = runs[-1]
   result = {
-      'title': ('ResNet-18 x0.25 on Fashion-MNIST, fine-tuned on 1% / 10% '
-                'of the labels (test top-1, mean ± std over subsets)'),
+      'title': (f'ResNet-{architecture.encoder.resnet_depth} '
+                f'x{architecture.encoder.width_multiplier} on Fashion-MNIST, '
+                'fine-tuned on 1% / 10% of the labels (test top-1, mean ± '
+                'std over subsets)'),
       'encoder': encoder,
       'min_crop_area': {method: min_crop_area(method) for method in METHODS},
       'table': table, 'ceiling': ceiling, 'frozen_probes': probes,

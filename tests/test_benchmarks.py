@@ -130,3 +130,48 @@ def test_semi_supervised_configs_come_from_the_resolver_without_flag_changes():
       'temperature']
   assert report['learning_rate'] == 0.1
   assert report['evaluators'] == ['supervised_head', 'knn']
+
+
+_ARCHITECTURE_CHECK = r'''
+import json, os, sys
+from absl import flags
+from benchmarks import semi_supervised as ss
+from simclr_tf.settings import config as c
+encoder_dir, recorded_width = sys.argv[1], float(sys.argv[2])
+# A flags.json as a pretraining run leaves it: the nested configuration.
+nested = {}
+for name, value in (('width_multiplier', recorded_width),
+                    ('resnet_depth', 18)):
+  part = nested
+  for key in c.SETTINGS[name].section.split('.'):
+    part = part.setdefault(key, {})
+  part[name] = value
+os.makedirs(encoder_dir, exist_ok=True)
+with open(os.path.join(encoder_dir, 'flags.json'), 'w') as f:
+  json.dump({'config': nested}, f)
+flags.FLAGS(['semi_supervised.py', f'--encoder={encoder_dir}/ckpt-7'])
+widths = [ss.fine_tuning_config(ss.make_setting(method, 600, 0, 0.01, 0.0),
+                                '/tmp/unused', epochs=2, batch_size=64,
+                                encoder=None).model.encoder.width_multiplier
+          for method in ss.METHODS]
+flags.FLAGS.encoder = '/nonexistent/pretrain'
+unrecorded = ss.fine_tuning_config(ss.make_setting('SimCLR', 600, 0, 0.01, 0.0),
+                                   '/tmp/unused', epochs=2, batch_size=64,
+                                   encoder=None).model.encoder.width_multiplier
+print(json.dumps({'widths': widths, 'unrecorded': unrecorded}))
+'''
+
+
+def test_semi_supervised_builds_the_encoders_recorded_width_not_the_presets(
+    tmp_path):
+  from simclr_tf.settings import recipes  # pylint: disable=g-import-not-at-top
+  preset_width = recipes.PRESETS['fashion_mnist']['width_multiplier']
+  recorded_width = 0.75 if preset_width != 0.75 else 0.25
+  output = subprocess.run(
+      [sys.executable, '-c', _ARCHITECTURE_CHECK, str(tmp_path / 'pretrain'),
+       str(recorded_width)],
+      capture_output=True, text=True, cwd=REPO, check=True).stdout
+  report = json.loads(output.strip().splitlines()[-1])
+  # Fine-tuned and random-weights networks alike: the encoder's width.
+  assert report['widths'] == [recorded_width, recorded_width]
+  assert report['unrecorded'] == preset_width
