@@ -204,11 +204,17 @@ def best(results: list[dict], method: str, labels: int) -> dict:
   return max(candidates, key=lambda r: r['validation_top_1'])
 
 
+def probe_config(labels: int, seed: int) -> c.RunConfig:
+  """The configuration of a frozen probe on the subset (`labels`, `seed`):
+  nothing trains, so its optimizer settings are any valid ones."""
+  return fine_tuning_config(make_setting('SimCLR', labels, seed, 0.1, 0.0),
+                            '/tmp/unused', epochs=1, batch_size=64,
+                            encoder=None)
+
+
 def frozen_probe(source, encoder: str, labels: int, seed: int) -> dict:
   """The frozen SimCLR encoder, linear probe fitted on the subset only."""
-  config = fine_tuning_config(make_setting('SimCLR', labels, seed, 0.0, 0.0),
-                              '/tmp/unused', epochs=1, batch_size=64,
-                              encoder=None)
+  config = probe_config(labels, seed)
   # The encoder's own architecture: pretrained, without a head.
   pretrain_config = dataclasses.replace(config, model=dataclasses.replace(
       config.model, train_mode='pretrain', num_classes=None))
@@ -328,9 +334,7 @@ def main(_):
       column: summary([p['linear_probe_top_1_accuracy']
                        for p in probes[labels]])
       for labels, column in columns}
-  architecture = fine_tuning_config(
-      make_setting('SimCLR', 600, 0, 0.0, 0.0), '/tmp/unused', epochs=1,
-      batch_size=64, encoder=None).model
+  architecture = probe_config(600, 0).model
   ceiling = None
   if FLAGS.ceiling_epochs > 0:
     pick = chosen['random weights', max(budgets)]

@@ -158,7 +158,10 @@ flags.FLAGS.encoder = '/nonexistent/pretrain'
 unrecorded = ss.fine_tuning_config(ss.make_setting('SimCLR', 600, 0, 0.01, 0.0),
                                    '/tmp/unused', epochs=2, batch_size=64,
                                    encoder=None).model.encoder.width_multiplier
-print(json.dumps({'widths': widths, 'unrecorded': unrecorded}))
+probe = ss.probe_config(600, 2)
+print(json.dumps({'widths': widths, 'unrecorded': unrecorded,
+                  'probe': [probe.model.encoder.width_multiplier,
+                            probe.data.label_fraction, probe.data.seed]}))
 '''
 
 
@@ -175,3 +178,5 @@ def test_semi_supervised_builds_the_encoders_recorded_width_not_the_presets(
   # Fine-tuned and random-weights networks alike: the encoder's width.
   assert report['widths'] == [recorded_width, recorded_width]
   assert report['unrecorded'] == preset_width
+  # The frozen probe's network and subset: the encoder's width, 1%, seed 2.
+  assert report['probe'] == [preset_width, 600 / 50000, 2]
