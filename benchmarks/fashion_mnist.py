@@ -39,6 +39,7 @@ from simclr_tf.evaluation import features
 from simclr_tf.inputs import catalog
 from simclr_tf.run_context import Run
 from simclr_tf.settings import config as c
+from simclr_tf.settings import recipes
 from simclr_tf.settings import resolver
 from simclr_tf.storage import checkpoints
 from simclr_tf.storage import records
@@ -58,16 +59,19 @@ flags.DEFINE_string('data_dir', 'data', 'Where Fashion-MNIST is looked for '
                     '(then /usr/share/datasets/fashion-mnist).')
 flags.DEFINE_float('budget_minutes', 60, 'Pretraining time limit; training '
                    'stops at the first checkpoint past it.')
-flags.DEFINE_float('train_epochs', 20, 'Pretraining epochs (the cosine '
-                   'schedule\'s length); chosen to fit the budget.')
-flags.DEFINE_float('checkpoint_epochs', 5, 'Epochs between points of the '
+flags.DEFINE_float('train_epochs', None, 'Pretraining epochs (the cosine '
+                   'schedule\'s length; default: the preset\'s); chosen to '
+                   'fit the budget.')
+flags.DEFINE_float('checkpoint_epochs', 6, 'Epochs between points of the '
                    'learning curve.')
-flags.DEFINE_float('width_multiplier', 0.25, 'ResNet-18 width.')
+flags.DEFINE_float('width_multiplier', None, 'ResNet-18 width (default: the '
+                   'preset\'s).')
 flags.DEFINE_integer('batch_size', 512, 'Pretraining batch size.')
 flags.DEFINE_integer('contrastive_chunk_size', 0, 'Pretraining batches in '
                      'chunks of this many examples with gradient caching '
                      '(run.py\'s flag); 0: plain batches.')
-flags.DEFINE_float('temperature', 0.3, 'NT-Xent temperature.')
+flags.DEFINE_float('temperature', None, 'NT-Xent temperature (default: '
+                   'the preset\'s).')
 flags.DEFINE_integer('num_small_crops', 0, 'Multi-crop: small views per '
                      'image besides the two (run.py\'s flag).')
 flags.DEFINE_integer('small_crop_size', 0, 'Side of the small views; 0: half '
@@ -76,10 +80,12 @@ flags.DEFINE_float('small_crop_min_area', 0.05, 'Smallest area of a small '
                    'view\'s crop.')
 flags.DEFINE_float('small_crop_max_area', 0.14, 'Largest area of a small '
                    'view\'s crop.')
-flags.DEFINE_float('learning_rate', 0.075, 'Base LARS learning rate '
-                   '(times sqrt(batch size)).')
-flags.DEFINE_enum('precision', 'float32', ['float32', 'bfloat16'],
-                  'Compute precision of every training run.')
+flags.DEFINE_float('learning_rate', None, 'Base LARS learning rate '
+                   '(times sqrt(batch size); default: the preset\'s).')
+flags.DEFINE_enum('precision', 'auto', ['auto', 'float32', 'bfloat16'],
+                  'Compute precision of every training run; auto: as '
+                  'run.py\'s --mixed_precision=auto (bfloat16 on CPUs with '
+                  'bfloat16 units).')
 flags.DEFINE_boolean('only_supervised', False, 'Run only the supervised '
                      'baseline for --supervised_minutes; writes '
                      'supervised.json and adds it to a result.json '
@@ -94,22 +100,28 @@ NUM_TRAIN = 60000
 
 
 def recipe(model_dir: str, train_mode: str = 'pretrain', *,
-           epochs: float) -> c.RunConfig:
+           epochs: float | None) -> c.RunConfig:
   """The preset `fashion_mnist` (simclr_tf/settings/recipes.py) with this
-  script's flags; fine-tuning crops as the paper does."""
+  script's flags (None: the preset's value); fine-tuning crops as the paper
+  does."""
   pretrain = train_mode == 'pretrain'
+  if epochs is None:
+    epochs = recipes.PRESETS['fashion_mnist']['train_epochs']
+  optional = {'width_multiplier': FLAGS.width_multiplier,
+              'temperature': FLAGS.temperature,
+              'learning_rate': FLAGS.learning_rate}
   given = {
       'data_dir': FLAGS.data_dir, 'model_dir': model_dir,
-      'train_mode': train_mode, 'width_multiplier': FLAGS.width_multiplier,
-      'train_batch_size': FLAGS.batch_size, 'temperature': FLAGS.temperature,
-      'learning_rate': FLAGS.learning_rate, 'train_epochs': epochs,
-      'warmup_epochs': min(2, epochs / 10),
+      'train_mode': train_mode, 'train_batch_size': FLAGS.batch_size,
+      'train_epochs': epochs, 'warmup_epochs': min(2, epochs / 10),
       'checkpoint_epochs': FLAGS.checkpoint_epochs if pretrain else epochs,
       'keep_checkpoint_max': 1000, 'log_every_seconds': 30,
       'lineareval_while_pretraining': False, 'image_size': 28,
       'num_classes': None if pretrain else 10, 'jit_compile': False,
       'contrastive_chunk_size': FLAGS.contrastive_chunk_size if pretrain
-                                else 0}
+                                else 0,
+      **{name: value for name, value in optional.items()
+         if value is not None}}
   if pretrain:
     given.update(num_small_crops=FLAGS.num_small_crops,
                  small_crop_size=FLAGS.small_crop_size,
@@ -320,7 +332,7 @@ def main(_):
     supervised = supervised_baseline(
         source, os.path.join(FLAGS.model_dir, 'supervised'),
         FLAGS.supervised_minutes)
-    supervised.update(precision=FLAGS.precision,
+    supervised.update(precision=config.model.precision,
                       date=time.strftime('%Y-%m-%d'))
     records.write_json(os.path.join(FLAGS.output, 'supervised.json'),
                        supervised)
@@ -366,9 +378,10 @@ def main(_):
         source, os.path.join(FLAGS.model_dir, 'supervised'), minutes)
     methods.update(supervised_methods(supervised))
   result = {
-      'title': (f'ResNet-18 x{FLAGS.width_multiplier}, '
+      'title': (f'ResNet-18 x{config.model.encoder.width_multiplier}, '
                 f'{final["epochs"]:.0f} epochs of SimCLR pretraining in '
-                f'{FLAGS.precision} ({final["train_seconds"] / 60:.0f} min '
+                f'{config.model.precision} '
+                f'({final["train_seconds"] / 60:.0f} min '
                 'on this machine)'),
       'recipe': dataclasses.asdict(config),
       'methods': methods,

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One command per benchmark, from a fresh checkout:
 #   bash benchmarks/run.sh throughput      # speed  -> benchmarks/results/throughput_cpu.json
-#   bash benchmarks/run.sh fashion_mnist   # learning (about 2 h on 2 cores: 1 h of pretraining and
-#                                          #   evaluation, then the supervised baseline as long)
+#   bash benchmarks/run.sh fashion_mnist   # learning (about 2 h on 2 cores with bfloat16 units: 1 h of
+#                                          #   pretraining and evaluation, then the supervised baseline
+#                                          #   as long; about three times as long in float32)
 #                                          #        -> benchmarks/results/fashion_mnist/
 #   bash benchmarks/run.sh semi_supervised # fine-tuning on 1% / 10% of the labels, from the encoder
 #                                          #   fashion_mnist left in /tmp/simclr_fashion_mnist (~40 min)
