@@ -255,8 +255,11 @@ def test_a_cached_step_under_xla_and_float16_loss_scaling():
         zip(task.model.get_weights(), weights)]))
   tolerance = 3e-2  # float16 compute.
   for name, value in losses[0].items():
+    # An accuracy counts predictions: float16 may flip one of the batch's
+    # near-tied ones (the heads start near zero), which moves it by 1/8.
+    absolute = 1 / PER_REPLICA if name.endswith('_acc') else tolerance
     assert losses[1][name] == pytest.approx(value, rel=tolerance,
-                                            abs=tolerance), name
+                                            abs=absolute), name
   # The loss-scaled gradients, unscaled, make the float32 update.
   assert np.linalg.norm(updates[1] - updates[0]) < 0.1 * np.linalg.norm(
       updates[0])
