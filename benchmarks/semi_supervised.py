@@ -131,9 +131,8 @@ def encoder_architecture() -> dict:
   the preset says."""
   directory = (FLAGS.encoder if os.path.isdir(FLAGS.encoder)
                else os.path.dirname(FLAGS.encoder))
-  recorded = resolver.read_settings(directory)
-  return {name: recorded[name] for name in resolver.ARCHITECTURE
-          if recorded.get(name) is not None}
+  return resolver.Record(resolver.read_settings(directory),
+                         resolver.ARCHITECTURE).values()
 
 
 def fine_tuning_config(setting: Setting, model_dir: str, *, epochs: int,
