@@ -21,7 +21,6 @@ that exported it.
 
 import dataclasses
 import os
-import shutil
 import time
 
 from absl import logging
@@ -29,6 +28,7 @@ import tensorflow as tf
 
 from simclr_tf.inputs import augment
 from simclr_tf.network import model as model_lib
+from simclr_tf.serving import versions
 from simclr_tf.settings.config import AugmentConfig
 from simclr_tf.settings.config import DEFAULT_MAX_IMAGE_PIXELS
 from simclr_tf.storage import records
@@ -210,49 +210,34 @@ def export(model, augment_config: AugmentConfig, model_dir: str,
            max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
            compute_precision: str = 'float32') -> str:
   """Writes `<model_dir>/saved_model/<global_step>/` atomically, computing in
-  `compute_precision` whatever `model` computes in.
-
-  The SavedModel is written to a hidden temporary directory and renamed, so
-  TF Serving (which watches numeric sub-directories) never sees half an
-  export; then only the newest `keep` exports are kept.
-  """
-  base = os.path.join(model_dir, SAVED_MODEL_DIR)
-  os.makedirs(base, exist_ok=True)
-  final = os.path.join(base, str(global_step))
-  for stale in os.listdir(base):  # Left by a process killed mid-export.
-    if stale.startswith('.tmp-'):
-      shutil.rmtree(os.path.join(base, stale), ignore_errors=True)
-  temporary = os.path.join(base, f'.tmp-{global_step}-{os.getpid()}')
-  start = time.time()
-  logging.info('Exporting step %d to %s, computing in %s.', global_step,
-               final, compute_precision)
+  `compute_precision` whatever `model` computes in; keeps the newest `keep`
+  exports. formats.export_all writes the other formats beside it."""
   served = in_precision(model, compute_precision, augment_config.image_size)
   root = build_module(served, augment_config, max_image_pixels)
-  try:
-    tf.saved_model.save(root, temporary, signatures={
+  return write(root, model_dir, global_step, keep, {
+      'compute_precision': compute_precision,
+      'trained_precision': model.config.precision,
+      'global_step': global_step,
+      'image_size': augment_config.image_size})
+
+
+def write(root, model_dir: str, global_step: int, keep: int,
+          record: dict) -> str:
+  """Saves `root` (build_module) with its signatures and `record` as
+  export.json, atomically (versions.write); the SavedModel's path."""
+  base = os.path.join(model_dir, SAVED_MODEL_DIR)
+  start = time.time()
+
+  def fill(directory):
+    tf.saved_model.save(root, directory, signatures={
         'serving_default': root.serving_default,
         'serving_bytes': root.serving_bytes})
-    records.write_json(os.path.join(temporary, RECORD_FILE), {
-        'compute_precision': compute_precision,
-        'trained_precision': model.config.precision,
-        'global_step': global_step,
-        'image_size': augment_config.image_size})
-    if os.path.exists(final):  # Re-export of the same step: swap it out.
-      replaced = f'{temporary}-old'
-      os.rename(final, replaced)
-      os.rename(temporary, final)
-      shutil.rmtree(replaced)
-    else:
-      os.rename(temporary, final)
-  finally:
-    shutil.rmtree(temporary, ignore_errors=True)
+    records.write_json(os.path.join(directory, RECORD_FILE), record)
+
+  logging.info('Exporting step %d to %s, computing in %s.', global_step,
+               base, record['compute_precision'])
+  final = versions.write(base, global_step, fill)
   logging.info('Exported SavedModel to %s in %.1f s.', final,
                time.time() - start)
-  _keep_newest(base, keep)
+  versions.keep_newest(base, keep)
   return final
-
-
-def _keep_newest(base: str, keep: int):
-  versions = sorted(int(d) for d in os.listdir(base) if d.isdigit())
-  for version in versions[:-keep] if keep > 0 else []:
-    shutil.rmtree(os.path.join(base, str(version)), ignore_errors=True)
