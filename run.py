@@ -164,6 +164,10 @@ _setting_flag('export_precision', 'What SavedModel exports compute in, '
               'features on any machine; bfloat16 / float16 are faster only '
               'where the serving device computes in them natively.',
               c.PRECISIONS)
+_setting_flag('export_formats', 'What each export writes, comma-separated: '
+              'saved_model, onnx, tflite, tflite_int8, torch (each in '
+              '<model_dir>/<format>/<step>/, checked against the SavedModel; '
+              'all but saved_model need requirements-export.txt).')
 _setting_flag('summary_steps', 'Steps between TensorBoard summaries.')
 _setting_flag('steps_per_loop', 'Steps per tf.function call.')
 _setting_flag('log_every_seconds', 'Seconds between progress lines.')

@@ -29,7 +29,7 @@ from simclr_tf.network import original
 from simclr_tf.network import original_variables
 from simclr_tf.run_context import Run
 from simclr_tf.serving import embed as embed_lib
-from simclr_tf.serving import export as export_lib
+from simclr_tf.serving import formats
 from simclr_tf.settings import checks
 from simclr_tf.settings import config as c
 from simclr_tf.settings import resolver
@@ -43,7 +43,7 @@ from simclr_tf.training import train as train_lib
 # (run.py exits with code 2).
 USER_ERRORS = (checks.UsageError, sources.DatasetError,
                checkpoints.CheckpointError, lock.LockError,
-               embed_lib.EmbedError, FloatingPointError)
+               embed_lib.EmbedError, formats.ExportError, FloatingPointError)
 
 
 def run(command: Command):
@@ -217,22 +217,25 @@ def import_original(command: Command):
                       weights)
   print(f'Imported {weights.path} (global step {done["global_step"]}): '
         f'{original.describe(inferred)}, at {image_size} px.\n'
-        f'Wrote {done["checkpoint"]} and {done["saved_model"]} in '
+        f'Wrote {done["checkpoint"]} and '
+        f'{" and ".join(done["exports"].values())} in '
         f'{done["seconds"]:.1f} s.', flush=True)
 
 
 # --- The work on a run -----------------------------------------------------
 
 
-def export_model(run_: Run, model, global_step: int) -> str | None:
-  """The run's SavedModel of `model` (the chief writes it); its path."""
+def export_model(run_: Run, model, global_step: int) -> dict[str, str]:
+  """The run's exports of `model` in --export_formats (the chief writes
+  them); {format: path}."""
   if not run_.chief:
-    return None
+    return {}
   config = run_.config
-  return export_lib.export(model, config.augment, run_.model_dir, global_step,
-                           config.train.keep_hub_module_max,
-                           config.data.max_image_pixels,
-                           config.train.export_precision)
+  return formats.export_all(
+      model, config.augment, run_.model_dir, global_step,
+      c.export_formats(config.train.export_formats),
+      config.train.keep_hub_module_max, config.data.max_image_pixels,
+      config.train.export_precision)
 
 
 def _rounded(results: dict) -> str:
@@ -297,7 +300,7 @@ def run_eval(run_: Run, watch: bool = False, timeout: float = 0) -> dict:
   return _evaluate_checkpoint(run_, path)
 
 
-def run_export(run_: Run, checkpoint: str | None) -> str:
+def run_export(run_: Run, checkpoint: str | None) -> dict[str, str]:
   path = (checkpoints.locate(checkpoint) if checkpoint
           else checkpoints.latest_in(run_.model_dir))
   if path is None:
@@ -306,7 +309,8 @@ def run_export(run_: Run, checkpoint: str | None) -> str:
         '--checkpoint=PATH or train first.')
   model, step = restored_model(run_, path)
   exported = export_model(run_, model, step)
-  print(f'Exported {path} to {exported}', flush=True)
+  for directory in exported.values():
+    print(f'Exported {path} to {directory}', flush=True)
   return exported
 
 
@@ -326,5 +330,5 @@ def run_import(run_: Run, weights: original.OriginalWeights) -> dict:
                                 run_.config.train.keep_checkpoint_max)
   path = manager.save(checkpoint_number=step)
   exported = export_model(run_, model, step)
-  return {'checkpoint': path, 'saved_model': exported, 'global_step': step,
+  return {'checkpoint': path, 'exports': exported, 'global_step': step,
           'seconds': time.perf_counter() - start}

@@ -18,6 +18,7 @@ import tensorflow as tf
 
 from simclr_tf.network import original
 from simclr_tf.network import original_variables
+from simclr_tf.serving import torch_format
 from simclr_tf.settings import config as c
 from simclr_tf.storage.checkpoints import CheckpointError
 from simclr_tf.training import task
@@ -309,11 +310,17 @@ def test_import_then_export_eval_and_fine_tune_as_any_run(tmp_path):
   result_json = json.loads((model_dir / 'result.json').read_text())
   assert result_json['global_step'] == 3
 
-  # Exporting again needs neither architecture flags nor a dataset.
-  exported = run('--mode=export', f'--model_dir={model_dir}')
+  # Exporting again needs neither architecture flags nor a dataset, and
+  # other formats serve the original's outputs too.
+  exported = run('--mode=export', f'--model_dir={model_dir}',
+                 '--export_formats=saved_model,torch')
   assert exported.returncode == 0, exported.stderr
-  assert f'Exported {model_dir}/ckpt-3 to {model_dir}/saved_model/3' in (
-      exported.stdout)
+  for fmt in ('saved_model', 'torch'):
+    assert f'Exported {model_dir}/ckpt-3 to {model_dir}/{fmt}/3' in (
+        exported.stdout)
+  outputs = torch_format.run(str(model_dir / 'torch' / '3'), images)
+  assert _relative_error(outputs['final_avg_pool'],
+                         np.load(folder / 'hidden.npy')) < TOLERANCE
 
   # Fine-tuning starts from the imported encoder.
   tuned_dir = tmp_path / 'tuned'

@@ -1,9 +1,11 @@
 """Checks that fail before any work starts, with one line for the user."""
 
+import importlib.util
 import os
 
-from simclr_tf.settings.config import (LINEAREVAL_VIEWS, RESNET_DEPTHS,
-                                       HeadConfig, RunConfig)
+from simclr_tf.settings.config import (EXPORT_FORMATS, EXPORT_PACKAGES,
+                                       LINEAREVAL_VIEWS, RESNET_DEPTHS,
+                                       HeadConfig, RunConfig, export_formats)
 
 
 class UsageError(ValueError):
@@ -73,6 +75,31 @@ def check_settings(values: dict):
   check(values['resnet_depth'] in RESNET_DEPTHS,
         f'--resnet_depth={values["resnet_depth"]} is not one of '
         f'{RESNET_DEPTHS}.')
+  check_export_formats(values['export_formats'], values['export_precision'])
+
+
+def check_export_formats(value: str, export_precision: str):
+  """Known formats, each once, their converters and runtimes installed, and
+  a precision every one of them can compute in."""
+  formats = export_formats(value)
+  check(formats, f'--export_formats={value!r} names no format; give some of '
+        f'{",".join(EXPORT_FORMATS)}.')
+  for name in formats:
+    check(name in EXPORT_FORMATS, f'--export_formats: unknown format '
+          f'{name!r}; the formats are {",".join(EXPORT_FORMATS)}.')
+    check(formats.count(name) == 1,
+          f'--export_formats names {name} twice; name it once.')
+  others = [name for name in formats if name != 'saved_model']
+  check(export_precision == 'float32' or not others,
+        f'--export_formats={",".join(others)} cannot compute in '
+        f'--export_precision={export_precision} (these exports are float32; '
+        'only saved_model computes in other precisions): export them with '
+        '--export_precision=float32.')
+  for name in others:
+    for module, package in EXPORT_PACKAGES[name].items():
+      check(importlib.util.find_spec(module) is not None,
+            f'--export_formats={name} needs the {package} package, which is '
+            'not installed: pip install -r requirements-export.txt.')
 
 
 def check_writable(model_dir: str):

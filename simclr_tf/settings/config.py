@@ -145,6 +145,23 @@ class HeadConfig:
 
 
 TRAIN_MODES = ('pretrain', 'finetune')
+# What --export_formats can write, each under <model_dir>/<format>/<step>/
+# (docs/serving.md), and the packages each needs beyond the runtime's
+# (requirements-export.txt): import name -> package to install.
+EXPORT_FORMATS = ('saved_model', 'onnx', 'tflite', 'tflite_int8', 'torch')
+EXPORT_PACKAGES = {
+    'onnx': {'tf2onnx': 'tf2onnx', 'onnx': 'onnx',
+             'onnxruntime': 'onnxruntime'},
+    'tflite': {'ai_edge_litert': 'ai-edge-litert'},
+    'tflite_int8': {'ai_edge_litert': 'ai-edge-litert'},
+    'torch': {'torch': 'torch'},
+}
+
+
+def export_formats(value: str) -> tuple[str, ...]:
+  """The formats of an --export_formats value, in the order given."""
+  return tuple(name.strip() for name in value.split(',') if name.strip())
+
 # Compute precisions; variables, losses and softmax stay float32 in all.
 PRECISIONS = ('float32', 'bfloat16', 'float16')
 
@@ -225,6 +242,8 @@ class TrainConfig:
   # precision: float32 serves the same features on every machine; bfloat16
   # and float16 are fast only where the serving hardware has units for them.
   export_precision: str = 'float32'
+  # Comma-separated EXPORT_FORMATS written at each export.
+  export_formats: str = 'saved_model'
   # Initial weights (encoder and projection head) for a new run: a
   # checkpoint prefix or a directory holding checkpoints.
   checkpoint: str | None = None

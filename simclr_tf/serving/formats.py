@@ -1,0 +1,143 @@
+"""Every format `--export_formats` asks for, each checked by its own runtime.
+
+Each format lands in `<model_dir>/<format>/<global_step>/`, written
+atomically (versions.write) and the newest `keep_hub_module_max` kept. Before
+a format other than the SavedModel is published, its runtime (onnxruntime,
+the LiteRT interpreter, PyTorch) runs it on seeded check images and its
+outputs are compared with serving_default's, output by output: one that
+differs by more than TOLERANCE of the output's scale fails the export with
+nothing of that format written. The differences are in the format's
+export.json.
+"""
+
+import dataclasses
+import os
+import time
+from collections.abc import Callable
+
+from absl import logging
+import numpy as np
+import tensorflow as tf
+
+from simclr_tf.serving import export as saved_model
+from simclr_tf.serving import onnx_format
+from simclr_tf.serving import tflite_format
+from simclr_tf.serving import torch_format
+from simclr_tf.serving import versions
+from simclr_tf.settings.config import AugmentConfig
+from simclr_tf.settings.config import DEFAULT_MAX_IMAGE_PIXELS
+from simclr_tf.storage import records
+
+# Largest difference from serving_default allowed, relative to the largest
+# magnitude of each output.
+TOLERANCE = 1e-4
+CHECK_IMAGES = 4
+
+
+class ExportError(ValueError):
+  """A converted model that does not compute what the SavedModel does."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Format:
+  # write(root, model, image_size, directory); run(directory, images).
+  write: Callable
+  run: Callable
+  # Whether it must match serving_default within TOLERANCE.
+  exact: bool = True
+
+
+FORMATS = {
+    'onnx': Format(
+        lambda root, model, size, d: onnx_format.write(root, size, d),
+        onnx_format.run),
+    'tflite': Format(
+        lambda root, model, size, d: tflite_format.write(root, size, d),
+        tflite_format.run),
+    'tflite_int8': Format(
+        lambda root, model, size, d: tflite_format.write(root, size, d,
+                                                         int8=True),
+        tflite_format.run, exact=False),
+    'torch': Format(
+        lambda root, model, size, d: torch_format.write(model, size, d),
+        torch_format.run),
+}
+
+
+def check_images(image_size: int, count: int = CHECK_IMAGES,
+                 seed: int = 0) -> np.ndarray:
+  """Seeded images in [0, 1]: no data is needed to export."""
+  return np.random.default_rng(seed).random(
+      (count, image_size, image_size, 3), dtype=np.float32)
+
+
+def relative_differences(outputs: dict, reference: dict) -> dict:
+  """{output: max |outputs - reference| / max |reference|} over every output
+  of `reference`; an output that is missing or has another shape fails."""
+  differences = {}
+  for name, expected in reference.items():
+    actual = outputs.get(name)
+    if actual is None or np.shape(actual) != np.shape(expected):
+      raise ExportError(
+          f'the converted model\'s output {name!r} is '
+          f'{"missing" if actual is None else np.shape(actual)}, not '
+          f'{np.shape(expected)} as serving_default\'s.')
+    scale = max(float(np.max(np.abs(expected))), np.finfo(np.float32).tiny)
+    differences[name] = float(np.max(np.abs(actual - expected))) / scale
+  return differences
+
+
+def export_all(model, augment_config: AugmentConfig, model_dir: str,
+               global_step: int, formats: tuple[str, ...], keep: int = 1,
+               max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+               compute_precision: str = 'float32') -> dict[str, str]:
+  """Writes `formats` of `model` at `global_step`; {format: path}."""
+  size = augment_config.image_size
+  served = saved_model.in_precision(model, compute_precision, size)
+  root = saved_model.build_module(served, augment_config, max_image_pixels)
+  record = {'compute_precision': compute_precision,
+            'trained_precision': model.config.precision,
+            'global_step': global_step, 'image_size': size}
+  paths = {}
+  if 'saved_model' in formats:
+    paths['saved_model'] = saved_model.write(root, model_dir, global_step,
+                                             keep, record)
+  others = [name for name in formats if name != 'saved_model']
+  if not others:
+    return paths
+  images = check_images(size)
+  reference = {name: value.numpy() for name, value in
+               root.serving_default(tf.constant(images)).items()}
+  for name in others:
+    paths[name] = _export_checked(name, root, served, model_dir, global_step,
+                                  keep, record, images, reference)
+  return paths
+
+
+def _export_checked(name, root, model, model_dir, global_step, keep, record,
+                    images, reference) -> str:
+  fmt = FORMATS[name]
+  size = record['image_size']
+  start = time.time()
+
+  def fill(directory):
+    fmt.write(root, model, size, directory)
+    differences = relative_differences(fmt.run(directory, images), reference)
+    worst = max(differences, key=differences.get)
+    if fmt.exact and differences[worst] > TOLERANCE:
+      raise ExportError(
+          f'the {name} export computes {worst} {differences[worst]:.1e} '
+          f'(relative) away from the SavedModel, more than {TOLERANCE:g}; '
+          'nothing was written. Please report it with the model\'s '
+          'flags.json.')
+    records.write_json(os.path.join(directory, saved_model.RECORD_FILE), {
+        **record, 'format': name,
+        'check': {'images': f'{len(images)} seeded uniform images',
+                  'tolerance': TOLERANCE if fmt.exact else None,
+                  'max_relative_difference': differences}})
+
+  base = os.path.join(model_dir, name)
+  path = versions.write(base, global_step, fill)
+  versions.keep_newest(base, keep)
+  logging.info('Exported %s to %s in %.1f s.', name, path, time.time() - start)
+  return path

@@ -1,0 +1,41 @@
+"""`--export_formats=onnx`: the inference graph of serving_default as ONNX,
+converted by tf2onnx and run by onnxruntime.
+
+`onnx/<step>/model.onnx` takes `images` float32 [batch, size, size, 3] in
+[0, 1] (NHWC, as the SavedModel) and returns the outputs of serving_default
+under the same names. Opset 17: the newest that tf2onnx covers for every op
+of these graphs, and one that onnxruntime has run since 1.14 and TensorRT
+since 8.6.
+"""
+
+import os
+
+import numpy as np
+import tensorflow as tf
+
+FILE = 'model.onnx'
+OPSET = 17
+
+
+def write(root, image_size: int, directory: str):
+  """Converts `root.serving_default` (export.build_module) to ONNX."""
+  # pylint: disable=g-import-not-at-top
+  import onnx
+  import tf2onnx
+  spec = tf.TensorSpec([None, image_size, image_size, 3], tf.float32,
+                       name='images')
+  # tf2onnx names the graph's inputs and outputs after the function's
+  # (images; default, final_avg_pool, ...).
+  proto, _ = tf2onnx.convert.from_function(
+      root.serving_default, input_signature=[spec], opset=OPSET)
+  onnx.checker.check_model(proto)
+  onnx.save(proto, os.path.join(directory, FILE))
+
+
+def run(directory: str, images: np.ndarray) -> dict:
+  """The outputs of `model.onnx` on NHWC `images`, with onnxruntime."""
+  import onnxruntime  # pylint: disable=g-import-not-at-top
+  session = onnxruntime.InferenceSession(
+      os.path.join(directory, FILE), providers=['CPUExecutionProvider'])
+  names = [output.name for output in session.get_outputs()]
+  return dict(zip(names, session.run(names, {'images': images})))
