@@ -3,9 +3,10 @@ converted by tf2onnx and run by onnxruntime.
 
 `onnx/<step>/model.onnx` takes `images` float32 [batch, size, size, 3] in
 [0, 1] (NHWC, as the SavedModel) and returns the outputs of serving_default
-under the same names. Opset 17: the newest that tf2onnx covers for every op
-of these graphs, and one that onnxruntime has run since 1.14 and TensorRT
-since 8.6.
+under the same names. Opset 17: tf2onnx converts to opsets up to 18
+(default 15); 18 turned ReduceMean's axes (the global average pool, squeeze-
+excitation, selective kernels) from an attribute into an input, so 17 is the
+newest that runtimes implementing ONNX 1.12 (onnxruntime 1.13 on) still run.
 """
 
 import os
