@@ -10,6 +10,7 @@ calls the functions below it that do the work on a `Run`.
 import contextlib
 import dataclasses
 import os
+import re
 import time
 
 from absl import logging
@@ -274,8 +275,19 @@ def restored_model(run_: Run, path: str):
   """(The model of checkpoint `path`, its global step)."""
   with run_.strategy.scope():
     model = model_lib.create(run_.config.model, run_.config.augment.image_size)
-  status = tf.train.Checkpoint(model=model).read(path)
-  status.expect_partial().assert_existing_objects_matched()  # No optimizer.
+  try:
+    status = tf.train.Checkpoint(model=model).read(path)
+    status.expect_partial().assert_existing_objects_matched()  # No optimizer.
+  except (AssertionError, ValueError) as e:
+    missing = re.findall(r'path=([^,\s]+)', str(e))
+    why = (f'{len(missing)} of the model\'s variables are not in it, e.g. '
+           f'{", ".join(missing[:2])}' if missing
+           else str(e).splitlines()[0][:200])
+    raise checkpoints.CheckpointError(
+        f'{path} does not hold the model these settings build ({why}); give '
+        'the architecture flags of the run that wrote it (its '
+        f'{records.FLAGS_FILE} records them), including '
+        '--lineareval_while_pretraining.') from None
   return model, checkpoints.step_of(path)
 
 

@@ -328,6 +328,17 @@ def test_export_mode_writes_the_formats_asked_for(tmp_path):
     assert relative_error(outputs['final_avg_pool'],
                           reference['final_avg_pool']) < TOLERANCE
 
+  # Without flags.json, flags that build another model: one line, exit 2.
+  (model_dir / 'flags.json').unlink()
+  wrong = run('--mode=export', f'--model_dir={model_dir}',
+              '--dataset=fashion_mnist', '--image_size=16',
+              '--width_multiplier=0.25', '--lineareval_while_pretraining=false')
+  assert wrong.returncode == 2
+  assert wrong.stderr.strip().splitlines()[-1].startswith(
+      f'run.py: error: {model_dir}/ckpt-1 does not hold the model these '
+      'settings build (')
+  assert sorted(os.listdir(model_dir / 'torch')) == ['1']
+
 
 needs_fixtures = pytest.mark.skipif(
     not FIXTURES.is_dir(),
