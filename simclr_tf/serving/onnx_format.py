@@ -9,6 +9,7 @@ excitation, selective kernels) from an attribute into an input, so 17 is the
 newest that runtimes implementing ONNX 1.12 (onnxruntime 1.13 on) still run.
 """
 
+import logging
 import os
 
 import numpy as np
@@ -23,6 +24,8 @@ def write(root, image_size: int, directory: str):
   # pylint: disable=g-import-not-at-top
   import onnx
   import tf2onnx
+  # Its versions, opset and optimiser statistics are not the user's news.
+  logging.getLogger('tf2onnx').setLevel(logging.WARNING)
   spec = tf.TensorSpec([None, image_size, image_size, 3], tf.float32,
                        name='images')
   # tf2onnx names the graph's inputs and outputs after the function's
