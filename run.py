@@ -158,7 +158,7 @@ _setting_flag('checkpoint_epochs', 'Epochs between checkpoints.')
 _setting_flag('checkpoint_steps', 'Steps between checkpoints; > 0 overrides '
               '--checkpoint_epochs.')
 _setting_flag('keep_checkpoint_max', 'Checkpoints kept.')
-_setting_flag('keep_hub_module_max', 'SavedModel exports kept.')
+_setting_flag('keep_hub_module_max', 'Exports kept, per format.')
 _setting_flag('export_precision', 'What SavedModel exports compute in, '
               'whatever the training precision. float32 serves the same '
               'features on any machine; bfloat16 / float16 are faster only '

@@ -34,17 +34,15 @@ REPO = pathlib.Path(helpers.REPO)
 FIXTURES = pathlib.Path(os.environ.get(
     'SIMCLR_ORIGINAL_FIXTURES',
     REPO.parent / 'shared' / 'fixtures' / 'original_simclr'))
-# name -> (encoder, image size, head layers, classes, standardised head)
+# name -> (encoder, image size, head layers, classes, standardised head).
+# Selective kernels: the original code's ResNet-50 fixture, below.
 ARCHITECTURES = {
     'resnet18_cifar_stem': (EncoderConfig(resnet_depth=18, cifar_stem=True,
                                           width_multiplier=0.25), 16, 2, 4,
                             True),
-    'resnet50_standard_stem': (EncoderConfig(resnet_depth=50,
-                                             width_multiplier=0.25), 40, 3,
-                               None, False),
-    'resnet50_selective_kernels': (EncoderConfig(
-        resnet_depth=50, width_multiplier=0.25, sk_ratio=0.0625,
-        se_ratio=0.25), 36, 2, 3, False),
+    'resnet50_standard_stem_se': (EncoderConfig(
+        resnet_depth=50, width_multiplier=0.25, se_ratio=0.25), 40, 3, None,
+                                  False),
 }
 
 
@@ -351,8 +349,8 @@ needs_fixtures = pytest.mark.skipif(
                                         ('r50_sk_w025_64px', 64)])
 def test_imported_original_models_reproduce_the_originals_outputs(
     tmp_path, name, size):
-  """The original code's recorded outputs, from ONNX and PyTorch exports of
-  its imported checkpoint."""
+  """The original code's recorded outputs, from ONNX, TFLite and PyTorch
+  exports of its imported checkpoint (ResNet-50: selective kernels)."""
   folder = FIXTURES / name
   weights = original.read(str(folder))
   settings = original.infer_settings(weights)
@@ -360,9 +358,10 @@ def test_imported_original_models_reproduce_the_originals_outputs(
                                     'model_dir': 'unused'}))
   original_variables.load(model, weights)
   paths = formats.export_all(model, AugmentConfig(image_size=size),
-                             str(tmp_path), 3, ('onnx', 'torch'))
+                             str(tmp_path), 3, ('onnx', 'tflite', 'torch'))
   images = np.load(folder / 'images.npy')
   for fmt, run_format in (('onnx', onnx_format.run),
+                          ('tflite', tflite_format.run),
                           ('torch', torch_format.run)):
     outputs = run_format(paths[fmt], images)
     for ours, theirs in (('final_avg_pool', 'hidden'),
