@@ -218,9 +218,8 @@ def import_original(command: Command):
                       weights)
   print(f'Imported {weights.path} (global step {done["global_step"]}): '
         f'{original.describe(inferred)}, at {image_size} px.\n'
-        f'Wrote {done["checkpoint"]} and '
-        f'{" and ".join(done["exports"].values())} in '
-        f'{done["seconds"]:.1f} s.', flush=True)
+        f'Wrote {", ".join([done["checkpoint"], *done["exports"].values()])}'
+        f' in {done["seconds"]:.1f} s.', flush=True)
 
 
 # --- The work on a run -----------------------------------------------------
