@@ -191,6 +191,14 @@ def test_width_one_encoders_load_into_torchvision(tmp_path, depth, size,
     assert relative_error(stock, reference) > 100 * TOLERANCE
 
 
+def test_the_pytorch_module_knows_the_same_depths():
+  """simclr_torch.py imports only torch, so it keeps its own table."""
+  from simclr_tf.network import resnet  # pylint: disable=g-import-not-at-top
+  from simclr_tf.serving import simclr_torch  # pylint: disable=g-import-not-at-top
+  assert simclr_torch.DEPTHS == resnet.DEPTHS
+  assert simclr_torch.BATCH_NORM_EPSILON == resnet.BATCH_NORM_EPSILON
+
+
 def test_other_architectures_name_why_torchvision_cannot_load_them():
   name, note = torch_format.torchvision_model(
       EncoderConfig(resnet_depth=50, width_multiplier=2, sk_ratio=0.0625))
