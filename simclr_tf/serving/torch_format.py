@@ -17,7 +17,6 @@ import numpy as np
 from simclr_tf.network import resnet
 from simclr_tf.serving import simclr_torch
 
-FILES = ('encoder.pt', 'projection_head.pt', 'supervised_head.pt')
 TORCHVISION_DEPTHS = (18, 34, 50, 101, 152)
 
 
