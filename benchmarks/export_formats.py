@@ -59,6 +59,8 @@ FLAGS = flags.FLAGS
 
 
 def _randomized(model):
+  """tests/helpers.randomize_batch_norm's statistics (benchmarks do not
+  import tests), so the differences measured are those the tests bound."""
   rng = np.random.default_rng(0)
   for variable in model.weights:
     if variable.name in ('gamma', 'moving_variance'):

@@ -160,3 +160,17 @@ def torchvision_models():
     package.__spec__ = spec
     sys.modules['torchvision'] = package
     return importlib.import_module('torchvision.models')
+
+
+def randomize_batch_norm(model, seed=0):
+  """Non-trivial batch-norm statistics, scales (zero-init gammas included)
+  and offsets, so that an export that mishandles a batch norm shows."""
+  rng = np.random.default_rng(seed)
+  for variable in model.weights:
+    if variable.name in ('gamma', 'moving_variance'):
+      variable.assign(rng.uniform(0.5, 1.5, variable.shape)
+                      .astype(np.float32))
+    elif variable.name in ('beta', 'moving_mean'):
+      variable.assign(rng.uniform(-0.2, 0.2, variable.shape)
+                      .astype(np.float32))
+  return model

@@ -30,13 +30,7 @@ def _model(num_classes=4):
       num_classes=num_classes)
   model = SimCLRModel(config)
   model(tf.zeros([1, SIZE, SIZE, 3]))
-  rng = np.random.default_rng(0)
-  for v in model.weights:  # Non-trivial BN statistics and zero-init gammas.
-    if v.name in ('gamma', 'moving_variance'):
-      v.assign(rng.uniform(0.5, 1.5, v.shape).astype(np.float32))
-    elif v.name in ('beta', 'moving_mean'):
-      v.assign(rng.uniform(-0.2, 0.2, v.shape).astype(np.float32))
-  return model
+  return helpers.randomize_batch_norm(model)
 
 
 @pytest.fixture(scope='module')

@@ -57,20 +57,6 @@ def fashion_mnist_images(size: int, count: int = 6) -> np.ndarray:
   return np.repeat(np.clip(images.numpy(), 0, 1), 3, axis=-1)
 
 
-def randomized(model, seed=0):
-  """Non-trivial batch-norm statistics, scales and offsets, so that a
-  mismatched batch norm cannot go unnoticed."""
-  rng = np.random.default_rng(seed)
-  for variable in model.weights:
-    if variable.name in ('gamma', 'moving_variance'):
-      variable.assign(rng.uniform(0.5, 1.5, variable.shape)
-                      .astype(np.float32))
-    elif variable.name in ('beta', 'moving_mean'):
-      variable.assign(rng.uniform(-0.2, 0.2, variable.shape)
-                      .astype(np.float32))
-  return model
-
-
 def build(encoder, size, head_layers=2, num_classes=None, standardize=False):
   config = ModelConfig(
       encoder=encoder, head=HeadConfig(proj_out_dim=8,
@@ -79,7 +65,7 @@ def build(encoder, size, head_layers=2, num_classes=None, standardize=False):
       num_classes=num_classes, lineareval_standardize=standardize)
   model = SimCLRModel(config)
   model(tf.zeros([1, size, size, 3]))
-  return randomized(model)
+  return helpers.randomize_batch_norm(model)
 
 
 def relative_error(ours, reference):

@@ -212,13 +212,22 @@ def export(model, augment_config: AugmentConfig, model_dir: str,
   """Writes `<model_dir>/saved_model/<global_step>/` atomically, computing in
   `compute_precision` whatever `model` computes in; keeps the newest `keep`
   exports. formats.export_all writes the other formats beside it."""
+  _, root, record = prepare(model, augment_config, global_step,
+                            max_image_pixels, compute_precision)
+  return write(root, model_dir, global_step, keep, record)
+
+
+def prepare(model, augment_config: AugmentConfig, global_step: int,
+            max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+            compute_precision: str = 'float32'):
+  """(The model in `compute_precision`, its build_module root, the record
+  every format's export.json starts from)."""
   served = in_precision(model, compute_precision, augment_config.image_size)
   root = build_module(served, augment_config, max_image_pixels)
-  return write(root, model_dir, global_step, keep, {
-      'compute_precision': compute_precision,
-      'trained_precision': model.config.precision,
-      'global_step': global_step,
-      'image_size': augment_config.image_size})
+  return served, root, {'compute_precision': compute_precision,
+                        'trained_precision': model.config.precision,
+                        'global_step': global_step,
+                        'image_size': augment_config.image_size}
 
 
 def write(root, model_dir: str, global_step: int, keep: int,

@@ -48,15 +48,13 @@ class Format:
 
 
 FORMATS = {
-    'onnx': Format(
-        lambda root, model, size, d: onnx_format.write(root, size, d),
-        onnx_format.run),
+    'onnx': Format(lambda root, model, size, d: onnx_format.write(root, d),
+                   onnx_format.run),
     'tflite': Format(
-        lambda root, model, size, d: tflite_format.write(root, size, d),
+        lambda root, model, size, d: tflite_format.write(root, d),
         tflite_format.run),
     'tflite_int8': Format(
-        lambda root, model, size, d: tflite_format.write(root, size, d,
-                                                         int8=True),
+        lambda root, model, size, d: tflite_format.write(root, d, int8=True),
         tflite_format.run, exact=False),
     'torch': Format(
         lambda root, model, size, d: torch_format.write(model, size, d),
@@ -92,12 +90,8 @@ def export_all(model, augment_config: AugmentConfig, model_dir: str,
                max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
                compute_precision: str = 'float32') -> dict[str, str]:
   """Writes `formats` of `model` at `global_step`; {format: path}."""
-  size = augment_config.image_size
-  served = saved_model.in_precision(model, compute_precision, size)
-  root = saved_model.build_module(served, augment_config, max_image_pixels)
-  record = {'compute_precision': compute_precision,
-            'trained_precision': model.config.precision,
-            'global_step': global_step, 'image_size': size}
+  served, root, record = saved_model.prepare(
+      model, augment_config, global_step, max_image_pixels, compute_precision)
   paths = {}
   if 'saved_model' in formats:
     paths['saved_model'] = saved_model.write(root, model_dir, global_step,
@@ -105,7 +99,7 @@ def export_all(model, augment_config: AugmentConfig, model_dir: str,
   others = [name for name in formats if name != 'saved_model']
   if not others:
     return paths
-  images = check_images(size)
+  images = check_images(augment_config.image_size)
   reference = {name: value.numpy() for name, value in
                root.serving_default(tf.constant(images)).items()}
   for name in others:

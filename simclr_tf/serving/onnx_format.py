@@ -13,25 +13,23 @@ import logging
 import os
 
 import numpy as np
-import tensorflow as tf
 
 FILE = 'model.onnx'
 OPSET = 17
 
 
-def write(root, image_size: int, directory: str):
+def write(root, directory: str):
   """Converts `root.serving_default` (export.build_module) to ONNX."""
   # pylint: disable=g-import-not-at-top
   import onnx
   import tf2onnx
   # Its versions, opset and optimiser statistics are not the user's news.
   logging.getLogger('tf2onnx').setLevel(logging.WARNING)
-  spec = tf.TensorSpec([None, image_size, image_size, 3], tf.float32,
-                       name='images')
   # tf2onnx names the graph's inputs and outputs after the function's
   # (images; default, final_avg_pool, ...).
+  function = root.serving_default
   proto, _ = tf2onnx.convert.from_function(
-      root.serving_default, input_signature=[spec], opset=OPSET)
+      function, input_signature=function.input_signature, opset=OPSET)
   onnx.checker.check_model(proto)
   onnx.save(proto, os.path.join(directory, FILE))
 

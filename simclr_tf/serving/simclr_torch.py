@@ -278,12 +278,13 @@ class SimCLR(nn.Module):
     outputs = {'default': features, 'final_avg_pool': features}
     hiddens = [features]
     if self.projection_head is not None:
+      # hiddens[k]: the output of layer k (after its ReLU, the last: none).
       x = features
       for module in self.projection_head:
         x = module(x)
-        if not isinstance(module, nn.Linear) and (
-            isinstance(module, nn.ReLU) or module is self.projection_head[-1]):
+        if isinstance(module, nn.ReLU):
           hiddens.append(x)
+      hiddens.append(x)
       outputs['proj_head_output'] = x
     if self.supervised_head is not None:
       logits = self.supervised_head(hiddens[self.config['ft_proj_selector']])

@@ -18,8 +18,7 @@ FILE = 'model.tflite'
 SIGNATURE = 'serving_default'
 
 
-def write(root, image_size: int, directory: str, int8: bool = False):
-  del image_size  # In the signature.
+def write(root, directory: str, int8: bool = False):
   function = root.serving_default.get_concrete_function()
   converter = tf.lite.TFLiteConverter.from_concrete_functions([function],
                                                              root)
