@@ -92,6 +92,17 @@ _setting_flag('min_crop_area', 'Smallest area of a random crop, as a '
               'fraction of the image (the paper: 0.08).')
 _setting_flag('use_blur', 'Gaussian blur in pretraining; default: on above '
               '32 px.')
+_setting_flag('augmentations', 'What makes a pretraining view, comma-'
+              'separated, applied in this order whatever the order given: '
+              f'{",".join(c.AUGMENTATIONS)}; none: the image alone. Default: '
+              'crop,flip,color,gray, and blur where --use_blur.')
+_setting_flag('second_view_augmentations', 'The second view\'s, when it '
+              'differs (none: the unaugmented image, the paper\'s Figure 5 '
+              'setting); default: the same as --augmentations.')
+_setting_flag('cutout_fraction', 'Side of the cutout square, as a fraction '
+              'of the image side.')
+_setting_flag('noise_stddev', 'Standard deviation of the Gaussian noise, on '
+              'images in [0, 1].')
 _setting_flag('num_small_crops', 'Multi-crop (SwAV): small views per image '
               'besides the two, each a positive of both in the contrastive '
               'loss; 0: the two views only.')

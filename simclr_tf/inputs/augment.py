@@ -153,14 +153,19 @@ def to_grayscale(image):
 
 
 def random_color_distortion(image, seed, strength, jitter_prob=0.8,
-                            grayscale_prob=0.2):
-  """Colour jitter with probability `jitter_prob`, then grayscale."""
+                            grayscale_prob=0.2, jitter=True, gray=True):
+  """Colour jitter with probability `jitter_prob`, then grayscale with
+  `grayscale_prob`; `jitter` / `gray` False leave that part out (the same
+  seeds drive the other)."""
   jitter_coin, jitter_seed, gray_coin = split_seed(seed, 3)
-  image = tf.cond(_uniform(jitter_coin) < jitter_prob,
-                  lambda: color_jitter(image, jitter_seed, strength),
-                  lambda: image)
-  return tf.cond(_uniform(gray_coin) < grayscale_prob,
-                 lambda: to_grayscale(image), lambda: image)
+  if jitter:
+    image = tf.cond(_uniform(jitter_coin) < jitter_prob,
+                    lambda: color_jitter(image, jitter_seed, strength),
+                    lambda: image)
+  if gray:
+    image = tf.cond(_uniform(gray_coin) < grayscale_prob,
+                    lambda: to_grayscale(image), lambda: image)
+  return image
 
 
 # --- Gaussian blur -----------------------------------------------------------
@@ -204,28 +209,106 @@ def random_blur(image, seed, image_size, prob=0.5, sigma_range=(0.1, 2.0)):
                  lambda: image)
 
 
+# --- Rotation, noise, cutout, Sobel (the paper's Figure 4) --------------------
+
+
+def random_rotation(image, seed):
+  """Rotates by 90, 180 or 270 degrees, each equally likely (the paper's
+  Figure 4f)."""
+  quarter_turns = tf.random.stateless_uniform([], seed, 1, 4, dtype=tf.int32)
+  return tf.image.rot90(image, quarter_turns)
+
+
+def gaussian_noise(image, seed, stddev):
+  """Adds independent N(0, stddev^2) noise to every pixel and channel."""
+  return image + stddev * tf.random.stateless_normal(tf.shape(image), seed)
+
+
+def cutout(image, center_y, center_x, side: int):
+  """Zeroes the `side` x `side` square centred on (center_y, center_x), the
+  part inside the image (DeVries & Taylor 2017)."""
+  shape = tf.shape(image)
+  top = center_y - side // 2
+  left = center_x - side // 2
+  rows = tf.range(shape[0])[:, tf.newaxis]
+  cols = tf.range(shape[1])[tf.newaxis, :]
+  inside = ((rows >= top) & (rows < top + side) & (cols >= left) &
+            (cols < left + side))
+  return tf.where(inside[..., tf.newaxis], tf.zeros_like(image), image)
+
+
+def random_cutout(image, seed, side: int):
+  """Cutout of a `side` x `side` square centred anywhere in the image."""
+  y_seed, x_seed = split_seed(seed, 2)
+  shape = tf.shape(image)
+  center_y = tf.random.stateless_uniform([], y_seed, 0, shape[0], tf.int32)
+  center_x = tf.random.stateless_uniform([], x_seed, 0, shape[1], tf.int32)
+  return cutout(image, center_y, center_x, side)
+
+
+def sobel_magnitude(image):
+  """The Sobel gradient magnitude of the image's luma, scaled so that its
+  largest value is 1, as three equal channels (the paper's Figure 4j)."""
+  luma = tf.image.rgb_to_grayscale(image)
+  gradients = tf.image.sobel_edges(luma[tf.newaxis])[0, :, :, 0, :]
+  magnitude = tf.norm(gradients, axis=-1, keepdims=True)
+  magnitude = tf.math.divide_no_nan(magnitude, tf.reduce_max(magnitude))
+  return tf.tile(magnitude, [1, 1, 3])
+
+
 # --- The three preprocessing modes -------------------------------------------
 
 
-def pretrain_view(image, seed, config: AugmentConfig, small: bool = False):
-  """One SimCLR view: crop, flip, colour distortion, optional blur. `small`:
-  a multi-crop view, cropped from `config.small_crop_area_range` to
-  `config.small_view_size` pixels."""
+def fit_to_size(image, size):
+  """An image `size` pixels square without random cropping: left as it is
+  when it already is, else its central square resized."""
+  if image.shape[0] == size and image.shape[1] == size:
+    return image
+  return center_crop_and_resize(image, size, 1.0)
+
+
+def pretrain_view(image, seed, config: AugmentConfig, small: bool = False,
+                  second: bool = False):
+  """One SimCLR view: the transformations config.view_augmentations names,
+  in config.AUGMENTATIONS's order. The default (crop, flip, colour
+  distortion, blur where on) draws from the same seeds whatever else is
+  named. `small`: a multi-crop view, cropped from
+  `config.small_crop_area_range` to `config.small_view_size` pixels;
+  `second`: the second view, made of config.second_view_augmentations when
+  given."""
+  names = config.view_augmentations(second)
   crop_seed, flip_seed, color_seed, blur_seed = split_seed(seed, 4)
+  rotate_seed, noise_seed, cutout_seed = split_seed(
+      tf.random.experimental.stateless_fold_in(seed, 1), 3)
   size = config.small_view_size if small else config.image_size
   image = to_float(image)
-  image = random_crop_and_resize(
-      image, crop_seed, size,
-      config.small_crop_area_range if small else config.crop_area_range,
-      config.crop_aspect_ratio_range)
-  if config.flip_prob > 0:
+  if 'crop' in names:
+    image = random_crop_and_resize(
+        image, crop_seed, size,
+        config.small_crop_area_range if small else config.crop_area_range,
+        config.crop_aspect_ratio_range)
+  else:
+    image = fit_to_size(image, size)
+  if 'flip' in names and config.flip_prob > 0:
     image = tf.image.stateless_random_flip_left_right(image, flip_seed)
-  image = random_color_distortion(image, color_seed,
-                                  config.color_jitter_strength,
-                                  config.jitter_prob, config.grayscale_prob)
-  if config.use_blur:
+  if 'rotate' in names:
+    image = random_rotation(image, rotate_seed)
+  if 'color' in names or 'gray' in names:
+    image = random_color_distortion(image, color_seed,
+                                    config.color_jitter_strength,
+                                    config.jitter_prob, config.grayscale_prob,
+                                    jitter='color' in names,
+                                    gray='gray' in names)
+  if 'blur' in names:
     image = random_blur(image, blur_seed, size, config.blur_prob,
                         config.blur_sigma_range)
+  if 'noise' in names:
+    image = gaussian_noise(image, noise_seed, config.noise_stddev)
+  if 'cutout' in names:
+    image = random_cutout(tf.clip_by_value(image, 0.0, 1.0), cutout_seed,
+                          max(1, round(config.cutout_fraction * size)))
+  if 'sobel' in names:
+    image = sobel_magnitude(tf.clip_by_value(image, 0.0, 1.0))
   image = tf.clip_by_value(image, 0.0, 1.0)
   return tf.ensure_shape(image, [size, size, 3])
 

@@ -164,7 +164,8 @@ def train_dataset(source: Source, split: Split, *, global_batch_size: int,
     if views == 2:
       seed1, seed2 = augment.split_seed(example_seed, 2)
       example = {'view1': augment.pretrain_view(image, seed1, augment_config),
-                 'view2': augment.pretrain_view(image, seed2, augment_config),
+                 'view2': augment.pretrain_view(image, seed2, augment_config,
+                                                  second=True),
                  'label': record['label']}
       if eval_view:
         example['eval_view'] = augment.eval_view(image, augment_config)

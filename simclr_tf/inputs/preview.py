@@ -31,8 +31,9 @@ def preview_grid(source: Source, split: str, config: AugmentConfig,
     tiles = [_tile(original, scale), white, white]
     for pair in range(num_pairs):
       pair_seed = tf.constant([seed, row * 1000 + pair], tf.int64)
-      for view_seed in augment.split_seed(pair_seed, 2):
-        view = augment.pretrain_view(example['image'], view_seed, config)
+      for second, view_seed in enumerate(augment.split_seed(pair_seed, 2)):
+        view = augment.pretrain_view(example['image'], view_seed, config,
+                                     second=bool(second))
         tiles += [_tile(view, scale), white]
       tiles.append(white)
     rows.append(np.concatenate(tiles, axis=1))

@@ -3,8 +3,9 @@
 import importlib.util
 import os
 
-from simclr_tf.settings.config import (EXPORT_FORMATS, EXPORT_PACKAGES,
-                                       LINEAREVAL_VIEWS, RESNET_DEPTHS,
+from simclr_tf.settings.config import (AUGMENTATIONS, EXPORT_FORMATS,
+                                       EXPORT_PACKAGES, LINEAREVAL_VIEWS,
+                                       NO_AUGMENTATION, RESNET_DEPTHS,
                                        HeadConfig, RunConfig, export_formats)
 
 
@@ -76,6 +77,27 @@ def check_settings(values: dict):
         f'--resnet_depth={values["resnet_depth"]} is not one of '
         f'{RESNET_DEPTHS}.')
   check_export_formats(values['export_formats'], values['export_precision'])
+  for name in ('augmentations', 'second_view_augmentations'):
+    if values.get(name):
+      check_augmentations(name, values[name])
+  check(0 < values['cutout_fraction'] <= 1,
+        '--cutout_fraction must be in (0, 1].')
+  check(values['noise_stddev'] >= 0, '--noise_stddev must be >= 0.')
+
+
+def check_augmentations(flag: str, value: str):
+  """Fails on an --augmentations value that names something unknown, a
+  transformation twice, or 'none' beside others."""
+  names = [name.strip() for name in value.split(',') if name.strip()]
+  known = ', '.join(AUGMENTATIONS)
+  check(names, f'--{flag}={value!r} names no transformation; give some of '
+        f'{known}, or {NO_AUGMENTATION}.')
+  if names != [NO_AUGMENTATION]:
+    for name in names:
+      check(name in AUGMENTATIONS, f'--{flag}: unknown transformation '
+            f'{name!r}; use some of {known} (or {NO_AUGMENTATION} alone).')
+      check(names.count(name) == 1,
+            f'--{flag} names {name} twice; name it once.')
 
 
 def check_export_formats(value: str, export_precision: str):

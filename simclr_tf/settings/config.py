@@ -22,8 +22,35 @@ DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
 
 # Settings whose default follows from the dataset and the devices
 # (settings/resolver.py derives them unless given).
-DERIVED = ('image_size', 'use_blur', 'cifar_stem', 'num_classes', 'precision',
-           'jit_compile')
+DERIVED = ('image_size', 'use_blur', 'augmentations', 'cifar_stem',
+           'num_classes', 'precision', 'jit_compile')
+
+# The transformations a pretraining view can be made of, in the order a view
+# applies them (docs/augmentations.md): the paper's crop, flip, colour jitter,
+# grayscale and blur (its default composition), and the others of its
+# Figure 4: rotation, Gaussian noise, cutout and the Sobel filter.
+AUGMENTATIONS = ('crop', 'flip', 'rotate', 'color', 'gray', 'blur', 'noise',
+                 'cutout', 'sobel')
+# An --augmentations value for a view with none of them.
+NO_AUGMENTATION = 'none'
+
+
+def default_augmentations(use_blur: bool) -> str:
+  """The SimCLR composition: crop, flip, colour distortion, blur where on."""
+  return 'crop,flip,color,gray' + (',blur' if use_blur else '')
+
+
+def augmentation_names(value: str) -> tuple[str, ...]:
+  """The names of an --augmentations value, in the order given ('none':
+  no names)."""
+  names = tuple(name.strip() for name in value.split(',') if name.strip())
+  return () if names == (NO_AUGMENTATION,) else names
+
+
+def canonical_augmentations(value: str) -> str:
+  """`value` with its names in the order a view applies them."""
+  names = set(augmentation_names(value))
+  return ','.join(n for n in AUGMENTATIONS if n in names) or NO_AUGMENTATION
 
 
 def default_use_blur(image_size: int) -> bool:
@@ -82,6 +109,26 @@ class AugmentConfig:
   # ImageNet range: 0.05 to 0.14).
   small_crop_min_area: float = 0.05
   small_crop_max_area: float = 0.14
+  # What makes a pretraining view (AUGMENTATIONS, comma-separated; 'none':
+  # the image alone); None: the SimCLR composition (`default_augmentations`).
+  augmentations: str | None = None
+  # The second view's, when it differs (the paper's Figure 5 makes it
+  # 'none'); '': the same as the first view's.
+  second_view_augmentations: str = ''
+  # Cutout's square side, as a fraction of the image side (DeVries & Taylor
+  # 2017 cut 16 of CIFAR's 32 pixels).
+  cutout_fraction: float = 0.5
+  # Gaussian noise's standard deviation, on images in [0, 1].
+  noise_stddev: float = 0.1
+
+  def view_augmentations(self, second: bool = False) -> tuple[str, ...]:
+    """The names of the transformations of the first (or second) view."""
+    value = self.augmentations
+    if second and self.second_view_augmentations:
+      value = self.second_view_augmentations
+    if value is None:
+      value = default_augmentations(self.use_blur)
+    return augmentation_names(value)
 
   @property
   def crop_area_range(self) -> tuple[float, float]:

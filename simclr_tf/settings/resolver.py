@@ -134,7 +134,7 @@ def derive(values: Mapping[str, Any], *, native_image_size: int | None,
   values = {k: v for k, v in values.items() if v is not None}
   image_size = values.setdefault('image_size',
                                  recipes.default_image_size(native_image_size))
-  values.setdefault('use_blur', c.default_use_blur(image_size))
+  derive_augmentations(values, image_size)
   values.setdefault('cifar_stem', image_size <= c.SMALL_IMAGE_MAX_SIZE)
   if num_classes is not None:
     values.setdefault('num_classes', num_classes)
@@ -143,6 +143,25 @@ def derive(values: Mapping[str, Any], *, native_image_size: int | None,
   values.setdefault('jit_compile', precision.default_jit_compile(
       precision.device_type(strategy), strategy.num_replicas_in_sync))
   return values
+
+
+def derive_augmentations(values: dict[str, Any], image_size: int):
+  """--augmentations and --use_blur say the same of blur: each follows from
+  the other when given, from the image size when neither is; the
+  composition is recorded in the order a view applies it."""
+  if values.get('second_view_augmentations'):
+    values['second_view_augmentations'] = c.canonical_augmentations(
+        values['second_view_augmentations'])
+  named = values.get('augmentations')
+  if named is None:
+    values.setdefault('use_blur', c.default_use_blur(image_size))
+    values['augmentations'] = c.default_augmentations(values['use_blur'])
+    return
+  blur = 'blur' in c.augmentation_names(named)
+  checks.check(values.setdefault('use_blur', blur) == blur,
+               f'--augmentations={named} and --use_blur={values["use_blur"]} '
+               'disagree on blur; give one of them.')
+  values['augmentations'] = c.canonical_augmentations(named)
 
 
 def resolve(given: Mapping[str, Any], *, mode: str = 'train',
