@@ -242,6 +242,16 @@ flags.DEFINE_string('saved_model', None, '--mode=embed: the exported '
                     'SavedModel directory (saved_model/<step>).')
 flags.DEFINE_string('output', 'embeddings.npz', '--mode=embed: the .npz '
                     'written (embeddings, paths, labels, neighbours).')
+flags.DEFINE_string('projector_dir', None, '--mode=embed: also write a '
+                    'TensorBoard Projector there (embeddings, a sprite of the '
+                    'images, labels); tensorboard --logdir=DIR shows it.')
+flags.DEFINE_string('retrievals', None, '--mode=embed: also write this PNG: '
+                    'a row per query image of the evaluation split, then its '
+                    'nearest training images.')
+flags.DEFINE_integer('retrieval_queries', 8, '--retrievals: query images '
+                     '(rows).')
+flags.DEFINE_integer('retrieval_neighbors', 8, '--retrievals: neighbours per '
+                     'query.')
 flags.DEFINE_integer('neighbors', 0, '--mode=embed: also store each image\'s '
                      'K nearest neighbours by cosine similarity.')
 

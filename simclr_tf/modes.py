@@ -173,9 +173,18 @@ def embed(command: Command):
   arrays = embed_lib.embed_folder(
       saved_model, values['dataset'][len(catalog.FOLDER_PREFIX):],
       command.output, command.neighbors, values['eval_batch_size'],
-      values['max_image_pixels'])
+      values['max_image_pixels'], projector_dir=command.projector_dir,
+      retrievals_path=command.retrievals,
+      retrieval_queries=command.retrieval_queries,
+      retrieval_neighbors=command.retrieval_neighbors, seed=values['seed'])
   print(f'Wrote {command.output}: {arrays["embeddings"].shape[0]} embeddings '
         f'of size {arrays["embeddings"].shape[1]}.')
+  if command.projector_dir:
+    print(f'Wrote a TensorBoard Projector to {command.projector_dir}: '
+          f'tensorboard --logdir={command.projector_dir}')
+  if command.retrievals:
+    print(f'Wrote {command.retrievals}: {command.retrieval_queries} queries, '
+          f'{command.retrieval_neighbors} nearest training images each.')
 
 
 def import_original(command: Command):

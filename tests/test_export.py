@@ -8,10 +8,13 @@ import subprocess
 import sys
 
 import numpy as np
+from PIL import Image
 import pytest
 import tensorflow as tf
 
 from simclr_tf.serving import export
+from simclr_tf.serving import projector
+from simclr_tf.serving import retrievals
 from simclr_tf.settings.config import (AugmentConfig, EncoderConfig, HeadConfig,
                               ModelConfig)
 from simclr_tf.network.model import SimCLRModel
@@ -298,3 +301,78 @@ def test_serving_bytes_refuses_huge_images_and_names_the_item(exported):
                      match='the batch is empty'):
     serve(image_bytes=tf.constant([], tf.string))
   assert serve(image_bytes=tf.constant([good]))['default'].shape == (1, 128)
+
+
+def test_embed_mode_writes_a_projector_and_retrievals(exported, tmp_path,
+                                                      rng):
+  """The Projector as TensorBoard's own plugin reads it; the retrieval
+  picture against a numpy nearest-neighbour search."""
+  from tensorboard.plugins import base_plugin  # pylint: disable=g-import-not-at-top
+  from tensorboard.plugins.projector import projector_plugin  # pylint: disable=g-import-not-at-top
+  _, path, _ = exported
+  root = tmp_path / 'imgs'
+  helpers.make_class_folder(str(root / 'train'), rng, classes=('x', 'y'),
+                            per_class=6, size=(SIZE, SIZE + 4))
+  helpers.make_class_folder(str(root / 'test'), rng, classes=('x', 'y'),
+                            per_class=2, size=(SIZE, SIZE))
+  logdir, picture = tmp_path / 'projector', tmp_path / 'retrievals.png'
+  result = run('--mode=embed', f'--saved_model={path}',
+               f'--dataset=folder:{root}', f'--output={tmp_path / "e.npz"}',
+               f'--projector_dir={logdir}', f'--retrievals={picture}',
+               '--retrieval_queries=3', '--retrieval_neighbors=4')
+  assert result.returncode == 0, result.stderr[-3000:]
+  data = np.load(tmp_path / 'e.npz')
+  paths, labels = [str(p) for p in data['paths']], data['labels']
+
+  plugin = projector_plugin.ProjectorPlugin(
+      base_plugin.TBContext(logdir=str(logdir), data_provider=None))
+  configs, config_paths = plugin._read_latest_config_files(  # pylint: disable=protected-access
+      [('.', str(logdir))])
+  plugin._configs, plugin.config_fpaths = configs, config_paths  # pylint: disable=protected-access
+  plugin._augment_configs_with_checkpoint_info()  # pylint: disable=protected-access
+  (embedding,) = configs['.'].embeddings
+  assert list(embedding.tensor_shape) == [16, 128]
+  tensor = plugin._get_reader_for_run('.').get_tensor(embedding.tensor_name)  # pylint: disable=protected-access
+  np.testing.assert_array_equal(tensor, data['embeddings'])
+  rows = (logdir / embedding.metadata_path).read_text().splitlines()
+  assert rows == ['label\tpath'] + [f'{"xy"[l]}\t{p}'
+                                    for l, p in zip(labels, paths)]
+  side = embedding.sprite.single_image_dim[0]
+  sprite = np.asarray(Image.open(logdir / embedding.sprite.image_path))
+  per_row = sprite.shape[1] // side
+  assert per_row == 4 and sprite.shape[0] == 4 * side  # 16 images
+  for i in (0, 7, 15):
+    top, left = (i // per_row) * side, (i % per_row) * side
+    tile = sprite[top:top + side, left:left + side]
+    np.testing.assert_array_equal(tile, projector.thumbnail(paths[i], side))
+  # A 16 x 20 image fitted in the square: centred, black bars above/below.
+  first = projector.thumbnail(paths[0], side)
+  bar = (side - round(side * SIZE / (SIZE + 4))) // 2
+  assert bar > 0 and not first[:bar - 1].any() and first[bar + 1:-bar - 1].any()
+
+  # Retrievals: 3 seeded test images, each with its 4 most cosine-similar
+  # training images, numpy's search.
+  unit = data['embeddings'] / np.linalg.norm(data['embeddings'], axis=1,
+                                             keepdims=True)
+  test_rows = np.flatnonzero(data['splits'] == 'test')
+  train_rows = np.flatnonzero(data['splits'] == 'train')
+  queries = test_rows[retrievals.choose_queries(len(test_rows), 3)]
+  similarity = unit[queries] @ unit[train_rows].T
+  expected = train_rows[np.argsort(-similarity, axis=1)[:, :4]]
+  grid = np.asarray(Image.open(picture))
+  tile, gap, frame = retrievals.TILE_SIDE, 4, retrievals.FRAME
+  assert grid.shape == (3 * tile + 2 * gap, 5 * tile + 5 * gap, 3)
+  for row, query in enumerate(queries):
+    top = row * (tile + gap)
+    np.testing.assert_array_equal(grid[top:top + tile, :tile],
+                                  projector.thumbnail(paths[query], tile))
+    for j, neighbor in enumerate(expected[row]):
+      left = tile + 2 * gap + j * (tile + gap)
+      shown = grid[top:top + tile, left:left + tile]
+      inner = slice(frame, tile - frame)
+      np.testing.assert_array_equal(
+          shown[inner, inner],
+          projector.thumbnail(paths[neighbor], tile)[inner, inner])
+      color = (40, 160, 60) if labels[neighbor] == labels[query] else (
+          210, 40, 40)
+      assert tuple(shown[0, tile // 2]) == color

@@ -33,14 +33,15 @@ def label_accuracy(model, strategy, data: pipeline.EvalData) -> dict:
           'num_eval_examples': int(count)}
 
 
-def extract_features(model, strategy, data: pipeline.EvalData, dtype=np.float32):
-  """(`final_avg_pool` features [N, F] in `dtype`, labels [N]) for every
-  example once."""
+def extract_features(model, strategy, data: pipeline.EvalData, dtype=np.float32,
+                     output: str = 'final_avg_pool'):
+  """(the model's `output` [N, F] in `dtype`: by default the representation
+  h, `proj_head_output` for g(h); labels [N]) for every example once."""
 
   @tf.function
   def step(batch):
     def replica_fn(batch):
-      features = model(batch['image'], training=False)['final_avg_pool']
+      features = model(batch['image'], training=False)[output]
       return tf.cast(features, tf.float32), batch['label'], batch['mask']
     # Every replica's rows, on every worker (each worker reads a shard).
     return [strategy.gather(value, axis=0)

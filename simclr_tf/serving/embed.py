@@ -10,6 +10,8 @@ import tensorflow as tf
 
 from simclr_tf.evaluation import knn
 from simclr_tf.inputs.folder_source import FolderSource
+from simclr_tf.serving import projector
+from simclr_tf.serving import retrievals
 from simclr_tf.settings.config import DEFAULT_MAX_IMAGE_PIXELS
 
 
@@ -39,20 +41,56 @@ def embed_files(saved_model_dir: str, paths: list[str],
 
 def embed_folder(saved_model_dir: str, folder: str, output: str,
                  neighbors: int = 0, batch_size: int = 64,
-                 max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> dict:
-  """Writes `output` (.npz): `embeddings`, `paths`, and `labels` /
-  `class_names` when the folder has classes, `neighbors` /
-  `neighbor_similarities` when `neighbors` > 0."""
+                 max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+                 projector_dir: str | None = None,
+                 retrievals_path: str | None = None,
+                 retrieval_queries: int = 8, retrieval_neighbors: int = 8,
+                 seed: int = 0) -> dict:
+  """Writes `output` (.npz): `embeddings`, `paths`, `splits` (each image's
+  split), and `labels` / `class_names` when the folder has classes,
+  `neighbors` / `neighbor_similarities` when `neighbors` > 0. Also a
+  TensorBoard Projector in `projector_dir` and a retrieval picture at
+  `retrievals_path` when given."""
   source = FolderSource(folder, max_image_pixels)
-  splits = '+'.join(source.split_sizes)
-  paths = source.paths(splits)
+  paths, splits = [], []
+  for split in source.split_sizes:
+    split_paths = source.paths(split)
+    paths += split_paths
+    splits += [split] * len(split_paths)
   arrays = {'embeddings': embed_files(saved_model_dir, paths, batch_size),
-            'paths': np.array(paths)}
+            'paths': np.array(paths), 'splits': np.array(splits)}
   if source.has_labels:
-    arrays['labels'] = source.labels(splits)
+    arrays['labels'] = np.concatenate(
+        [source.labels(split) for split in source.split_sizes])
     arrays['class_names'] = np.array(source.class_names)
   if neighbors > 0:
     arrays['neighbors'], arrays['neighbor_similarities'] = (
         knn.nearest_neighbors(arrays['embeddings'], neighbors))
   np.savez(output, **arrays)
+  if projector_dir:
+    projector.write_projector(projector_dir, arrays['embeddings'], paths,
+                              arrays.get('labels'), source.class_names)
+  if retrievals_path:
+    write_retrievals(arrays, source.default_eval_split, retrievals_path,
+                     retrieval_queries, retrieval_neighbors, seed)
   return arrays
+
+
+def write_retrievals(arrays: dict, query_split: str, path: str,
+                     num_queries: int, k: int, seed: int):
+  """A PNG: queries drawn from `query_split`, each followed by its k
+  nearest images of the training split."""
+  splits = arrays['splits']
+  query_rows = np.flatnonzero(splits == query_split)
+  bank_rows = np.flatnonzero(splits == 'train')
+  queries = query_rows[retrievals.choose_queries(len(query_rows), num_queries,
+                                                 seed)]
+  found, _ = retrievals.retrieve(arrays['embeddings'][queries],
+                                 arrays['embeddings'][bank_rows], k)
+  neighbors = bank_rows[found]
+  labels = arrays.get('labels')
+  grid = retrievals.retrieval_grid(
+      arrays['paths'][queries], arrays['paths'][neighbors],
+      None if labels is None else labels[queries],
+      None if labels is None else labels[neighbors])
+  tf.io.write_file(path, tf.io.encode_png(grid))

@@ -37,6 +37,10 @@ class Command:
   saved_model: str | None = None
   output: str = 'embeddings.npz'
   neighbors: int = 0
+  projector_dir: str | None = None
+  retrievals: str | None = None
+  retrieval_queries: int = 8
+  retrieval_neighbors: int = 8
   # Every flag's value, which flags.json records.
   flag_values: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -44,7 +48,8 @@ class Command:
     """Fails before any work on values that cannot work."""
     checks.check(self.mode in MODES,
                  f'--mode={self.mode} is not one of {", ".join(MODES)}.')
-    for name in ('cpu_replicas', 'preview_images', 'preview_pairs'):
+    for name in ('cpu_replicas', 'preview_images', 'preview_pairs',
+                 'retrieval_queries', 'retrieval_neighbors'):
       value = getattr(self, name)
       checks.check(value > 0, f'--{name}={value} must be > 0.')
     checks.check(self.neighbors >= 0, '--neighbors must be >= 0.')
