@@ -256,14 +256,23 @@ def config_steps(config: c.RunConfig, study: Study) -> int:
 # --- Charts --------------------------------------------------------------------
 
 
-def plot_augmentations(result: dict, path: str, title: str):
-  plt = charts.pyplot()
+def heat_map(result: dict) -> np.ndarray:
+  """Probe accuracy [first, second]: the diagonal one transformation, the
+  rest pairs (a view applies a pair in one order whatever the order named,
+  so the grid is symmetric)."""
   names = result['transformations']
   grid = np.full((len(names), len(names)), np.nan)
   for i, j in itertools.product(range(len(names)), repeat=2):
     a, b = sorted((i, j))
     grid[i, j] = result['cells'][f'{names[a]}+{names[b]}'][
         'final_avg_pool']['linear_probe']
+  return grid
+
+
+def plot_augmentations(result: dict, path: str, title: str):
+  plt = charts.pyplot()
+  names = result['transformations']
+  grid = heat_map(result)
   fig, ax = plt.subplots(figsize=(6.2, 5.2))
   image = ax.imshow(grid, cmap='viridis')
   for i, j in itertools.product(range(len(names)), repeat=2):

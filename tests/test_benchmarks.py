@@ -180,3 +180,58 @@ def test_semi_supervised_builds_the_encoders_recorded_width_not_the_presets(
   assert report['unrecorded'] == preset_width
   # The frozen probe's network and subset: the encoder's width, 1%, seed 2.
   assert report['probe'] == [preset_width, 600 / 50000, 2]
+
+
+_FINDINGS_CHECK = r'''
+import json, os, sys
+from absl import flags
+from benchmarks import findings
+flags.FLAGS(['findings.py', '--study=augmentations'])
+study = findings.Study(
+    name='augmentations', dataset='fashion_mnist', data_dir='data',
+    model_dir='/tmp/unused', seed=3, train_examples=1000, probe_examples=500,
+    width_multiplier=0.25, image_size=24, precision='float32')
+config = study.config('color+crop', train_epochs=2, train_batch_size=64,
+                      augmentations='color,gray,crop',
+                      second_view_augmentations='none')
+names = ['crop', 'color', 'rotate']
+cells = {f'{a}+{b}': {'final_avg_pool': {'linear_probe': 10 * i + j}}
+         for i, a in enumerate(names) for j, b in enumerate(names) if i <= j}
+grid = findings.heat_map({'transformations': names, 'cells': cells})
+findings.plot_augmentations({'transformations': names, 'cells': cells},
+                            sys.argv[1], 'test')
+print(json.dumps({
+    'augmentations': config.augment.augmentations,
+    'second': config.augment.second_view_augmentations,
+    'split': config.data.train_split, 'seed': config.data.seed,
+    'image_size': config.augment.image_size,
+    'width': config.model.encoder.width_multiplier,
+    'warmup': config.optim.warmup_epochs,
+    'side_head': config.model.lineareval_while_pretraining,
+    'probe_examples': config.eval.probe_train_examples,
+    'temperature': config.train.temperature,
+    'model_dir': config.train.model_dir, 'grid': grid.tolist()}))
+'''
+
+
+def test_findings_cells_are_the_paper_protocol_and_the_grid_is_symmetric(
+    tmp_path):
+  from simclr_tf.settings import recipes  # pylint: disable=g-import-not-at-top
+  chart = tmp_path / 'grid.png'
+  output = subprocess.run(
+      [sys.executable, '-c', _FINDINGS_CHECK, str(chart)],
+      capture_output=True, text=True, cwd=REPO, check=True).stdout
+  report = json.loads(output.strip().splitlines()[-1])
+  # One view made of the pair, in application order; the other the image.
+  assert report['augmentations'] == 'crop,color,gray'
+  assert report['second'] == 'none'
+  assert report['split'] == 'train[:1000]' and report['seed'] == 3
+  assert report['image_size'] == 24 and report['width'] == 0.25
+  assert report['warmup'] == 0.2 and report['side_head'] is False
+  assert report['probe_examples'] == 500
+  assert report['temperature'] == recipes.PRESETS['fashion_mnist'][
+      'temperature']
+  assert report['model_dir'] == '/tmp/unused/augmentations/color+crop'
+  # Cell (i, j) and (j, i) are the same run; the diagonal the single one.
+  assert report['grid'] == [[0, 1, 2], [1, 11, 12], [2, 12, 22]]
+  assert chart.stat().st_size > 0

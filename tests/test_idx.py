@@ -2,14 +2,19 @@
 
 import gzip
 import os
+import subprocess
+import sys
 
 import numpy as np
+from PIL import Image
 import pytest
 
 from simclr_tf.inputs import catalog
 from simclr_tf.inputs import idx
 from simclr_tf.inputs import sources
 from simclr_tf.settings.config import DataConfig
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _write_idx(path, array, type_code=0x08):
@@ -77,3 +82,30 @@ def test_find_fashion_mnist_looks_in_data_dir_subfolders(tmp_path):
   assert idx.find_fashion_mnist([str(tmp_path)]) == str(target)
   os.remove(target / 't10k-labels-idx1-ubyte.gz')
   assert idx.find_fashion_mnist([str(tmp_path)]) is None
+
+
+def test_fashion_mnist_folder_script_writes_the_images_by_class(tmp_path,
+                                                               rng):
+  data = tmp_path / 'idx'
+  data.mkdir()
+  splits = {}
+  for split, count in (('train', 30), ('test', 12)):
+    images = rng.integers(0, 256, (count, 28, 28), dtype=np.uint8)
+    labels = np.arange(count, dtype=np.uint8) % 10
+    image_file, label_file = idx.FASHION_MNIST_FILES[split]
+    _write_idx(str(data / image_file), images)
+    _write_idx(str(data / label_file), labels)
+    splits[split] = images, labels
+  out = tmp_path / 'folder'
+  subprocess.run([sys.executable, 'scripts/fashion_mnist_folder.py',
+                  f'--output={out}', f'--data_dir={data}',
+                  '--train_per_class=2', '--test_per_class=1'],
+                 check=True, capture_output=True, cwd=_REPO)
+  train_files = sorted((out / 'train').glob('*/*.png'))
+  assert len(train_files) == 20 and len(list((out / 'test').glob('*/*'))) == 10
+  # The first two images of each class, pixel for pixel, under its name.
+  images, labels = splits['train']
+  for path in train_files:
+    row = int(path.stem)
+    assert path.parent.name.startswith(f'{labels[row]}_') and row < 20
+    np.testing.assert_array_equal(np.asarray(Image.open(path)), images[row])
