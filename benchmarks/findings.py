@@ -25,6 +25,7 @@ import time
 from absl import app
 from absl import flags
 from absl import logging
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -74,7 +75,7 @@ flags.DEFINE_list('transformations',
                   'augmentations: the grid\'s transformations (the paper\'s '
                   'Figure 5); color is colour distortion (--augmentations\' '
                   'color and gray).')
-flags.DEFINE_list('batch_sizes', ['64', '128', '256', '512', '1024'],
+flags.DEFINE_list('batch_sizes', ['128', '256', '512', '1024'],
                   'batch_size: the batch sizes.')
 flags.DEFINE_list('batch_size_epochs', ['1', '2', '4'],
                   'batch_size: the epochs, a run each.')
@@ -168,6 +169,8 @@ def pretrain_and_probe(config: c.RunConfig, source, outputs=('final_avg_pool',),
       return json.load(f)
   if os.path.exists(directory):
     shutil.rmtree(directory)
+  # The initial weights, as run.py seeds them.
+  keras.utils.set_random_seed(config.data.seed)
   started = time.monotonic()
   trained = train_lib.train(config, tf.distribute.get_strategy(), source)
   seconds = time.monotonic() - started
