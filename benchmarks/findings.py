@@ -20,6 +20,7 @@ import itertools
 import json
 import os
 import shutil
+import textwrap
 import time
 
 from absl import app
@@ -83,6 +84,8 @@ flags.DEFINE_integer('max_chunk', 256, 'batch_size: examples whose '
                      'activations fit at once; larger batches go through '
                      'gradient caching (--contrastive_chunk_size) in chunks '
                      'of this many.')
+flags.DEFINE_boolean('replot', False, 'Only redraw <study>.png from '
+                     '<study>.json.')
 flags.DEFINE_enum('precision', 'auto', ['auto', 'float32', 'bfloat16'],
                   'run.py\'s --mixed_precision.')
 FLAGS = flags.FLAGS
@@ -285,6 +288,12 @@ def plot_augmentations(result: dict, path: str, title: str):
   ax.set_yticks(range(len(names)), names)
   ax.set_xlabel('2nd transformation')
   ax.set_ylabel('1st transformation')
+  ax.set_title(
+      'SimCLR composition on both views: '
+      f'{result["simclr_default"]["final_avg_pool"]["linear_probe"]:.1f}; '
+      'random weights: '
+      f'{result["random_weights"]["final_avg_pool"]["linear_probe"]:.1f}',
+      fontsize=8)
   fig.colorbar(image, ax=ax, label='linear probe accuracy (%)')
   charts.save(fig, *os.path.split(path), title=title)
 
@@ -301,6 +310,9 @@ def plot_projection_head(result: dict, path: str, title: str):
               for n in names]
     bars = ax.bar(x + offset, values, 0.4, label=label)
     ax.bar_label(bars, fmt='%.1f', fontsize=7)
+  ax.axhline(result['random_weights']['final_avg_pool']['linear_probe'],
+             color='gray', linestyle='--', linewidth=1,
+             label='random weights')
   ax.set_xticks(x, names)
   ax.set_ylabel('linear probe accuracy (%)')
   low = min(v['final_avg_pool']['linear_probe'] for v in
@@ -326,6 +338,9 @@ def plot_batch_size(result: dict, path: str, title: str):
         if r['batch_size'] == size) else '')
     ax.bar(np.arange(len(epochs)) + (k - (len(sizes) - 1) / 2) * width,
            values, width, label=label)
+  ax.axhline(result['random_weights']['final_avg_pool']['linear_probe'],
+             color='gray', linestyle='--', linewidth=1,
+             label='random weights')
   ax.set_xticks(range(len(epochs)), [f'{e:g}' for e in epochs])
   ax.set_xlabel('training epochs')
   ax.set_ylabel('linear probe accuracy (%)')
@@ -340,7 +355,17 @@ PLOTS = {'augmentations': plot_augmentations,
          'batch_size': plot_batch_size}
 
 
+def plot(result: dict, directory: str):
+  PLOTS[result['study']](result,
+                         os.path.join(directory, f'{result["study"]}.png'),
+                         textwrap.fill(result['title'], 100))
+
+
 def main(_):
+  if FLAGS.replot:
+    with open(os.path.join(FLAGS.output, f'{FLAGS.study}.json')) as f:
+      plot(json.load(f), FLAGS.output)
+    return
   tf.config.experimental.enable_op_determinism()
   study = Study(name=FLAGS.study, dataset=FLAGS.dataset,
                 data_dir=FLAGS.data_dir, model_dir=FLAGS.model_dir,
@@ -374,8 +399,7 @@ def main(_):
       date=time.strftime('%Y-%m-%d'))
   os.makedirs(FLAGS.output, exist_ok=True)
   records.write_json(os.path.join(FLAGS.output, f'{study.name}.json'), result)
-  PLOTS[study.name](result, os.path.join(FLAGS.output, f'{study.name}.png'),
-                    title)
+  plot(result, FLAGS.output)
   print(title)
 
 
