@@ -300,8 +300,9 @@ def plot_augmentations(result: dict, path: str, title: str):
 
 def plot_projection_head(result: dict, path: str, title: str):
   plt = charts.pyplot()
-  names = list(result['heads'])
-  fig, ax = plt.subplots(figsize=(6.2, 3.6))
+  # The JSON keeps keys sorted; the chart goes from no head to the deepest.
+  names = [n for n in HEADS if n in result['heads']]
+  fig, ax = plt.subplots(figsize=(7, 3.8))
   x = np.arange(len(names))
   for offset, (output, label) in zip(
       (-0.2, 0.2), (('final_avg_pool', 'h (before the head)'),
@@ -318,7 +319,7 @@ def plot_projection_head(result: dict, path: str, title: str):
   low = min(v['final_avg_pool']['linear_probe'] for v in
             result['heads'].values())
   ax.set_ylim(low - 8, None)
-  ax.legend(fontsize=8)
+  ax.legend(fontsize=8, loc='upper left')
   charts.save(fig, *os.path.split(path), title=title)
 
 
