@@ -376,3 +376,22 @@ def test_embed_mode_writes_a_projector_and_retrievals(exported, tmp_path,
       color = (40, 160, 60) if labels[neighbor] == labels[query] else (
           210, 40, 40)
       assert tuple(shown[0, tile // 2]) == color
+
+
+def test_retrievals_without_query_images_fail_before_embedding(exported,
+                                                               tmp_path, rng):
+  _, path, _ = exported
+  # One image per class: a flat folder holds none of them out.
+  root = helpers.make_class_folder(str(tmp_path / 'imgs'), rng,
+                                   classes=('x', 'y'), per_class=1,
+                                   size=(SIZE, SIZE))
+  result = run('--mode=embed', f'--saved_model={path}',
+               f'--dataset=folder:{root}', f'--output={tmp_path / "e.npz"}',
+               f'--retrievals={tmp_path / "r.png"}')
+  assert result.returncode == 2
+  lines = [line for line in result.stderr.splitlines()
+           if line.startswith('run.py')]
+  assert lines == [f'run.py: error: --retrievals draws its queries from '
+                   f"{root}'s evaluation split (test), which has no images; "
+                   'add images there, or leave --retrievals out.']
+  assert not (tmp_path / 'e.npz').exists()

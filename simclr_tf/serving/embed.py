@@ -52,6 +52,11 @@ def embed_folder(saved_model_dir: str, folder: str, output: str,
   TensorBoard Projector in `projector_dir` and a retrieval picture at
   `retrievals_path` when given."""
   source = FolderSource(folder, max_image_pixels)
+  if retrievals_path and not source.split_sizes.get(source.default_eval_split):
+    raise EmbedError(
+        f'--retrievals draws its queries from {folder}\'s evaluation split '
+        f'({source.default_eval_split}), which has no images; add images '
+        'there, or leave --retrievals out.')
   paths, splits = [], []
   for split in source.split_sizes:
     split_paths = source.paths(split)
