@@ -10,16 +10,19 @@
 #                                          #        -> benchmarks/results/semi_supervised/
 #   bash benchmarks/run.sh gradient_cache  # memory and speed of --contrastive_chunk_size (~15 min)
 #                                          #        -> benchmarks/results/gradient_cache.json
+#   bash benchmarks/run.sh findings --study=augmentations   # the paper's studies (~29, 11, 14 min
+#                                          #   for augmentations, projection_head, batch_size)
+#                                          #        -> benchmarks/results/findings/
 #   bash benchmarks/run.sh original_import --original_code=PATH/simclr/tf2
 #                                          # --mode=import against the original code (~13 min)
 #                                          #        -> benchmarks/results/original_import.json
 # Extra arguments go to the script (see its --help).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-name="${1:?usage: bash benchmarks/run.sh throughput|fashion_mnist|semi_supervised|gradient_cache|original_import [flags]}"
+name="${1:?usage: bash benchmarks/run.sh throughput|fashion_mnist|semi_supervised|gradient_cache|findings|original_import [flags]}"
 shift
 
-if { [ "$name" = fashion_mnist ] || [ "$name" = semi_supervised ]; } \
+if { [ "$name" = fashion_mnist ] || [ "$name" = semi_supervised ] || [ "$name" = findings ]; } \
     && [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null; then
   sudo_cmd=""; [ "$(id -u)" = 0 ] || sudo_cmd="sudo"
   $sudo_cmd apt-get update -qq && $sudo_cmd apt-get install -y -qq dataset-fashion-mnist
@@ -40,9 +43,12 @@ case "$name" in
   gradient_cache)
     exec .venv/bin/python -m benchmarks.gradient_cache --timed_steps=3 \
       --output=benchmarks/results/gradient_cache.json "$@" ;;
+  findings)
+    exec .venv/bin/python -m benchmarks.findings \
+      --output=benchmarks/results/findings "$@" ;;
   original_import)
     exec .venv/bin/python -m benchmarks.original_import \
       --output=benchmarks/results/original_import.json "$@" ;;
   *) echo "unknown benchmark: $name (throughput, fashion_mnist, semi_supervised," \
-       "gradient_cache or original_import)" >&2; exit 2 ;;
+       "gradient_cache, findings or original_import)" >&2; exit 2 ;;
 esac
