@@ -26,9 +26,9 @@ DERIVED = ('image_size', 'use_blur', 'augmentations', 'cifar_stem',
            'num_classes', 'precision', 'jit_compile')
 
 # The transformations a pretraining view can be made of, in the order a view
-# applies them (docs/augmentations.md): the paper's crop, flip, colour jitter,
-# grayscale and blur (its default composition), and the others of its
-# Figure 4: rotation, Gaussian noise, cutout and the Sobel filter.
+# applies them (docs/model.md, Augmentations): the paper's crop, flip, colour
+# jitter, grayscale and blur (its default composition), and the others of
+# its Figure 4: rotation, Gaussian noise, cutout and the Sobel filter.
 AUGMENTATIONS = ('crop', 'flip', 'rotate', 'color', 'gray', 'blur', 'noise',
                  'cutout', 'sobel')
 # An --augmentations value for a view with none of them.
