@@ -197,9 +197,11 @@ config = study.config('color+crop', train_epochs=2, train_batch_size=64,
 names = ['crop', 'color', 'rotate']
 cells = {f'{a}+{b}': {'final_avg_pool': {'linear_probe': 10 * i + j}}
          for i, a in enumerate(names) for j, b in enumerate(names) if i <= j}
-grid = findings.heat_map({'transformations': names, 'cells': cells})
-findings.plot_augmentations({'transformations': names, 'cells': cells},
-                            sys.argv[1], 'test')
+result = {'transformations': names, 'cells': cells,
+          'simclr_default': {'final_avg_pool': {'linear_probe': 5.0}},
+          'random_weights': {'final_avg_pool': {'linear_probe': 4.0}}}
+grid = findings.heat_map(result)
+findings.plot_augmentations(result, sys.argv[1], 'test')
 print(json.dumps({
     'augmentations': config.augment.augmentations,
     'second': config.augment.second_view_augmentations,
