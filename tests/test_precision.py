@@ -76,6 +76,42 @@ def test_fused_batch_norm_matches_numpy_and_keras(shape, center, rng):
                              atol=1e-6)
 
 
+@pytest.mark.parametrize('shape,center,dtype', [
+    ((6, 5, 4, 3), True, 'float32'), ((10, 7), False, 'float32'),
+    ((6, 5, 4, 3), True, 'bfloat16')])
+def test_fused_batch_norm_inference_uses_the_moving_statistics(
+    shape, center, dtype, rng):
+  """Inference (and a frozen layer in training) runs the fused kernel on the
+  moving statistics: numpy's (x - mean) / sqrt(var + eps) * gamma + beta."""
+  channels = shape[-1]
+  layer = FusedBatchNormalization(
+      momentum=0.9, epsilon=BATCH_NORM_EPSILON, center=center,
+      dtype='mixed_bfloat16' if dtype == 'bfloat16' else 'float32')
+  layer.build(shape)
+  gamma = rng.normal(1, 0.2, channels).astype(np.float32)
+  beta = rng.normal(0, 0.2, channels).astype(np.float32) if center else 0.0
+  mean = rng.normal(0, 2, channels).astype(np.float32)
+  var = rng.uniform(0.5, 3, channels).astype(np.float32)
+  layer.gamma.assign(gamma)
+  if center:
+    layer.beta.assign(beta)
+  layer.moving_mean.assign(mean)
+  layer.moving_variance.assign(var)
+  x = rng.normal(1.0, 2.0, shape).astype(np.float32)
+  inputs = tf.cast(x, dtype)
+  expected = ((inputs.numpy().astype(np.float64) - mean) /
+              np.sqrt(var + BATCH_NORM_EPSILON) * gamma + beta)
+  tolerance = 1e-5 if dtype == 'float32' else 2e-2
+  outputs = layer(inputs, training=False)
+  assert outputs.dtype == dtype
+  np.testing.assert_allclose(tf.cast(outputs, tf.float32).numpy(), expected,
+                             rtol=tolerance, atol=tolerance)
+  layer.trainable = False
+  frozen = layer(inputs, training=True)
+  np.testing.assert_array_equal(frozen.numpy(), outputs.numpy())
+  np.testing.assert_array_equal(layer.moving_mean.numpy(), mean)
+
+
 @pytest.mark.parametrize('device,capability,cpu_bfloat16,expected', [
     ('CPU', None, False, 'float32'), ('CPU', None, True, 'bfloat16'),
     ('TPU', None, False, 'bfloat16'),

@@ -10,6 +10,7 @@ shortcut of every block group's first block, BN epsilon 1e-5.
 import keras
 import tensorflow as tf
 
+from simclr_tf.network import weight_gradients
 from simclr_tf.settings.config import RESNET_DEPTHS, EncoderConfig
 
 BATCH_NORM_EPSILON = 1e-5
@@ -55,38 +56,56 @@ def _conv_initializer():
 
 
 class FusedBatchNormalization(keras.layers.BatchNormalization):
-  """Keras batch norm that trains through TensorFlow's fused kernel when the
-  statistics are local (one replica, or `synchronized=False`).
+  """Keras batch norm through TensorFlow's fused kernel (oneDNN on CPU,
+  cuDNN on GPU): in training when the statistics are local (one replica,
+  or `synchronized=False`), and in inference.
 
-  Keras 3 computes training statistics with separate reduce/multiply ops and
-  differentiates through each of them; the fused kernel (oneDNN on CPU, cuDNN
-  on GPU) does the forward and backward pass in one op each. Profiling a
-  ResNet-18 step on CPU put the unfused ops at 14% of the step.
-  Cross-replica statistics keep Keras' synchronized path.
+  Keras 3 computes batch norm with separate reduce/multiply/add ops (in
+  float32, with casts around them for bfloat16 inputs) and differentiates
+  through each of them; the fused kernel does each pass in one op.
+  Profiling a ResNet-18 step on CPU put the unfused training ops at 14% of
+  the step, and the unfused inference ops (the side head's evaluation view)
+  at most of that view's time in bfloat16. Cross-replica statistics keep
+  Keras' synchronized path.
   """
 
   def call(self, inputs, training=None, mask=None):
-    if not (training and self.trainable and mask is None and self.scale
-            and self.axis in (-1, len(inputs.shape) - 1)
-            and not self._statistics_are_synchronized()):
+    if not (mask is None and self.scale
+            and self.axis in (-1, len(inputs.shape) - 1)):
       return super().call(inputs, training=training, mask=mask)
+    if training and self.trainable:
+      if self._statistics_are_synchronized():
+        return super().call(inputs, training=training, mask=mask)
+      return self._fused(inputs, training=True)
+    return self._fused(inputs, training=False)
+
+  def _fused(self, inputs, training):
     channels = inputs.shape[-1]
     as_4d = tf.reshape(inputs, [-1, 1, 1, channels]) if (
         len(inputs.shape) != 4) else inputs
-    outputs, mean, variance = tf.compat.v1.nn.fused_batch_norm(
-        as_4d, tf.cast(self.gamma, tf.float32),
-        tf.cast(self.beta, tf.float32) if self.center
-        else tf.zeros([channels], tf.float32),
-        epsilon=self.epsilon, is_training=True)
-    # The kernel returns the unbiased variance; Keras' moving average (and
-    # its synchronized path) uses the biased one.
-    count = tf.cast(tf.size(as_4d) // channels, tf.float32)
-    variance = variance * (count - 1.0) / tf.maximum(count, 2.0)
-    self.moving_mean.assign(self.moving_mean * self.momentum +
-                            mean * (1.0 - self.momentum))
-    self.moving_variance.assign(self.moving_variance * self.momentum +
-                                variance * (1.0 - self.momentum))
-    return tf.cast(tf.reshape(outputs, tf.shape(inputs)), self.compute_dtype)
+    offset = (tf.cast(self.beta, tf.float32) if self.center
+              else tf.zeros([channels], tf.float32))
+    if not training:
+      outputs, _, _ = tf.compat.v1.nn.fused_batch_norm(
+          as_4d, tf.cast(self.gamma, tf.float32), offset,
+          mean=tf.cast(self.moving_mean, tf.float32),
+          variance=tf.cast(self.moving_variance, tf.float32),
+          epsilon=self.epsilon, is_training=False)
+    else:
+      outputs, mean, variance = tf.compat.v1.nn.fused_batch_norm(
+          as_4d, tf.cast(self.gamma, tf.float32), offset,
+          epsilon=self.epsilon, is_training=True)
+      # The kernel returns the unbiased variance; Keras' moving average (and
+      # its synchronized path) uses the biased one.
+      count = tf.cast(tf.size(as_4d) // channels, tf.float32)
+      variance = variance * (count - 1.0) / tf.maximum(count, 2.0)
+      self.moving_mean.assign(self.moving_mean * self.momentum +
+                              mean * (1.0 - self.momentum))
+      self.moving_variance.assign(self.moving_variance * self.momentum +
+                                  variance * (1.0 - self.momentum))
+    if outputs.shape != inputs.shape:
+      outputs = tf.reshape(outputs, tf.shape(inputs))
+    return tf.cast(outputs, self.compute_dtype)
 
   def _statistics_are_synchronized(self):
     if not self.synchronized:
@@ -130,10 +149,19 @@ class FixedPaddingConv2D(keras.layers.Layer):
         padding='valid' if strides > 1 else 'same', use_bias=False,
         kernel_initializer=_conv_initializer())
 
+  def build(self, input_shape):
+    if self.pad is not None:
+      input_shape = self.pad.compute_output_shape(input_shape)
+    self.conv.build(input_shape)
+
   def call(self, inputs, training=None):
     del training  # Same signature as the other layers of a block.
     if self.pad is not None:
       inputs = self.pad(inputs)
+    if weight_gradients.applies(inputs.shape, self.conv.kernel_size[0],
+                                self.strides, inputs.dtype):
+      return weight_gradients.conv3x3(
+          inputs, tf.cast(self.conv.kernel, inputs.dtype))
     return self.conv(inputs)
 
 
