@@ -160,7 +160,7 @@ class FixedPaddingConv2D(keras.layers.Layer):
       inputs = self.pad(inputs)
     if weight_gradients.applies(inputs.shape, self.conv.kernel_size[0],
                                 self.strides, inputs.dtype):
-      return weight_gradients.conv3x3(
+      return weight_gradients.conv3x3(self.strides)(
           inputs, tf.cast(self.conv.kernel, inputs.dtype))
     return self.conv(inputs)
 
