@@ -10,6 +10,7 @@ import pytest
 import tensorflow as tf
 
 from simclr_tf.devices import precision
+from simclr_tf.network import weight_gradients
 from simclr_tf.network.resnet import BATCH_NORM_EPSILON, FusedBatchNormalization
 from simclr_tf.serving import export
 from simclr_tf.settings import config as c
@@ -191,6 +192,56 @@ def test_xla_step_matches_the_plain_step(rng):
     assert jit_metrics[name] == pytest.approx(plain_metrics[name], rel=1e-4)
   for a, b in zip(model.get_weights(), jit_model.get_weights()):
     np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
+
+
+def _seeded_gradients(config, batch):
+  keras.utils.set_random_seed(0)
+  task = task_lib.TrainTask(config, tf.distribute.get_strategy(),
+                            task_lib.Plan(64, 8, 100, 0, 10))
+  with tf.GradientTape() as tape:
+    loss = task.losses(batch)['total_loss']
+  variables = task.model.trainable_variables
+  return [(v.path, g.numpy()) for v, g in
+          zip(variables, tape.gradient(loss, variables))]
+
+
+def test_bfloat16_step_with_matmul_weight_gradients_matches_tensorflows(
+    rng, monkeypatch):
+  """A bfloat16 training step with the matmul weight gradients of the small
+  convolutions (network/weight_gradients.py) against the same step with
+  TensorFlow's own gradients: every variable's gradient, and the loss of a
+  fixed batch after the step, agree within bfloat16 precision."""
+  images = rng.uniform(size=(2, 8, 16, 16, 3)).astype(np.float32)
+  labels = rng.integers(0, 3, 8)
+  batch = {'view1': images[0], 'view2': images[1], 'label': labels,
+           'eval_view': images[0]}
+  fixed = tf.constant(rng.uniform(size=(16, 16, 16, 3)), tf.float32)
+  config = _run_config(precision='bfloat16')
+  # Every residual branch on from the start (zero gamma would leave their
+  # convolutions without a gradient at the first step).
+  model = dataclasses.replace(config.model, encoder=dataclasses.replace(
+      config.model.encoder, zero_init_residual=False))
+  config = dataclasses.replace(config, model=model)
+  calls = []
+  applies = weight_gradients.applies
+  monkeypatch.setattr(weight_gradients, 'applies',
+                      lambda *a: calls.append(a) or applies(*a))
+  ours = _seeded_gradients(config, batch)
+  # Block groups 3 and 4 at 16 px, the strided convolution between them too.
+  assert sum(applies(*a) for a in calls) >= 4
+  ours_model, _, _ = _one_step(config, images, labels)
+  monkeypatch.setattr(weight_gradients, 'applies', lambda *a: False)
+  theirs = _seeded_gradients(config, batch)
+  theirs_model, _, _ = _one_step(config, images, labels)
+  for (path, mine), (_, gradient) in zip(ours, theirs):
+    assert np.abs(gradient).max() > 0, path
+    np.testing.assert_allclose(mine, gradient, err_msg=path,
+                               atol=2e-2 * np.abs(gradient).max() + 1e-9)
+  losses = []
+  for model in (ours_model, theirs_model):
+    hidden = model(fixed, training=False)['proj_head_output']
+    losses.append(float(objective.contrastive_loss(hidden, 0.5)[0]))
+  assert losses[0] == pytest.approx(losses[1], rel=1e-3)
 
 
 def test_float16_step_scales_the_loss_and_checkpoints_its_step(rng,
