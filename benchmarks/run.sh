@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # One command per benchmark, from a fresh checkout:
 #   bash benchmarks/run.sh throughput      # speed  -> benchmarks/results/throughput_cpu.json
+#   bash benchmarks/run.sh side_by_side --baseline_tree=DIR
+#                                          # against PyTorch + lightly and another checkout (~25 min)
+#                                          #        -> benchmarks/results/side_by_side.json
 #   bash benchmarks/run.sh fashion_mnist   # learning (about 2 h on 2 cores with bfloat16 units: 1 h of
 #                                          #   pretraining and evaluation, then the supervised baseline
 #                                          #   as long; about three times as long in float32)
@@ -19,7 +22,7 @@
 # Extra arguments go to the script (see its --help).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-name="${1:?usage: bash benchmarks/run.sh throughput|fashion_mnist|semi_supervised|gradient_cache|findings|original_import [flags]}"
+name="${1:?usage: bash benchmarks/run.sh throughput|side_by_side|fashion_mnist|semi_supervised|gradient_cache|findings|original_import [flags]}"
 shift
 
 if { [ "$name" = fashion_mnist ] || [ "$name" = semi_supervised ] || [ "$name" = findings ]; } \
@@ -46,9 +49,15 @@ case "$name" in
   findings)
     exec .venv/bin/python -m benchmarks.findings \
       --output=benchmarks/results/findings "$@" ;;
+  side_by_side)
+    python3 -m venv .venv-torch
+    .venv-torch/bin/pip install -q -r benchmarks/requirements-torch.txt
+    exec .venv/bin/python -m benchmarks.side_by_side \
+      --torch_python=.venv-torch/bin/python \
+      --output=benchmarks/results/side_by_side.json "$@" ;;
   original_import)
     exec .venv/bin/python -m benchmarks.original_import \
       --output=benchmarks/results/original_import.json "$@" ;;
-  *) echo "unknown benchmark: $name (throughput, fashion_mnist, semi_supervised," \
-       "gradient_cache, findings or original_import)" >&2; exit 2 ;;
+  *) echo "unknown benchmark: $name (throughput, side_by_side, fashion_mnist," \
+       "semi_supervised, gradient_cache, findings or original_import)" >&2; exit 2 ;;
 esac

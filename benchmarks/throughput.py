@@ -58,6 +58,10 @@ flags.DEFINE_integer('warmup_calls', 2, 'Untimed loop calls (tracing).')
 flags.DEFINE_integer('timed_steps', 6, 'Timed training steps.')
 flags.DEFINE_integer('steps_per_loop', 1, 'Training steps per call of the '
                      'loop (run.py\'s --steps_per_loop).')
+flags.DEFINE_enum('lineareval_view', 'eval', list(c.LINEAREVAL_VIEWS),
+                  'As run.py: `pretrain` trains the linear head on the '
+                  'two views (no forward pass of its own), as '
+                  'benchmarks/torch_simclr.py does.')
 flags.DEFINE_string('output', None, 'JSON file for the results.')
 flags.DEFINE_string('profile_dir', None, 'Also profile two model steps per '
                     'configuration into DIR/<config> (TensorBoard\'s profile '
@@ -84,7 +88,7 @@ def run_config(depth, width, image_size, batch_size, stored_size, strategy,
       'num_proj_layers': 2, 'train_batch_size': batch_size,
       'train_steps': train_steps, 'checkpoint_steps': train_steps,
       'steps_per_loop': FLAGS.steps_per_loop, 'jit_compile': FLAGS.jit_compile,
-      **settings}, source=source, strategy=strategy, mixed_precision=FLAGS.mixed_precision)
+      'lineareval_view': FLAGS.lineareval_view, **settings}, source=source, strategy=strategy, mixed_precision=FLAGS.mixed_precision)
   return config, source
 
 
@@ -159,6 +163,7 @@ def measure(name):
       'config': name, 'resnet_depth': depth, 'image_size': image_size,
       'batch_size': batch_size, 'precision': config.model.precision,
       'jit_compile': config.train.jit_compile,
+      'lineareval_view': config.train.lineareval_view,
       'steps_per_loop': FLAGS.steps_per_loop,
       'device': precision.device_type(strategy),
       'train_images_per_second': images / train_seconds,

@@ -10,9 +10,11 @@ torchvision's ResNet-18 with the CIFAR stem (3x3/1 convolution, no max pool)
 on 32 px images, two views of 128 images per step, lightly's 2-layer
 SimCLRProjectionHead (512-512-128) and NTXentLoss (temperature 0.5), a
 linear classifier on the detached features trained alongside, lightly's
-LARS. PyTorch's fastest CPU settings: channels-last tensors, bfloat16 through
+LARS. PyTorch's CPU settings: bfloat16 through
 `torch.autocast`, `torch.compile` of the whole forward and backward pass
-(the optimizer step stays eager; it is a few milliseconds). Images are random
+(the optimizer step stays eager; it is a few milliseconds), channels-last
+tensors (`--memory_format`; oneDNN's preferred layout) or PyTorch's default
+NCHW. Images are random
 tensors made once, so this is the model step alone, without an input
 pipeline. Prints `RESULT {json}`.
 """
@@ -51,6 +53,10 @@ def parse_args(argv=None):
                       default='bfloat16')
   parser.add_argument('--compile', action='store_true',
                       help='torch.compile the forward and backward pass.')
+  parser.add_argument('--memory_format', default='channels_last',
+                      choices=['channels_last', 'contiguous'],
+                      help='Tensor layout: channels-last (NHWC) or '
+                      'PyTorch\'s default (NCHW).')
   parser.add_argument('--batch_size', type=int, default=128)
   parser.add_argument('--image_size', type=int, default=32)
   parser.add_argument('--warmup_steps', type=int, default=3)
@@ -75,8 +81,11 @@ def main(argv=None):
   backbone.fc = nn.Identity()
   head = SimCLRProjectionHead(512, 512, 128, num_layers=2)
   classifier = nn.Linear(512, 10)
+  memory_format = getattr(torch, f'{args.memory_format}_format'
+                          if args.memory_format == 'contiguous'
+                          else args.memory_format)
   modules = nn.ModuleList([backbone, head, classifier]).to(
-      memory_format=torch.channels_last)
+      memory_format=memory_format)
   criterion = NTXentLoss(temperature=0.5)
   optimizer = LARS(modules.parameters(), lr=0.1, momentum=0.9,
                    weight_decay=1e-6)
@@ -95,7 +104,7 @@ def main(argv=None):
   generator = torch.Generator().manual_seed(0)
   shape = (args.batch_size, 3, args.image_size, args.image_size)
   views = [torch.rand(shape, generator=generator).contiguous(
-      memory_format=torch.channels_last) for _ in range(2)]
+      memory_format=memory_format) for _ in range(2)]
   labels = torch.randint(0, 10, (args.batch_size,), generator=generator)
 
   def step():
@@ -116,7 +125,8 @@ def main(argv=None):
   result = {
       'system': 'lightly + PyTorch' + (', torch.compile' if args.compile
                                         else ', eager'),
-      'precision': args.precision, 'batch_size': args.batch_size,
+      'precision': args.precision, 'memory_format': args.memory_format,
+      'batch_size': args.batch_size,
       'image_size': args.image_size,
       'images_per_second': args.batch_size * args.timed_steps / seconds,
       'warmup_seconds': warmup_seconds,

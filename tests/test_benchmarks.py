@@ -1,6 +1,7 @@
 """The FLOP count that benchmarks/throughput.py reports GFLOP/s with, the
-supervised baseline's budget in benchmarks/fashion_mnist.py, and the
-fine-tuning configurations of benchmarks/semi_supervised.py."""
+supervised baseline's budget in benchmarks/fashion_mnist.py, the
+fine-tuning configurations of benchmarks/semi_supervised.py, the findings
+studies' cells and the side-by-side summary."""
 
 import json
 import os
@@ -233,3 +234,40 @@ def test_findings_cells_are_the_paper_protocol_and_the_grid_is_symmetric():
   assert report['model_dir'] == '/tmp/unused/augmentations/color+crop'
   # Cell (i, j) and (j, i) are the same run; the diagonal the single one.
   assert report['grid'] == [[0, 1, 2], [1, 11, 12], [2, 12, 22]]
+
+
+def test_side_by_side_summary_averages_rounds_and_takes_the_ratios():
+  """Means over rounds, the ratio to the faster torch.compile variant (for
+  ResNet-18 only) and to the baseline checkout, by hand."""
+  from benchmarks import side_by_side  # pylint: disable=g-import-not-at-top
+
+  def run(label, memory, **images_per_second):
+    return {'precision': 'bfloat16', 'label': label,
+            'images_per_second': images_per_second,
+            'result': {'peak_memory_gb': memory}}
+
+  r18 = 'simclr_tf resnet18_32px_b128'
+  runs = [run(r18, 2.0, train=100, model=120),
+          run(r18, 2.2, train=110, model=130),
+          run('simclr_tf baseline resnet18_32px_b128', 2.0, train=80, model=100),
+          run('simclr_tf baseline resnet18_32px_b128', 2.0, train=80, model=100),
+          run('lightly + PyTorch, torch.compile', 1.3, model=100),
+          run('lightly + PyTorch, torch.compile', 1.3, model=110),
+          run('lightly + PyTorch, torch.compile, channels-last', 1.4, model=90),
+          run('simclr_tf resnet18x0.25_28px_b512', 1.5, train=900, model=1000)]
+  rows = {row['label']: row for row in side_by_side.summarize(runs)}
+  ours = rows[r18]
+  assert ours['rounds'] == 2
+  assert ours['train_images_per_second'] == pytest.approx(105)
+  assert ours['train_images_per_second_range'] == [100, 110]
+  assert ours['peak_memory_gb'] == pytest.approx(2.1)
+  assert ours['model_vs_fastest_torch_compile'] == pytest.approx(125 / 105)
+  assert ours['train_vs_baseline'] == pytest.approx(105 / 80)
+  assert ours['model_vs_baseline'] == pytest.approx(125 / 100)
+  channels_last = rows['lightly + PyTorch, torch.compile, channels-last']
+  assert channels_last['model_vs_fastest_torch_compile'] == pytest.approx(
+      90 / 105)
+  # Another model: no ratio to PyTorch's ResNet-18, and no baseline here.
+  quickstart = rows['simclr_tf resnet18x0.25_28px_b512']
+  assert 'model_vs_fastest_torch_compile' not in quickstart
+  assert 'train_vs_baseline' not in quickstart

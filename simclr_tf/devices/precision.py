@@ -30,6 +30,14 @@ def device_type(strategy: tf.distribute.Strategy) -> str:
   return 'GPU' if tf.config.list_logical_devices('GPU') else 'CPU'
 
 
+def sees_accelerator() -> bool:
+  """Whether this process's TensorFlow has a GPU or TPU device: kernels
+  chosen for CPUs (network/weight_gradients.py, network/relu.py) leave
+  those to their own."""
+  return bool(tf.config.list_logical_devices('GPU') or
+              tf.config.list_logical_devices('TPU'))
+
+
 def _gpu_compute_capability():
   gpus = tf.config.list_physical_devices('GPU')
   if not gpus:

@@ -10,6 +10,7 @@ shortcut of every block group's first block, BN epsilon 1e-5.
 import keras
 import tensorflow as tf
 
+from simclr_tf.network import relu
 from simclr_tf.network import weight_gradients
 from simclr_tf.settings.config import RESNET_DEPTHS, EncoderConfig
 
@@ -62,11 +63,13 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
 
   Keras 3 computes batch norm with separate reduce/multiply/add ops (in
   float32, with casts around them for bfloat16 inputs) and differentiates
-  through each of them; the fused kernel does each pass in one op.
-  Profiling a ResNet-18 step on CPU put the unfused training ops at 14% of
-  the step, and the unfused inference ops (the side head's evaluation view)
-  at most of that view's time in bfloat16. Cross-replica statistics keep
-  Keras' synchronized path.
+  through each of them; the fused kernel does each pass in one op, and
+  TensorFlow's graph optimizer fuses a ReLU that follows it directly (so the
+  output is not reshaped unless the input was). Profiling a ResNet-18 step
+  on CPU put the unfused training ops at 14% of the step; in bfloat16 the
+  unfused inference ops doubled the time of the side head's evaluation view
+  (docs/benchmarks.md, "Where the bfloat16 time goes"). Cross-replica
+  statistics keep Keras' synchronized path.
   """
 
   def call(self, inputs, training=None, mask=None):
@@ -257,7 +260,7 @@ class _ResidualBlock(keras.layers.Layer):
     x = self.residual(inputs, training)
     if self.se is not None:
       x = self.se(x)
-    return tf.nn.relu(x + shortcut)
+    return relu.relu(x + shortcut)
 
 
 class BasicBlock(_ResidualBlock):

@@ -19,6 +19,8 @@ import functools
 
 import tensorflow as tf
 
+from simclr_tf.devices import precision
+
 # The matmul weight gradient where channels >= this x output pixels.
 CHANNELS_PER_OUTPUT_PIXEL = 2
 
@@ -43,8 +45,7 @@ def applies(input_shape, kernel_size: int, strides: int, dtype) -> bool:
   pixels = output_size(height, strides) * output_size(width, strides)
   if channels < CHANNELS_PER_OUTPUT_PIXEL * pixels:
     return False
-  return not (tf.config.list_logical_devices('GPU') or
-              tf.config.list_logical_devices('TPU'))
+  return not precision.sees_accelerator()
 
 
 def _shifted_inputs(inputs, strides, out_height, out_width):
