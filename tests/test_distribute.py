@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from simclr_tf.network import relu
+from simclr_tf.network import weight_gradients
 from simclr_tf.settings import config as c
 from simclr_tf.training import task as task_lib
 from tests import helpers
@@ -17,13 +19,14 @@ GLOBAL_BATCH = 12
 SIZE = 12
 
 
-def _config(global_bn):
+def _config(global_bn, precision='float32', optimizer='lars'):
   return c.build({
       'model_dir': 'unused', 'image_size': SIZE, 'resnet_depth': 18,
       'width_multiplier': 0.125, 'cifar_stem': True, 'global_bn': global_bn,
       'proj_out_dim': 16, 'num_proj_layers': 2, 'num_classes': 3,
-      'optimizer': 'lars', 'weight_decay': 1e-4,
-      'train_batch_size': GLOBAL_BATCH, 'temperature': 0.5})
+      'optimizer': optimizer, 'weight_decay': 1e-4,
+      'train_batch_size': GLOBAL_BATCH, 'temperature': 0.5,
+      'precision': precision})
 
 
 def _batch():
@@ -45,9 +48,9 @@ def _initial_weights(config):
   return [w.numpy() for w in model.weights]
 
 
-def one_step(replicas, global_bn):
+def one_step(replicas, global_bn, precision='float32', optimizer='lars'):
   """One training step on the same global batch split over `replicas`."""
-  config = _config(global_bn)
+  config = _config(global_bn, precision, optimizer)
   weights = _initial_weights(config)
   batch = _batch()
   local = GLOBAL_BATCH // replicas
@@ -84,6 +87,30 @@ def test_one_step_is_the_same_on_1_2_and_3_replicas(single, replicas):
       assert (np.linalg.norm(update - want_update) <=
               1e-3 * np.linalg.norm(want_update) + 1e-9)
   assert moved > len(initial) // 2
+
+
+def test_bfloat16_cpu_kernels_train_the_same_under_mirrored_strategy(
+    monkeypatch):
+  """The bfloat16 CPU kernels (matmul weight gradients, integer ReLU) in a
+  step on 2 replicas, against the same step with TensorFlow's own kernels.
+  (One replica against two differs in bfloat16 by itself: the batch norm
+  statistics are synchronised in another order.)"""
+  calls = []
+  applies = weight_gradients.applies
+  monkeypatch.setattr(weight_gradients, 'applies',
+                      lambda *a: calls.append(a) or applies(*a))
+  # Momentum: LARS would hide a gradient's scale.
+  ours, initial, expected = one_step(2, True, 'bfloat16', 'momentum')
+  assert sum(applies(*a) for a in calls) >= 4  # Block groups 3 and 4.
+  monkeypatch.setattr(weight_gradients, 'applies', lambda *a: False)
+  monkeypatch.setattr(relu, 'relu', tf.nn.relu)
+  theirs, _, weights = one_step(2, True, 'bfloat16', 'momentum')
+  for name in ('contrast_loss', 'supervised_loss'):
+    assert ours[name] == pytest.approx(theirs[name], rel=1e-3), name
+  for before, want, got in zip(initial, weights, expected):
+    update, want_update = got - before, want - before
+    assert (np.linalg.norm(update - want_update) <=
+            1e-2 * np.linalg.norm(want_update) + 1e-9)
 
 
 def test_without_global_bn_replicas_see_different_statistics(single):
