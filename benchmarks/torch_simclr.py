@@ -29,10 +29,12 @@ import time
 import types
 
 
-def _import_torchvision_models():
-  """torchvision.models without torchvision's C operators: PyPI's
-  torchvision is built against CUDA PyTorch and its __init__ fails beside
-  the CPU build; the models are plain PyTorch modules."""
+def import_torchvision_models():
+  """`torchvision.models`, also where torchvision's C operators cannot load
+  (PyPI's torchvision is built against CUDA PyTorch; beside the CPU build
+  its import fails registering them): the models are plain PyTorch modules,
+  imported then without the package's __init__. (The tests load PyTorch
+  exports into them through this function too.)"""
   try:
     import torchvision  # pylint: disable=g-import-not-at-top
     return torchvision.models
@@ -66,7 +68,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
   args = parse_args(argv)
-  models = _import_torchvision_models()
+  models = import_torchvision_models()
   import torch  # pylint: disable=g-import-not-at-top
   from torch import nn  # pylint: disable=g-import-not-at-top
   from torch.nn import functional  # pylint: disable=g-import-not-at-top

@@ -138,28 +138,9 @@ def numbered_tfds(data_dir, file_format='tfrecord', num_shards=8):
 
 
 def torchvision_models():
-  """`torchvision.models`, also where torchvision's C operators cannot load
-  (PyPI's torchvision is built against CUDA PyTorch; beside the CPU build
-  its import fails registering them): the models are plain PyTorch modules,
-  imported then without the package's __init__."""
-  # pylint: disable=g-import-not-at-top
-  import importlib
-  import importlib.util
-  import sys
-  import types
-  try:
-    import torchvision
-    return torchvision.models
-  except RuntimeError:
-    for name in [n for n in sys.modules
-                 if n == 'torchvision' or n.startswith('torchvision.')]:
-      del sys.modules[name]
-    spec = importlib.util.find_spec('torchvision')
-    package = types.ModuleType('torchvision')
-    package.__path__ = list(spec.submodule_search_locations)
-    package.__spec__ = spec
-    sys.modules['torchvision'] = package
-    return importlib.import_module('torchvision.models')
+  """`torchvision.models`, importable beside PyTorch's CPU build."""
+  from benchmarks import torch_simclr  # pylint: disable=g-import-not-at-top
+  return torch_simclr.import_torchvision_models()
 
 
 def randomize_batch_norm(model, seed=0):
