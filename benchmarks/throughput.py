@@ -62,6 +62,9 @@ flags.DEFINE_enum('lineareval_view', 'eval', list(c.LINEAREVAL_VIEWS),
                   'As run.py: `pretrain` trains the linear head on the '
                   'two views (no forward pass of its own), as '
                   'benchmarks/torch_simclr.py does.')
+flags.DEFINE_integer('inter_op_threads', 0, 'TensorFlow\'s inter-op '
+                     'threads (0: its default); 1 runs one op at a time, so '
+                     'profiled op times add up to the step.')
 flags.DEFINE_string('output', None, 'JSON file for the results.')
 flags.DEFINE_string('profile_dir', None, 'Also profile two model steps per '
                     'configuration into DIR/<config> (TensorBoard\'s profile '
@@ -88,7 +91,9 @@ def run_config(depth, width, image_size, batch_size, stored_size, strategy,
       'num_proj_layers': 2, 'train_batch_size': batch_size,
       'train_steps': train_steps, 'checkpoint_steps': train_steps,
       'steps_per_loop': FLAGS.steps_per_loop, 'jit_compile': FLAGS.jit_compile,
-      'lineareval_view': FLAGS.lineareval_view, **settings}, source=source, strategy=strategy, mixed_precision=FLAGS.mixed_precision)
+      'lineareval_view': FLAGS.lineareval_view, **settings},
+      source=source, strategy=strategy,
+      mixed_precision=FLAGS.mixed_precision)
   return config, source
 
 
@@ -117,6 +122,9 @@ def _timed(task, iterator, calls):
 
 
 def measure(name):
+  if FLAGS.inter_op_threads:
+    tf.config.threading.set_inter_op_parallelism_threads(
+        FLAGS.inter_op_threads)
   depth, width, image_size, batch_size, stored_size = CONFIGS[name]
   strategy = tf.distribute.get_strategy()
   calls = max(1, FLAGS.timed_steps // FLAGS.steps_per_loop)

@@ -10,13 +10,12 @@ torchvision's ResNet-18 with the CIFAR stem (3x3/1 convolution, no max pool)
 on 32 px images, two views of 128 images per step, lightly's 2-layer
 SimCLRProjectionHead (512-512-128) and NTXentLoss (temperature 0.5), a
 linear classifier on the detached features trained alongside, lightly's
-LARS. PyTorch's CPU settings: bfloat16 through
-`torch.autocast`, `torch.compile` of the whole forward and backward pass
-(the optimizer step stays eager; it is a few milliseconds), channels-last
-tensors (`--memory_format`; oneDNN's preferred layout) or PyTorch's default
-NCHW. Images are random
-tensors made once, so this is the model step alone, without an input
-pipeline. Prints `RESULT {json}`.
+LARS. PyTorch's CPU settings: bfloat16 through `torch.autocast`,
+`torch.compile` of the whole forward and backward pass (the optimizer step
+stays eager; it takes a few milliseconds), channels-last tensors
+(`--memory_format`; oneDNN's preferred layout) or PyTorch's default NCHW.
+Images are random tensors made once, so this is the model step alone,
+without an input pipeline. Prints `RESULT {json}`.
 """
 
 import argparse
@@ -114,7 +113,7 @@ def main(argv=None):
     loss = step_loss(*views, labels)
     loss.backward()
     optimizer.step()
-    return float(loss)
+    return loss.item()
 
   started = time.perf_counter()
   for _ in range(args.warmup_steps):

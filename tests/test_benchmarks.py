@@ -1,7 +1,7 @@
 """The FLOP count that benchmarks/throughput.py reports GFLOP/s with, the
 supervised baseline's budget in benchmarks/fashion_mnist.py, the
 fine-tuning configurations of benchmarks/semi_supervised.py, the findings
-studies' cells and the side-by-side summary."""
+studies' cells, the side-by-side summary and the oneDNN log's sums."""
 
 import json
 import os
@@ -271,3 +271,22 @@ def test_side_by_side_summary_averages_rounds_and_takes_the_ratios():
   quickstart = rows['simclr_tf resnet18x0.25_28px_b512']
   assert 'model_vs_fastest_torch_compile' not in quickstart
   assert 'train_vs_baseline' not in quickstart
+
+
+def test_onednn_layers_sums_the_log_per_primitive():
+  from benchmarks import onednn_layers  # pylint: disable=g-import-not-at-top
+  conv = ('onednn_verbose,v1,primitive,exec,cpu,convolution,'
+          'brgconv_bwd_w:avx10_1_512_amx,backward_weights,'
+          'src:bf16::blocked:acdb::f0,,alg:convolution_direct,'
+          'mb256_ic512oc512_ih4oh4kh3sh1dh0ph1_iw4ow4kw3sw1dw0pw1,{}\n')
+  log = [conv.format('80.5'), conv.format('19.5'),
+         'onednn_verbose,v1,primitive,create:cache_miss,cpu,convolution,'
+         'brgconv_bwd_w:avx10_1_512_amx,backward_weights,,,,shape,0.3\n',
+         'onednn_verbose,v1,primitive,exec,cpu,matmul,brg_matmul:avx10_1_512_amx'
+         ',undef,src:bf16::blocked:ab::f0,,,512x4096:4096x512,1.25\n',
+         'RESULT {}\n']
+  assert onednn_layers.primitive_times(log) == {
+      ('convolution', 'backward_weights', 'brgconv_bwd_w:avx10_1_512_amx',
+       'mb256_ic512oc512_ih4oh4kh3sh1dh0ph1_iw4ow4kw3sw1dw0pw1'): [2, 100.0],
+      ('matmul', 'undef', 'brg_matmul:avx10_1_512_amx',
+       '512x4096:4096x512'): [1, 1.25]}
