@@ -110,3 +110,9 @@ def test_resnet_layer_takes_it_and_trains_its_keras_kernel(strides, size, rng,
       layer.pad(x) if layer.pad is not None else x))
   np.testing.assert_allclose(ours, theirs, atol=2e-2 * np.abs(theirs).max())
   assert np.abs(ours).max() > 0
+
+
+def test_gpus_and_tpus_keep_their_own_kernels(monkeypatch):
+  assert weight_gradients.applies((8, 4, 4, 512), 3, 1, 'bfloat16')
+  monkeypatch.setattr(precision, 'sees_accelerator', lambda: True)
+  assert not weight_gradients.applies((8, 4, 4, 512), 3, 1, 'bfloat16')
