@@ -86,18 +86,18 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     channels = inputs.shape[-1]
     as_4d = tf.reshape(inputs, [-1, 1, 1, channels]) if (
         len(inputs.shape) != 4) else inputs
+    scale = tf.cast(self.gamma, tf.float32)
     offset = (tf.cast(self.beta, tf.float32) if self.center
               else tf.zeros([channels], tf.float32))
     if not training:
       outputs, _, _ = tf.compat.v1.nn.fused_batch_norm(
-          as_4d, tf.cast(self.gamma, tf.float32), offset,
+          as_4d, scale, offset,
           mean=tf.cast(self.moving_mean, tf.float32),
           variance=tf.cast(self.moving_variance, tf.float32),
           epsilon=self.epsilon, is_training=False)
     else:
       outputs, mean, variance = tf.compat.v1.nn.fused_batch_norm(
-          as_4d, tf.cast(self.gamma, tf.float32), offset,
-          epsilon=self.epsilon, is_training=True)
+          as_4d, scale, offset, epsilon=self.epsilon, is_training=True)
       # The kernel returns the unbiased variance; Keras' moving average (and
       # its synchronized path) uses the biased one.
       count = tf.cast(tf.size(as_4d) // channels, tf.float32)
