@@ -4,6 +4,14 @@ folder path, `--mode=embed` and its retrieval picture on real images.
 
   python scripts/fashion_mnist_folder.py --output=/tmp/fashion_folder \
       --train_per_class=200 --test_per_class=20
+
+With --format=idx it writes the same selection as the four IDX files of the
+original release instead (rows in their original order), which
+`--dataset=fashion_mnist --data_dir=DIR` reads: the tests' sample,
+tests/data/fashion_mnist/, is
+
+  python scripts/fashion_mnist_folder.py --format=idx \
+      --output=tests/data/fashion_mnist --train_per_class=30 --test_per_class=10
 """
 
 import os
@@ -27,18 +35,32 @@ flags.DEFINE_string('data_dir', 'data', 'Where the IDX files are looked for '
 flags.DEFINE_integer('train_per_class', 200, 'Training images per class, the '
                      'first ones of the split (0: all).')
 flags.DEFINE_integer('test_per_class', 20, 'Test images per class.')
+flags.DEFINE_enum('format', 'png', ['png', 'idx'], 'png: a folder per '
+                  'class; idx: the original release\'s four IDX files.')
 FLAGS = flags.FLAGS
 
 
+def selected_rows(labels, per_class):
+  """The first `per_class` rows of each class (all where 0), per class."""
+  rows = [np.flatnonzero(labels == label) for label in range(len(CLASSES))]
+  return [r[:per_class] if per_class else r for r in rows]
+
+
 def write_split(images, labels, directory, per_class):
-  for label, name in enumerate(CLASSES):
-    rows = np.flatnonzero(labels == label)
-    if per_class:
-      rows = rows[:per_class]
+  for name, rows in zip(CLASSES, selected_rows(labels, per_class)):
     os.makedirs(os.path.join(directory, name), exist_ok=True)
     for row in rows:
       Image.fromarray(images[row]).save(
           os.path.join(directory, name, f'{row:05d}.png'))
+
+
+def write_idx_split(images, labels, directory, split, per_class):
+  rows = np.sort(np.concatenate(selected_rows(labels, per_class)))
+  image_file, label_file = idx.FASHION_MNIST_FILES[split]
+  os.makedirs(directory, exist_ok=True)
+  idx.write_idx(os.path.join(directory, image_file), images[rows])
+  idx.write_idx(os.path.join(directory, label_file),
+                labels[rows].astype(np.uint8))
 
 
 def main(_):
@@ -51,8 +73,14 @@ def main(_):
   for split, per_class in (('train', FLAGS.train_per_class),
                            ('test', FLAGS.test_per_class)):
     images, labels = idx.load_fashion_mnist_split(found, split)
-    write_split(images, labels, os.path.join(FLAGS.output, split), per_class)
-  print(f'Wrote {FLAGS.output}: train/ and test/, {len(CLASSES)} classes.')
+    if FLAGS.format == 'idx':
+      write_idx_split(images, labels, FLAGS.output, split, per_class)
+    else:
+      write_split(images, labels, os.path.join(FLAGS.output, split),
+                  per_class)
+  what = ('the four IDX files' if FLAGS.format == 'idx' else
+          'train/ and test/')
+  print(f'Wrote {FLAGS.output}: {what}, {len(CLASSES)} classes.')
 
 
 if __name__ == '__main__':

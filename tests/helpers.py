@@ -1,8 +1,11 @@
 """What several test files share: run.py in a subprocess, small image files
-and folders, a numpy kNN, test TFDS builders."""
+and folders, the Fashion-MNIST sample, the original code's fixtures, a numpy
+kNN, test TFDS builders."""
 
 import io
 import os
+import pathlib
+import shutil
 import struct
 import subprocess
 import sys
@@ -10,10 +13,37 @@ import zlib
 
 import numpy as np
 from PIL import Image
+import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# The first 30 training and 10 test images of each Fashion-MNIST class, in
+# the release's order and IDX files (tests/data/README.md).
+FASHION_MNIST_SAMPLE = os.path.join(REPO, 'tests', 'data', 'fashion_mnist')
+
+# Checkpoints and outputs written by the original google-research/simclr
+# code (docs/contract.md); the tests that need them skip where they are not.
+ORIGINAL_FIXTURES = pathlib.Path(os.environ.get(
+    'SIMCLR_ORIGINAL_FIXTURES', pathlib.Path(REPO).parent / 'shared' /
+    'fixtures' / 'original_simclr'))
+needs_original_fixtures = pytest.mark.skipif(
+    not ORIGINAL_FIXTURES.is_dir(),
+    reason=f'needs the original SimCLR code\'s fixtures, not found at '
+    f'{ORIGINAL_FIXTURES}: put the shared/ folder that holds '
+    'fixtures/original_simclr beside the repository, or set '
+    'SIMCLR_ORIGINAL_FIXTURES to that folder (its README says how they were '
+    'made)')
+
+
+def fashion_mnist_data_dir(root) -> str:
+  """A --data_dir under `root` whose fashion_mnist/ holds the sample's IDX
+  files: `--dataset=fashion_mnist` reads them without the dataset package."""
+  target = os.path.join(str(root), 'fashion_mnist')
+  if not os.path.isdir(target):
+    shutil.copytree(FASHION_MNIST_SAMPLE, target)
+  return str(root)
 
 
 def run(*flags, as_user=False):

@@ -31,9 +31,7 @@ from tests.helpers import run
 
 TOLERANCE = 1e-4  # Relative to each output's largest magnitude.
 REPO = pathlib.Path(helpers.REPO)
-FIXTURES = pathlib.Path(os.environ.get(
-    'SIMCLR_ORIGINAL_FIXTURES',
-    REPO.parent / 'shared' / 'fixtures' / 'original_simclr'))
+FIXTURES = helpers.ORIGINAL_FIXTURES
 # name -> (encoder, image size, head layers, classes, standardised head).
 # Selective kernels: the original code's ResNet-50 fixture, below.
 ARCHITECTURES = {
@@ -47,11 +45,10 @@ ARCHITECTURES = {
 
 
 def fashion_mnist_images(size: int, count: int = 6) -> np.ndarray:
-  """The first test images of Fashion-MNIST, resized, as RGB in [0, 1]."""
-  directory = idx.find_fashion_mnist(
-      [str(REPO / 'data'), '/usr/share/datasets/fashion-mnist'])
-  assert directory, 'Fashion-MNIST is needed (data/README.md)'
-  images, _ = idx.load_fashion_mnist_split(directory, 'test')
+  """The first test images of Fashion-MNIST (the tests' sample), resized,
+  as RGB in [0, 1]."""
+  images, _ = idx.load_fashion_mnist_split(helpers.FASHION_MNIST_SAMPLE,
+                                           'test')
   images = tf.image.resize(images[:count, :, :, None].astype(np.float32) /
                            255.0, [size, size])
   return np.repeat(np.clip(images.numpy(), 0, 1), 3, axis=-1)
@@ -294,8 +291,10 @@ def test_export_mode_writes_the_formats_asked_for(tmp_path):
   """From the command line, without data: an unknown format fails with one
   line before anything is written, then the formats land side by side."""
   model_dir = tmp_path / 'run'
+  data_dir = helpers.fashion_mnist_data_dir(tmp_path / 'data')
   trained = run('--mode=train', f'--model_dir={model_dir}',
-                '--dataset=fashion_mnist', '--image_size=16',
+                '--dataset=fashion_mnist', f'--data_dir={data_dir}',
+                '--image_size=16',
                 '--width_multiplier=0.125', '--train_steps=1',
                 '--train_batch_size=8', '--knn=false',
                 '--lineareval_while_pretraining=false')
@@ -323,7 +322,8 @@ def test_export_mode_writes_the_formats_asked_for(tmp_path):
   # Without flags.json, flags that build another model: one line, exit 2.
   (model_dir / 'flags.json').unlink()
   wrong = run('--mode=export', f'--model_dir={model_dir}',
-              '--dataset=fashion_mnist', '--image_size=16',
+              '--dataset=fashion_mnist', f'--data_dir={data_dir}',
+              '--image_size=16',
               '--width_multiplier=0.25', '--lineareval_while_pretraining=false')
   assert wrong.returncode == 2
   assert wrong.stderr.strip().splitlines()[-1].startswith(
@@ -332,10 +332,7 @@ def test_export_mode_writes_the_formats_asked_for(tmp_path):
   assert sorted(os.listdir(model_dir / 'torch')) == ['1']
 
 
-needs_fixtures = pytest.mark.skipif(
-    not FIXTURES.is_dir(),
-    reason=f'the original code\'s fixtures are not at {FIXTURES} (set '
-    'SIMCLR_ORIGINAL_FIXTURES to their folder)')
+needs_fixtures = helpers.needs_original_fixtures
 
 
 @needs_fixtures

@@ -1,4 +1,5 @@
-"""The IDX reader on hand-made files and on the real Fashion-MNIST files."""
+"""The IDX reader and writer on hand-made files, and Fashion-MNIST read from
+the release's IDX files (the tests' sample of them)."""
 
 import gzip
 import os
@@ -11,8 +12,8 @@ import pytest
 
 from simclr_tf.inputs import catalog
 from simclr_tf.inputs import idx
-from simclr_tf.inputs import sources
 from simclr_tf.settings.config import DataConfig
+from tests import helpers
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -50,27 +51,56 @@ def test_read_idx_rejects_bad_and_truncated_files(tmp_path):
     idx.read_idx(str(tmp_path / 'short'))
 
 
-_FASHION_DIR = idx.find_fashion_mnist([sources.FASHION_MNIST_SYSTEM_DIR])
+def test_write_idx_writes_what_the_hand_made_writer_does(tmp_path, rng):
+  for array, code in ((rng.integers(0, 256, (4, 3, 2), dtype=np.uint8), 0x08),
+                      (np.array([1, -2, 70000], np.int32), 0x0C),
+                      (np.array([[0.5, -1e30]]), 0x0E)):
+    ours, reference = str(tmp_path / 'ours.gz'), str(tmp_path / 'ref.gz')
+    idx.write_idx(ours, array)
+    _write_idx(reference, array.astype(array.dtype.newbyteorder('>')), code)
+    with gzip.open(ours) as a, gzip.open(reference) as b:
+      assert a.read() == b.read()
+  # The same array gives the same bytes: a sample can be committed.
+  first = (tmp_path / 'ours.gz').read_bytes()
+  idx.write_idx(str(tmp_path / 'ours.gz'), array)
+  assert (tmp_path / 'ours.gz').read_bytes() == first
 
 
-@pytest.mark.skipif(_FASHION_DIR is None, reason=(
-    'Fashion-MNIST IDX files not installed (apt-get install '
-    'dataset-fashion-mnist); .ci/run installs them.'))
-def test_fashion_mnist_has_the_published_counts_and_labels():
+def test_fashion_mnist_is_read_from_idx_files_in_data_dir(tmp_path):
+  """The offline path: the release's four IDX files under --data_dir (the
+  tests' sample, written here with the hand-made writer) become a source
+  of 28 px RGB images with their labels."""
+  data_dir = tmp_path / 'data'
+  (data_dir / 'fashion_mnist').mkdir(parents=True)
+  sample = {}
+  for split, (image_file, label_file) in idx.FASHION_MNIST_FILES.items():
+    with gzip.open(os.path.join(helpers.FASHION_MNIST_SAMPLE,
+                                image_file)) as f:
+      images = np.frombuffer(f.read()[16:], np.uint8).reshape(-1, 28, 28)
+    with gzip.open(os.path.join(helpers.FASHION_MNIST_SAMPLE,
+                                label_file)) as f:
+      labels = np.frombuffer(f.read()[8:], np.uint8)
+    _write_idx(str(data_dir / 'fashion_mnist' / image_file), images)
+    _write_idx(str(data_dir / 'fashion_mnist' / label_file), labels)
+    sample[split] = images, labels
   source = catalog.make_source(DataConfig(dataset='fashion_mnist',
-                                                    data_dir='/nonexistent'))
-  assert source.split_sizes == {'train': 60000, 'test': 10000}
+                                          data_dir=str(data_dir)))
+  assert source.split_sizes == {'train': 300, 'test': 100}
   assert source.num_classes == 10 and source.native_image_size == 28
   train_labels = source.labels('train')
   test_labels = source.labels('test')
-  assert np.bincount(train_labels).tolist() == [6000] * 10
-  assert np.bincount(test_labels).tolist() == [1000] * 10
+  # The sample: the first 30 training and 10 test images of every class.
+  assert np.bincount(train_labels).tolist() == [30] * 10
+  assert np.bincount(test_labels).tolist() == [10] * 10
+  np.testing.assert_array_equal(train_labels, sample['train'][1])
   # The first training and test images are both ankle boots (class 9).
   assert train_labels[0] == 9 and test_labels[0] == 9
-  first = next(iter(source.load('train')))
-  assert first['image'].shape == (28, 28, 3)
-  image = first['image'].numpy()
-  assert (image[..., 0] == image[..., 2]).all() and image.max() > 200
+  for split in ('train', 'test'):
+    first = next(iter(source.load(split)))
+    assert first['image'].shape == (28, 28, 3)
+    image = first['image'].numpy()
+    assert (image[..., 0] == image[..., 2]).all() and image.max() > 200
+    np.testing.assert_array_equal(image[..., 1], sample[split][0][0])
 
 
 def test_find_fashion_mnist_looks_in_data_dir_subfolders(tmp_path):

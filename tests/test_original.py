@@ -22,16 +22,12 @@ from simclr_tf.serving import torch_format
 from simclr_tf.settings import config as c
 from simclr_tf.storage.checkpoints import CheckpointError
 from simclr_tf.training import task
+from tests import helpers
 from tests.helpers import run
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-FIXTURES = pathlib.Path(os.environ.get(
-    'SIMCLR_ORIGINAL_FIXTURES',
-    REPO.parent / 'shared' / 'fixtures' / 'original_simclr'))
-needs_fixtures = pytest.mark.skipif(
-    not FIXTURES.is_dir(),
-    reason=f'the original code\'s fixtures are not at {FIXTURES} (set '
-    'SIMCLR_ORIGINAL_FIXTURES to their folder)')
+FIXTURES = helpers.ORIGINAL_FIXTURES
+needs_fixtures = helpers.needs_original_fixtures
 # fixture -> (image size, its proj_hiddens count)
 SPECS = {'r18_w025_32px': (32, 3), 'r50_sk_w025_64px': (64, 4)}
 TOLERANCE = 1e-4  # Relative to each reference tensor's largest magnitude.
@@ -303,8 +299,10 @@ def test_import_then_export_eval_and_fine_tune_as_any_run(tmp_path):
   assert '--resnet_depth=50 (the checkpoint has 18)' in conflict.stderr
 
   # Evaluation takes the architecture from flags.json.
+  data_dir = helpers.fashion_mnist_data_dir(tmp_path / 'data')
   evaluated = run('--mode=eval', f'--model_dir={model_dir}',
-                  '--dataset=fashion_mnist', '--eval_steps=2',
+                  '--dataset=fashion_mnist', f'--data_dir={data_dir}',
+                  '--eval_steps=2',
                   '--eval_batch_size=50', '--knn=false')
   assert evaluated.returncode == 0, evaluated.stderr
   result_json = json.loads((model_dir / 'result.json').read_text())
@@ -326,7 +324,8 @@ def test_import_then_export_eval_and_fine_tune_as_any_run(tmp_path):
   tuned_dir = tmp_path / 'tuned'
   tuned = run('--mode=train', '--train_mode=finetune',
               f'--checkpoint={model_dir}', f'--model_dir={tuned_dir}',
-              '--dataset=fashion_mnist', '--label_fraction=0.01',
+              '--dataset=fashion_mnist', f'--data_dir={data_dir}',
+              '--label_fraction=0.1',
               '--train_steps=2', '--train_batch_size=16', '--knn=false',
               '--optimizer=momentum', '--learning_rate=0.01')
   assert tuned.returncode == 0, tuned.stderr

@@ -1,5 +1,6 @@
 """Reader for the IDX format of (Fashion-)MNIST's original distribution files."""
 
+import functools
 import gzip
 import os
 
@@ -29,6 +30,25 @@ def read_idx(path: str) -> np.ndarray:
     raise ValueError(f'{path} is truncated: header says {shape}, '
                      f'found {array.size} elements.')
   return array.reshape(shape)
+
+
+def write_idx(path: str, array: np.ndarray):
+  """Writes `array` as an IDX file (gzip-compressed where `path` ends in
+  .gz), the inverse of read_idx."""
+  array = np.asarray(array)
+  code = next((code for code, dtype in _IDX_DTYPES.items()
+               if np.dtype(dtype).newbyteorder('>') ==
+               array.dtype.newbyteorder('>')), None)
+  if code is None:
+    raise ValueError(f'IDX has no element type for {array.dtype}.')
+  header = bytes([0, 0, code, array.ndim]) + b''.join(
+      int(d).to_bytes(4, 'big') for d in array.shape)
+  big_endian = array.astype(np.dtype(_IDX_DTYPES[code]).newbyteorder('>'))
+  # mtime=0: the same array gives the same bytes (committed samples).
+  opener = (functools.partial(gzip.GzipFile, mode='wb', mtime=0)
+            if path.endswith('.gz') else functools.partial(open, mode='wb'))
+  with opener(path) as f:
+    f.write(header + big_endian.tobytes())
 
 
 # The four files of the original Fashion-MNIST release, per split.
