@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from simclr_tf.devices import distribute
 from simclr_tf.network import relu
 from simclr_tf.network import weight_gradients
 from simclr_tf.settings import config as c
@@ -143,3 +144,37 @@ def test_run_py_trains_on_two_cpu_replicas(tmp_path, rng):
   assert 'MirroredStrategy over 2 logical CPU devices' in result.stderr
   outcome = json.load(open(tmp_path / 'm' / 'result.json'))
   assert outcome['global_step'] == 3 and outcome['num_eval_examples'] == 2
+
+
+@pytest.mark.parametrize('reduce', ['ours', 'tensorflow'])
+def test_cross_replica_sum_and_its_gradient(reduce):
+  """distribute.cross_replica_sum against numpy (and TensorFlow's own
+  all-reduce, which it replaces for speed of tracing): every replica gets
+  the sum; replica r's input gets the sum over replicas of the gradients
+  flowing into the output."""
+  replicas = 3
+  strategy = helpers.cpu_strategy(replicas)
+  rng = np.random.default_rng(1)
+  inputs = rng.normal(size=(replicas, 2, 3)).astype(np.float32)
+  upstream = rng.normal(size=(replicas, 2, 3)).astype(np.float32)
+  summed = (distribute.cross_replica_sum if reduce == 'ours' else
+            lambda x: tf.distribute.get_replica_context().all_reduce(
+                tf.distribute.ReduceOp.SUM, x))
+
+  def step(x, w):
+    with tf.GradientTape() as tape:
+      tape.watch(x)
+      y = summed(x * 2.0)
+      loss = tf.reduce_sum(y * w)
+    return y, tape.gradient(loss, x)
+
+  per_replica = lambda array: strategy.experimental_distribute_values_from_function(  # pylint: disable=g-long-lambda
+      lambda ctx: tf.constant(array[ctx.replica_id_in_sync_group]))
+  ys, grads = tf.function(lambda x, w: strategy.run(step, args=(x, w)))(
+      per_replica(inputs), per_replica(upstream))
+  for r, (y, grad) in enumerate(zip(strategy.experimental_local_results(ys),
+                                    strategy.experimental_local_results(
+                                        grads))):
+    np.testing.assert_allclose(y.numpy(), 2.0 * inputs.sum(0), rtol=1e-6)
+    np.testing.assert_allclose(grad.numpy(), 2.0 * upstream.sum(0),
+                               rtol=1e-6, err_msg=f'replica {r}')

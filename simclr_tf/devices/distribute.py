@@ -26,6 +26,32 @@ def split_cpu(num_devices: int):
       cpu, [tf.config.LogicalDeviceConfiguration()] * num_devices)
 
 
+def cross_replica_sum(tensor: tf.Tensor) -> tf.Tensor:
+  """The sum of `tensor` over all replicas, in a replica context; its
+  gradient is the sum of the output gradients over all replicas, as for
+  ReplicaContext.all_reduce.
+
+  Tracing that all-reduce in a tf.function is slow under MirroredStrategy:
+  its custom gradient looks for variables by walking the graph back from
+  its outputs, and the walk runs through every replica's graph built so far,
+  for the forward all-reduce and again for the backward one (a ResNet-18
+  step with global batch norm on 3 replicas took 45 s to trace). Reducing
+  stop_gradient(x) keeps that walk within the reduction; the gradient is
+  given here instead.
+  """
+  context = tf.distribute.get_replica_context()
+
+  @tf.custom_gradient
+  def summed(x):
+    def gradient(upstream):
+      return context.all_reduce(tf.distribute.ReduceOp.SUM,
+                                tf.stop_gradient(upstream))
+    return context.all_reduce(tf.distribute.ReduceOp.SUM,
+                              tf.stop_gradient(x)), gradient
+
+  return summed(tensor)
+
+
 def _num_workers_in_tf_config() -> int:
   config = json.loads(os.environ.get('TF_CONFIG', '{}') or '{}')
   cluster = config.get('cluster', {})

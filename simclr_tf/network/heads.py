@@ -10,7 +10,9 @@ centred per unit before the contrastive loss normalises each vector.
 import keras
 import tensorflow as tf
 
-from simclr_tf.network.resnet import BatchNormRelu, get_layers, set_layers
+from simclr_tf.network.resnet import (BatchNormRelu,
+                                      FusedBatchNormalization, get_layers,
+                                      set_layers)
 from simclr_tf.settings.config import EncoderConfig, HeadConfig
 
 
@@ -85,7 +87,7 @@ class SupervisedHead(keras.layers.Layer):
                encoder_config: EncoderConfig | None = None, **kwargs):
     super().__init__(**kwargs)
     # Over the global batch with global batch norm, like every other.
-    self.standardize = (keras.layers.BatchNormalization(
+    self.standardize = (FusedBatchNormalization(
         momentum=encoder_config.batch_norm_decay, center=False, scale=False,
         synchronized=encoder_config.global_bn, name='standardize')
                         if standardize else None)
