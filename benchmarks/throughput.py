@@ -32,6 +32,7 @@ from absl import flags
 import numpy as np
 import tensorflow as tf
 
+from benchmarks import flops as flops_lib
 from simclr_tf.devices import precision
 from simclr_tf.inputs import array_source
 from simclr_tf.inputs import pipeline
@@ -97,21 +98,6 @@ def run_config(depth, width, image_size, batch_size, stored_size, strategy,
   return config, source
 
 
-def forward_flops(model, image_size) -> int:
-  """FLOPs of one image's forward pass (multiply-add = 2)."""
-
-  @tf.function
-  def forward(images):
-    return model(images, training=False)['proj_head_output']
-
-  graph = forward.get_concrete_function(
-      tf.TensorSpec([1, image_size, image_size, 3])).graph
-  options = (tf.compat.v1.profiler.ProfileOptionBuilder(
-      tf.compat.v1.profiler.ProfileOptionBuilder.float_operation())
-             .with_empty_output().build())
-  return tf.compat.v1.profiler.profile(graph, options=options).total_float_ops
-
-
 def _timed(task, iterator, calls):
   for _ in range(FLAGS.warmup_calls):
     task.run_steps(iterator, FLAGS.steps_per_loop)
@@ -164,7 +150,7 @@ def measure(name):
     next(batches)
   input_seconds = time.perf_counter() - started
 
-  flops = forward_flops(task.model, image_size) * 3 * 2
+  flops = flops_lib.forward_flops(task.model, image_size) * 3 * 2
   op_types = (profile(task, cached, os.path.join(FLAGS.profile_dir, name))
               if FLAGS.profile_dir else None)
   return {

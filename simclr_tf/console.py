@@ -46,7 +46,8 @@ class LibraryFilter(std_logging.Filter):
 
 
 def setup(verbosity: int):
-  """Call once flags are parsed, before TensorFlow is imported."""
+  """Call once flags are parsed, before TensorFlow is imported (again in
+  the same process: no change)."""
   verbose = verbosity >= TENSORFLOW_VERBOSITY
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '0' if verbose else '2')
   tf, keras = import_tensorflow(show_start_up=verbose)
@@ -54,8 +55,9 @@ def setup(verbosity: int):
     return
   handler = logging.get_absl_handler()
   handler.setFormatter(PlainFormatter())
-  handler.addFilter(LibraryFilter(
-      [os.path.dirname(module.__file__) for module in (tf, keras)]))
+  if not any(isinstance(f, LibraryFilter) for f in handler.filters):
+    handler.addFilter(LibraryFilter(
+        [os.path.dirname(module.__file__) for module in (tf, keras)]))
   tf.get_logger().setLevel('ERROR')
 
 

@@ -8,6 +8,10 @@ import os
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')
+# Two test workers share the cores: one intra-op thread each (and in the
+# run.py processes they start), so that their thread pools do not spin
+# against each other.
+os.environ.setdefault('TF_NUM_INTRAOP_THREADS', '1')
 
 import numpy as np  # pylint: disable=g-import-not-at-top
 import pytest  # pylint: disable=g-import-not-at-top
@@ -27,3 +31,21 @@ tf.config.set_logical_device_configuration(
 @pytest.fixture
 def rng():
   return np.random.default_rng(0)
+
+
+# The longest files first. pytest-xdist (pytest.ini: --dist loadfile
+# --no-loadscope-reorder) hands out whole files in collection order; a
+# worker that started a long one late would finish alone, minutes after the
+# other. `--durations` shows when this order needs changing.
+LONGEST_FIRST = ('tests/test_resume.py', 'tests/test_multi_worker.py',
+                 'tests/test_export_formats.py', 'tests/test_gradient_cache.py',
+                 'tests/test_run_train.py', 'tests/test_distribute.py',
+                 'tests/test_precision.py', 'tests/test_robustness.py',
+                 'tests/test_original.py')
+
+
+def pytest_collection_modifyitems(items):
+  def rank(item):
+    return next((i for i, prefix in enumerate(LONGEST_FIRST)
+                 if item.nodeid.startswith(prefix)), len(LONGEST_FIRST))
+  items.sort(key=rank)  # Stable: each file's tests keep their order.

@@ -2,13 +2,19 @@
 and folders, the Fashion-MNIST sample, the original code's fixtures, a numpy
 kNN, test TFDS builders."""
 
+import contextlib
+import functools
+import importlib.util
 import io
+import logging as std_logging
 import os
 import pathlib
 import shutil
 import struct
 import subprocess
 import sys
+import traceback
+import types
 import zlib
 
 import numpy as np
@@ -16,6 +22,7 @@ from PIL import Image
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from tensorflow.python.framework import config as tf_config  # pylint: disable=g-direct-tensorflow-import
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -46,7 +53,126 @@ def fashion_mnist_data_dir(root) -> str:
   return str(root)
 
 
-def run(*flags, as_user=False):
+_RUN_PY = None
+
+
+def _run_py():
+  """run.py as a module, loaded once, its flags in a FlagValues of their
+  own: benchmark modules that tests import define flags of the same names
+  in absl's global one. absl's --verbosity is shared, so that it still sets
+  the log level."""
+  global _RUN_PY
+  if _RUN_PY is None:
+    import absl  # pylint: disable=g-import-not-at-top
+    from absl import flags as absl_flags  # pylint: disable=g-import-not-at-top
+    own = absl_flags.FlagValues()
+    own['verbosity'] = absl_flags.FLAGS['verbosity']
+    proxy = types.ModuleType('absl.flags')
+    proxy.__dict__.update(vars(absl_flags))
+    for name in dir(absl_flags):
+      if name.startswith('DEFINE') or name.startswith('mark_flag'):
+        setattr(proxy, name, functools.partial(getattr(absl_flags, name),
+                                               flag_values=own))
+    proxy.FLAGS = own
+    spec = importlib.util.spec_from_file_location(
+        'run_under_test', os.path.join(REPO, 'run.py'))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    absl.flags = proxy  # What run.py's `from absl import flags` finds.
+    try:
+      spec.loader.exec_module(module)
+    finally:
+      absl.flags = absl_flags
+    _RUN_PY = module
+  return _RUN_PY
+
+
+def run(*flags) -> subprocess.CompletedProcess:
+  """run.py's main in this process, as `python run.py FLAGS` would run it:
+  its exit code, and what it printed to stdout and stderr (its log lines
+  included). Starting TensorFlow again for each call would cost more than
+  most of these runs; tests about signals, start-up output or process
+  boundaries use `run_process`."""
+  from absl import app  # pylint: disable=g-import-not-at-top
+  from absl import flags as absl_flags  # pylint: disable=g-import-not-at-top
+  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+  run_py = _run_py()
+  stdout, stderr = io.StringIO(), io.StringIO()
+  absl_logging.use_absl_handler()
+  handler = absl_logging.get_absl_handler().python_handler
+  saved_stream, handler.stream = handler.stream, stderr
+  saved_level = std_logging.root.level
+  code = 0
+  try:
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(
+        stderr):
+      try:
+        run_py.FLAGS.unparse_flags()
+        argv = run_py.FLAGS(['run.py', *flags])
+        if run_py.FLAGS['verbosity'].using_default_value:
+          run_py.FLAGS.verbosity = 0  # INFO, as absl's app.run sets it.
+        run_py.main(argv)
+      except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (e.code is not None)
+      except absl_flags.Error as e:
+        print(f'FATAL Flags parsing error: {e}', file=sys.stderr)
+        code = 1
+      except app.UsageError as e:
+        print(f'FATAL {e}', file=sys.stderr)
+        code = 1
+      except Exception:  # pylint: disable=broad-except
+        traceback.print_exc()
+        code = 1
+  finally:
+    handler.stream = saved_stream
+    std_logging.root.setLevel(saved_level)
+    # --deterministic holds for that run only (TensorFlow exports no way
+    # back but its own config module's).
+    tf_config.disable_op_determinism()
+  return subprocess.CompletedProcess(['run.py', *flags], code,
+                                     stdout.getvalue(), stderr.getvalue())
+
+
+# A run that trains in seconds (tests/test_robustness.py, test_resume.py).
+TINY_RUN = ['--image_size=16', '--resnet_depth=18', '--width_multiplier=0.125',
+            '--train_batch_size=8', '--eval_batch_size=8',
+            '--steps_per_loop=1', '--summary_steps=1', '--knn=False',
+            '--seed=5']
+
+
+def shapes_folder(tmp_path_factory) -> str:
+  """18 random 20x20 images in three class folders."""
+  root = tmp_path_factory.mktemp('data') / 'shapes'
+  return make_class_folder(str(root), np.random.default_rng(0),
+                           classes=('a', 'b', 'c'), per_class=6,
+                           size=(20, 20))
+
+
+def start_run_py(*flags, preexec_fn=None, log=None) -> subprocess.Popen:
+  """run.py started in a process of its own (stderr to `log`), not waited
+  for: for tests that signal, kill or limit it."""
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', CUDA_VISIBLE_DEVICES='')
+  return subprocess.Popen([sys.executable, os.path.join(REPO, 'run.py'),
+                           *flags], env=env, cwd=REPO, stdout=subprocess.DEVNULL,
+                          stderr=log, preexec_fn=preexec_fn)
+
+
+def one_error_line(result) -> str:
+  """The run's only `run.py: error:` line; it exited 2 without a traceback."""
+  assert result.returncode == 2, result.stderr[-2000:]
+  errors = [l for l in result.stderr.splitlines() if l.startswith('run.py:')]
+  assert len(errors) == 1, result.stderr[-2000:]
+  assert 'Traceback' not in result.stderr
+  return errors[0]
+
+
+def latest_step(model_dir) -> int:
+  """The step of the newest checkpoint in `model_dir` (0: none)."""
+  latest = tf.train.latest_checkpoint(model_dir)
+  return int(latest.rsplit('-', 1)[1]) if latest else 0
+
+
+def run_process(*flags, as_user=False) -> subprocess.CompletedProcess:
   """run.py in a subprocess; `as_user`: in a user's environment, without the
   test run's TensorFlow log level and hidden GPUs."""
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', CUDA_VISIBLE_DEVICES='')

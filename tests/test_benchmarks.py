@@ -1,4 +1,5 @@
-"""The FLOP count that benchmarks/throughput.py reports GFLOP/s with, the
+"""The FLOP count that benchmarks/throughput.py reports GFLOP/s with
+(benchmarks/flops.py), the
 supervised baseline's budget in benchmarks/fashion_mnist.py, the
 fine-tuning configurations of benchmarks/semi_supervised.py, the findings
 studies' cells, the side-by-side summary and the oneDNN log's sums."""
@@ -10,7 +11,7 @@ import sys
 
 import pytest
 
-from benchmarks import throughput
+from benchmarks import flops
 from simclr_tf.settings import config as c
 from simclr_tf.training import task as task_lib
 
@@ -38,11 +39,11 @@ def test_forward_flops_of_resnet18_match_the_hand_count():
                     'resnet_depth': 18, 'cifar_stem': True,
                     'proj_head_mode': 'none'})
   model = task_lib.build_model(config)
-  flops = throughput.forward_flops(model, 32)
+  counted = flops.forward_flops(model, 32)
   expected = 2 * _resnet18_cifar_macs()
   assert expected == pytest.approx(1.11e9, rel=0.01)  # 6.7 GFLOP / 6.
   # Convolutions dominate; batch norm, ReLU and the add are ~1% more.
-  assert flops == pytest.approx(expected, rel=0.02)
+  assert counted == pytest.approx(expected, rel=0.02)
 
 
 _SUPERVISED_CHECK = r'''

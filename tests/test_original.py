@@ -8,7 +8,6 @@ original code.
 """
 
 import json
-import os
 import pathlib
 import shutil
 

@@ -33,3 +33,25 @@ def test_bad_dataset_fails_with_one_line_and_exit_code_2(tmp_path):
   assert lines == [f'run.py: error: --dataset=folder:{tmp_path}/nothing: '
                    'no such directory.']
   assert 'Traceback' not in result.stderr
+
+
+def test_in_process_runs_do_what_a_process_does(tmp_path, rng):
+  """helpers.run, which most tests use, against run.py in a process of its
+  own: the same picture (seeded views) and output; the same exit code and
+  error line for bad input."""
+  root = helpers.make_class_folder(str(tmp_path / 'imgs'), rng, size=(24, 24))
+  results = {}
+  for name, runner in (('inside', run), ('outside', helpers.run_process)):
+    good = runner('--mode=preview', f'--dataset=folder:{root}',
+                  '--image_size=24', '--preview_images=2', '--preview_pairs=1',
+                  f'--preview_path={tmp_path / name}.png')
+    bad = runner('--mode=preview', f'--dataset=folder:{root}',
+                 '--preview_images=0')
+    results[name] = (good.returncode, good.stdout.replace(name, ''),
+                     (tmp_path / f'{name}.png').read_bytes(), bad.returncode,
+                     [l for l in bad.stderr.splitlines()
+                      if l.startswith('run.py')])
+  assert results['inside'] == results['outside']
+  assert results['inside'][0] == 0 and results['inside'][3] == 2
+  assert results['inside'][4] == ['run.py: error: --preview_images=0 must be '
+                                  '> 0.']

@@ -16,7 +16,7 @@ from tensorboard.backend.event_processing import event_accumulator
 from simclr_tf.network.model import SimCLRModel
 from simclr_tf.settings.config import EncoderConfig, ModelConfig
 from tests import helpers
-from tests.helpers import run
+from tests.helpers import run, run_process
 
 TINY = ['--image_size=16', '--resnet_depth=18', '--width_multiplier=0.25',
         '--train_batch_size=8', '--eval_batch_size=8', '--summary_steps=2',
@@ -35,10 +35,10 @@ def folder(tmp_path_factory):
 @pytest.fixture(scope='module')
 def pretrained(folder, tmp_path_factory):
   model_dir = str(tmp_path_factory.mktemp('runs') / 'pretrain')
-  result = run('--mode=train_then_eval', f'--dataset=folder:{folder}',
-               f'--model_dir={model_dir}', '--train_steps=4',
-               '--checkpoint_steps=2', '--knn_every_n_checkpoints=1',
-               '--log_every_seconds=0', *TINY, as_user=True)
+  result = run_process('--mode=train_then_eval', f'--dataset=folder:{folder}',
+                       f'--model_dir={model_dir}', '--train_steps=4',
+                       '--checkpoint_steps=2', '--knn_every_n_checkpoints=1',
+                       '--log_every_seconds=0', *TINY, as_user=True)
   assert result.returncode == 0, result.stderr[-3000:]
   return model_dir, result
 
@@ -258,7 +258,7 @@ def test_the_console_shows_the_projects_lines_only(folder, pretrained,
   # --verbosity=1 asks for TensorFlow's own logging (and absl's prefixes).
   model_dir = str(tmp_path / 'copy')
   shutil.copytree(pretrained[0], model_dir)
-  verbose = run('--mode=eval', f'--dataset=folder:{folder}',
+  verbose = run_process('--mode=eval', f'--dataset=folder:{folder}',
                 f'--model_dir={model_dir}', '--verbosity=1', *TINY,
                 as_user=True)
   assert verbose.returncode == 0, verbose.stderr[-3000:]

@@ -20,10 +20,16 @@ class WorkerLost(Exception):
 
 
 def split_cpu(num_devices: int):
-  """Splits the CPU into `num_devices` logical devices (before TF starts)."""
+  """Splits the CPU into `num_devices` logical devices (before TF starts);
+  where this process has already started TensorFlow with at least that many
+  (a second run in one process), those serve."""
   cpu = tf.config.list_physical_devices('CPU')[0]
-  tf.config.set_logical_device_configuration(
-      cpu, [tf.config.LogicalDeviceConfiguration()] * num_devices)
+  try:
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration()] * num_devices)
+  except RuntimeError:
+    if len(tf.config.list_logical_devices('CPU')) < num_devices:
+      raise
 
 
 def cross_replica_sum(tensor: tf.Tensor) -> tf.Tensor:
