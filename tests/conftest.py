@@ -8,10 +8,6 @@ import os
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')
-# Two test workers share the cores: one intra-op thread each (and in the
-# run.py processes they start), so that their thread pools do not spin
-# against each other.
-os.environ.setdefault('TF_NUM_INTRAOP_THREADS', '1')
 
 import numpy as np  # pylint: disable=g-import-not-at-top
 import pytest  # pylint: disable=g-import-not-at-top
