@@ -70,7 +70,7 @@ def _run_py():
     proxy = types.ModuleType('absl.flags')
     proxy.__dict__.update(vars(absl_flags))
     for name in dir(absl_flags):
-      if name.startswith('DEFINE') or name.startswith('mark_flag'):
+      if name.startswith('DEFINE'):
         setattr(proxy, name, functools.partial(getattr(absl_flags, name),
                                                flag_values=own))
     proxy.FLAGS = own

@@ -30,7 +30,6 @@ from tests import helpers
 from tests.helpers import run
 
 TOLERANCE = 1e-4  # Relative to each output's largest magnitude.
-REPO = pathlib.Path(helpers.REPO)
 FIXTURES = helpers.ORIGINAL_FIXTURES
 # name -> (encoder, image size, head layers, classes, standardised head).
 # Selective kernels: the original code's ResNet-50 fixture, below.

@@ -8,7 +8,6 @@ original code.
 """
 
 import json
-import pathlib
 import shutil
 
 import numpy as np
@@ -24,7 +23,6 @@ from simclr_tf.training import task
 from tests import helpers
 from tests.helpers import run
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 FIXTURES = helpers.ORIGINAL_FIXTURES
 needs_fixtures = helpers.needs_original_fixtures
 # fixture -> (image size, its proj_hiddens count)

@@ -1,6 +1,5 @@
 """Reader for the IDX format of (Fashion-)MNIST's original distribution files."""
 
-import functools
 import gzip
 import os
 
@@ -45,9 +44,8 @@ def write_idx(path: str, array: np.ndarray):
       int(d).to_bytes(4, 'big') for d in array.shape)
   big_endian = array.astype(np.dtype(_IDX_DTYPES[code]).newbyteorder('>'))
   # mtime=0: the same array gives the same bytes (committed samples).
-  opener = (functools.partial(gzip.GzipFile, mode='wb', mtime=0)
-            if path.endswith('.gz') else functools.partial(open, mode='wb'))
-  with opener(path) as f:
+  with (gzip.GzipFile(path, 'wb', mtime=0) if path.endswith('.gz')
+        else open(path, 'wb')) as f:
     f.write(header + big_endian.tobytes())
 
 

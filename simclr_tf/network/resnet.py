@@ -127,9 +127,11 @@ def _synchronized_moments(inputs, axes):
   """Mean and biased variance over every replica's batch: what Keras'
   synchronized moments compute (the sums of x and x^2 and the count over
   all replicas), in one all-reduce instead of three."""
-  local = [tf.reduce_sum(inputs, axis=axes, keepdims=True),
-           tf.reduce_sum(tf.square(inputs), axis=axes, keepdims=True),
-           tf.reduce_sum(tf.ones_like(inputs), axis=axes, keepdims=True)]
+  sums = tf.reduce_sum(inputs, axis=axes, keepdims=True)
+  count = tf.cast(tf.reduce_prod(tf.gather(tf.shape(inputs), axes)),
+                  inputs.dtype)
+  local = [sums, tf.reduce_sum(tf.square(inputs), axis=axes, keepdims=True),
+           tf.fill(tf.shape(sums), count)]
   total = distribute.cross_replica_sum(tf.concat(local, axis=-1))
   sums, squared_sums, counts = tf.split(total, 3, axis=-1)
   mean = tf.math.divide_no_nan(sums, counts)
