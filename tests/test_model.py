@@ -1,14 +1,19 @@
 """Heads and the assembled SimCLR model."""
 
+import re
+
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from simclr_tf.devices import precision as precision_lib
 from simclr_tf.network import heads
 from simclr_tf.training import objective
 from simclr_tf.training import optim
 from simclr_tf.settings.config import (EncoderConfig, HeadConfig, ModelConfig,
                               OptimConfig)
+from simclr_tf.network import model as model_lib
 from simclr_tf.network.model import SimCLRModel
 from tests import helpers
 
@@ -178,3 +183,31 @@ def test_a_model_without_supervised_head_has_an_empty_group():
   model = SimCLRModel(config)
   model(tf.zeros([2, 16, 16, 3]), training=False)
   assert model.supervised_variables == []
+
+
+def test_create_builds_what_keras_own_build_does(rng):
+  """model.create builds in one eager call; Keras' own first call (a
+  symbolic trace per nested layer) must give the same variables: paths,
+  shapes, dtypes, trainability, seeded initial values, and outputs (in
+  bfloat16, whose casts are the likeliest to differ)."""
+  precision = 'bfloat16'
+  config = ModelConfig(
+      encoder=EncoderConfig(resnet_depth=50, width_multiplier=0.0625,
+                            sk_ratio=0.0625, se_ratio=0.25),
+      head=HeadConfig(proj_out_dim=8), num_classes=3, precision=precision)
+  keras.utils.set_random_seed(1)
+  created = model_lib.create(config, 16)
+  keras.utils.set_random_seed(1)
+  with precision_lib.dtype_policy(precision):
+    by_keras = SimCLRModel(config)
+  by_keras(tf.zeros([1, 16, 16, 3]), training=False)
+  def described(model):  # Paths without Keras' per-process name counters.
+    return [(re.sub(r'_\d+(?=/|$)', '', v.path), tuple(v.shape), v.dtype,
+             v.trainable) for v in model.weights]
+  assert described(created) == described(by_keras)
+  for a, b in zip(created.weights, by_keras.weights):
+    np.testing.assert_array_equal(a.numpy(), b.numpy())
+  images = tf.constant(rng.uniform(size=(2, 16, 16, 3)), tf.float32)
+  ours, theirs = created(images), by_keras(images)
+  for name in theirs:
+    np.testing.assert_array_equal(ours[name], theirs[name])

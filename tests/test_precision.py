@@ -164,6 +164,26 @@ def test_mixed_model_keeps_float32_variables_and_global_policy(name):
   assert all(v.dtype == tf.float32 for v in model.weights)
 
 
+@pytest.mark.parametrize('name', ['bfloat16', 'float16'])
+def test_selective_kernels_and_squeeze_excite_compute_in_the_models_precision(
+    name, rng):
+  """Every layer computes in the policy, those built after the model's
+  constructor (squeeze-excite's convolutions) included, and the result
+  stays near float32's at the same weights."""
+  settings = dict(resnet_depth=50, width_multiplier=0.0625, sk_ratio=0.0625,
+                  se_ratio=0.25)
+  model = task_lib.build_model(_run_config(precision=name, **settings))
+  reference = task_lib.build_model(_run_config(**settings))
+  reference.set_weights(model.get_weights())
+  images = tf.constant(rng.uniform(size=(2, 16, 16, 3)), tf.float32)
+  mixed = model(images, training=False)['final_avg_pool']
+  assert mixed.dtype == name
+  se = model.encoder.block_groups[0].blocks[0].se
+  assert se.reduce.compute_dtype == se.expand.compute_dtype == name
+  expected = reference(images, training=False)['final_avg_pool'].numpy()
+  assert _relative_error(tf.cast(mixed, tf.float32).numpy(), expected) < 0.05
+
+
 def _one_step(config, images, labels, max_calls=1):
   """Training steps from the seeded initialisation until one is applied
   (float16 loss scaling skips steps whose scaled gradients overflow)."""

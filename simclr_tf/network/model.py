@@ -98,5 +98,21 @@ def create(config: ModelConfig, image_size: int) -> SimCLRModel:
   (call inside the strategy's scope to place its variables there)."""
   with precision.dtype_policy(config.precision):
     model = SimCLRModel(config)
-  model(tf.zeros([1, image_size, image_size, 3]), training=False)
+  _build_in_one_eager_call(model, image_size)
   return model
+
+
+def _build_in_one_eager_call(model: keras.Model, image_size: int):
+  """Creates the variables by running the model once, eagerly.
+
+  A Keras layer without a `build` method of its own builds by tracing its
+  `call` symbolically, and each such layer inside it does so again: the
+  ResNet's ops would be traced once per level of nesting (~2 s for a tiny
+  ResNet-18). Layers that own no variables of their own are marked built,
+  so that the one eager call builds each variable-owning layer from the
+  shape it receives, in the same order and under the same names.
+  """
+  for layer in model._flatten_layers(include_self=True):  # pylint: disable=protected-access
+    if type(layer).build is keras.layers.Layer.build and not layer.built:
+      layer.built = True
+  model(tf.zeros([1, image_size, image_size, 3]), training=False)

@@ -227,10 +227,14 @@ class SqueezeExcite(keras.layers.Layer):
 
   def build(self, input_shape):
     channels = input_shape[-1]
+    # Built after the model's dtype policy scope has closed: the policy is
+    # passed on, or the gate would compute in float32 beside bfloat16 inputs.
     self.reduce = keras.layers.Conv2D(self.squeezed, 1, use_bias=True,
-                                      kernel_initializer=_conv_initializer())
+                                      kernel_initializer=_conv_initializer(),
+                                      dtype=self.dtype_policy)
     self.expand = keras.layers.Conv2D(channels, 1, use_bias=True,
-                                      kernel_initializer=_conv_initializer())
+                                      kernel_initializer=_conv_initializer(),
+                                      dtype=self.dtype_policy)
 
   def call(self, inputs):
     gate = tf.reduce_mean(inputs, [1, 2], keepdims=True)

@@ -138,7 +138,10 @@ def build_module(model, augment_config: AugmentConfig,
     return {name: tf.cast(value, tf.float32)
             for name, value in outputs.items()}
 
-  def named_outputs(images):
+  # Traced once, then called by `serving_bytes` and by the inference path
+  # of `__call__`: each trace of the model takes seconds.
+  @tf.function(input_signature=[image_spec])
+  def serving_default(images):
     outputs = run_model(images, training=False)
     result = {'default': outputs['final_avg_pool'],
               'final_avg_pool': outputs['final_avg_pool']}
@@ -162,15 +165,13 @@ def build_module(model, augment_config: AugmentConfig,
 
   @tf.function
   def call(images, training=False):
-    return run_model(images, training)['final_avg_pool']
+    if not training:
+      return serving_default(images)['final_avg_pool']
+    return run_model(images, training=True)['final_avg_pool']
 
   call.get_concrete_function(image_spec, training=False)
   call.get_concrete_function(image_spec, training=True)
   root.__call__ = call
-
-  @tf.function(input_signature=[image_spec])
-  def serving_default(images):
-    return named_outputs(images)
 
   def decode(item):
     encoded, index = item
@@ -198,7 +199,7 @@ def build_module(model, augment_config: AugmentConfig,
     images = tf.map_fn(decode, (image_bytes, indices),
                        fn_output_signature=tf.TensorSpec([size, size, 3],
                                                          tf.float32))
-    return named_outputs(images)
+    return serving_default(images)
 
   root.serving_default = serving_default
   root.serving_bytes = serving_bytes
