@@ -109,6 +109,18 @@ def test_the_command_line_defines_its_flags_without_tensorflow():
   assert result.stdout.strip() == '[]'
 
 
+def test_a_run_imports_no_optional_export_library():
+  # torch alone takes seconds to import; only the formats asked for load
+  # their libraries (docs/serving.md).
+  code = ('import sys, run, simclr_tf.modes; print(sorted(m for m in '
+          '("torch", "torchvision", "onnx", "tf2onnx", "onnxruntime") '
+          'if m in sys.modules))')
+  result = subprocess.run([sys.executable, '-c', code], cwd=helpers.REPO,
+                          capture_output=True, text=True, timeout=120,
+                          check=True)
+  assert result.stdout.strip() == '[]'
+
+
 def test_the_layout_page_lists_every_module_in_its_folder():
   with open(os.path.join(helpers.REPO, 'docs', 'layout.md')) as f:
     block = f.read().split('```')[1]

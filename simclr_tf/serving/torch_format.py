@@ -15,7 +15,6 @@ import shutil
 import numpy as np
 
 from simclr_tf.network import resnet
-from simclr_tf.serving import simclr_torch
 
 TORCHVISION_DEPTHS = (18, 34, 50, 101, 152)
 
@@ -166,7 +165,10 @@ def architecture(model, image_size: int) -> dict:
 
 def write(model, image_size: int, directory: str):
   """Writes the state_dicts, config.json and simclr_torch.py."""
+  # Imported here: torch takes seconds to import, and every run imports
+  # this module.
   import torch  # pylint: disable=g-import-not-at-top
+  from simclr_tf.serving import simclr_torch  # pylint: disable=g-import-not-at-top
 
   def save(weights, name):
     torch.save({k: torch.from_numpy(np.ascontiguousarray(v))
