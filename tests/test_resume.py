@@ -50,11 +50,13 @@ def _wait_for_checkpoint_after(model_dir, step, process, timeout=120):
 
 
 KILLED_RUN_STEPS = 40
+KILLS = 2
 
 
 def test_killed_runs_resume_to_the_uninterrupted_weights(folder, tmp_path):
-  """Three SIGKILLs at random moments of a run, then a resume: the weights
-  equal an uninterrupted run's (here, in the test process), bit for bit."""
+  """SIGKILLs at random moments of a run (the second on a resumed run),
+  then a resume: the weights equal an uninterrupted run's (here, in the
+  test process), bit for bit."""
   flags = [f'--dataset=folder:{folder}', '--mode=train',
            f'--train_steps={KILLED_RUN_STEPS}', '--checkpoint_steps=4',
            '--deterministic', *TINY]
@@ -66,7 +68,7 @@ def test_killed_runs_resume_to_the_uninterrupted_weights(folder, tmp_path):
   chooser = random.Random(0)
   kills, lost = 0, []
   started = time.time()
-  while kills < 3 and time.time() - started < 300:
+  while kills < KILLS and time.time() - started < 300:
     before = helpers.latest_step(model_dir)
     process = helpers.start_run_py(*flags, f'--model_dir={model_dir}')
     if not _wait_for_checkpoint_after(model_dir, before, process):
@@ -80,7 +82,7 @@ def test_killed_runs_resume_to_the_uninterrupted_weights(folder, tmp_path):
     kills += 1
     # Steps trained (summaries are written every step) minus steps saved.
     lost.append(_last_summary_step(model_dir) - helpers.latest_step(model_dir))
-  assert kills == 3
+  assert kills == KILLS
   final = run(*flags, f'--model_dir={model_dir}')
   assert final.returncode == 0, final.stderr[-3000:]
   assert helpers.latest_step(model_dir) == KILLED_RUN_STEPS
@@ -129,44 +131,61 @@ def test_a_chunked_run_resumed_from_a_middle_checkpoint_ends_identical(
       np.testing.assert_array_equal(a.get_tensor(name), b.get_tensor(name))
 
 
-@pytest.mark.parametrize('stop_signal,exit_code', [
-    (signal.SIGTERM, 143), (signal.SIGINT, 130)])
-def test_sigterm_and_ctrl_c_save_the_current_step_and_exit(
-    folder, tmp_path, stop_signal, exit_code):
-  name = signal.Signals(stop_signal).name
+def _stop_with(stop_signal, flags, log_path, before_signal=None):
+  """Starts run.py, sends `stop_signal` once it trains (first calling
+  `before_signal(process)`, if given), and returns its exit code; the
+  process is never left running."""
+  with open(log_path, 'w') as log:
+    process = helpers.start_run_py(*flags, log=log)
+    try:
+      deadline = time.time() + 120
+      while (time.time() < deadline and
+             'step ' not in open(log_path).read()):
+        time.sleep(0.2)
+      time.sleep(1.0)
+      if before_signal:
+        before_signal(process)
+      process.send_signal(stop_signal)
+      return process.wait(timeout=120)
+    finally:  # A failed assertion leaves no million-step run behind.
+      if process.poll() is None:
+        process.kill()
+
+
+def test_sigterm_and_ctrl_c_save_the_current_step_and_exit(folder, tmp_path):
+  """SIGTERM stops a run, saved where it stopped; the relaunch resumes there
+  and Ctrl-C stops it in turn; the next launch resumes from that."""
   model_dir = str(tmp_path / 'm')
   # No periodic checkpoint, and more steps than any machine runs before the
   # signal arrives: any checkpoint is the signal's.
   flags = [f'--dataset=folder:{folder}', '--mode=train', '--train_steps=1000000',
            '--checkpoint_steps=2000000', f'--model_dir={model_dir}', *TINY]
-  with open(tmp_path / 'log', 'w') as log:
-    process = helpers.start_run_py(*flags, log=log)
-    try:
-      deadline = time.time() + 120
-      while (time.time() < deadline and
-             'step ' not in open(tmp_path / 'log').read()):
-        time.sleep(0.2)
-      time.sleep(1.0)
-      if stop_signal == signal.SIGTERM:  # Meanwhile, a second launch fails.
-        flags_written = os.stat(os.path.join(model_dir,
-                                             'flags.json')).st_mtime_ns
-        assert f'is in use by process {process.pid} on' in helpers.one_error_line(
-            run(*flags))
-        assert os.stat(os.path.join(model_dir,
-                                    'flags.json')).st_mtime_ns == flags_written
-      process.send_signal(stop_signal)
-      assert process.wait(timeout=120) == exit_code
-    finally:  # A failed assertion leaves no million-step run behind.
-      if process.poll() is None:
-        process.kill()
-  stderr = open(tmp_path / 'log').read()
-  assert f'{name} received' in stderr and 'Traceback' not in stderr
-  step = helpers.latest_step(model_dir)
-  assert 0 < step < 1000000  # Saved where it stopped.
-  assert f'Stopped by {name} at step {step}' in stderr
-  assert not os.path.exists(os.path.join(model_dir, 'saved_model'))
-  resumed = run(*flags[:2], '--train_steps=' + str(step + 2),
-                *flags[3:])
+
+  def a_second_launch_fails(process):
+    flags_written = os.stat(os.path.join(model_dir, 'flags.json')).st_mtime_ns
+    assert f'is in use by process {process.pid} on' in helpers.one_error_line(
+        run(*flags))
+    assert os.stat(os.path.join(model_dir,
+                                'flags.json')).st_mtime_ns == flags_written
+
+  previous = 0
+  for stop_signal, exit_code in [(signal.SIGTERM, 143), (signal.SIGINT, 130)]:
+    name = signal.Signals(stop_signal).name
+    log_path = tmp_path / f'{name}.log'
+    # Meanwhile, a second launch fails.
+    meanwhile = (a_second_launch_fails if stop_signal == signal.SIGTERM
+                 else None)
+    assert _stop_with(stop_signal, flags, log_path, meanwhile) == exit_code
+    stderr = open(log_path).read()
+    assert f'{name} received' in stderr and 'Traceback' not in stderr
+    if previous:
+      assert f'Resuming from {model_dir}/ckpt-{previous}' in stderr
+    step = helpers.latest_step(model_dir)
+    assert previous < step < 1000000  # Saved where it stopped.
+    assert f'Stopped by {name} at step {step}' in stderr
+    assert not os.path.exists(os.path.join(model_dir, 'saved_model'))
+    previous = step
+  resumed = run(*flags[:2], '--train_steps=' + str(step + 2), *flags[3:])
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert f'Resuming from {model_dir}/ckpt-{step}' in resumed.stderr
 
