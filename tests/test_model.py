@@ -25,7 +25,7 @@ def _model(**kwargs):
   head = kwargs.pop('head', HeadConfig(proj_out_dim=16, num_proj_layers=3))
   config = ModelConfig(encoder=_ENCODER, head=head, num_classes=5, **kwargs)
   model = SimCLRModel(config)
-  model(tf.zeros([2, 16, 16, 3]), training=False)
+  model_lib.build_eagerly(model, tf.zeros([2, 16, 16, 3]))
   return model
 
 

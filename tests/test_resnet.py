@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from simclr_tf.network import model as model_lib
 from simclr_tf.network import resnet
 from simclr_tf.settings.config import EncoderConfig
 
@@ -16,7 +17,9 @@ def _num_params(layer):
 def _build(image_size=224, **kwargs):
   config = EncoderConfig(cifar_stem=image_size <= 32, **kwargs)
   model = resnet.ResNet(config)
-  outputs = model(tf.zeros([2, image_size, image_size, 3]), training=False)
+  # As model.create builds (test_model checks it against Keras' own build).
+  outputs = model_lib.build_eagerly(
+      model, tf.zeros([2, image_size, image_size, 3]))
   return model, outputs
 
 

@@ -98,12 +98,13 @@ def create(config: ModelConfig, image_size: int) -> SimCLRModel:
   (call inside the strategy's scope to place its variables there)."""
   with precision.dtype_policy(config.precision):
     model = SimCLRModel(config)
-  _build_in_one_eager_call(model, image_size)
+  build_eagerly(model, tf.zeros([1, image_size, image_size, 3]))
   return model
 
 
-def _build_in_one_eager_call(model: keras.Model, image_size: int):
-  """Creates the variables by running the model once, eagerly.
+def build_eagerly(layer: keras.layers.Layer, inputs):
+  """Creates `layer`'s variables by calling it once, eagerly, on `inputs`
+  (in inference mode); returns what it returned.
 
   A Keras layer without a `build` method of its own builds by tracing its
   `call` symbolically, and each such layer inside it does so again: the
@@ -112,7 +113,7 @@ def _build_in_one_eager_call(model: keras.Model, image_size: int):
   so that the one eager call builds each variable-owning layer from the
   shape it receives, in the same order and under the same names.
   """
-  for layer in model._flatten_layers(include_self=True):  # pylint: disable=protected-access
-    if type(layer).build is keras.layers.Layer.build and not layer.built:
-      layer.built = True
-  model(tf.zeros([1, image_size, image_size, 3]), training=False)
+  for sublayer in layer._flatten_layers(include_self=True):  # pylint: disable=protected-access
+    if type(sublayer).build is keras.layers.Layer.build and not sublayer.built:
+      sublayer.built = True
+  return layer(inputs, training=False)
