@@ -149,20 +149,26 @@ def test_cached_gradients_equal_the_direct_one_pass_gradients(
   start = [v.numpy() for v in model.variables]
   start_statistics = [v.numpy() for v in model.batch_norm_statistics]
 
-  def run(fn):
+  def run(fn, traced):
     for variable, value in zip(model.variables, start):
       variable.assign(value)
     values = strategy.experimental_distribute_values_from_function(
         lambda context: batches[context.replica_id_in_sync_group])
-    results = tf.function(lambda v: strategy.run(fn, args=(v,)))(values)
+    replicated = lambda v: strategy.run(fn, args=(v,))
+    results = (tf.function(replicated) if traced else replicated)(values)
     outputs = [tf.nest.map_structure(
         lambda x, r=r: x.values[r] if hasattr(x, 'values') else x, results)
                for r in range(replicas)]
     statistics = [v.numpy() for v in model.batch_norm_statistics]
     return outputs, statistics
 
-  cached, cached_statistics = run(task.cached_gradients)
-  direct, direct_statistics = run(lambda b: _direct_gradients(task, b))
+  # On two replicas the reference runs eagerly (tracing it for each replica
+  # took most of the test's time). On one it is traced like the step: the
+  # side head standardises features of nearly equal examples, which
+  # magnifies the rounding of graph-fused against eager kernels to ~1e-4.
+  cached, cached_statistics = run(task.cached_gradients, traced=True)
+  direct, direct_statistics = run(lambda b: _direct_gradients(task, b),
+                                  traced=replicas == 1)
   for replica in range(replicas):
     (cached_grads, cached_values), (direct_grads, direct_values) = (
         cached[replica], direct[replica])
@@ -247,7 +253,9 @@ def test_a_cached_step_under_xla_and_float16_loss_scaling():
     if weights is None:
       weights = task.model.get_weights()
     task.model.set_weights(weights)
-    values = tf.function(task.replica_step)(batch)
+    # The reference eagerly, the step under test as training traces it.
+    step = tf.function(task.replica_step) if options else task.replica_step
+    values = step(batch)
     losses.append({k: float(v) for k, v in values.items()})
     assert all(np.isfinite(v) for v in losses[-1].values())
     updates.append(np.concatenate([
