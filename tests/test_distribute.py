@@ -49,8 +49,10 @@ def _initial_weights(config):
   return [w.numpy() for w in model.weights]
 
 
-def one_step(replicas, global_bn, precision='float32', optimizer='lars'):
-  """One training step on the same global batch split over `replicas`."""
+def one_step(replicas, global_bn, precision='float32', optimizer='lars',
+             traced=True):
+  """One training step on the same global batch split over `replicas`; in
+  a tf.function as training runs it, or (`traced=False`) eagerly."""
   config = _config(global_bn, precision, optimizer)
   weights = _initial_weights(config)
   batch = _batch()
@@ -61,7 +63,8 @@ def one_step(replicas, global_bn, precision='float32', optimizer='lars'):
   values = strategy.experimental_distribute_values_from_function(
       lambda ctx: {k: tf.constant(v[ctx.replica_id_in_sync_group * local:]
                                   [:local]) for k, v in batch.items()})
-  tf.function(lambda b: strategy.run(task.replica_step, args=(b,)))(values)
+  step = lambda b: strategy.run(task.replica_step, args=(b,))
+  (tf.function(step) if traced else step)(values)
   return task.read_metrics(), weights, [w.numpy() for w in task.model.weights]
 
 
@@ -105,7 +108,10 @@ def test_bfloat16_cpu_kernels_train_the_same_under_mirrored_strategy(
   assert sum(applies(*a) for a in calls) >= 4  # Block groups 3 and 4.
   monkeypatch.setattr(weight_gradients, 'applies', lambda *a: False)
   monkeypatch.setattr(relu, 'relu', tf.nn.relu)
-  theirs, _, weights = one_step(2, True, 'bfloat16', 'momentum')
+  # The reference eagerly: tracing it for each replica cost as much as the
+  # step under test.
+  theirs, _, weights = one_step(2, True, 'bfloat16', 'momentum',
+                                traced=False)
   for name in ('contrast_loss', 'supervised_loss'):
     assert ours[name] == pytest.approx(theirs[name], rel=1e-3), name
   for before, want, got in zip(initial, weights, expected):
