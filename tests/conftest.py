@@ -24,6 +24,18 @@ tf.config.set_logical_device_configuration(
     _cpu, [tf.config.LogicalDeviceConfiguration()] * NUM_CPU_DEVICES)
 
 
+@pytest.fixture(scope='session')
+def tiny_run(tmp_path_factory, worker_id):
+  """One tiny trained run (helpers.TinyRun) for every test that needs a
+  finished run: trained once per test session, shared by pytest-xdist's
+  workers. Tests copy it before changing it."""
+  from tests import helpers  # pylint: disable=g-import-not-at-top
+  base = tmp_path_factory.getbasetemp()
+  # The workers' temporary folders share their parent, this session's own.
+  shared = base if worker_id == 'master' else base.parent
+  return helpers.tiny_run(shared / 'shared')
+
+
 @pytest.fixture
 def rng():
   return np.random.default_rng(0)

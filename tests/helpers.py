@@ -3,6 +3,7 @@ and folders, the Fashion-MNIST sample, the original code's fixtures, a numpy
 kNN, test TFDS builders."""
 
 import contextlib
+import fcntl
 import functools
 import importlib.util
 import io
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import traceback
 import types
+from typing import NamedTuple
 import zlib
 
 import numpy as np
@@ -138,6 +140,45 @@ TINY_RUN = ['--image_size=16', '--resnet_depth=18', '--width_multiplier=0.125',
             '--train_batch_size=8', '--eval_batch_size=8',
             '--steps_per_loop=1', '--summary_steps=1', '--knn=False',
             '--seed=5']
+
+
+class TinyRun(NamedTuple):
+  """A finished tiny run: `TINY_RUN` on `folder` for 4 steps, checkpoints
+  at 2 and 4, its SavedModel of step 4. `flags` resume it."""
+  folder: str
+  model_dir: str
+  flags: tuple
+
+  def copy_to(self, model_dir) -> str:
+    """A copy of the run at `model_dir`, to change or resume."""
+    shutil.copytree(self.model_dir, model_dir)
+    return str(model_dir)
+
+
+TINY_RUN_STEPS = 4
+
+
+def tiny_run(root) -> TinyRun:
+  """The tiny run under `root`, trained by the first test process that asks
+  for it; the others wait for it (a file lock), then reuse it."""
+  root = pathlib.Path(root)
+  folder = str(root / 'shapes')
+  model_dir = str(root / 'tiny_run')
+  flags = (f'--dataset=folder:{folder}', '--mode=train',
+           '--checkpoint_steps=2', *TINY_RUN)
+  done = root / 'tiny_run.done'
+  root.mkdir(parents=True, exist_ok=True)
+  with open(root / 'tiny_run.lock', 'w') as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not done.exists():
+      shutil.rmtree(model_dir, ignore_errors=True)
+      make_class_folder(folder, np.random.default_rng(0),
+                        classes=('a', 'b', 'c'), per_class=6, size=(20, 20))
+      result = run(*flags, f'--train_steps={TINY_RUN_STEPS}',
+                   f'--model_dir={model_dir}')
+      assert result.returncode == 0, result.stderr[-3000:]
+      done.touch()
+  return TinyRun(folder, model_dir, flags)
 
 
 def shapes_folder(tmp_path_factory) -> str:

@@ -286,18 +286,10 @@ def test_a_missing_converter_names_the_package(monkeypatch):
       'installed: pip install -r requirements-export.txt.')
 
 
-def test_export_mode_writes_the_formats_asked_for(tmp_path):
+def test_export_mode_writes_the_formats_asked_for(tiny_run, tmp_path):
   """From the command line, without data: an unknown format fails with one
   line before anything is written, then the formats land side by side."""
-  model_dir = tmp_path / 'run'
-  data_dir = helpers.fashion_mnist_data_dir(tmp_path / 'data')
-  trained = run('--mode=train', f'--model_dir={model_dir}',
-                '--dataset=fashion_mnist', f'--data_dir={data_dir}',
-                '--image_size=16',
-                '--width_multiplier=0.125', '--train_steps=1',
-                '--train_batch_size=8', '--knn=false',
-                '--lineareval_while_pretraining=false')
-  assert trained.returncode == 0, trained.stderr
+  model_dir = pathlib.Path(tiny_run.copy_to(tmp_path / 'run'))  # Step 4.
   bad = run('--mode=export', f'--model_dir={model_dir}',
             '--export_formats=saved_model,onnx,gif')
   assert bad.returncode == 2
@@ -309,26 +301,25 @@ def test_export_mode_writes_the_formats_asked_for(tmp_path):
              '--export_formats=onnx,torch')
   assert good.returncode == 0, good.stderr
   for name in ('onnx', 'torch'):
-    assert f'to {model_dir}/{name}/1' in good.stdout
+    assert f'to {model_dir}/{name}/4' in good.stdout
   images = fashion_mnist_images(16)
-  reference = served(str(model_dir / 'saved_model' / '1'), images)
+  reference = served(str(model_dir / 'saved_model' / '4'), images)
   for name, run_format in (('onnx', onnx_format.run),
                            ('torch', torch_format.run)):
-    outputs = run_format(str(model_dir / name / '1'), images)
+    outputs = run_format(str(model_dir / name / '4'), images)
     assert relative_error(outputs['final_avg_pool'],
                           reference['final_avg_pool']) < TOLERANCE
 
   # Without flags.json, flags that build another model: one line, exit 2.
   (model_dir / 'flags.json').unlink()
   wrong = run('--mode=export', f'--model_dir={model_dir}',
-              '--dataset=fashion_mnist', f'--data_dir={data_dir}',
-              '--image_size=16',
-              '--width_multiplier=0.25', '--lineareval_while_pretraining=false')
+              f'--dataset=folder:{tiny_run.folder}', '--image_size=16',
+              '--width_multiplier=0.25')
   assert wrong.returncode == 2
   assert wrong.stderr.strip().splitlines()[-1].startswith(
-      f'run.py: error: {model_dir}/ckpt-1 does not hold the model these '
+      f'run.py: error: {model_dir}/ckpt-4 does not hold the model these '
       'settings build (')
-  assert sorted(os.listdir(model_dir / 'torch')) == ['1']
+  assert sorted(os.listdir(model_dir / 'torch')) == ['4']
 
 
 needs_fixtures = helpers.needs_original_fixtures

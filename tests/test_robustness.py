@@ -21,25 +21,22 @@ def folder(tmp_path_factory):
   return helpers.shapes_folder(tmp_path_factory)
 
 
-def test_a_nan_loss_stops_with_the_last_good_checkpoint_intact(folder,
+def test_a_nan_loss_stops_with_the_last_good_checkpoint_intact(tiny_run,
                                                               tmp_path):
-  model_dir = str(tmp_path / 'm')
-  common = [f'--dataset=folder:{folder}', '--mode=train',
-            '--checkpoint_steps=2', f'--model_dir={model_dir}', *TINY]
-  good = run(*common, '--train_steps=2')
-  assert good.returncode == 0, good.stderr[-3000:]
+  model_dir = tiny_run.copy_to(tmp_path / 'm')  # Good to step 4.
+  common = [*tiny_run.flags, f'--model_dir={model_dir}']
   # An absurd learning rate makes the weights, then the loss, non-finite.
-  error = helpers.one_error_line(run(*common, '--train_steps=8',
+  error = helpers.one_error_line(run(*common, '--train_steps=10',
                               '--learning_rate=1e30'))
   assert 'The loss became' in error
-  assert f'the last good checkpoint is {model_dir}/ckpt-2.' in error
-  assert helpers.latest_step(model_dir) == 2
+  assert f'the last good checkpoint is {model_dir}/ckpt-4.' in error
+  assert helpers.latest_step(model_dir) == 4
   reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(model_dir))
   for name, _ in tf.train.list_variables(tf.train.latest_checkpoint(model_dir)):
     value = reader.get_tensor(name)
     if isinstance(value, np.ndarray) and value.dtype.kind == 'f':
       assert np.isfinite(value).all(), name
-  assert os.listdir(os.path.join(model_dir, 'saved_model')) == ['2']
+  assert os.listdir(os.path.join(model_dir, 'saved_model')) == ['4']
 
 
 def _limit_file_size():
@@ -131,13 +128,11 @@ def test_bad_input_fails_before_work_with_one_line(case, flags, message,
   assert not os.path.exists(tmp_path / 'm' / 'checkpoint')
 
 
-def test_resuming_with_another_architecture_names_the_flags(folder, tmp_path):
-  flags = [f'--dataset=folder:{folder}', '--mode=train',
-           f'--model_dir={tmp_path}/m', *TINY]
-  first = run(*flags, '--train_steps=1')
-  assert first.returncode == 0, first.stderr[-3000:]
+def test_resuming_with_another_architecture_names_the_flags(tiny_run,
+                                                          tmp_path):
+  flags = [*tiny_run.flags, f'--model_dir={tiny_run.copy_to(tmp_path / "m")}']
   flags_json = open(tmp_path / 'm' / 'flags.json').read()
-  changed = run(*flags, '--train_steps=2', '--width_multiplier=0.25')
+  changed = run(*flags, '--train_steps=6', '--width_multiplier=0.25')
   assert ('--width_multiplier (encoder.width_multiplier: 0.125 before, 0.25 '
           'now)') in helpers.one_error_line(changed)
   assert open(tmp_path / 'm' / 'flags.json').read() == flags_json
