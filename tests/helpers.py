@@ -172,8 +172,7 @@ def tiny_run(root) -> TinyRun:
     fcntl.flock(lock, fcntl.LOCK_EX)
     if not done.exists():
       shutil.rmtree(model_dir, ignore_errors=True)
-      make_class_folder(folder, np.random.default_rng(0),
-                        classes=('a', 'b', 'c'), per_class=6, size=(20, 20))
+      write_shapes(folder)
       result = run(*flags, f'--train_steps={TINY_RUN_STEPS}',
                    f'--model_dir={model_dir}')
       assert result.returncode == 0, result.stderr[-3000:]
@@ -181,12 +180,16 @@ def tiny_run(root) -> TinyRun:
   return TinyRun(folder, model_dir, flags)
 
 
-def shapes_folder(tmp_path_factory) -> str:
-  """18 random 20x20 images in three class folders."""
-  root = tmp_path_factory.mktemp('data') / 'shapes'
+def write_shapes(root) -> str:
+  """18 random 20x20 images in three class folders under `root`."""
   return make_class_folder(str(root), np.random.default_rng(0),
                            classes=('a', 'b', 'c'), per_class=6,
                            size=(20, 20))
+
+
+def shapes_folder(tmp_path_factory) -> str:
+  """`write_shapes` in a new temporary folder."""
+  return write_shapes(tmp_path_factory.mktemp('data') / 'shapes')
 
 
 def start_run_py(*flags, preexec_fn=None, log=None) -> subprocess.Popen:
