@@ -2,6 +2,7 @@
 
 import os
 import signal
+import threading
 import time
 
 import numpy as np
@@ -241,3 +242,141 @@ def test_skipped_steps_are_made_up_for():
   state = _run(task, 10, [hooks.CheckpointHook(manager, every=5)])
   assert state.step == 10 and task.step == 10
   assert task.attempts > 10 and manager.saved[-1] == 10
+
+
+class FakeCluster:
+  """`agree` functions for loops run by threads, one per worker: each call
+  waits for every worker's and returns the sum, as the all-reduce of
+  distribute.summed_over_workers does."""
+
+  def __init__(self, workers: int):
+    self._barrier = threading.Barrier(workers, timeout=10)
+    self._votes = [None] * workers
+
+  def agree_for(self, index):
+    def agree(values):
+      self._votes[index] = np.asarray(values, np.float64)
+      self._barrier.wait()
+      total = sum(self._votes)
+      self._barrier.wait()
+      return total
+    return agree
+
+
+def _run_workers(make_hooks, tasks, total, steps_per_loop=1):
+  """Runs `tasks` as the workers of one cluster (a thread each); returns
+  each worker's final state or exception."""
+  cluster = FakeCluster(len(tasks))
+  results = [None] * len(tasks)
+
+  def work(index):
+    try:
+      results[index] = loop.run(
+          tasks[index], None, total_steps=total,
+          steps_per_loop=steps_per_loop, hooks=make_hooks(index),
+          batch_size=8, agree=cluster.agree_for(index))
+    except Exception as e:  # pylint: disable=broad-except
+      results[index] = e
+  threads = [threading.Thread(target=work, args=(i,))
+             for i in range(len(tasks))]
+  for thread in threads:
+    thread.start()
+  for thread in threads:
+    thread.join()
+  return results
+
+
+WORKERS = ['worker 0 (10.0.0.1:2222)', 'worker 1 (10.0.0.2:2222)']
+
+
+@pytest.mark.parametrize('stop_signal', [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_to_one_worker_stops_every_worker_at_the_same_step(
+    stop_signal):
+  def signal_worker_1_at_step_5(task):
+    if task.step == 5:
+      preemptions[1].signum = stop_signal  # What its handler sets.
+
+  tasks = [FakeTask(), FakeTask(on_call=signal_worker_1_at_step_5)]
+  managers = [FakeManager(), FakeManager()]
+  preemptions = [hooks.PreemptionHook(lambda: None, WORKERS, own=i,
+                                      model_dir='gs://b/run')
+                 for i in range(2)]
+  results = _run_workers(
+      lambda i: [preemptions[i], hooks.CheckpointHook(managers[i], 100)],
+      tasks, total=1000)
+  name = signal.Signals(stop_signal).name
+  for result, task, manager in zip(results, tasks, managers):
+    assert isinstance(result, hooks.Preempted)
+    assert str(result) == (
+        f'Worker 1 (10.0.0.2:2222) received {name}: every worker stopped at '
+        'step 5, checkpointed in gs://b/run; launch all workers again with '
+        'the same command to resume.')
+    assert result.exit_code == 128 + stop_signal
+    assert task.step == 5 and manager.saved == [5]
+
+
+def test_a_preemption_notice_outweighs_ctrl_c_elsewhere():
+  def signals_at_step_3(task):
+    if task.step == 3:
+      preemptions[tasks.index(task)].signum = (
+          signal.SIGINT, signal.SIGTERM)[tasks.index(task)]
+
+  tasks = [FakeTask(on_call=signals_at_step_3),
+           FakeTask(on_call=signals_at_step_3)]
+  preemptions = [hooks.PreemptionHook(lambda: None, WORKERS, own=i)
+                 for i in range(2)]
+  results = _run_workers(lambda i: [preemptions[i]], tasks, total=100)
+  assert [r.exit_code for r in results] == [143, 143]
+  assert all(str(r).startswith('Worker 1 (10.0.0.2:2222) received SIGTERM')
+             for r in results)
+
+
+def test_a_time_budget_spent_on_one_workers_clock_stops_them_all_together(
+    monkeypatch):
+  clocks = {}
+  monkeypatch.setattr(hooks.time, 'monotonic',
+                      lambda: clocks[threading.current_thread().name])
+
+  def advance(seconds):
+    def on_call(task):
+      clocks[threading.current_thread().name] += seconds
+    return on_call
+
+  # Worker 1's clock runs 8x faster: its budget runs out after 8 calls.
+  tasks = [FakeTask(on_call=advance(1 / 64)), FakeTask(on_call=advance(1 / 8))]
+  managers = [FakeManager(), FakeManager()]
+
+  def make_hooks(index):
+    clocks[threading.current_thread().name] = 0.0
+    return [hooks.TimeBudgetHook(1.0),
+            hooks.CheckpointHook(managers[index], 1000)]
+  results = _run_workers(make_hooks, tasks, total=1000)
+  assert [r.stop_reason for r in results] == ['time budget'] * 2
+  assert [r.step for r in results] == [8, 8]
+  assert managers[0].saved == managers[1].saved == [8]
+
+
+def test_progress_lines_come_at_the_same_steps_on_every_worker(monkeypatch):
+  clocks = {}
+  monkeypatch.setattr(hooks.time, 'monotonic',
+                      lambda: clocks[threading.current_thread().name])
+  lines = [[], []]
+
+  def make_hooks(index):
+    clocks[threading.current_thread().name] = 0.0
+    return [hooks.ProgressHook(every_seconds=1.0, log=lambda fmt, *args:
+                               lines[index].append(args[0]))]
+
+  def advance(seconds):
+    def on_call(task):
+      clocks[threading.current_thread().name] += seconds
+    return on_call
+
+  # Reading the metrics for a line is a collective: the clocks differ, the
+  # steps of the lines must not. Alone, worker 0 (0.375 s a call) would
+  # print at steps 3, 6, 9, 12 and worker 1 (0.5 s) at 2, 4, ...; together
+  # both print whenever either is due.
+  tasks = [FakeTask(on_call=advance(0.375)), FakeTask(on_call=advance(0.5))]
+  _run_workers(make_hooks, tasks, total=12)
+  assert lines[0] == lines[1] == [2, 4, 6, 8, 10, 12]
+  assert tasks[0].reads == tasks[1].reads == 6

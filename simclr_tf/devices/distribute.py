@@ -5,6 +5,7 @@ import os
 import re
 
 from absl import logging
+import numpy as np
 import tensorflow as tf
 
 # The exit code of a worker that stops because a peer was lost: in the
@@ -105,29 +106,92 @@ def is_multi_worker(strategy: tf.distribute.Strategy) -> bool:
   return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
 
 
-# What collectives and the coordination service raise when a peer is gone.
+def worker_names(strategy: tf.distribute.Strategy) -> tuple[list[str], int]:
+  """Every worker of a multi-worker strategy as 'worker 1 (host:port)', in
+  the cluster's task order (the chief first), and this process's index in
+  that list; (['this process'], 0) for a strategy within one process."""
+  if not is_multi_worker(strategy):
+    return ['this process'], 0
+  resolver = strategy.cluster_resolver
+  cluster = resolver.cluster_spec().as_dict()
+  names, own = [], 0
+  for job in ('chief', 'worker'):
+    for index, address in enumerate(cluster.get(job, [])):
+      if (job, index) == (resolver.task_type, resolver.task_id):
+        own = len(names)
+      names.append(f'{job} {index} ({address})')
+  return names, own
+
+
+def summed_over_workers(strategy: tf.distribute.Strategy):
+  """A function from a vector of whole numbers (this worker's) to its sum
+  over all workers: one small all-reduce under a multi-worker strategy, which
+  every worker must call at the same points with a vector of the same
+  length; the vector itself for a strategy within one process (whose
+  replicas share this process and its signals and clock)."""
+  if not is_multi_worker(strategy):
+    return lambda values: np.asarray(values, np.float64)
+  local_replicas = len(strategy.extended.worker_devices)
+
+  @tf.function
+  def all_reduce(values):
+    def replica_sum(local):
+      # Each local replica carries its share, so that a worker counts once.
+      return tf.distribute.get_replica_context().all_reduce(
+          tf.distribute.ReduceOp.SUM, local / local_replicas)
+    return strategy.experimental_local_results(
+        strategy.run(replica_sum, args=(values,)))[0]
+
+  def summed(values):
+    total = all_reduce(tf.constant(values, tf.float32)).numpy()
+    return np.rint(total).astype(np.float64)
+  return summed
+
+
+# What collectives and the coordination service raise when a peer is gone,
+# and the messages that say so without naming the peer (seen on localhost
+# after a SIGKILL of either worker; tests/test_multi_worker.py).
 _PEER_ERRORS = (tf.errors.UnavailableError, tf.errors.AbortedError,
                 tf.errors.CancelledError, tf.errors.InternalError,
                 tf.errors.DeadlineExceededError)
+_PEER_LOSS_MESSAGES = re.compile(
+    r'stopped sending heartbeats|tasks are unhealthy|'
+    r'connection reset by peer|socket closed|'
+    r'failed to connect to all addresses', re.IGNORECASE)
 _TASK_NAME = re.compile(r'/job:(\w+)/(?:replica:\d+/)?task:(\d+)')
 
 
 def lost_workers(error: Exception, strategy) -> str | None:
-  """Who a multi-worker error says was lost (see `peers_named`); None if it
-  is not about a lost peer."""
-  if not is_multi_worker(strategy) or not isinstance(error, _PEER_ERRORS):
+  """Who a multi-worker error says was lost (see `peers_lost`); None for
+  a strategy within one process."""
+  if not is_multi_worker(strategy):
     return None
   resolver = strategy.cluster_resolver
-  return peers_named(error.message or '',
-                     (resolver.task_type, resolver.task_id),
-                     resolver.cluster_spec().as_dict())
+  return peers_lost(error, (resolver.task_type, resolver.task_id),
+                    resolver.cluster_spec().as_dict())
+
+
+def peers_lost(error: Exception, own: tuple[str, int],
+               cluster: dict[str, list[str]]) -> str | None:
+  """The peers that `error` says were lost: the tasks it names other than
+  `own` ('worker 1 (host:port)'), or 'a peer worker' when it reads as a
+  lost connection without naming one. None when it is not about a peer:
+  an error of another kind, or one that neither names another task nor
+  reads as a lost peer (a local InternalError, an input error), which is
+  then reported as the error it is."""
+  if not isinstance(error, _PEER_ERRORS):
+    return None
+  message = getattr(error, 'message', None) or str(error)
+  named = peers_named(message, own, cluster)
+  if named:
+    return named
+  return 'a peer worker' if _PEER_LOSS_MESSAGES.search(message) else None
 
 
 def peers_named(message: str, own: tuple[str, int],
                 cluster: dict[str, list[str]]) -> str:
   """The tasks of `cluster` other than `own` that `message` names, as
-  'worker 1 (host:port)'; 'a peer worker' when it names none (a collective
-  that lost its connection says only 'Connection reset by peer')."""
+  'worker 1 (host:port)' joined by 'and'; '' when it names none."""
   names = []
   for job, index in _TASK_NAME.findall(message):
     addresses = cluster.get(job, [])
@@ -136,4 +200,4 @@ def peers_named(message: str, own: tuple[str, int],
     name = f'{job} {index} ({addresses[int(index)]})'
     if name not in names:
       names.append(name)
-  return ' and '.join(names) or 'a peer worker'
+  return ' and '.join(names)

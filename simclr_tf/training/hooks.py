@@ -2,15 +2,12 @@
 budget), progress lines, TensorBoard summaries, checkpoints, and work at
 every N-th checkpoint (the kNN monitor)."""
 
-import shutil
 import signal
-import tempfile
 import threading
 import time
 
 from absl import logging
 import numpy as np
-import tensorflow as tf
 
 from simclr_tf.training.loop import Hook, next_multiple
 
@@ -31,10 +28,26 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 class PreemptionHook(Hook):
   """Turns SIGTERM and Ctrl-C into a stop after the current steps (with a
-  checkpoint), then raises `Preempted`. A second Ctrl-C aborts at once."""
+  checkpoint), then raises `Preempted`. A second Ctrl-C aborts at once.
 
-  def __init__(self, latest_checkpoint=lambda: None):
+  Under several workers a signal usually reaches one of them: each votes
+  the signal it received (the loop sums the votes over the workers), so
+  every worker stops at the same pause, where the checkpoint hook after
+  this one saves. The handler is this process's own, so this works the same
+  wherever the workers run (TensorFlow's PreemptionCheckpointHandler picks
+  its behaviour from the platform it detects, and on Google Cloud VMs
+  installs no SIGTERM handler at all).
+  """
+
+  def __init__(self, latest_checkpoint=lambda: None,
+               workers=('this process',), own: int = 0,
+               model_dir: str = ''):
     self.signum = None
+    self.stop_signal = None
+    self.workers = list(workers)
+    self.own = own
+    self.model_dir = model_dir
+    self._senders = []
     self._previous = {}
     self._latest_checkpoint = latest_checkpoint
 
@@ -52,82 +65,48 @@ class PreemptionHook(Hook):
     logging.warning('%s received: saving a checkpoint and stopping (Ctrl-C '
                     'again aborts without one).', signal.Signals(signum).name)
 
+  @staticmethod
+  def _vote_name(index: int) -> str:
+    return f'signal received by worker {index:04d}'
+
+  def votes(self, state):
+    return {self._vote_name(i): float(self.signum or 0) if i == self.own
+            else 0.0 for i in range(len(self.workers))}
+
   def after_steps(self, state):
-    if self.signum is not None:
-      state.request_stop(signal.Signals(self.signum).name)
+    if self.stop_signal is not None:
+      return
+    received = [int(state.agreed.get(self._vote_name(i), vote))
+                for i, vote in enumerate(self.votes(state).values())]
+    if not any(received):
+      return
+    # A preemption notice outweighs a Ctrl-C elsewhere.
+    self.stop_signal = (signal.SIGTERM if signal.SIGTERM in received
+                        else max(received))
+    self._senders = [name for name, signum in zip(self.workers, received)
+                     if signum == self.stop_signal]
+    state.request_stop(signal.Signals(self.stop_signal).name)
 
   def end(self, state):
-    if self.signum is not None:
-      raise Preempted(
-          f'Stopped by {signal.Signals(self.signum).name} at step '
-          f'{state.step} with checkpoint {self._latest_checkpoint()}; run the '
-          'same command again to resume.', self.signum)
+    if self.stop_signal is None:
+      return
+    name = signal.Signals(self.stop_signal).name
+    if len(self.workers) == 1:
+      message = (f'Stopped by {name} at step {state.step} with checkpoint '
+                 f'{self._latest_checkpoint()}; run the same command again '
+                 'to resume.')
+    else:
+      senders = ' and '.join(self._senders)
+      message = (f'{senders[0].upper()}{senders[1:]} received {name}: every '
+                 f'worker stopped at step {state.step}, checkpointed in '
+                 f'{self.model_dir}; launch all workers again with the same '
+                 'command to resume.')
+    raise Preempted(message, self.stop_signal)
 
   def close(self):
     for signum, previous in self._previous.items():
       signal.signal(signum, previous)
     self._previous = {}
-
-
-class ClusterPreemptionHook(Hook):
-  """Several workers: SIGTERM to any of them stops all of them after the
-  same step (where the checkpoint hook after this one saves), then raises
-  `Preempted` on each.
-
-  TensorFlow's PreemptionCheckpointHandler agrees on that step through the
-  coordination service: it counts the loop's calls, and the signalled worker
-  names the call after its next one. Its own checkpoint bookkeeping is kept
-  apart, empty and in a temporary directory, so that every worker counts
-  from zero after a restart; the run's checkpoints are the checkpoint
-  hook's.
-  """
-
-  def __init__(self, cluster_resolver, model_dir: str):
-    self._resolver = cluster_resolver
-    self._model_dir = model_dir
-    self._handler = self._directory = None
-    self._previous = None
-    self.stopped = False
-
-  def begin(self, state):
-    self._previous = signal.getsignal(signal.SIGTERM)
-    self._directory = tempfile.mkdtemp(prefix='preemption-')
-    bookkeeping = tf.train.CheckpointManager(tf.train.Checkpoint(),
-                                             self._directory, max_to_keep=1)
-    self._handler = tf.distribute.experimental.PreemptionCheckpointHandler(
-        self._resolver, bookkeeping,
-        termination_config=tf.distribute.experimental.TerminationConfig(
-            exit_fn=self._stop, save_fn=lambda: None))
-
-  def _stop(self):
-    self.stopped = True
-
-  def after_steps(self, state):
-    if not self.stopped:
-      self._handler.save_checkpoint_if_preempted()
-    if self.stopped:
-      state.request_stop('preemption')
-
-  def end(self, state):
-    if self.stopped:
-      raise Preempted(
-          f'A worker was preempted (SIGTERM): every worker stopped at step '
-          f'{state.step}, checkpointed in {self._model_dir}; launch all '
-          'workers again with the same command to resume.',
-          signal.SIGTERM)
-
-  def close(self):
-    if self._handler is not None:
-      # TensorFlow's cleanup: ends its watcher threads, which keep it alive
-      # (so it is never deleted on its own).
-      self._handler.__del__()
-      self._handler = None
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
-      self._previous = None
-    if self._directory:
-      shutil.rmtree(self._directory, ignore_errors=True)
-      self._directory = None
 
 
 class NanGuardHook(Hook):
@@ -157,7 +136,10 @@ class NanGuardHook(Hook):
 
 class TimeBudgetHook(Hook):
   """Ends training (as at its last step: checkpoint, export, evaluation)
-  once it has trained for `seconds`."""
+  once it has trained for `seconds`; under several workers, once any of
+  them has (their clocks differ, and all must stop at the same step)."""
+
+  VOTE = 'time budget spent'
 
   def __init__(self, seconds: float):
     self.seconds = seconds
@@ -166,12 +148,21 @@ class TimeBudgetHook(Hook):
   def begin(self, state):
     self.started = time.monotonic()
 
+  def votes(self, state):
+    return {self.VOTE: float(time.monotonic() - self.started >= self.seconds)}
+
   def after_steps(self, state):
-    if time.monotonic() - self.started >= self.seconds:
-      if not state.at_end:
+    own = self.votes(state)[self.VOTE]
+    if not state.agreed.get(self.VOTE, own):
+      return
+    if not state.at_end:
+      if own:
         logging.info('Time budget of %.0f s spent at step %d.', self.seconds,
                      state.step)
-      state.request_stop('time budget')
+      else:
+        logging.info('Another worker spent its time budget at step %d; '
+                     'every worker stops there.', state.step)
+    state.request_stop('time budget')
 
 
 def format_duration(seconds: float) -> str:
@@ -200,13 +191,22 @@ class ProgressHook(Hook):
     self.log = log
     self.started = self.last = None
 
+  VOTE = 'progress line due'
+
   def begin(self, state):
     self.started = self.last = time.monotonic()
 
+  def votes(self, state):
+    # Reading the metrics is a collective under several workers: all print
+    # a line at the same pauses, when any worker's clock says so.
+    return {self.VOTE: float(time.monotonic() - self.last >=
+                             self.every_seconds)}
+
   def after_steps(self, state):
-    now = time.monotonic()
-    if now - self.last < self.every_seconds and not state.at_end:
+    due = state.agreed.get(self.VOTE, self.votes(state)[self.VOTE])
+    if not due and not state.at_end:
       return
+    now = time.monotonic()
     self.last = now
     done = state.step - state.start_step
     eta = (now - self.started) / max(done, 1) * max(

@@ -9,6 +9,12 @@ provides `step`, `run_steps(iterator, n)`, `read_metrics()`,
 `state.request_stop(reason)`; the loop then stops after the hooks of that
 pause have run (so a checkpoint hook placed after it saves the step it
 stopped at).
+
+Under several workers every worker must pause, read metrics and stop at
+the same steps. What a worker sees alone (a signal, its clock) is put to
+the others: at each pause every hook's `votes(state)` are summed over the
+workers by `agree` (one small all-reduce) before any `after_steps`, which
+read the sums from `state.agreed`.
 """
 
 import dataclasses
@@ -28,6 +34,13 @@ class Hook:
 
   def begin(self, state: 'LoopState'):
     """Before the first step."""
+
+  def votes(self, state: 'LoopState') -> dict[str, float]:
+    """What this worker alone knows and every worker must act on alike
+    (whole numbers, summed over workers into `state.agreed` before any
+    `after_steps`); the same names at every pause."""
+    del state
+    return {}
 
   def after_steps(self, state: 'LoopState'):
     """After each call of the loop."""
@@ -50,6 +63,8 @@ class LoopState:
   start_step: int
   images_per_second: float = 0.0  # Of the last call.
   stop_reason: str | None = None
+  # Every hook's votes of this pause, summed over the workers.
+  agreed: dict[str, float] = dataclasses.field(default_factory=dict)
   _metrics: dict | None = None
 
   @property
@@ -84,10 +99,15 @@ def next_multiple(step: int, every: int) -> float:
   return (step // every + 1) * every if every > 0 else INFINITY
 
 
+def _alone(values):
+  return list(values)
+
+
 def run(task, iterator, *, total_steps: int, steps_per_loop: int,
-        hooks: list[Hook], batch_size: int) -> LoopState:
+        hooks: list[Hook], batch_size: int, agree=_alone) -> LoopState:
   """Trains from the task's current step to `total_steps` (or a stop
-  request); returns the final state."""
+  request); returns the final state. `agree` sums a list of numbers over
+  the workers (distribute.summed_over_workers); one worker: as they are."""
   step = task.step
   state = LoopState(task, step, total_steps, start_step=step)
   try:
@@ -106,6 +126,13 @@ def run(task, iterator, *, total_steps: int, steps_per_loop: int,
                     else state.step + num_steps)
       state.images_per_second = num_steps * batch_size / max(seconds, 1e-9)
       state._metrics = None  # pylint: disable=protected-access
+      votes = {}
+      for hook in hooks:
+        votes.update(hook.votes(state))
+      if votes:
+        names = sorted(votes)
+        state.agreed = dict(zip(names, map(float, agree(
+            [votes[n] for n in names]))))
       for hook in hooks:
         hook.after_steps(state)
     for hook in hooks:

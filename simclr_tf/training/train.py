@@ -62,11 +62,8 @@ def standard_hooks(config: RunConfig, task: TrainTask, manager, writer,
   step they stop at), then progress, summaries, checkpoints, monitors."""
   tc = config.train
   latest = lambda: manager.latest_checkpoint
-  preemption = (
-      hooks_lib.ClusterPreemptionHook(task.strategy.cluster_resolver,
-                                      tc.model_dir)
-      if distribute.is_multi_worker(task.strategy)
-      else hooks_lib.PreemptionHook(latest))
+  workers, own = distribute.worker_names(task.strategy)
+  preemption = hooks_lib.PreemptionHook(latest, workers, own, tc.model_dir)
   hooks = [hooks_lib.NanGuardHook(tc.summary_steps,
                                   task.plan.checkpoint_steps, latest),
            preemption]
@@ -145,11 +142,14 @@ def train(config: RunConfig, strategy: tf.distribute.Strategy,
     state = loop.run(task, iterator, total_steps=plan.total_steps,
                      steps_per_loop=tc.steps_per_loop,
                      hooks=hooks + list(extra_hooks),
-                     batch_size=tc.train_batch_size)
+                     batch_size=tc.train_batch_size,
+                     agree=distribute.summed_over_workers(strategy))
   except tf.errors.OpError as e:
     lost = distribute.lost_workers(e, strategy)
     if lost is None:
       raise
+    # The console gets one line; TensorFlow's error, with --verbosity=1.
+    logging.debug('What TensorFlow reported:', exc_info=True)
     resume = checkpoints.latest_in(tc.model_dir)
     raise distribute.WorkerLost(
         f'Lost {lost} during training ({type(e).__name__}); this worker '
