@@ -21,6 +21,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -31,13 +32,15 @@ import time
 
 from absl import app
 from absl import flags
+import tensorflow as tf
+
+from simclr_tf.devices import distribute
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SIGNALS = {'sigterm': signal.SIGTERM, 'sigint': signal.SIGINT,
            'sigkill': signal.SIGKILL}
 PLATFORMS = ('off-cloud', 'gce-cpu', 'gce-gpu')
-LOST_PEER_EXIT_CODE = 200  # distribute.WORKER_LOST_EXIT_CODE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -248,19 +251,13 @@ class Platforms:
 
   def close(self):
     self.metadata.close()
-    for name in os.listdir(self._folder):
-      os.remove(os.path.join(self._folder, name))
-    os.rmdir(self._folder)
+    shutil.rmtree(self._folder, ignore_errors=True)
 
 
 def latest_step(model_dir) -> int:
-  """The step of the newest checkpoint the `checkpoint` file names."""
-  try:
-    with open(os.path.join(model_dir, 'checkpoint')) as f:
-      return int(re.search(r'model_checkpoint_path: "ckpt-(\d+)"',
-                           f.read()).group(1))
-  except (OSError, AttributeError):
-    return 0
+  """The step of the newest checkpoint in `model_dir` (0: none)."""
+  latest = tf.train.latest_checkpoint(str(model_dir))
+  return int(latest.rsplit('-', 1)[1]) if latest else 0
 
 
 def fingerprints(workers: Workers) -> list:
@@ -295,7 +292,8 @@ def launch_with_fault(flags_, model_dir, fault: Fault,
     workers.kill()
   stopped = time.monotonic()
   return Outcome(
-      fault=fault, addresses=workers.addresses, resumed_from=resumed_from, exit_codes=codes,
+      fault=fault, addresses=workers.addresses, resumed_from=resumed_from,
+      exit_codes=codes,
       last_lines=[(workers.lines[i] or [''])[-1] for i in range(2)],
       tracebacks=['Traceback' in workers.stderr(i) for i in range(2)],
       trained=[([l for l in workers.lines[i] if l.startswith('Trained to ')]
@@ -328,7 +326,7 @@ def expected_lines(outcome: Outcome, model_dir) -> tuple[list, list]:
                       'with the same command: they resume from '
                       f'{model_dir}/ckpt-{outcome.saved}.'))
     codes = [None, None]
-    codes[survivor] = LOST_PEER_EXIT_CODE
+    codes[survivor] = distribute.WORKER_LOST_EXIT_CODE
     codes[fault.worker] = -signal.SIGKILL
     return lines, codes
   # A time budget ends the run as its last step would, on both workers.
@@ -443,16 +441,16 @@ def write_images(folder, classes=2, per_class=8, size=16, seed=0):
   return folder
 
 
-def summarize(outcomes, model_dir) -> dict:
-  """Faults of each kind survived, steps lost and times, per kind."""
+def summarize(outcomes, problems) -> dict:
+  """Faults of each kind survived, steps lost and times, per kind;
+  `problems[i]` is what `check` found wrong with `outcomes[i]`."""
   by_kind = {}
-  for outcome in outcomes:
-    problems = check(outcome, model_dir)
+  for outcome, wrong in zip(outcomes, problems):
     entry = by_kind.setdefault(outcome.fault.kind, {
         'faults': 0, 'as_documented': 0, 'steps_lost': [],
         'stop_seconds': [], 'resume_seconds': []})
     entry['faults'] += 1
-    entry['as_documented'] += not problems
+    entry['as_documented'] += not wrong
     entry['steps_lost'].append(outcome.steps_lost)
     entry['stop_seconds'].append(round(outcome.stop_seconds, 1))
     if outcome.resume_seconds is not None:
@@ -484,17 +482,18 @@ def main(argv):
   outcomes, last = campaign(tiny_flags(images, model_dir, steps), model_dir,
                             faults, log=lambda line: print(line, flush=True))
   final = fingerprints(last)
+  problems = [check(outcome, model_dir) for outcome in outcomes]
   result = {
       'machine': _machine(), 'date': time.strftime('%Y-%m-%d'),
       'faults': count, 'seed': CAMPAIGN_FLAGS.seed, 'train_steps': steps,
       'identical_to_uninterrupted': final == [expected, expected],
       'fingerprints': {'uninterrupted': expected, 'after_faults': final},
-      'by_kind': summarize(outcomes, model_dir),
+      'by_kind': summarize(outcomes, problems),
       'by_platform': {platform: sum(o.fault.platform == platform
                                     for o in outcomes)
                       for platform in PLATFORMS},
-      'problems': {str(o.fault): check(o, model_dir) for o in outcomes
-                   if check(o, model_dir)},
+      'problems': {str(outcome.fault): wrong
+                   for outcome, wrong in zip(outcomes, problems) if wrong},
       'minutes': round((time.monotonic() - started) / 60, 1)}
   print(json.dumps(result, indent=1))
   if CAMPAIGN_FLAGS.output:

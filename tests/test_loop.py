@@ -331,23 +331,35 @@ def test_a_preemption_notice_outweighs_ctrl_c_elsewhere():
              for r in results)
 
 
-def test_a_time_budget_spent_on_one_workers_clock_stops_them_all_together(
-    monkeypatch):
-  clocks = {}
-  monkeypatch.setattr(hooks.time, 'monotonic',
-                      lambda: clocks[threading.current_thread().name])
+class WorkerClocks:
+  """time.monotonic for hooks run by several threads: each thread (worker)
+  its own clock, started by `start()` and moved on by its task's calls."""
 
-  def advance(seconds):
+  def __init__(self, monkeypatch):
+    self._now = {}
+    monkeypatch.setattr(hooks.time, 'monotonic',
+                        lambda: self._now[threading.current_thread().name])
+
+  def start(self):
+    self._now[threading.current_thread().name] = 0.0
+
+  def advance(self, seconds):
     def on_call(task):
-      clocks[threading.current_thread().name] += seconds
+      del task
+      self._now[threading.current_thread().name] += seconds
     return on_call
 
+
+def test_a_time_budget_spent_on_one_workers_clock_stops_them_all_together(
+    monkeypatch):
+  clocks = WorkerClocks(monkeypatch)
   # Worker 1's clock runs 8x faster: its budget runs out after 8 calls.
-  tasks = [FakeTask(on_call=advance(1 / 64)), FakeTask(on_call=advance(1 / 8))]
+  tasks = [FakeTask(on_call=clocks.advance(1 / 64)),
+           FakeTask(on_call=clocks.advance(1 / 8))]
   managers = [FakeManager(), FakeManager()]
 
   def make_hooks(index):
-    clocks[threading.current_thread().name] = 0.0
+    clocks.start()
     return [hooks.TimeBudgetHook(1.0),
             hooks.CheckpointHook(managers[index], 1000)]
   results = _run_workers(make_hooks, tasks, total=1000)
@@ -357,26 +369,20 @@ def test_a_time_budget_spent_on_one_workers_clock_stops_them_all_together(
 
 
 def test_progress_lines_come_at_the_same_steps_on_every_worker(monkeypatch):
-  clocks = {}
-  monkeypatch.setattr(hooks.time, 'monotonic',
-                      lambda: clocks[threading.current_thread().name])
+  clocks = WorkerClocks(monkeypatch)
   lines = [[], []]
 
   def make_hooks(index):
-    clocks[threading.current_thread().name] = 0.0
+    clocks.start()
     return [hooks.ProgressHook(every_seconds=1.0, log=lambda fmt, *args:
                                lines[index].append(args[0]))]
-
-  def advance(seconds):
-    def on_call(task):
-      clocks[threading.current_thread().name] += seconds
-    return on_call
 
   # Reading the metrics for a line is a collective: the clocks differ, the
   # steps of the lines must not. Alone, worker 0 (0.375 s a call) would
   # print at steps 3, 6, 9, 12 and worker 1 (0.5 s) at 2, 4, ...; together
   # both print whenever either is due.
-  tasks = [FakeTask(on_call=advance(0.375)), FakeTask(on_call=advance(0.5))]
+  tasks = [FakeTask(on_call=clocks.advance(0.375)),
+           FakeTask(on_call=clocks.advance(0.5))]
   _run_workers(make_hooks, tasks, total=12)
   assert lines[0] == lines[1] == [2, 4, 6, 8, 10, 12]
   assert tasks[0].reads == tasks[1].reads == 6
