@@ -41,6 +41,15 @@ def rng():
   return np.random.default_rng(0)
 
 
+@pytest.fixture
+def cpu_kernels(monkeypatch):
+  """The kernels chosen for CPUs (network/weight_gradients.py) whatever
+  devices this process's TensorFlow sees: their tests hold on a machine
+  whose CUDA_VISIBLE_DEVICES shows a GPU too."""
+  from simclr_tf.devices import precision  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(precision, 'sees_accelerator', lambda: False)
+
+
 # The longest files first. pytest-xdist (pytest.ini: --dist loadfile
 # --no-loadscope-reorder) hands out whole files in collection order; a
 # worker that started a long one late would finish alone, minutes after the

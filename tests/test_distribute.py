@@ -9,7 +9,6 @@ import pytest
 import tensorflow as tf
 
 from simclr_tf.devices import distribute
-from simclr_tf.network import relu
 from simclr_tf.network import weight_gradients
 from simclr_tf.settings import config as c
 from simclr_tf.training import task as task_lib
@@ -52,7 +51,9 @@ def _initial_weights(config):
 def one_step(replicas, global_bn, precision='float32', optimizer='lars',
              traced=True):
   """One training step on the same global batch split over `replicas`; in
-  a tf.function as training runs it, or (`traced=False`) eagerly."""
+  a tf.function as training runs it, or (`traced=False`) eagerly. The
+  metrics are the step's (its forward pass, before the update) with
+  'contrast_loss_after': the same batch's loss once the update is applied."""
   config = _config(global_bn, precision, optimizer)
   weights = _initial_weights(config)
   batch = _batch()
@@ -65,7 +66,12 @@ def one_step(replicas, global_bn, precision='float32', optimizer='lars',
                                   [:local]) for k, v in batch.items()})
   step = lambda b: strategy.run(task.replica_step, args=(b,))
   (tf.function(step) if traced else step)(values)
-  return task.read_metrics(), weights, [w.numpy() for w in task.model.weights]
+  metrics = task.read_metrics()
+  losses = strategy.run(lambda b: task.losses(b)['contrast_loss'],
+                        args=(values,))
+  metrics['contrast_loss_after'] = float(strategy.reduce(
+      tf.distribute.ReduceOp.MEAN, losses, axis=None))
+  return metrics, weights, [w.numpy() for w in task.model.weights]
 
 
 @pytest.fixture(scope='module')
@@ -94,9 +100,9 @@ def test_one_step_is_the_same_on_1_2_and_3_replicas(single, replicas):
 
 
 def test_bfloat16_cpu_kernels_train_the_same_under_mirrored_strategy(
-    monkeypatch):
-  """The bfloat16 CPU kernels (matmul weight gradients, integer ReLU) in a
-  step on 2 replicas, against the same step with TensorFlow's own kernels.
+    monkeypatch, cpu_kernels):
+  """The bfloat16 CPU kernels (matmul weight gradients) in a step on 2
+  replicas, against the same step with TensorFlow's own kernels.
   (One replica against two differs in bfloat16 by itself: the batch norm
   statistics are synchronised in another order.)"""
   calls = []
@@ -107,13 +113,15 @@ def test_bfloat16_cpu_kernels_train_the_same_under_mirrored_strategy(
   ours, initial, expected = one_step(2, True, 'bfloat16', 'momentum')
   assert sum(applies(*a) for a in calls) >= 4  # Block groups 3 and 4.
   monkeypatch.setattr(weight_gradients, 'applies', lambda *a: False)
-  monkeypatch.setattr(relu, 'relu', tf.nn.relu)
   # The reference eagerly: tracing it for each replica cost as much as the
   # step under test.
   theirs, _, weights = one_step(2, True, 'bfloat16', 'momentum',
                                 traced=False)
-  for name in ('contrast_loss', 'supervised_loss'):
+  # The losses of the step's own forward pass, and (what the weight
+  # gradients decide) the loss once its update is applied.
+  for name in ('contrast_loss', 'supervised_loss', 'contrast_loss_after'):
     assert ours[name] == pytest.approx(theirs[name], rel=1e-3), name
+  assert abs(ours['contrast_loss_after'] - ours['contrast_loss']) > 1e-2
   for before, want, got in zip(initial, weights, expected):
     update, want_update = got - before, want - before
     assert (np.linalg.norm(update - want_update) <=

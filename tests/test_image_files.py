@@ -93,6 +93,12 @@ def test_the_parallel_scan_in_processes_agrees_with_threads(tmp_path, rng,
   threads = image_files.scan(root)
   monkeypatch.setattr(image_files, '_PROCESS_THRESHOLD', 1)
   monkeypatch.setattr(image_files, '_CHUNK', 4)
+
+  def fell_back(paths):
+    raise AssertionError(f'the worker processes failed: {len(paths)} files '
+                         'went to threads')
+  # The pool's fallback would hide a failing pool behind equal results.
+  monkeypatch.setattr(image_files, '_check_in_threads', fell_back)
   processes = image_files.scan(root)
   assert processes == threads
   assert [f.pixels for f in threads].count(15) == 12

@@ -226,7 +226,7 @@ def _seeded_gradients(config, batch):
 
 
 def test_bfloat16_step_with_matmul_weight_gradients_matches_tensorflows(
-    rng, monkeypatch):
+    rng, monkeypatch, cpu_kernels):
   """A bfloat16 training step with the matmul weight gradients of the small
   convolutions (network/weight_gradients.py) against the same step with
   TensorFlow's own gradients: every variable's gradient, and the loss of a

@@ -23,7 +23,7 @@ def _gradients(convolve, inputs, kernel, upstream):
                                              ('bfloat16', 2e-2)])
 @pytest.mark.parametrize('strides,size', [(1, 4), (1, 3), (2, 10), (2, 9)])
 def test_gradients_equal_tensorflows_own(dtype, tolerance, strides, size,
-                                         rng):
+                                         rng, cpu_kernels):
   padding = 'SAME' if strides == 1 else 'VALID'
   out = weight_gradients.output_size(size, strides)
   inputs = tf.cast(rng.normal(size=(5, size, size, 6)), dtype)
@@ -43,7 +43,8 @@ def test_gradients_equal_tensorflows_own(dtype, tolerance, strides, size,
 
 
 @pytest.mark.parametrize('strides,size', [(1, 4), (2, 9), (2, 8)])
-def test_kernel_gradient_matches_a_numpy_sum_over_taps(strides, size, rng):
+def test_kernel_gradient_matches_a_numpy_sum_over_taps(strides, size, rng,
+                                                       cpu_kernels):
   """dL/dk[i, j, c, k] = sum over n, h, w of x[n, s h + i, s w + j, c] *
   dy[n, h, w, k] (x zero-padded by one at stride 1), written out in numpy."""
   out = weight_gradients.output_size(size, strides)
@@ -74,14 +75,14 @@ def test_kernel_gradient_matches_a_numpy_sum_over_taps(strides, size, rng):
     ((8, 8, 8, 512), 1, 2, 'bfloat16', False),
     ((None, None, None, 512), 3, 1, 'bfloat16', False)])
 def test_applies_where_it_was_measured_faster(shape, kernel_size, strides,
-                                              dtype, expected):
+                                              dtype, expected, cpu_kernels):
   assert weight_gradients.applies(shape, kernel_size, strides,
                                   dtype) is expected
 
 
 @pytest.mark.parametrize('strides,size', [(1, 4), (2, 8)])
-def test_resnet_layer_takes_it_and_trains_its_keras_kernel(strides, size, rng,
-                                                           monkeypatch):
+def test_resnet_layer_takes_it_and_trains_its_keras_kernel(
+    strides, size, rng, monkeypatch, cpu_kernels):
   """A bfloat16 FixedPaddingConv2D with a small output computes through
   conv3x3; its variables, outputs and gradients are those of the Keras
   Conv2D it wraps."""
@@ -112,7 +113,7 @@ def test_resnet_layer_takes_it_and_trains_its_keras_kernel(strides, size, rng,
   assert np.abs(ours).max() > 0
 
 
-def test_gpus_and_tpus_keep_their_own_kernels(monkeypatch):
+def test_gpus_and_tpus_keep_their_own_kernels(monkeypatch, cpu_kernels):
   assert weight_gradients.applies((8, 4, 4, 512), 3, 1, 'bfloat16')
   monkeypatch.setattr(precision, 'sees_accelerator', lambda: True)
   assert not weight_gradients.applies((8, 4, 4, 512), 3, 1, 'bfloat16')

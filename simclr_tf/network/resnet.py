@@ -11,7 +11,6 @@ import keras
 import tensorflow as tf
 
 from simclr_tf.devices import distribute
-from simclr_tf.network import relu
 from simclr_tf.network import weight_gradients
 from simclr_tf.settings.config import RESNET_DEPTHS, EncoderConfig
 
@@ -287,7 +286,7 @@ class _ResidualBlock(keras.layers.Layer):
     x = self.residual(inputs, training)
     if self.se is not None:
       x = self.se(x)
-    return relu.relu(x + shortcut)
+    return tf.nn.relu(x + shortcut)
 
 
 class BasicBlock(_ResidualBlock):
