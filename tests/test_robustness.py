@@ -44,9 +44,8 @@ def test_a_nan_inside_a_bfloat16_step_stops_the_run_at_once(tmp_path, rng):
   0 * inf give on x86) put into the stem's batch-norm offset after the
   checkpoint of step 2: the loss becomes NaN and the NaN guard stops the run
   at step 3 with checkpoint 2 intact, nothing saved from the broken state.
-  (Here the NaN also reaches the loss around the ReLU, through the batch
-  statistics; test_relu's NaN test is the one that fails on a ReLU that
-  hides NaNs.)"""
+  (The NaN reaches the loss through the batch statistics too; test_relu
+  checks that the residual blocks pass NaNs of either sign.)"""
   from simclr_tf.inputs import array_source  # pylint: disable=g-import-not-at-top
   from simclr_tf.settings import resolver  # pylint: disable=g-import-not-at-top
   from simclr_tf.training import loop  # pylint: disable=g-import-not-at-top
