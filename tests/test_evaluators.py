@@ -3,11 +3,13 @@ evaluators a configuration names, and the report built from their metrics."""
 
 import json
 import os
+import time
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from simclr_tf.evaluation import baseline_cache
 from simclr_tf.evaluation import evaluators
 from simclr_tf.evaluation import features
 from simclr_tf.evaluation import probe as probe_lib
@@ -251,10 +253,92 @@ def test_source_fingerprints_change_with_the_data(tmp_path):
   folder = lambda: folder_source.FolderSource(str(tmp_path / 'f'))
   before = folder().fingerprint()
   assert folder().fingerprint() == before
-  helpers.write(str(tmp_path / 'f' / 'dog/c.png'),
-                helpers.encode(helpers.random_rgb(rng), 'PNG'))
-  os.utime(tmp_path / 'f' / 'dog/c.png', ns=(1, 1))
+  # Rewritten in place with as many bytes, its modification time restored
+  # (as copies and `touch -d` do): the status-change time still tells.
+  path = tmp_path / 'f' / 'dog/c.png'
+  stat = os.stat(path)
+  time.sleep(0.05)  # File times tick with the kernel's coarse clock (~4 ms).
+  content = bytearray(path.read_bytes())
+  content[-1] ^= 1
+  path.write_bytes(content)
+  os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+  assert os.stat(path).st_size == stat.st_size
   assert folder().fingerprint() != before
+
+
+def test_a_baseline_key_changes_with_whatever_its_numbers_depend_on(
+    tmp_path, monkeypatch):
+  """Each change that could move a baseline's numbers is a cache miss: the
+  Keras version (it draws the random weights), this package's code, the
+  precision and the processor (random weights only)."""
+  _, _, source = _toy(4, 60)
+  run = _baseline_run(source, tmp_path)
+  first = _baselines(run)
+  stored = set(os.listdir(tmp_path / 'baselines'))
+  keys = {kind: baseline_cache.key_of(kind, run, True)
+          for kind in baseline_cache.KINDS}
+
+  def misses(kinds, **changes):
+    """The kinds whose key changed, after a run with `changes` stored
+    files of their own."""
+    changed = {kind for kind in baseline_cache.KINDS
+               if baseline_cache.key_of(kind, run, True) != keys[kind]}
+    assert changed == set(kinds), changes
+    before = set(os.listdir(tmp_path / 'baselines'))
+    assert _baselines(run) == first  # Same numbers, computed again.
+    new = set(os.listdir(tmp_path / 'baselines')) - before
+    assert sorted(name.split('-')[0] for name in new) == sorted(kinds)
+
+  with monkeypatch.context() as patch:
+    patch.setattr(baseline_cache.keras, '__version__', '3.0.0')
+    misses(baseline_cache.KINDS)
+  with monkeypatch.context() as patch:
+    patch.setattr(baseline_cache, 'code_digest', lambda: 'another code')
+    misses(baseline_cache.KINDS)
+  with monkeypatch.context() as patch:
+    patch.setattr(baseline_cache.precision, 'device_kind',
+                  lambda strategy: 'CPU: another processor (no bfloat16)')
+    misses(['random_init'])
+  assert set(os.listdir(tmp_path / 'baselines')) > stored
+  bfloat16 = _baseline_run(source, tmp_path, precision='bfloat16')
+  assert baseline_cache.key_of('random_init', bfloat16, True) != keys[
+      'random_init']
+  assert baseline_cache.key_of('raw_pixels', bfloat16, True) == keys[
+      'raw_pixels']
+
+
+def test_the_code_digest_covers_every_python_file_of_the_package(tmp_path):
+  package = tmp_path / 'simclr_tf'
+  (package / 'evaluation').mkdir(parents=True)
+  (package / 'evaluation' / 'probe.py').write_text('C = 1\n')
+  (package / 'notes.txt').write_text('not code')
+  digest = lambda: baseline_cache.code_digest.__wrapped__(package)
+  first = digest()
+  (package / 'notes.txt').write_text('still not code')
+  assert digest() == first
+  (package / 'evaluation' / 'probe.py').write_text('C = 2\n')
+  assert digest() != first
+  # The digest of the code as it is, read once per process.
+  assert baseline_cache.code_digest() == baseline_cache.code_digest.__wrapped__()
+
+
+def test_tfds_fingerprints_change_when_the_prepared_files_do(tmp_path):
+  source = helpers.numbered_tfds(tmp_path, num_shards=1)
+  folder = source._builder.data_dir  # pylint: disable=protected-access
+  again = lambda: helpers.numbered_tfds(tmp_path, num_shards=1).fingerprint()
+  before = source.fingerprint()
+  assert again() == before
+  # A shard rewritten in place, its size and modification time restored.
+  [shard] = [name for name in os.listdir(folder) if 'train' in name]
+  path = os.path.join(folder, shard)
+  stat = os.stat(path)
+  time.sleep(0.05)  # File times tick with the kernel's coarse clock.
+  content = bytearray(open(path, 'rb').read())
+  content[-1] ^= 1
+  with open(path, 'wb') as f:
+    f.write(content)
+  os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+  assert again() != before
 
 
 def test_the_table_has_a_column_per_baseline_that_yielded_metrics():

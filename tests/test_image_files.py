@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 
@@ -64,6 +65,17 @@ def test_a_cached_scan_opens_only_new_or_changed_files(tmp_path, rng,
           for f in uncached}[os.path.join('a', '0.png')] == 81
   opened.clear()
   assert image_files.scan(root, cache) == uncached and not opened
+  # Rewritten in place, as many bytes, its modification time put back.
+  path = f'{root}/b/0.png'
+  stat = os.stat(path)
+  time.sleep(0.05)  # File times tick with the kernel's coarse clock.
+  with open(path, 'r+b') as f:
+    content = f.read()
+    f.seek(0)
+    f.write(content)
+  os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+  image_files.scan(root, cache)
+  assert opened == ['0.png']
 
 
 def test_a_damaged_cache_is_ignored_and_rewritten(tmp_path, rng,

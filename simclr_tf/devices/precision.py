@@ -12,6 +12,7 @@ XLA on a single GPU.
 
 import contextlib
 import functools
+import platform
 
 import keras
 import tensorflow as tf
@@ -68,6 +69,28 @@ def cpu_has_bfloat16(cpuinfo: str | None = None) -> bool:
     if key.strip() == 'flags':
       flags.update(value.split())
   return any(flag in flags for flag in _CPU_BFLOAT16_FLAGS)
+
+
+def device_kind(strategy: tf.distribute.Strategy) -> str:
+  """The processor a strategy computes on, as far as it changes numbers:
+  e.g. 'CPU: AMD EPYC 9R14 (bfloat16 units)' or 'GPU: NVIDIA H100 (8, 0)'."""
+  device = device_type(strategy)
+  if device == 'GPU':
+    details = tf.config.experimental.get_device_details(
+        tf.config.list_physical_devices('GPU')[0])
+    return (f'GPU: {details.get("device_name")} '
+            f'{details.get("compute_capability")}')
+  if device != 'CPU':
+    return device
+  name = platform.processor() or platform.machine()
+  try:
+    with open('/proc/cpuinfo') as f:
+      name = next((line.partition(':')[2].strip() for line in f
+                   if line.startswith('model name')), name)
+  except OSError:
+    pass
+  units = 'bfloat16 units' if cpu_has_bfloat16() else 'no bfloat16 units'
+  return f'CPU: {name} ({units})'
 
 
 def default_precision(device: str, compute_capability=None,

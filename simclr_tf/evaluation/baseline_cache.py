@@ -5,31 +5,46 @@ random-weights baseline the same for every run of an architecture and seed,
 so their metrics are kept under `--data_dir`/baselines/: one JSON file per
 key, named by the key's digest and holding the key itself. A run whose key
 differs in anything the metrics depend on (the data, splits, seed,
-preprocessing, evaluation settings, for random weights the architecture,
-precision and replica count, library versions) computes and stores its own.
-Delete the folder to recompute everything.
+preprocessing, evaluation settings, library versions, this package's code;
+for random weights the architecture, precision, replica count and the
+processor that computes them) computes and stores its own. Delete the folder
+to recompute everything.
 """
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
+import pathlib
 import tempfile
 import time
 
 from absl import logging
+import keras
 import numpy as np
 import sklearn
 import tensorflow as tf
 
+from simclr_tf.devices import precision
 from simclr_tf.evaluation import probe
 from simclr_tf.run_context import Run
 
 DIRECTORY = 'baselines'
-# Raised whenever what a baseline computes changes (evaluators, probe, kNN),
-# so that no file from before the change is reused.
-VERSION = 1
 KINDS = ('raw_pixels', 'random_init')
+
+
+@functools.cache
+def code_digest(package: pathlib.Path | None = None) -> str:
+  """A digest of every Python file of this package (or `package`): any
+  change to the code a baseline runs through (evaluators, probe, model,
+  kernels) makes a new key."""
+  package = package or pathlib.Path(__file__).resolve().parents[1]
+  digest = hashlib.sha256()
+  for path in sorted(package.rglob('*.py')):
+    digest.update(f'{path.relative_to(package)}\n'.encode())
+    digest.update(path.read_bytes())
+  return digest.hexdigest()[:32]
 
 
 def key_of(kind: str, run: Run, knn: bool) -> dict | None:
@@ -42,7 +57,7 @@ def key_of(kind: str, run: Run, knn: bool) -> dict | None:
   config = run.config
   evaluation = config.eval
   key = {
-      'baseline': kind, 'version': VERSION, 'data': fingerprint,
+      'baseline': kind, 'code': code_digest(), 'data': fingerprint,
       'train_split': config.data.train_split, 'eval_split': run.eval_split,
       # The fine-tuning subset a probe may fit on; None: the whole split.
       'labeled_examples': _digest(run.labeled_indices),
@@ -56,13 +71,14 @@ def key_of(kind: str, run: Run, knn: bool) -> dict | None:
       'probe_max_iter': probe.PROBE_MAX_ITER,
       'eval_batch_size': evaluation.eval_batch_size,
       'eval_steps': evaluation.eval_steps,
-      'libraries': {'numpy': np.__version__,
+      'libraries': {'keras': keras.__version__, 'numpy': np.__version__,
                     'scikit-learn': sklearn.__version__,
                     'tensorflow': tf.__version__},
   }
   if kind == 'random_init':
-    key['model'] = dataclasses.asdict(config.model)
+    key['model'] = dataclasses.asdict(config.model)  # Precision included.
     key['replicas'] = run.strategy.num_replicas_in_sync
+    key['device'] = precision.device_kind(run.strategy)
   return json.loads(json.dumps(key, sort_keys=True))  # Tuples as lists.
 
 

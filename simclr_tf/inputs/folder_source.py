@@ -111,10 +111,10 @@ class FolderSource(Source):
     self.name = f'folder:{path}'
     self.path = path
     files = image_files.scan(path, scan_cache_dir)
-    # Paths, sizes and modification times: what the scan cache trusts too.
+    # Paths and stamps: what the scan cache trusts too.
     digest = hashlib.sha256(f'{path}\n{max_image_pixels}\n'.encode())
     for file in files:
-      digest.update(f'{file.path}\t{file.size}\t{file.mtime_ns}\n'.encode())
+      digest.update(f'{file.path}\t{file.stamp}\n'.encode())
     self._fingerprint = f'{self.name}:sha256:{digest.hexdigest()[:32]}'
     split_dirs = {s: os.path.join(path, s) for s in ('train', 'val', 'test')
                   if os.path.isdir(os.path.join(path, s))}

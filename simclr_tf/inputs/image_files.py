@@ -21,15 +21,22 @@ HUGE = 2**62
 # start-up); fewer run in threads.
 _PROCESS_THRESHOLD = 20_000
 _CHUNK = 2_000
-_CACHE_VERSION = 'simclr_tf folder scan v1'
+_CACHE_VERSION = 'simclr_tf folder scan v2'
 
 
 @dataclasses.dataclass(frozen=True)
 class ImageFile:
   path: str
-  size: int
-  mtime_ns: int
+  # What says the file is unchanged without reading it, as git's index:
+  # size, modification time, status-change time (set by the system on every
+  # write or rename, unlike mtime, which `touch -d` and copies restore) and
+  # inode number (a file replaced by another).
+  stamp: tuple[int, int, int, int]
   pixels: int = UNREADABLE  # Width x height; UNREADABLE if not an image.
+
+
+def stamp_of(stat: os.stat_result) -> tuple[int, int, int, int]:
+  return (stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino)
 
 
 def is_hidden(name: str) -> bool:
@@ -38,7 +45,7 @@ def is_hidden(name: str) -> bool:
 
 def list_files(directory: str) -> list[ImageFile]:
   """Non-hidden files below `directory`, recursively, sorted by path, with
-  their size and modification time (not yet checked)."""
+  their stamps (not yet checked)."""
   found = []
   pending = [directory]
   while pending:
@@ -49,8 +56,7 @@ def list_files(directory: str) -> list[ImageFile]:
         if entry.is_dir():
           pending.append(entry.path)
         elif entry.is_file():
-          stat = entry.stat()
-          found.append(ImageFile(entry.path, stat.st_size, stat.st_mtime_ns))
+          found.append(ImageFile(entry.path, stamp_of(entry.stat())))
   return sorted(found, key=lambda f: f.path)
 
 
@@ -127,15 +133,15 @@ def cache_path(cache_dir: str, directory: str) -> str:
 
 
 def _read_cache(path: str, directory: str) -> dict:
-  """{relative path: (size, mtime_ns, pixels)}; empty if none or stale."""
+  """{relative path: (stamp, pixels)}; empty if none or stale."""
   try:
     with open(path, encoding='utf-8') as f:
       if f.readline().rstrip('\n') != f'{_CACHE_VERSION}\t{directory}':
         return {}
       cached = {}
       for line in f:
-        size, mtime_ns, pixels, name = line.rstrip('\n').split('\t', 3)
-        cached[name] = (int(size), int(mtime_ns), int(pixels))
+        *stamp, pixels, name = line.rstrip('\n').split('\t', 5)
+        cached[name] = (tuple(map(int, stamp)), int(pixels))
       return cached
   except (OSError, ValueError):
     return {}
@@ -150,7 +156,8 @@ def _write_cache(path: str, directory: str, files: list[ImageFile]):
       f.write(f'{_CACHE_VERSION}\t{directory}\n')
       for file in files:
         name = os.path.relpath(file.path, directory)
-        f.write(f'{file.size}\t{file.mtime_ns}\t{file.pixels}\t{name}\n')
+        stamp = '\t'.join(map(str, file.stamp))
+        f.write(f'{stamp}\t{file.pixels}\t{name}\n')
     os.replace(temporary, path)
   except OSError as e:
     logging.warning('Could not cache the folder scan in %s (%s); the next '
@@ -160,9 +167,8 @@ def _write_cache(path: str, directory: str, files: list[ImageFile]):
 def scan(directory: str, cache_dir: str | None = None) -> list[ImageFile]:
   """Every non-hidden file below `directory` with its pixel count.
 
-  With `cache_dir`, checks are reused for files whose size and modification
-  time are unchanged since the last scan; only new or changed files are
-  opened.
+  With `cache_dir`, checks are reused for files whose stamps are unchanged
+  since the last scan; only new or changed files are opened.
   """
   files = list_files(directory)
   cache_file = cache_path(cache_dir, directory) if cache_dir else None
@@ -170,8 +176,8 @@ def scan(directory: str, cache_dir: str | None = None) -> list[ImageFile]:
   pixels, unknown = {}, []
   for file in files:
     hit = cached.get(os.path.relpath(file.path, directory))
-    if hit and hit[:2] == (file.size, file.mtime_ns):
-      pixels[file.path] = hit[2]
+    if hit and hit[0] == file.stamp:
+      pixels[file.path] = hit[1]
     else:
       unknown.append(file.path)
   if len(unknown) > _CHUNK:

@@ -2,6 +2,8 @@
 files by index; offline, an unprepared dataset fails in one line."""
 
 import difflib
+import hashlib
+import os
 import socket
 
 from absl import logging
@@ -9,8 +11,19 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from simclr_tf.inputs import image_files
 from simclr_tf.inputs import sequential
 from simclr_tf.inputs.sources import OFFLINE_HINT, UNLABELED, DatasetError, Source, gray_to_rgb
+
+
+def _stamps(folder: str) -> list[tuple[str, tuple]]:
+  """(path, stamp) of each file in a prepared dataset's folder: on a local
+  disk image_files' stamps, elsewhere (gs://) sizes and modification times."""
+  if os.path.isdir(folder):
+    return [(f.path, f.stamp) for f in image_files.list_files(folder)]
+  paths = sorted(tf.io.gfile.glob(os.path.join(folder, '*')))
+  return [(p, (s.length, s.mtime_nsec))
+          for p, s in zip(paths, map(tf.io.gfile.stat, paths))]
 
 
 class TFDSSource(Source):
@@ -34,12 +47,23 @@ class TFDSSource(Source):
                               else None)
     file_format = getattr(info.file_format, 'value', info.file_format)
     self.random_access = str(file_format) == 'array_record'
+    self._fingerprint = None
 
   _ENCODED = {'image': tfds.decode.SkipDecoding()}
 
   def fingerprint(self):
-    # A prepared TFDS version does not change (its folder is versioned).
-    return f'tfds:{self._builder.data_dir}'
+    # A prepared version's folder can still be prepared again or copied
+    # over: its files' names and stamps, and dataset_info.json's content.
+    if self._fingerprint is None:
+      folder = self._builder.data_dir
+      digest = hashlib.sha256(f'{folder}\n'.encode())
+      for path, stamp in _stamps(folder):
+        digest.update(f'{path}\t{stamp}\n'.encode())
+      with tf.io.gfile.GFile(os.path.join(folder, 'dataset_info.json'),
+                             'rb') as f:
+        digest.update(f.read())
+      self._fingerprint = f'tfds:{folder}:sha256:{digest.hexdigest()[:32]}'
+    return self._fingerprint
 
   def records(self, split):
     if self.random_access:  # ArrayRecord files have no tf.data reader.
