@@ -114,9 +114,8 @@ def _direct_gradients(task, batch):
     supervised = tf.reduce_mean(
         tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
     decay = optim.weight_decay_loss(task.config.optim, model)
-    # The side head's loss weighs in at its learning-rate scale.
-    total = (contrast + task.config.optim.lineareval_learning_rate_scale *
-             supervised + decay)
+    # The side head's learning-rate scale is the optimizer's, not the loss's.
+    total = contrast + supervised + decay
     replica_share = total / replicas
   variables = model.trainable_variables
   gradients = tape.gradient(replica_share, variables)

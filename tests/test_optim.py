@@ -167,6 +167,77 @@ def test_build_optimizer_kinds():
                                           model), keras.optimizers.Adam)
 
 
+def _numpy_step(name, weights, grads, state, lr, momentum, eeta, adapt):
+  """One update of `name` ('lars', 'momentum': Keras' Nesterov SGD, 'adam':
+  Keras' defaults) in numpy, one learning rate per variable in `lr`."""
+  state['t'] = state.get('t', 0) + 1
+  out = []
+  for i, (w, g) in enumerate(zip(weights, grads)):
+    if name == 'lars':
+      v = state.get(('v', i), 0.0)
+      trust = 1.0
+      if adapt[i]:
+        w_norm, g_norm = np.linalg.norm(w), np.linalg.norm(g)
+        trust = eeta * w_norm / g_norm if w_norm > 0 and g_norm > 0 else 1.0
+      state[('v', i)] = momentum * v + lr[i] * trust * g
+      out.append(w - state[('v', i)])
+    elif name == 'momentum':
+      v = state.get(('v', i), 0.0)
+      state[('v', i)] = momentum * v - lr[i] * g
+      out.append(w + momentum * state[('v', i)] - lr[i] * g)
+    else:
+      t, (b1, b2, eps) = state['t'], (0.9, 0.999, 1e-7)
+      m = state[('m', i)] = b1 * state.get(('m', i), 0) + (1 - b1) * g
+      v = state[('s', i)] = b2 * state.get(('s', i), 0) + (1 - b2) * g * g
+      alpha = lr[i] * np.sqrt(1 - b2 ** t) / (1 - b1 ** t)
+      out.append(w - alpha * m / (np.sqrt(v) + eps))
+  return out
+
+
+@pytest.mark.parametrize('name', ['lars', 'momentum', 'adam'])
+def test_the_side_head_learns_at_its_scale_of_the_learning_rate(name, rng):
+  """--lineareval_learning_rate_scale: the head's whole step (its weight
+  decay included) at 0.1 x the learning rate, for every optimizer, over
+  three steps, against numpy updates from the data loss's gradients plus
+  the weight decay's, worked out here by hand."""
+  config = OptimConfig(optimizer=name, weight_decay=0.01, eeta=0.002,
+                       lineareval_learning_rate_scale=0.1)
+  model = _toy_model()
+  x = tf.constant(rng.normal(size=(8, 3)), tf.float32)
+  optimizer = optim.build_optimizer(config, 0.05, model,
+                                    model.supervised_variables)
+  variables = model.trainable_variables
+  optimizer.build(variables)
+  names = [v.path.removeprefix('toy/') for v in variables]
+  head = [n.startswith('head_supervised') for n in names]
+  kernel = [n.endswith('kernel') for n in names]
+  batch_norm = [n.startswith('bn/') for n in names]
+  # The decay of the loss: LARS's on the head's kernel (LARS decays the
+  # others itself); the others' on all but batch norm.
+  loss_decay = ([h and k for h, k in zip(head, kernel)] if name == 'lars'
+                else [not b for b in batch_norm])
+  lr = [0.05 * (0.1 if h else 1.0) for h in head]
+  expected, state = [v.numpy().astype(np.float64) for v in variables], {}
+  for _ in range(3):
+    with tf.GradientTape() as tape:
+      data_loss = _toy_loss(model, x)
+      loss = data_loss + optim.weight_decay_loss(config, model)
+    with tf.GradientTape() as data_tape:
+      data_loss = _toy_loss(model, x)
+    data_grads = data_tape.gradient(data_loss, variables)
+    optimizer.apply(tape.gradient(loss, variables), variables)
+    grads = [g.numpy() + (0.01 * w if d else 0.0) for g, w, d in
+             zip(data_grads, expected, loss_decay)]
+    if name == 'lars':  # LARS's own decay, on the encoder's kernel.
+      grads = [g + (0.01 * w if k and not h else 0.0)
+               for g, w, k, h in zip(grads, expected, kernel, head)]
+    expected = _numpy_step(name, expected, grads, state, lr, 0.9, 0.002,
+                           [k and not h for k, h in zip(kernel, head)])
+  for variable, want in zip(variables, expected):
+    np.testing.assert_allclose(variable.numpy(), want, rtol=1e-4, atol=1e-6,
+                               err_msg=variable.path)
+
+
 @pytest.mark.parametrize('scaling,expected', [('linear', 0.3 * 512 / 256),
                                               ('sqrt', 0.3 * math.sqrt(512))])
 def test_learning_rate_scaling(scaling, expected):

@@ -52,6 +52,17 @@ def _head_losses(task, iterator, steps):
   return losses
 
 
+def test_the_optimizer_scales_the_side_heads_learning_rate_only():
+  task, _ = _task(0.1)
+  head = task.model.supervised_variables
+  assert head and task.optimizer.learning_rate_scale == 0.1
+  assert [id(v) for v in task.optimizer.scaled_variables] == [
+      id(v) for v in head]
+  # Fine-tuning trains the head at the learning rate of the rest.
+  finetune, _ = _task(0.1, train_mode='finetune')
+  assert not finetune.optimizer.scaled_variables
+
+
 @pytest.mark.parametrize('scale,settings,rises', [
     (1.0, SIMCLR_HEAD, True), (0.1, SIMCLR_HEAD, False), (0.1, {}, False)])
 def test_the_side_heads_loss_does_not_rise_on_a_fixed_batch(scale, settings,
@@ -104,13 +115,14 @@ def test_the_default_head_reads_standardised_features_of_the_eval_view():
   np.testing.assert_allclose(loss, by_hand()[0], rtol=1e-4)
 
 
-def test_the_scale_is_the_heads_learning_rate():
-  # One momentum step from the same start: the head moves by `scale` times
-  # the full-rate step (the head sees stop_gradient(features), so the weight
-  # of its loss acts on it alone); the encoder moves the same either way.
+@pytest.mark.parametrize('optimizer', ['lars', 'momentum', 'adam'])
+def test_the_scale_is_the_heads_learning_rate(optimizer):
+  # One step from the same start: the head moves by `scale` times the
+  # full-rate step, its weight decay included, under every optimizer (Adam
+  # would undo a loss weight); the encoder moves the same either way.
   moved = {}
   for scale in (1.0, 0.25):
-    task, iterator = _task(scale)
+    task, iterator = _task(scale, optimizer=optimizer)
     before = [v.numpy() for v in task.model.trainable_variables]
     task.run_steps(iterator, 1)
     moved[scale] = [v.numpy() - b for v, b in

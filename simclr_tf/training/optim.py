@@ -22,6 +22,37 @@ def _matches(variable, exclusions) -> bool:
              for item in exclusions)
 
 
+class LearningRateMultipliers:
+  """A Keras optimizer mixin: `scaled_variables` take their steps at
+  `learning_rate_scale` times the learning rate (momentum, Adam's moments and
+  everything else unchanged). Whatever the optimizer, the variables' whole
+  update scales, the weight decay of their loss included: a loss weight would
+  leave Adam's steps as they were (Adam normalises the gradient's scale) and
+  the decay unscaled.
+  """
+
+  def __init__(self, *args, scaled_variables=(), learning_rate_scale=1.0,
+               **kwargs):
+    super().__init__(*args, **kwargs)
+    self.scaled_variables = list(scaled_variables)
+    self.learning_rate_scale = learning_rate_scale
+
+  def build(self, variables):
+    if self.built:
+      return
+    super().build(variables)
+    scaled = {id(v) for v in self.scaled_variables}
+    self._learning_rate_scales = [
+        self.learning_rate_scale if id(v) in scaled else 1.0
+        for v in variables]
+
+  def update_step(self, gradient, variable, learning_rate):
+    scale = self._learning_rate_scales[self._get_variable_index(variable)]
+    if scale != 1.0:
+      learning_rate = learning_rate * scale
+    super().update_step(gradient, variable, learning_rate)
+
+
 class LARS(keras.optimizers.Optimizer):
   """Layer-wise Adaptive Rate Scaling (You et al. 2017) with momentum.
 
@@ -98,6 +129,18 @@ class LARS(keras.optimizers.Optimizer):
     return config
 
 
+class ScaledLARS(LearningRateMultipliers, LARS):
+  pass
+
+
+class ScaledSGD(LearningRateMultipliers, keras.optimizers.SGD):
+  pass
+
+
+class ScaledAdam(LearningRateMultipliers, keras.optimizers.Adam):
+  pass
+
+
 def _names(exclusions):
   return [item if isinstance(item, str) else item.path for item in exclusions]
 
@@ -123,21 +166,27 @@ def learning_rate_schedule(config: OptimConfig, global_batch_size: int,
       warmup_steps=warmup_steps)
 
 
-def build_optimizer(config: OptimConfig, learning_rate, model):
+def build_optimizer(config: OptimConfig, learning_rate, model,
+                    side_head_variables=()):
   """Build it inside `strategy.scope()`, then `optimizer.build(variables)`.
 
   Under LARS the supervised head is trained with plain momentum and an L2
-  loss (`weight_decay_loss`), as in the SimCLR code.
+  loss (`weight_decay_loss`), as in the SimCLR code. `side_head_variables`
+  (pretraining's linear head) learn at `lineareval_learning_rate_scale`
+  times the learning rate.
   """
+  scales = dict(scaled_variables=side_head_variables,
+                learning_rate_scale=config.lineareval_learning_rate_scale)
   if config.optimizer == 'lars':
-    return LARS(learning_rate, momentum=config.momentum,
-                weight_decay=config.weight_decay, eeta=config.eeta,
-                exclude_from_weight_decay=model.supervised_variables)
+    return ScaledLARS(learning_rate, momentum=config.momentum,
+                      weight_decay=config.weight_decay, eeta=config.eeta,
+                      exclude_from_weight_decay=model.supervised_variables,
+                      **scales)
   if config.optimizer == 'momentum':
-    return keras.optimizers.SGD(learning_rate, momentum=config.momentum,
-                                nesterov=True)
+    return ScaledSGD(learning_rate, momentum=config.momentum, nesterov=True,
+                     **scales)
   if config.optimizer == 'adam':
-    return keras.optimizers.Adam(learning_rate)
+    return ScaledAdam(learning_rate, **scales)
   raise ValueError(f'Unknown optimizer {config.optimizer!r}.')
 
 

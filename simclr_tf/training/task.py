@@ -62,7 +62,11 @@ def build_optimizer(config: RunConfig, plan: Plan, model: SimCLRModel):
   schedule = optim.learning_rate_schedule(
       config.optim, config.train.train_batch_size, plan.total_steps,
       plan.warmup_steps)
-  optimizer = optim.build_optimizer(config.optim, schedule, model)
+  # Pretraining's side head sees stop_gradient(features): its learning rate
+  # is its own (docs/command_line.md, --lineareval_learning_rate_scale).
+  side_head = (model.supervised_variables
+               if config.model.train_mode == 'pretrain' else ())
+  optimizer = optim.build_optimizer(config.optim, schedule, model, side_head)
   if config.model.precision == 'float16':
     optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
   # Built here, not lazily inside the replica function (docs/contract.md,
@@ -86,12 +90,6 @@ class TrainTask:
     self.strategy = strategy
     self.plan = plan
     self.pretrain = config.model.train_mode == 'pretrain'
-    # The side head of pretraining sees stop_gradient(features), so the
-    # weight of its loss is its learning rate relative to the encoder's
-    # (momentum SGD and LARS, which leaves the head's steps unadapted; Adam
-    # normalises it away).
-    self.head_loss_weight = (config.optim.lineareval_learning_rate_scale
-                             if self.pretrain else 1.0)
     # The side head learns from each image's evaluation view, in a pass of
     # its own, rather than from the augmented views (docs/evaluation.md).
     self.side_head_on_eval_view = (
@@ -161,7 +159,7 @@ class TrainTask:
     if 'logits_sup' in outputs:
       values['supervised_loss'], values['supervised_acc'] = (
           supervised_loss_and_accuracy(labels, outputs['logits_sup']))
-      loss += self.head_loss_weight * values['supervised_loss']
+      loss += values['supervised_loss']
     values['weight_decay'] = optim.weight_decay_loss(config.optim, self.model)
     values['total_loss'] = loss + values['weight_decay']
     return values
@@ -249,7 +247,7 @@ class TrainTask:
       sums = tf.stack([tf.reduce_sum(losses), tf.reduce_sum(correct)])
       # The supervised loss is a mean over the whole batch's images.
       return (projections,
-              self._scaled(self.head_loss_weight * sums[0] / batch_images),
+              self._scaled(sums[0] / batch_images),
               sums)
 
     def batch_objective(projections):
@@ -272,7 +270,7 @@ class TrainTask:
         values['supervised_loss'], values['supervised_acc'] = (
             supervised_loss_and_accuracy(
                 batch['label'], model.side_head_logits(batch['eval_view'])))
-        extra += self.head_loss_weight * values['supervised_loss']
+        extra += values['supervised_loss']
       scaled_extra = self._scaled(extra)
     gradients = [g if d is None else g + d for g, d in
                  zip(gradients, tape.gradient(scaled_extra, variables))]
@@ -281,7 +279,7 @@ class TrainTask:
       values['supervised_loss'] = sums[0] / batch_images
       values['supervised_acc'] = sums[1] / batch_images
     if 'supervised_loss' in values:
-      loss += self.head_loss_weight * values['supervised_loss']
+      loss += values['supervised_loss']
     values['total_loss'] = loss
     return gradients, values
 
