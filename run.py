@@ -288,7 +288,7 @@ def main(argv):
     modes.run(command())
   except modes.USER_ERRORS as e:
     _fail(str(e), 2)
-  except WorkerLost as e:
+  except (WorkerLost, modes.ExportFailed) as e:
     _fail(str(e), e.exit_code)
   except Preempted as e:
     # 128 + the signal: 143 for SIGTERM, 130 for Ctrl-C, as shells report.

@@ -44,7 +44,14 @@ from simclr_tf.training import train as train_lib
 # (run.py exits with code 2).
 USER_ERRORS = (checks.UsageError, sources.DatasetError,
                checkpoints.CheckpointError, lock.LockError,
-               embed_lib.EmbedError, formats.ExportError, FloatingPointError)
+               embed_lib.EmbedError, FloatingPointError)
+
+
+class ExportFailed(Exception):
+  """An export that failed its check (formats.ExportError), raised once
+  everything else the mode does is done: a run that trained keeps its
+  checkpoint and is still evaluated. run.py exits with its own code."""
+  exit_code = 3
 
 
 def run(command: Command):
@@ -106,6 +113,12 @@ def model_mode(command: Command):
   record = resolver.read_record(
       mode, resolver.layered(command.given, preset=command.preset))
   recorded = record.values()
+  given = resolver.layered(command.given, preset=command.preset)
+  # A directory without a checkpoint to work on fails before any dataset is
+  # looked at.
+  if mode == 'export' and not given.get('checkpoint') or (
+      mode == 'eval' and not command.eval_watch):
+    latest_checkpoint(resolver.model_dir_of(given), mode)
   # An export of a run whose flags.json recorded its settings needs no data.
   needs_data = not (mode == 'export' and 'image_size' in recorded and
                     'num_classes' in recorded)
@@ -268,15 +281,25 @@ def run_train(run_: Run, then_eval: bool) -> dict | None:
     monitor = (every, knn_monitor)
   result = train_lib.train(config, run_.strategy, run_.source, run_.chief,
                            every_nth_checkpoint=monitor)
-  export_model(run_, result.model, result.global_step)
+  try:
+    export_model(run_, result.model, result.global_step)
+    export_failure = None
+  except formats.ExportError as e:
+    export_failure = e
+  evaluated = None
   if then_eval:
-    return report.report(run_, evaluators.evaluate(run_, result.model,
-                                                   result.global_step))
-  if config.eval.knn and run_.source.has_labels:
+    evaluated = report.report(run_, evaluators.evaluate(run_, result.model,
+                                                        result.global_step))
+  elif config.eval.knn and run_.source.has_labels:
     results = evaluators.feature_metrics(run_, result.model, knn=True)
     report.write_summary(run_, result.global_step, results)
     logging.info('kNN monitor at the end of training: %s', _rounded(results))
-  return None
+  if export_failure is not None:
+    raise ExportFailed(
+        f'{export_failure} The checkpoint of step {result.global_step} is '
+        f'kept{" and was evaluated" if then_eval else ""}; export it again '
+        'with --mode=export.')
+  return evaluated
 
 
 def restored_model(run_: Run, path: str):
@@ -312,23 +335,32 @@ def run_eval(run_: Run, watch: bool = False, timeout: float = 0) -> dict:
                                               timeout=timeout or None):
       result = _evaluate_checkpoint(run_, path)
     return result
-  path = checkpoints.latest_in(run_.model_dir)
+  return _evaluate_checkpoint(run_, latest_checkpoint(run_.model_dir, 'eval'))
+
+
+_NO_CHECKPOINT = {
+    'eval': 'to evaluate; train first (--mode=train) or point --model_dir '
+            'at a training run.',
+    'export': 'to export; give --checkpoint=PATH or train first.'}
+
+
+def latest_checkpoint(model_dir: str, mode: str) -> str:
+  """The newest checkpoint that `mode` ('eval', 'export') works on."""
+  path = checkpoints.latest_in(model_dir)
   if path is None:
     raise checkpoints.CheckpointError(
-        f'--model_dir={run_.model_dir} holds no checkpoint to evaluate; '
-        'train first (--mode=train) or point --model_dir at a training run.')
-  return _evaluate_checkpoint(run_, path)
+        f'--model_dir={model_dir} holds no checkpoint {_NO_CHECKPOINT[mode]}')
+  return path
 
 
 def run_export(run_: Run, checkpoint: str | None) -> dict[str, str]:
   path = (checkpoints.locate(checkpoint) if checkpoint
-          else checkpoints.latest_in(run_.model_dir))
-  if path is None:
-    raise checkpoints.CheckpointError(
-        f'--model_dir={run_.model_dir} holds no checkpoint to export; give '
-        '--checkpoint=PATH or train first.')
+          else latest_checkpoint(run_.model_dir, 'export'))
   model, step = restored_model(run_, path)
-  exported = export_model(run_, model, step)
+  try:
+    exported = export_model(run_, model, step)
+  except formats.ExportError as e:
+    raise ExportFailed(str(e)) from None
   for directory in exported.values():
     print(f'Exported {path} to {directory}', flush=True)
   return exported

@@ -3,6 +3,7 @@ TF Hub-style reuse, Keras 3 loading, embeddings, and crash safety."""
 
 import base64
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -191,9 +192,28 @@ print('RESULT', len(before), moved, moved_stats, first, last)
   assert int(trainable) == len(model.encoder_variables)
   assert int(trainable) < len(model.trainable_variables)
   assert 'Gradients do not exist' not in result.stderr
+  assert 'unsaved custom gradients' not in result.stderr
   assert int(moved) > int(trainable) // 2
   assert int(moved_stats) > 0  # Batch norm statistics train too.
   assert float(last) < float(first)
+
+
+def test_the_export_loads_without_warnings(exported, caplog):
+  """Nothing in the export (the side head's standardising batch norm
+  included) carries a custom gradient that a SavedModel cannot keep:
+  loading it would warn that gradients "will likely fail"."""
+  _, path, _ = exported
+  with caplog.at_level(logging.WARNING):
+    loaded = tf.saved_model.load(path)
+  warnings = [r.getMessage() for r in caplog.records
+              if r.levelno >= logging.WARNING]
+  assert not warnings, warnings
+  images = tf.constant(_images(2))
+  with tf.GradientTape() as tape:
+    features = loaded(images, training=True)
+  variables = loaded.trainable_variables
+  gradients = tape.gradient(features, variables)
+  assert variables and all(g is not None for g in gradients)
 
 
 def test_a_crash_during_export_keeps_earlier_exports(exported, monkeypatch):

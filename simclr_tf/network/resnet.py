@@ -111,9 +111,15 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     return tf.cast(outputs, self.compute_dtype)
 
   def _moments(self, inputs, mask):
-    if mask is not None or not self._statistics_are_synchronized():
+    if mask is not None:
       return super()._moments(inputs, mask)
-    return _synchronized_moments(inputs, self._reduction_axes)
+    if self._statistics_are_synchronized():
+      return _synchronized_moments(inputs, self._reduction_axes)
+    # One replica: the local moments. (Keras' synchronized path would
+    # all-reduce over the default replica context, whose custom gradient a
+    # SavedModel cannot keep: loading one then warns that gradients "will
+    # likely fail".)
+    return keras.ops.moments(inputs, self._reduction_axes)
 
   def _statistics_are_synchronized(self):
     if not self.synchronized:

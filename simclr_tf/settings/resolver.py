@@ -87,6 +87,11 @@ def default_model_dir(values: Mapping[str, Any]) -> str:
                       f'-{values["train_mode"]}')
 
 
+def model_dir_of(values: Mapping[str, Any]) -> str:
+  """--model_dir, or its default."""
+  return values.get('model_dir') or default_model_dir(values)
+
+
 def read_settings(model_dir: str) -> dict:
   """{setting: value} of the configuration recorded in `model_dir`'s
   flags.json; {} when there is none or it cannot be read."""
@@ -107,7 +112,7 @@ def read_record(mode: str, values: Mapping[str, Any]) -> Record:
   (which export.json records) too."""
   if mode not in CONTINUING_MODES:
     return Record()
-  model_dir = values.get('model_dir') or default_model_dir(values)
+  model_dir = model_dir_of(values)
   checkpoint = values.get('checkpoint')
   beside_checkpoint = checkpoint and (
       checkpoint if os.path.isdir(checkpoint) else os.path.dirname(checkpoint))
