@@ -207,8 +207,8 @@ def test_int8_tflite_is_smaller_and_close(tmp_path):
   assert TOLERANCE < relative_error(features, reference) < 0.1
   record = json.loads(pathlib.Path(paths['tflite_int8'], 'export.json')
                       .read_text())
-  assert record['check']['tolerance'] == formats.INT8_TOLERANCE == 0.1
-  assert 0 < max(record['check']['max_relative_difference'].values()) <= 0.1
+  assert record['check']['tolerance'] == formats.INT8_TOLERANCE == 0.25
+  assert 0 < max(record['check']['max_relative_difference'].values()) <= 0.25
 
 
 def test_the_relative_difference_is_per_output_scale():
@@ -369,6 +369,12 @@ def test_a_failed_export_check_after_training_still_evaluates(
   assert not os.listdir(model_dir / 'onnx')  # Not even a temporary.
   evaluated = json.loads((model_dir / 'result.json').read_text())
   assert evaluated['global_step'] == 4
+  # --mode=export fails the same way, with the same code.
+  again = run('--mode=export', f'--model_dir={model_dir}',
+              '--export_formats=onnx')
+  assert again.returncode == 3
+  assert [l for l in again.stderr.splitlines() if l.startswith('run.py:')
+          ] == [errors[0].split(' The checkpoint')[0]]
 
 
 needs_fixtures = helpers.needs_original_fixtures

@@ -31,10 +31,11 @@ from simclr_tf.storage import records
 # Largest difference from serving_default allowed, relative to the largest
 # magnitude of each output.
 TOLERANCE = 1e-4
-# int8 weights and activations quantised on the fly move every output by
-# ~1-3% of its scale (docs/serving.md); a wrong conversion (a layer or a
-# batch norm lost) moves it by its whole scale.
-INT8_TOLERANCE = 0.1
+# int8 weights and activations quantised on the fly move the features by
+# ~1% of their scale and the quickstart's class logits by up to 11%
+# (docs/serving.md); a wrong conversion (a layer or a batch norm lost) moves
+# an output by about its whole scale.
+INT8_TOLERANCE = 0.25
 CHECK_IMAGES = 4
 
 
