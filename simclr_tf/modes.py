@@ -110,15 +110,14 @@ def model_mode(command: Command):
   """train, train_then_eval, eval, export."""
   mode = command.mode
   strategy = make_strategy(command)
-  record = resolver.read_record(
-      mode, resolver.layered(command.given, preset=command.preset))
+  values = resolver.layered(command.given, preset=command.preset)
+  record = resolver.read_record(mode, values)
   recorded = record.values()
-  given = resolver.layered(command.given, preset=command.preset)
   # A directory without a checkpoint to work on fails before any dataset is
   # looked at.
-  if mode == 'export' and not given.get('checkpoint') or (
+  if mode == 'export' and not values.get('checkpoint') or (
       mode == 'eval' and not command.eval_watch):
-    latest_checkpoint(resolver.model_dir_of(given), mode)
+    latest_checkpoint(resolver.model_dir_of(values), mode)
   # An export of a run whose flags.json recorded its settings needs no data.
   needs_data = not (mode == 'export' and 'image_size' in recorded and
                     'num_classes' in recorded)
@@ -297,8 +296,8 @@ def run_train(run_: Run, then_eval: bool) -> dict | None:
   if export_failure is not None:
     raise ExportFailed(
         f'{export_failure} The checkpoint of step {result.global_step} is '
-        f'kept{" and was evaluated" if then_eval else ""}; export it again '
-        'with --mode=export.')
+        f'kept{" and was evaluated" if then_eval else ""}; --mode=export writes '
+        'the other formats from it.')
   return evaluated
 
 

@@ -361,8 +361,8 @@ def test_a_failed_export_check_after_training_still_evaluates(
       'run.py: error: the onnx export computes final_avg_pool 1.0e-02 '
       '(relative) away from the SavedModel, more than 0.0001; nothing was '
       'written. Please report it with the model\'s flags.json. The '
-      'checkpoint of step 4 is kept and was evaluated; export it again with '
-      '--mode=export.']
+      'checkpoint of step 4 is kept and was evaluated; --mode=export writes '
+      'the other formats from it.']
   assert 'Traceback' not in result.stderr
   assert helpers.latest_step(str(model_dir)) == 4
   assert os.listdir(model_dir / 'saved_model') == ['4']
