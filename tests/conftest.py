@@ -43,7 +43,7 @@ def rng():
 
 @pytest.fixture
 def cpu_kernels(monkeypatch):
-  """The kernels chosen for CPUs (network/weight_gradients.py) whatever
+  """The kernels chosen for CPUs (network/speedups/weight_gradients.py) whatever
   devices this process's TensorFlow sees: their tests hold on a machine
   whose CUDA_VISIBLE_DEVICES shows a GPU too."""
   from simclr_tf.devices import precision  # pylint: disable=g-import-not-at-top

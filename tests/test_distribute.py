@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 from simclr_tf.devices import distribute
-from simclr_tf.network import weight_gradients
+from simclr_tf.network.speedups import weight_gradients
 from simclr_tf.settings import config as c
 from simclr_tf.training import task as task_lib
 from tests import helpers

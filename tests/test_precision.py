@@ -10,8 +10,9 @@ import pytest
 import tensorflow as tf
 
 from simclr_tf.devices import precision
-from simclr_tf.network import weight_gradients
-from simclr_tf.network.resnet import BATCH_NORM_EPSILON, FusedBatchNormalization
+from simclr_tf.network.speedups import weight_gradients
+from simclr_tf.network.layers import BATCH_NORM_EPSILON
+from simclr_tf.network.speedups.batch_norm import FusedBatchNormalization
 from simclr_tf.serving import export
 from simclr_tf.settings import config as c
 from simclr_tf.storage import checkpoints
@@ -228,7 +229,7 @@ def _seeded_gradients(config, batch):
 def test_bfloat16_step_with_matmul_weight_gradients_matches_tensorflows(
     rng, monkeypatch, cpu_kernels):
   """A bfloat16 training step with the matmul weight gradients of the small
-  convolutions (network/weight_gradients.py) against the same step with
+  convolutions (network/speedups/weight_gradients.py) against the same step with
   TensorFlow's own gradients: every variable's gradient, and the loss of a
   fixed batch after the step, agree within bfloat16 precision."""
   images = rng.uniform(size=(2, 8, 16, 16, 3)).astype(np.float32)

@@ -7,6 +7,7 @@ import tensorflow as tf
 
 from simclr_tf.network import model as model_lib
 from simclr_tf.network import resnet
+from simclr_tf.network.layers import get_layers, set_layers
 from simclr_tf.settings.config import EncoderConfig
 
 
@@ -189,7 +190,7 @@ def test_freeze_through_stops_training_up_to_the_stage(stage, frozen, rng):
 
 
 def test_keras_still_leaves_lists_of_layers_out_of_checkpoints(tmp_path):
-  # Why resnet.set_layers keeps sub-layers as named attributes: Keras 3
+  # Why set_layers keeps sub-layers as named attributes: Keras 3
   # (3.15 with TensorFlow 2.21) does not track a list of layers for
   # tf.train.Checkpoint. When this fails, lists work and set_layers can go.
   class WithList(keras.layers.Layer):
@@ -205,11 +206,11 @@ def test_keras_still_leaves_lists_of_layers_out_of_checkpoints(tmp_path):
   class WithAttributes(keras.layers.Layer):
     def __init__(self):
       super().__init__()
-      self.count = resnet.set_layers(
+      self.count = set_layers(
           self, 'block', [keras.layers.Dense(3), keras.layers.Dense(4)])
 
     def call(self, x):
-      for block in resnet.get_layers(self, 'block', self.count):
+      for block in get_layers(self, 'block', self.count):
         x = block(x)
       return x
 

@@ -7,7 +7,7 @@ import tensorflow as tf
 
 from simclr_tf.devices import precision
 from simclr_tf.network import resnet
-from simclr_tf.network import weight_gradients
+from simclr_tf.network.speedups import weight_gradients
 
 
 def _gradients(convolve, inputs, kernel, upstream):

@@ -10,9 +10,8 @@ centred per unit before the contrastive loss normalises each vector.
 import keras
 import tensorflow as tf
 
-from simclr_tf.network.resnet import (BatchNormRelu,
-                                      FusedBatchNormalization, get_layers,
-                                      set_layers)
+from simclr_tf.network.layers import BatchNormRelu, get_layers, set_layers
+from simclr_tf.network.speedups.batch_norm import FusedBatchNormalization
 from simclr_tf.settings.config import EncoderConfig, HeadConfig
 
 

@@ -5,9 +5,10 @@ once and has the shape the model expects."""
 from simclr_tf.network import heads
 from simclr_tf.network import original
 from simclr_tf.network import resnet
+from simclr_tf.network.layers import BatchNormRelu
 from simclr_tf.storage.checkpoints import CheckpointError
 
-def _bn(layer: resnet.BatchNormRelu, name: str) -> list:
+def _bn(layer: BatchNormRelu, name: str) -> list:
   bn = layer.bn
   names = ['gamma'] + (['beta'] if bn.center else []) + [
       'moving_mean', 'moving_variance']

@@ -14,7 +14,7 @@ import shutil
 
 import numpy as np
 
-from simclr_tf.network import resnet
+from simclr_tf.network import layers, resnet
 
 TORCHVISION_DEPTHS = (18, 34, 50, 101, 152)
 
@@ -26,7 +26,7 @@ def _conv(layer) -> np.ndarray:
 
 
 def _batch_norm(prefix: str, layer) -> dict:
-  bn = layer.bn if isinstance(layer, resnet.BatchNormRelu) else layer
+  bn = layer.bn if isinstance(layer, layers.BatchNormRelu) else layer
   channels = bn.moving_mean.shape[0]
   values = {'running_mean': bn.moving_mean.numpy(),
             'running_var': bn.moving_variance.numpy(),
