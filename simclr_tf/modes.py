@@ -33,6 +33,7 @@ from simclr_tf.serving import embed as embed_lib
 from simclr_tf.serving import formats
 from simclr_tf.settings import checks
 from simclr_tf.settings import config as c
+from simclr_tf.settings import recipes
 from simclr_tf.settings import resolver
 from simclr_tf.settings.command import Command
 from simclr_tf.storage import checkpoints
@@ -224,7 +225,8 @@ def import_original(command: Command):
   # The original picks the CIFAR stem for images of 32 px and below.
   small = c.SMALL_IMAGE_MAX_SIZE
   image_size = resolver.layered(given, preset=command.preset).get(
-      'image_size') or (small if inferred['cifar_stem'] else 224)
+      'image_size') or recipes.default_image_size(
+          small if inferred['cifar_stem'] else None)
   stem = 'CIFAR' if inferred['cifar_stem'] else 'ImageNet'
   checks.check(inferred['cifar_stem'] == (image_size <= small),
                f'--image_size={image_size} does not suit the checkpoint\'s '
