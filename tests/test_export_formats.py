@@ -176,7 +176,8 @@ def test_width_one_encoders_load_into_torchvision(tmp_path, depth, size,
 
 def test_the_pytorch_module_knows_the_same_depths():
   """simclr_torch.py imports only torch, so it keeps its own table."""
-  from simclr_tf.network import layers, resnet  # pylint: disable=g-import-not-at-top
+  from simclr_tf.network import layers  # pylint: disable=g-import-not-at-top
+  from simclr_tf.network import resnet  # pylint: disable=g-import-not-at-top
   from simclr_tf.serving import simclr_torch  # pylint: disable=g-import-not-at-top
   assert simclr_torch.DEPTHS == resnet.DEPTHS
   assert simclr_torch.BATCH_NORM_EPSILON == layers.BATCH_NORM_EPSILON

@@ -35,7 +35,8 @@ def device_type(strategy: tf.distribute.Strategy) -> str:
 @functools.cache
 def sees_accelerator() -> bool:
   """Whether this process's TensorFlow has a GPU or TPU device: kernels
-  chosen for CPUs (network/speedups/weight_gradients.py) leave those to their own.
+  chosen for CPUs (network/speedups/weight_gradients.py) leave those to
+  their own.
   Asked by every layer call that may take them; the answer cannot change
   once TensorFlow has listed its devices, so it is read once."""
   return bool(tf.config.list_logical_devices('GPU') or
