@@ -136,7 +136,7 @@ def measure(name):
     return pipeline.train_dataset(
         source, pipeline.Split('train'), global_batch_size=batch_size,
         augment_config=config.augment, views=2, seed=0,
-        eval_view=task.side_head_on_eval_view)
+        eval_view=task.objective.supervised_head_on_eval_view)
 
   cached = iter(dataset().take(1).cache().repeat())
   model_seconds = _timed(task, cached, calls)

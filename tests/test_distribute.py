@@ -67,7 +67,7 @@ def one_step(replicas, global_bn, precision='float32', optimizer='lars',
   step = lambda b: strategy.run(task.replica_step, args=(b,))
   (tf.function(step) if traced else step)(values)
   metrics = task.read_metrics()
-  losses = strategy.run(lambda b: task.losses(b)['contrast_loss'],
+  losses = strategy.run(lambda b: task.objective.values(b)['contrast_loss'],
                         args=(values,))
   metrics['contrast_loss_after'] = float(strategy.reduce(
       tf.distribute.ReduceOp.MEAN, losses, axis=None))

@@ -86,7 +86,7 @@ def _direct_gradients(task, batch):
   # Each chunk's small views go through the model apart (their own batch
   # norm), right after the chunk's two views.
   small_images = gradient_cache.chunk(small, task.chunk_size) if small else None
-  on_eval_view = task.side_head_on_eval_view
+  on_eval_view = task.objective.supervised_head_on_eval_view
   with tf.GradientTape() as tape:
     outputs, small_outputs = [], []
     for k in range(images.shape[0]):
@@ -98,7 +98,7 @@ def _direct_gradients(task, batch):
     projections = gradient_cache.unchunk(
         tf.stack([o['proj_head_output'] for o in outputs]))
     if on_eval_view:  # The side head after the chunks, on the eval view.
-      logits = model.side_head_logits(batch['eval_view'])
+      logits = model.supervised_head_logits(batch['eval_view'])
       labels = batch['label']
     else:
       logits = gradient_cache.unchunk(tf.stack([o['logits_sup']
@@ -165,7 +165,7 @@ def test_cached_gradients_equal_the_direct_one_pass_gradients(
   # took most of the test's time). On one it is traced like the step: the
   # side head standardises features of nearly equal examples, which
   # magnifies the rounding of graph-fused against eager kernels to ~1e-4.
-  cached, cached_statistics = run(task.cached_gradients, traced=True)
+  cached, cached_statistics = run(task.gradients, traced=True)
   direct, direct_statistics = run(lambda b: _direct_gradients(task, b),
                                   traced=replicas == 1)
   for replica in range(replicas):
@@ -201,7 +201,7 @@ def test_a_cached_step_makes_the_direct_steps_update():
       task.optimizer.apply(gradients, model.trainable_variables)
     return [v.numpy() for v in model.variables]
 
-  cached = step(tf.function(task.cached_gradients))
+  cached = step(tf.function(task.gradients))
   direct = step(tf.function(lambda b: _direct_gradients(task, b)))
   for ours, reference in zip(cached, direct):
     np.testing.assert_allclose(ours, reference, rtol=1e-4, atol=1e-6)
@@ -228,9 +228,9 @@ def test_a_plain_multi_crop_step_takes_the_small_views_loss():
                 training=True)
   expected, _, _ = objective.multi_crop_loss(
       large['proj_head_output'], small['proj_head_output'], 0.2)
-  values = task.losses(batch)
+  values = task.objective.values(batch)
   np.testing.assert_allclose(values['contrast_loss'], expected, rtol=1e-6)
-  two_views = task.losses({k: v for k, v in batch.items()
+  two_views = task.objective.values({k: v for k, v in batch.items()
                            if k != 'small_views'})
   assert float(two_views['contrast_loss']) != float(values['contrast_loss'])
   np.testing.assert_allclose(two_views['supervised_loss'],
@@ -238,7 +238,8 @@ def test_a_plain_multi_crop_step_takes_the_small_views_loss():
   # The small views leave the supervised head's statistics alone.
   head_statistics = model.supervised_head.standardize.moving_mean
   before = head_statistics.numpy()
-  task.small_view_projections(batch['small_views'])
+  task.objective.small_view_pass(
+      tf.concat(tf.unstack(batch['small_views'], axis=1), 0))
   np.testing.assert_array_equal(head_statistics.numpy(), before)
 
 

@@ -220,7 +220,7 @@ def _seeded_gradients(config, batch):
   task = task_lib.TrainTask(config, tf.distribute.get_strategy(),
                             task_lib.Plan(64, 8, 100, 0, 10))
   with tf.GradientTape() as tape:
-    loss = task.losses(batch)['total_loss']
+    loss = task.objective.values(batch)['total_loss']
   variables = task.model.trainable_variables
   return [(v.path, g.numpy()) for v, g in
           zip(variables, tape.gradient(loss, variables))]

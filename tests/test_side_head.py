@@ -78,7 +78,8 @@ def test_the_default_head_reads_standardised_features_of_the_eval_view():
   batch = next(iterator)
   model = task.model
   head = model.supervised_head
-  assert task.side_head_on_eval_view and head.standardize is not None
+  assert (task.objective.supervised_head_on_eval_view and
+          head.standardize is not None)
   statistics = [v.numpy() for v in model.encoder.variables
                 if 'moving' in v.path]
   labels = batch['label'].numpy()
@@ -99,8 +100,7 @@ def test_the_default_head_reads_standardised_features_of_the_eval_view():
     return -log_softmax[np.arange(len(labels)), labels].mean(), features
 
   expected, features = by_hand()
-  loss, _ = task_lib.supervised_loss_and_accuracy(
-      batch['label'], model.side_head_logits(batch['eval_view']))
+  loss = task.objective.model_terms(batch)['supervised_loss']
   np.testing.assert_allclose(float(loss), expected, rtol=1e-4)
   # That pass left the encoder's statistics alone and moved the head's.
   assert all(np.array_equal(before, v.numpy()) for before, v in zip(
@@ -111,7 +111,7 @@ def test_the_default_head_reads_standardised_features_of_the_eval_view():
   # The step's supervised loss is that head's on the evaluation view, after
   # the step's training pass over the two views moved the encoder's
   # statistics.
-  loss = float(task.losses(batch)['supervised_loss'])
+  loss = float(task.objective.values(batch)['supervised_loss'])
   np.testing.assert_allclose(loss, by_hand()[0], rtol=1e-4)
 
 

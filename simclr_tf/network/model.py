@@ -42,7 +42,7 @@ class SimCLRModel(keras.Model):
 
   def call(self, images, training=None, supervised=True):
     """`supervised=False` leaves the supervised head out (pretraining steps
-    that train it on other images: `side_head_logits`)."""
+    that train it on other images: `supervised_head_logits`)."""
     features = self.encoder(images, training=training)['final_avg_pool']
     projection, hiddens = self.projection_head(features, training=training)
     outputs = {'final_avg_pool': features, 'proj_head_output': projection}
@@ -54,7 +54,7 @@ class SimCLRModel(keras.Model):
                                                    training=training)
     return outputs
 
-  def side_head_logits(self, images):
+  def supervised_head_logits(self, images):
     """The pretraining side head's logits on `images` as evaluation sees
     them: encoder and projection head in inference mode (moving statistics,
     nothing updated, no gradient), the head itself in training mode."""

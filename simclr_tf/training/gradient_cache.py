@@ -12,6 +12,9 @@ Instead, for a batch split into chunks:
    gradient; the parameter gradients are summed over chunks;
 4. one optimizer step (by the caller).
 
+`objective_gradients` runs a step's objective (terms.py) this way: the one
+objective the plain step evaluates in a single pass.
+
 Batch norm in training mode normalises with the statistics of what it sees,
 so here it sees one chunk at a time ("ghost" batch norm): the gradient is
 exactly that of the same loss computed in one pass with batch norm over the
@@ -20,6 +23,8 @@ second pass only (the first pass leaves them as they were).
 """
 
 import tensorflow as tf
+
+from simclr_tf.training import terms
 
 
 def chunk(views, chunk_size: int):
@@ -117,3 +122,59 @@ def cached_gradients(forward, variables, chunks, batch_objective,
                  for total, g in zip(gradients, chunk_gradients)]
     sums += chunk_sums
   return gradients, values, sums
+
+
+def objective_gradients(objective, batch, chunk_size: int, variables,
+                        scale, unroll: bool = False):
+  """The gradients of a pretraining batch's objective (terms.Objective)
+  with batch norm over chunks of `chunk_size` examples, and its values.
+
+  The per-image terms and the projections come chunk by chunk
+  (`cached_gradients`); the batch terms see the whole batch's projections;
+  the model terms are differentiated once, beside the chunks. `scale` maps
+  a loss to what is differentiated (a replica's share, loss-scaled).
+  """
+  views, labels = objective.views(batch)
+  images = chunk(views, chunk_size)
+  labels = chunk(labels, chunk_size)
+  num_images = sum(view.shape[0] for view in views)
+  small_views = batch.get('small_views')
+  num_small = 0 if small_views is None else small_views.shape[1]
+  # The small views of a chunk's examples, view-major like the two views.
+  small_chunks = (chunk(tf.unstack(small_views, axis=1), chunk_size)
+                  if num_small else tf.zeros([images.shape[0], 0]))
+  names = objective.per_image_names
+
+  def forward(one_chunk):
+    chunk_images, chunk_small, chunk_labels = one_chunk
+    projections, per_image = objective.image_pass(chunk_images, chunk_labels)
+    if num_small:
+      projections = tf.concat([projections, tf.cast(
+          objective.small_view_pass(chunk_small), projections.dtype)], 0)
+    if not names:
+      return projections, 0.0, tf.zeros([0])
+    sums = tf.stack([tf.reduce_sum(per_image[name]) for name in names])
+    # A per-image term is a mean over the whole batch's images.
+    chunk_loss = terms.loss({name: sums[k] / num_images
+                             for k, name in enumerate(names)})
+    return projections, scale(chunk_loss), sums
+
+  def batch_objective(projections):
+    values = objective.batch_terms(
+        projections[:num_images],
+        projections[num_images:] if num_small else None)
+    return scale(terms.loss(values)), values
+
+  gradients, values, sums = cached_gradients(
+      forward, variables, (images, small_chunks, labels), batch_objective,
+      objective.model.batch_norm_statistics, num_sums=len(names),
+      unroll=unroll, num_views=len(views) + num_small)
+  with tf.GradientTape() as tape:
+    model_values = objective.model_terms(batch)
+    scaled = scale(terms.loss(model_values))
+  gradients = [g if d is None else g + d for g, d in
+               zip(gradients, tape.gradient(scaled, variables))]
+  values.update({name: sums[k] / num_images for k, name in enumerate(names)})
+  values.update(model_values)
+  values['total_loss'] = terms.loss(values)
+  return gradients, values

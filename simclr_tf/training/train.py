@@ -87,7 +87,7 @@ def train_dataset(config: RunConfig, source, split, task: TrainTask,
       augment_config=config.augment, views=task.views, seed=config.data.seed,
       cache=config.data.cache_dataset,
       shuffle_buffer=config.data.shuffle_buffer, input_context=input_context,
-      start_step=start_step, eval_view=task.side_head_on_eval_view)
+      start_step=start_step, eval_view=task.objective.supervised_head_on_eval_view)
 
 
 def _write_view_summary(config, source, split, task, writer, max_images=4):

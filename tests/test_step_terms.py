@@ -1,0 +1,169 @@
+"""The training step's objective (simclr_tf/training/terms.py): the plain and
+the gradient-cached step evaluate the same named terms, and both still
+compute the numbers stored in tests/data/step_terms.npz.
+
+`python -m tests.test_step_terms` records that file again (tests/data/
+README.md says when that is right).
+"""
+
+import os
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from simclr_tf.settings import config
+from simclr_tf.training import task as training_task
+from simclr_tf.training import terms
+
+PER_REPLICA = 8
+SIZE = 8
+_STORED = os.path.join(os.path.dirname(__file__), 'data', 'step_terms.npz')
+
+# Every configuration of the step: plain and cached (chunks of 2 examples),
+# the supervised head on the views or on the evaluation view, multi-crop,
+# fine-tuning.
+CASES = {
+    'plain_views': dict(lineareval_view='pretrain'),
+    'plain_eval_view': dict(lineareval_view='eval'),
+    'plain_multi_crop_eval_view': dict(lineareval_view='eval',
+                                       small_views=2),
+    'cached_views': dict(lineareval_view='pretrain', chunk=2),
+    'cached_multi_crop_eval_view': dict(lineareval_view='eval',
+                                        small_views=2, chunk=2),
+    'finetune': dict(train_mode='finetune'),
+}
+
+
+def _task(train_mode='pretrain', lineareval_view='eval', chunk=0):
+  run_config = config.build({
+      'model_dir': 'unused', 'image_size': SIZE, 'resnet_depth': 18,
+      'width_multiplier': 0.125, 'cifar_stem': True, 'num_classes': 3,
+      'train_batch_size': PER_REPLICA, 'weight_decay': 1e-3,
+      'contrastive_chunk_size': chunk, 'temperature': 0.2,
+      'lineareval_learning_rate_scale': 0.3, 'optimizer': 'lars',
+      'train_mode': train_mode, 'lineareval_view': lineareval_view})
+  plan = training_task.Plan(num_examples=64, steps_per_epoch=8,
+                            total_steps=8, warmup_steps=0, checkpoint_steps=8)
+  task = training_task.TrainTask(run_config, tf.distribute.get_strategy(),
+                                 plan)
+  rng = np.random.default_rng(1)
+  for variable in task.model.variables:
+    variable.assign(rng.normal(0, 0.2, variable.shape).astype(np.float32)
+                    if 'moving_variance' not in variable.name else
+                    rng.uniform(0.5, 1.5, variable.shape).astype(np.float32))
+  return task
+
+
+def _batch(train_mode, small_views=0):
+  rng = np.random.default_rng(2)
+  images = lambda: rng.random((PER_REPLICA, SIZE, SIZE, 3), np.float32)
+  labels = rng.integers(0, 3, PER_REPLICA)
+  if train_mode == 'finetune':
+    return {'image': images(), 'label': labels}
+  batch = {'view1': images(), 'view2': images(), 'label': labels,
+           'eval_view': images()}
+  if small_views:
+    batch['small_views'] = rng.random(
+        (PER_REPLICA, small_views, SIZE // 2, SIZE // 2, 3), np.float32)
+  return batch
+
+
+def _fingerprint(update):
+  """Norm, sum and a fixed projection of a variable's update."""
+  flat = update.ravel().astype(np.float64)
+  direction = np.random.default_rng(flat.size).normal(size=flat.size)
+  return np.array([np.linalg.norm(flat), flat.sum(), flat @ direction])
+
+
+def step_numbers(task, batch):
+  """Two traced steps: every metric value of each, and fingerprints of what
+  they changed in every variable (weights, moving statistics, optimizer),
+  as {name: value} and [variables, 3]."""
+  state = task.model.variables + task.optimizer.variables
+  before = [v.numpy() for v in state]
+  step = tf.function(task.replica_step)
+  metrics = {}
+  for k in range(2):
+    for name, value in step(batch).items():
+      metrics[f'{k}/{name}'] = np.float64(value.numpy())
+  updates = np.stack([_fingerprint(variable.numpy() - start)
+                      for variable, start in zip(state, before)
+                      if np.issubdtype(start.dtype, np.floating)])
+  return metrics, updates
+
+
+def case_numbers(name):
+  settings = dict(CASES[name])
+  small_views = settings.pop('small_views', 0)
+  task = _task(**settings)
+  return task, step_numbers(task, _batch(task.config.model.train_mode,
+                                         small_views))
+
+
+@pytest.mark.parametrize('name', sorted(CASES))
+def test_steps_compute_the_stored_numbers(name):
+  stored = np.load(_STORED)
+  _, (metrics, updates) = case_numbers(name)
+  assert sorted(metrics) == list(stored[f'{name}/metric_names'])
+  np.testing.assert_allclose(
+      [metrics[key] for key in sorted(metrics)], stored[f'{name}/metrics'],
+      rtol=1e-5, atol=1e-7)
+  # Up to the last bits of float32 kernels on another CPU.
+  expected = stored[f'{name}/updates']
+  scale = expected[:, :1] + 1e-12  # Each variable's update norm.
+  np.testing.assert_allclose(updates / scale, expected / scale, atol=1e-5)
+
+
+# Between them, these meet every term: NT-Xent and the multi-crop loss, the
+# supervised head on the views and on the evaluation view, weight decay.
+@pytest.mark.parametrize('lineareval_view, small_views',
+                         [('pretrain', 2), ('eval', 0)])
+def test_plain_and_cached_steps_evaluate_the_same_terms(lineareval_view,
+                                                        small_views):
+  # A cached step of one chunk sees the batches a plain step sees: every
+  # term and every gradient must agree, though computed the other way
+  # (projections first, then the images again against their gradient).
+  batch = _batch('pretrain', small_views)
+  results = []
+  for chunk in (0, PER_REPLICA):
+    task = _task(lineareval_view=lineareval_view)
+    task.chunk_size = chunk  # The run's rule never chunks a whole batch.
+    gradients, values = tf.function(task.gradients)(batch)
+    results.append(({k: float(v) for k, v in values.items()},
+                    [g.numpy() for g in gradients]))
+  (plain_values, plain_gradients), (cached_values, cached_gradients) = results
+  assert set(plain_values) == set(cached_values)
+  assert {'contrast_loss', 'supervised_loss', 'weight_decay'} <= set(
+      plain_values)
+  for name, value in plain_values.items():
+    assert cached_values[name] == pytest.approx(value, rel=1e-5), name
+  for ours, reference in zip(cached_gradients, plain_gradients):
+    scale = max(np.abs(reference).max(), 1e-6)
+    np.testing.assert_allclose(ours / scale, reference / scale, atol=2e-5)
+
+
+def test_the_loss_is_the_sum_of_the_loss_terms():
+  task = _task(lineareval_view='pretrain')
+  values = {k: float(v)
+            for k, v in task.objective.values(_batch('pretrain')).items()}
+  assert values['total_loss'] == pytest.approx(
+      values['contrast_loss'] + values['supervised_loss'] +
+      values['weight_decay'], rel=1e-6)
+  assert set(terms.LOSS_TERMS) < set(values)
+
+
+def record(path=_STORED):
+  arrays = {}
+  for name in CASES:
+    _, (metrics, updates) = case_numbers(name)
+    arrays[f'{name}/metric_names'] = np.array(sorted(metrics))
+    arrays[f'{name}/metrics'] = np.array([metrics[k] for k in sorted(metrics)])
+    arrays[f'{name}/updates'] = updates
+  np.savez_compressed(path, **arrays)
+  print(f'{len(CASES)} cases to {path}')
+
+
+if __name__ == '__main__':
+  sys.exit(record(*sys.argv[1:]))
