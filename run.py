@@ -5,7 +5,7 @@ Flags are defined and read here and nowhere else: they become a frozen
 `simclr_tf.modes.run` carries out; settings/resolver.py turns the settings
 into the run's configuration. Flag names follow the original SimCLR code;
 the flags that set a configuration field take their defaults from
-simclr_tf/settings/config.py, the one place where defaults live
+simclr_tf/config.py, the one place where defaults live
 (docs/command_line.md).
 """
 
@@ -18,16 +18,21 @@ from absl import flags
 from absl import logging
 
 # TensorFlow-free imports: the console is set up before TensorFlow starts.
-from simclr_tf.settings import config as c
+from simclr_tf.config import (LEARNING_RATE_SCALINGS, LINEAREVAL_VIEWS,
+                              OPTIMIZERS, PRECISIONS, TRAIN_MODES)
+from simclr_tf.inputs import augmentation_names
+from simclr_tf.network import architectures
 from simclr_tf.settings import recipes
+from simclr_tf.settings import registry
 from simclr_tf.settings.command import MODES, Command
 
 
 def _setting_flag(name, help_text, choices=None):
   """A flag for the setting `name`, with the setting's default (None for
   settings derived from the data and devices unless given)."""
-  setting = c.SETTINGS[name]
-  default = None if name in c.DERIVED or setting.required else setting.default
+  setting = registry.SETTINGS[name]
+  default = (None if name in registry.DERIVED or setting.required
+             else setting.default)
   kind = next((t for t in (typing.get_args(setting.type) or (setting.type,))
                if t is not type(None)))
   if choices:
@@ -51,7 +56,7 @@ flags.DEFINE_enum('preset', None, list(recipes.PRESETS), 'A recipe '
                   '(simclr_tf/settings/recipes.py) whose settings replace the '
                   'defaults; flags given explicitly still win.')
 _setting_flag('train_mode', 'Contrastive pretraining, or supervised '
-              'fine-tuning.', c.TRAIN_MODES)
+              'fine-tuning.', TRAIN_MODES)
 _setting_flag('model_dir', 'Checkpoints, summaries, result.json and exports; '
               'default: models/<dataset>-<train_mode>.')
 _setting_flag('checkpoint', 'Initial encoder weights for a new run '
@@ -94,8 +99,9 @@ _setting_flag('use_blur', 'Gaussian blur in pretraining; default: on above '
               '32 px.')
 _setting_flag('augmentations', 'What makes a pretraining view, comma-'
               'separated, applied in this order whatever the order given: '
-              f'{",".join(c.AUGMENTATIONS)}; none: the image alone. Default: '
-              'crop,flip,color,gray, and blur where --use_blur.')
+              f'{",".join(augmentation_names.AUGMENTATIONS)}; none: the '
+              'image alone. Default: crop,flip,color,gray, and blur where '
+              '--use_blur.')
 _setting_flag('second_view_augmentations', 'The second view\'s, when it '
               'differs (none: the unaugmented image, the paper\'s Figure 5 '
               'setting); default: the same as --augmentations.')
@@ -121,7 +127,8 @@ _setting_flag('sk_ratio', 'Selective-kernel ratio (SimCLRv2: 0.0625); 0 turns '
 _setting_flag('se_ratio', 'Squeeze-excitation ratio; 0 turns it off.')
 _setting_flag('global_bn', 'Batch-norm statistics over the global batch.')
 _setting_flag('batch_norm_decay', 'Batch-norm moving-average momentum.')
-_setting_flag('proj_head_mode', 'Projection head.', c.PROJ_HEAD_MODES)
+_setting_flag('proj_head_mode', 'Projection head.',
+              architectures.PROJ_HEAD_MODES)
 _setting_flag('proj_out_dim', 'Projection output width.')
 _setting_flag('num_proj_layers', 'Layers of the nonlinear projection head.')
 _setting_flag('ft_proj_selector', 'Projection layer feeding the supervised '
@@ -137,16 +144,16 @@ _setting_flag('lineareval_standardize', 'That head standardises its '
 _setting_flag('lineareval_view', 'That head learns from each image\'s '
               'evaluation view (eval: one more forward pass, in inference '
               'mode) or from the two pretraining views (pretrain: the SimCLR '
-              'code).', c.LINEAREVAL_VIEWS)
+              'code).', LINEAREVAL_VIEWS)
 
 # --- Loss and optimisation ------------------------------------------------------
 _setting_flag('temperature', 'NT-Xent temperature.')
 _setting_flag('hidden_norm', 'L2-normalise projections before the loss.')
-_setting_flag('optimizer', 'Optimizer.', c.OPTIMIZERS)
+_setting_flag('optimizer', 'Optimizer.', OPTIMIZERS)
 _setting_flag('learning_rate', 'Base learning rate (scaled by '
               '--learning_rate_scaling).')
 _setting_flag('learning_rate_scaling', 'lr x batch/256 (linear) or lr x '
-              'sqrt(batch).', c.LEARNING_RATE_SCALINGS)
+              'sqrt(batch).', LEARNING_RATE_SCALINGS)
 _setting_flag('lineareval_learning_rate_scale', 'The linear head trained '
               'while pretraining learns at this fraction of the learning '
               'rate (the SimCLR code: 1).')
@@ -174,7 +181,7 @@ _setting_flag('export_precision', 'What SavedModel exports compute in, '
               'whatever the training precision. float32 serves the same '
               'features on any machine; bfloat16 / float16 are faster only '
               'where the serving device computes in them natively.',
-              c.PRECISIONS)
+              PRECISIONS)
 _setting_flag('export_formats', 'What each export writes, comma-separated: '
               'saved_model, onnx, tflite, tflite_int8, torch (each in '
               '<model_dir>/<format>/<step>/, checked against the SavedModel; '

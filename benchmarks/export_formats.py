@@ -23,6 +23,8 @@ from absl import flags
 import numpy as np
 import tensorflow as tf
 
+from simclr_tf.config import (AugmentConfig, EncoderConfig, ModelConfig,
+                              SupervisedHeadConfig)
 from simclr_tf.evaluation import probe
 from simclr_tf.inputs import idx
 from simclr_tf.network.model import SimCLRModel
@@ -30,8 +32,6 @@ from simclr_tf.serving import formats
 from simclr_tf.serving import onnx_format
 from simclr_tf.serving import tflite_format
 from simclr_tf.serving import torch_format
-from simclr_tf.settings.config import (AugmentConfig, EncoderConfig,
-                                       HeadConfig, ModelConfig)
 from simclr_tf.storage import records
 
 # name -> (depth, image size, CIFAR stem)
@@ -115,7 +115,7 @@ def time_architecture(name, directory):
   depth, size, cifar_stem = ARCHITECTURES[name]
   model = SimCLRModel(ModelConfig(
       encoder=EncoderConfig(resnet_depth=depth, cifar_stem=cifar_stem),
-      head=HeadConfig(), num_classes=10))
+      supervised_head=SupervisedHeadConfig(num_classes=10)))
   model(tf.zeros([1, size, size, 3]))
   _randomized(model)
   images = formats.check_images(size, FLAGS.batch_size, seed=1)

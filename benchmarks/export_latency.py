@@ -12,9 +12,10 @@ from absl import flags
 import numpy as np
 import tensorflow as tf
 
-from simclr_tf.serving import export
-from simclr_tf.settings.config import (AugmentConfig, EncoderConfig, ModelConfig)
+from simclr_tf.config import (AugmentConfig, EncoderConfig, ModelConfig,
+                              SupervisedHeadConfig)
 from simclr_tf.network.model import SimCLRModel
+from simclr_tf.serving import export
 
 flags.DEFINE_integer('resnet_depth', 18, 'ResNet depth.')
 flags.DEFINE_integer('image_size', 32, 'Image side.')
@@ -28,7 +29,7 @@ def main(_):
   model = SimCLRModel(ModelConfig(
       encoder=EncoderConfig(resnet_depth=FLAGS.resnet_depth,
                             cifar_stem=size <= 32),
-      num_classes=10))
+      supervised_head=SupervisedHeadConfig(num_classes=10)))
   model(tf.zeros([1, size, size, 3]))
   directory = tempfile.mkdtemp()
   started = time.perf_counter()

@@ -34,11 +34,11 @@ import tensorflow as tf
 
 from benchmarks import charts
 from simclr_tf import modes
+from simclr_tf.config import RunConfig
 from simclr_tf.evaluation import evaluators
 from simclr_tf.evaluation import features
 from simclr_tf.inputs import catalog
 from simclr_tf.run_context import Run
-from simclr_tf.settings import config as c
 from simclr_tf.settings import recipes
 from simclr_tf.settings import resolver
 from simclr_tf.storage import checkpoints
@@ -100,7 +100,7 @@ NUM_TRAIN = 60000
 
 
 def recipe(model_dir: str, train_mode: str = 'pretrain', *,
-           epochs: float | None) -> c.RunConfig:
+           epochs: float | None) -> RunConfig:
   """The preset `fashion_mnist` (simclr_tf/settings/recipes.py) with this
   script's flags (None: the preset's value); fine-tuning crops as the paper
   does."""
@@ -172,7 +172,7 @@ class CheckpointTimes(loop.Hook):
       state.request_stop('budget')
 
 
-def pretrain(config: c.RunConfig, source, budget_seconds: float):
+def pretrain(config: RunConfig, source, budget_seconds: float):
   """Trains; returns [(checkpoint path, seconds of training)]."""
   times = CheckpointTimes(
       os.path.join(config.train.model_dir, _TIMES_FILE),
@@ -205,7 +205,7 @@ def recalibrate_batch_norm(run: Run, model, batches: int = 60):
   return model
 
 
-def random_baselines(run: Run, config: c.RunConfig) -> dict:
+def random_baselines(run: Run, config: RunConfig) -> dict:
   """Random-weights encoders probed like SimCLR's: the standard one and two
   variants that show it is the strongest obvious choice."""
   standard = evaluators.standard_init_model(config)

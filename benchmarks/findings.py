@@ -31,13 +31,15 @@ import numpy as np
 import tensorflow as tf
 
 from benchmarks import charts
+from simclr_tf.config import RunConfig
 from simclr_tf.evaluation import evaluators
 from simclr_tf.evaluation import features
 from simclr_tf.evaluation import knn as knn_lib
+from simclr_tf.inputs import augmentation_names
 from simclr_tf.inputs import catalog
 from simclr_tf.run_context import Run
-from simclr_tf.settings import config as c
 from simclr_tf.settings import checks
+from simclr_tf.settings import registry
 from simclr_tf.settings import resolver
 from simclr_tf.storage import records
 from simclr_tf.training import train as train_lib
@@ -116,7 +118,7 @@ class Study:
   image_size: int
   precision: str
 
-  def config(self, run_name: str, **settings) -> c.RunConfig:
+  def config(self, run_name: str, **settings) -> RunConfig:
     """A run's configuration: the fashion_mnist preset's recipe on this
     study's data, with `settings` over it."""
     split = (f'train[:{self.train_examples}]' if self.train_examples
@@ -161,7 +163,7 @@ def probe(run: Run, model, outputs=('final_avg_pool',)) -> dict:
   return results
 
 
-def pretrain_and_probe(config: c.RunConfig, source, outputs=('final_avg_pool',),
+def pretrain_and_probe(config: RunConfig, source, outputs=('final_avg_pool',),
                        resume: bool = False) -> dict:
   """Trains one run (or reads its result when `resume` finds it) and probes
   it; the result is kept beside its checkpoint."""
@@ -210,7 +212,7 @@ def augmentations(study: Study, source, epochs: float) -> dict:
     config = study.config(
         f'{first}+{second}', train_epochs=epochs,
         train_batch_size=FLAGS.batch_size, augmentations=composition,
-        second_view_augmentations=c.NO_AUGMENTATION)
+        second_view_augmentations=augmentation_names.NO_AUGMENTATION)
     result = pretrain_and_probe(config, source, resume=FLAGS.resume)
     cells[f'{first}+{second}'] = {'augmentations': composition, **result}
   simclr = pretrain_and_probe(
@@ -254,7 +256,7 @@ def batch_size(study: Study, source) -> dict:
   return {'runs': runs}
 
 
-def config_steps(config: c.RunConfig, study: Study) -> int:
+def config_steps(config: RunConfig, study: Study) -> int:
   return int(config.train.train_epochs * study.train_examples //
              config.train.train_batch_size)
 
@@ -396,7 +398,7 @@ def main(_):
       study=study.name, title=title, minutes=round(minutes, 1),
       settings={**dataclasses.asdict(study), 'epochs': epochs,
                 'batch_size': FLAGS.batch_size,
-                'recipe': c.flatten(base)},
+                'recipe': registry.flatten(base)},
       date=time.strftime('%Y-%m-%d'))
   os.makedirs(FLAGS.output, exist_ok=True)
   records.write_json(os.path.join(FLAGS.output, f'{study.name}.json'), result)

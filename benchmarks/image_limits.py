@@ -52,13 +52,13 @@ def _make_images(workdir):
 
 def _folder_case(workdir, limit) -> dict:
   # pylint: disable=g-import-not-at-top
+  from simclr_tf.config import AugmentConfig, EncoderConfig, ModelConfig
   from simclr_tf.inputs import folder_source
   from simclr_tf.inputs import pipeline
-  from simclr_tf.settings import config as c
   source = folder_source.FolderSource(os.path.join(workdir, 'folder'), limit)
   dataset = pipeline.train_dataset(
       source, pipeline.Split('train'), global_batch_size=8,
-      augment_config=c.AugmentConfig(image_size=32, use_blur=False), views=2,
+      augment_config=AugmentConfig(image_size=32, use_blur=False), views=2,
       seed=0)
   for _ in zip(range(20), dataset):
     pass
@@ -68,13 +68,13 @@ def _folder_case(workdir, limit) -> dict:
 def _serving_case(workdir, limit) -> dict:
   # pylint: disable=g-import-not-at-top
   import tensorflow as tf
+  from simclr_tf.config import AugmentConfig, EncoderConfig, ModelConfig
   from simclr_tf.network.model import SimCLRModel
   from simclr_tf.serving import export
-  from simclr_tf.settings import config as c
-  model = SimCLRModel(c.ModelConfig(encoder=c.EncoderConfig(
+  model = SimCLRModel(ModelConfig(encoder=EncoderConfig(
       resnet_depth=18, width_multiplier=0.25, cifar_stem=True)))
   model(tf.zeros([1, 32, 32, 3]))
-  root = export.build_module(model, c.AugmentConfig(image_size=32), limit)
+  root = export.build_module(model, AugmentConfig(image_size=32), limit)
   with open(os.path.join(workdir, 'serving.png'), 'rb') as f:
     encoded = f.read()
   before = _peak_gb()

@@ -156,8 +156,9 @@ def _png_folder(count):
 
 def _pipeline(source, image_size=224, start_step=0, views=2,
               batch_size=None):
+  from simclr_tf.config import AugmentConfig
   from simclr_tf.inputs import pipeline  # pylint: disable=g-import-not-at-top
-  from simclr_tf.settings.config import AugmentConfig, default_use_blur  # pylint: disable=g-import-not-at-top
+  from simclr_tf.inputs.augmentation_names import default_use_blur
   # The ImageNet recipe's augmentation (colour jitter strength 1).
   config = AugmentConfig(image_size=image_size, color_jitter_strength=1.0,
                          use_blur=default_use_blur(image_size))

@@ -43,11 +43,11 @@ import tensorflow as tf
 
 from benchmarks import charts
 from simclr_tf import modes
+from simclr_tf.config import DataConfig, RunConfig
 from simclr_tf.evaluation import evaluators
 from simclr_tf.evaluation import features
 from simclr_tf.inputs import catalog
 from simclr_tf.run_context import Run
-from simclr_tf.settings import config as c
 from simclr_tf.settings import resolver
 from simclr_tf.storage import checkpoints
 from simclr_tf.storage import records
@@ -136,7 +136,7 @@ def encoder_architecture() -> dict:
 
 
 def fine_tuning_config(setting: Setting, model_dir: str, *, epochs: int,
-                       batch_size: int, encoder: str | None) -> c.RunConfig:
+                       batch_size: int, encoder: str | None) -> RunConfig:
   """The fashion_mnist preset with --encoder's architecture, fine-tuned the
   SimCLR code's way."""
   all_labels = setting.labels >= NUM_TRAIN
@@ -203,7 +203,7 @@ def best(results: list[dict], method: str, labels: int) -> dict:
   return max(candidates, key=lambda r: r['validation_top_1'])
 
 
-def probe_config(labels: int, seed: int) -> c.RunConfig:
+def probe_config(labels: int, seed: int) -> RunConfig:
   """The configuration of a frozen probe on the subset (`labels`, `seed`):
   nothing trains, so its optimizer settings are any valid ones."""
   return fine_tuning_config(make_setting('SimCLR', labels, seed, 0.1, 0.0),
@@ -216,7 +216,9 @@ def frozen_probe(source, encoder: str, labels: int, seed: int) -> dict:
   config = probe_config(labels, seed)
   # The encoder's own architecture: pretrained, without a head.
   pretrain_config = dataclasses.replace(config, model=dataclasses.replace(
-      config.model, train_mode='pretrain', num_classes=None))
+      config.model, train_mode='pretrain',
+      supervised_head=dataclasses.replace(config.model.supervised_head,
+                                          num_classes=None)))
   strategy = tf.distribute.get_strategy()
   model, _ = modes.restored_model(
       Run(pretrain_config, strategy, source), encoder)
@@ -266,7 +268,7 @@ def main(_):
     encoder = checkpoints.locate(FLAGS.encoder)  # The latest checkpoint.
   except checkpoints.CheckpointError as e:
     raise app.UsageError(f'{e} Run benchmarks/fashion_mnist.py first.')
-  source = catalog.make_source(c.DataConfig(dataset='fashion_mnist',
+  source = catalog.make_source(DataConfig(dataset='fashion_mnist',
                                            data_dir=FLAGS.data_dir))
   learning_rates = {
       'SimCLR': [float(v) for v in FLAGS.simclr_learning_rates],

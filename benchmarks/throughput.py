@@ -33,10 +33,10 @@ import numpy as np
 import tensorflow as tf
 
 from benchmarks import flops as flops_lib
+from simclr_tf.config import LINEAREVAL_VIEWS, PRECISIONS
 from simclr_tf.devices import precision
 from simclr_tf.inputs import array_source
 from simclr_tf.inputs import pipeline
-from simclr_tf.settings import config as c
 from simclr_tf.settings import resolver
 from simclr_tf.storage import records
 from simclr_tf.training import hooks
@@ -53,13 +53,13 @@ CONFIGS = {  # name: (depth, width, image size, batch size, stored size)
 
 flags.DEFINE_list('configs', list(CONFIGS), f'Any of {list(CONFIGS)}.')
 flags.DEFINE_enum('mixed_precision', 'auto',
-                  ['auto', *c.PRECISIONS], 'As run.py.')
+                  ['auto', *PRECISIONS], 'As run.py.')
 flags.DEFINE_boolean('jit_compile', None, 'As run.py (default per device).')
 flags.DEFINE_integer('warmup_calls', 2, 'Untimed loop calls (tracing).')
 flags.DEFINE_integer('timed_steps', 6, 'Timed training steps.')
 flags.DEFINE_integer('steps_per_loop', 1, 'Training steps per call of the '
                      'loop (run.py\'s --steps_per_loop).')
-flags.DEFINE_enum('lineareval_view', 'eval', list(c.LINEAREVAL_VIEWS),
+flags.DEFINE_enum('lineareval_view', 'eval', list(LINEAREVAL_VIEWS),
                   'As run.py: `pretrain` trains the linear head on the '
                   'two views (no forward pass of its own), as '
                   'benchmarks/torch_simclr.py does.')
@@ -157,7 +157,7 @@ def measure(name):
       'config': name, 'resnet_depth': depth, 'image_size': image_size,
       'batch_size': batch_size, 'precision': config.model.precision,
       'jit_compile': config.train.jit_compile,
-      'lineareval_view': config.train.lineareval_view,
+      'lineareval_view': config.model.supervised_head.lineareval_view,
       'steps_per_loop': FLAGS.steps_per_loop,
       'device': precision.device_type(strategy),
       'train_images_per_second': images / train_seconds,

@@ -17,10 +17,12 @@ from absl import logging
 import keras
 import tensorflow as tf
 
+from simclr_tf.config import DataConfig, RunConfig
 from simclr_tf.devices import distribute
 from simclr_tf.devices import precision
 from simclr_tf.evaluation import evaluators
 from simclr_tf.evaluation import report
+from simclr_tf.inputs import augmentation_names
 from simclr_tf.inputs import catalog
 from simclr_tf.inputs import preview as preview_lib
 from simclr_tf.inputs import sources
@@ -30,9 +32,9 @@ from simclr_tf.network import original
 from simclr_tf.network import original_variables
 from simclr_tf.run_context import Run
 from simclr_tf.serving import embed as embed_lib
+from simclr_tf.serving import format_names
 from simclr_tf.serving import formats
 from simclr_tf.settings import checks
-from simclr_tf.settings import config as c
 from simclr_tf.settings import recipes
 from simclr_tf.settings import resolver
 from simclr_tf.settings.command import Command
@@ -69,7 +71,7 @@ def run(command: Command):
 
 
 def make_source(values: dict) -> sources.Source:
-  return catalog.make_source(c.DataConfig(
+  return catalog.make_source(DataConfig(
       dataset=values['dataset'], data_dir=values['data_dir'],
       max_image_pixels=values['max_image_pixels']))
 
@@ -84,7 +86,7 @@ def make_strategy(command: Command) -> tf.distribute.Strategy:
 
 
 def configure(command: Command, source, *, record=resolver.Record(),
-              strategy=None) -> c.RunConfig:
+              strategy=None) -> RunConfig:
   """The run's configuration (settings/resolver.py); fine-tuning needs a
   dataset with labels."""
   config = resolver.resolve(command.given, mode=command.mode,
@@ -96,7 +98,7 @@ def configure(command: Command, source, *, record=resolver.Record(),
   return config
 
 
-def write_flags(config: c.RunConfig, command: Command):
+def write_flags(config: RunConfig, command: Command):
   """flags.json: every flag of this run and the configuration it became."""
   records.write_json(
       os.path.join(config.train.model_dir, records.FLAGS_FILE),
@@ -223,7 +225,7 @@ def import_original(command: Command):
                f'{"; ".join(conflicts)}: leave these flags out, the '
                'architecture is read from the checkpoint.')
   # The original picks the CIFAR stem for images of 32 px and below.
-  small = c.SMALL_IMAGE_MAX_SIZE
+  small = augmentation_names.SMALL_IMAGE_MAX_SIZE
   image_size = resolver.layered(given, preset=command.preset).get(
       'image_size') or recipes.default_image_size(
           small if inferred['cifar_stem'] else None)
@@ -256,7 +258,7 @@ def export_model(run_: Run, model, global_step: int) -> dict[str, str]:
   config = run_.config
   return formats.export_all(
       model, config.augment, run_.model_dir, global_step,
-      c.export_formats(config.train.export_formats),
+      format_names.export_formats(config.train.export_formats),
       config.train.keep_hub_module_max, config.data.max_image_pixels,
       config.train.export_precision)
 

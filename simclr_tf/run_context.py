@@ -6,11 +6,11 @@ import functools
 import numpy as np
 import tensorflow as tf
 
+from simclr_tf.config import RunConfig
 from simclr_tf.devices import distribute
 from simclr_tf.inputs import pipeline
 from simclr_tf.inputs import sources
 from simclr_tf.inputs import subsets
-from simclr_tf.settings.config import RunConfig
 
 
 class Run:

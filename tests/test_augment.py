@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from simclr_tf.config import AugmentConfig
 from simclr_tf.inputs import augment
-from simclr_tf.settings.config import AugmentConfig
 
 
 def _seeds(n, base=0):

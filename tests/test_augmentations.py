@@ -10,11 +10,11 @@ import pytest
 from scipy import ndimage
 import tensorflow as tf
 
+from simclr_tf.config import AugmentConfig
 from simclr_tf.inputs import augment
+from simclr_tf.inputs import augmentation_names
 from simclr_tf.settings import checks
-from simclr_tf.settings import config as c
 from simclr_tf.settings import resolver
-from simclr_tf.settings.config import AugmentConfig
 from tests import helpers
 from tests.helpers import run
 
@@ -191,7 +191,8 @@ def test_run_py_rejects_an_unknown_name_before_any_work(tmp_path):
   lines = [line for line in result.stderr.splitlines()
            if line.startswith('run.py')]
   assert lines == ["run.py: error: --augmentations: unknown transformation "
-                   "'zoom'; use some of " + ', '.join(c.AUGMENTATIONS) +
+                   "'zoom'; use some of " +
+                   ', '.join(augmentation_names.AUGMENTATIONS) +
                    ' (or none alone).']
   assert not model_dir.exists()
 

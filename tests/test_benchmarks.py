@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from benchmarks import flops
-from simclr_tf.settings import config as c
+from simclr_tf.settings import registry
 from simclr_tf.training import task as task_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -35,9 +35,9 @@ def _resnet18_cifar_macs(size=32, width=64):
 
 
 def test_forward_flops_of_resnet18_match_the_hand_count():
-  config = c.build({'model_dir': '/tmp/unused', 'image_size': 32,
-                    'resnet_depth': 18, 'cifar_stem': True,
-                    'proj_head_mode': 'none'})
+  config = registry.build({'model_dir': '/tmp/unused', 'image_size': 32,
+                           'resnet_depth': 18, 'cifar_stem': True,
+                           'proj_head_mode': 'none'})
   model = task_lib.build_model(config)
   counted = flops.forward_flops(model, 32)
   expected = 2 * _resnet18_cifar_macs()
@@ -138,14 +138,14 @@ _ARCHITECTURE_CHECK = r'''
 import json, os, sys
 from absl import flags
 from benchmarks import semi_supervised as ss
-from simclr_tf.settings import config as c
+from simclr_tf.settings import registry
 encoder_dir, recorded_width = sys.argv[1], float(sys.argv[2])
 # A flags.json as a pretraining run leaves it: the nested configuration.
 nested = {}
 for name, value in (('width_multiplier', recorded_width),
                     ('resnet_depth', 18)):
   part = nested
-  for key in c.SETTINGS[name].section.split('.'):
+  for key in registry.SETTINGS[name].section.split('.'):
     part = part.setdefault(key, {})
   part[name] = value
 os.makedirs(encoder_dir, exist_ok=True)
@@ -210,7 +210,8 @@ print(json.dumps({
     'image_size': config.augment.image_size,
     'width': config.model.encoder.width_multiplier,
     'warmup': config.optim.warmup_epochs,
-    'side_head': config.model.lineareval_while_pretraining,
+    'supervised_head': (
+        config.model.supervised_head.lineareval_while_pretraining),
     'probe_examples': config.eval.probe_train_examples,
     'temperature': config.train.temperature,
     'model_dir': config.train.model_dir, 'grid': grid.tolist()}))
@@ -228,7 +229,7 @@ def test_findings_cells_are_the_paper_protocol_and_the_grid_is_symmetric():
   assert report['second'] == 'none'
   assert report['split'] == 'train[:1000]' and report['seed'] == 3
   assert report['image_size'] == 24 and report['width'] == 0.25
-  assert report['warmup'] == 0.2 and report['side_head'] is False
+  assert report['warmup'] == 0.2 and report['supervised_head'] is False
   assert report['probe_examples'] == 500
   assert report['temperature'] == recipes.PRESETS['fashion_mnist'][
       'temperature']

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from simclr_tf.settings import config as c
 from simclr_tf.settings import recipes
+from simclr_tf.settings import registry
 from simclr_tf.settings import resolver
 from simclr_tf.storage import records
 
@@ -21,7 +21,7 @@ _FLAGS_SCRIPT = '''
 import json, sys
 from absl import flags
 import run
-from simclr_tf.settings import config as c
+from simclr_tf.settings import registry
 from simclr_tf.settings import resolver
 FLAGS = flags.FLAGS
 defaults = {name: [FLAGS[name].default, type(FLAGS[name].default).__name__]
@@ -31,7 +31,7 @@ for argv in json.loads(sys.argv[1]):
   FLAGS.unparse_flags()
   FLAGS(['run.py', '--mode=train', *argv])
   parsed.append(resolver.layered(run.command().given, preset=FLAGS.preset))
-print(json.dumps({'defaults': defaults, 'derived': list(c.DERIVED),
+print(json.dumps({'defaults': defaults, 'derived': list(registry.DERIVED),
                   'parsed': parsed}))
 '''
 
@@ -53,7 +53,7 @@ def run_py():
 def test_every_setting_flag_has_its_config_default(run_py):
   assert len(run_py['defaults']) > 50
   for name, (default, type_name) in run_py['defaults'].items():
-    setting = c.SETTINGS[name]
+    setting = registry.SETTINGS[name]
     if name in run_py['derived'] or setting.required:
       # Derived from the data or devices (resolver.derive) unless given.
       assert default is None, name
@@ -64,18 +64,19 @@ def test_every_setting_flag_has_its_config_default(run_py):
 
 def test_the_command_line_and_the_library_get_the_same_recipe(run_py):
   # The paper's CIFAR-10 recipe (appendix B.9) either way.
-  defaults = c.build({'model_dir': 'm', 'image_size': 32})
+  defaults = registry.build({'model_dir': 'm', 'image_size': 32})
   assert defaults.optim.learning_rate == 1.0
   assert defaults.optim.weight_decay == 1e-4
   assert defaults.train.temperature == 0.5
   assert defaults.model.encoder.resnet_depth == 18
   assert defaults.augment.color_jitter_strength == 0.5
   assert defaults.train.train_epochs == 1000
-  assert recipes.PRESETS['cifar10'].items() <= c.flatten(defaults).items()
+  assert (recipes.PRESETS['cifar10'].items() <=
+          registry.flatten(defaults).items())
   plain = run_py['parsed'][0]
   # JSON gives tuples back as lists.
   flat = {k: list(v) if isinstance(v, tuple) else v
-          for k, v in c.flatten(defaults).items()}
+          for k, v in registry.flatten(defaults).items()}
   assert plain.items() <= flat.items()
   assert 'image_size' not in plain  # Derived when not given.
 
@@ -94,44 +95,44 @@ def test_build_and_flatten_are_inverse():
   values = {'model_dir': 'm', 'image_size': 24, 'resnet_depth': 50,
             'proj_out_dim': 64, 'knn_k': 7, 'train_mode': 'finetune',
             'min_crop_area': 0.3}
-  config = c.build(values)
+  config = registry.build(values)
   assert config.model.encoder.resnet_depth == 50
-  assert config.model.head.proj_out_dim == 64
-  assert config.augment.crop_area_range == (0.3, 1.0)
-  assert c.build(c.flatten(config)) == config
-  assert values.items() <= c.flatten(config).items()
+  assert config.model.projection_head.proj_out_dim == 64
+  assert config.augment.min_crop_area == 0.3
+  assert registry.build(registry.flatten(config)) == config
+  assert values.items() <= registry.flatten(config).items()
 
 
 def test_settings_of_reads_a_config_as_flags_json_stores_it(tmp_path):
-  config = c.build({'model_dir': str(tmp_path), 'image_size': 24,
-                    'resnet_depth': 50, 'sk_ratio': 0.0625,
-                    'ft_proj_selector': 2})
+  config = registry.build({'model_dir': str(tmp_path), 'image_size': 24,
+                           'resnet_depth': 50, 'sk_ratio': 0.0625,
+                           'ft_proj_selector': 2})
   records.write_json(str(tmp_path / records.FLAGS_FILE),
                      {'config': dataclasses.asdict(config)})
   recorded = resolver.read_settings(str(tmp_path))
-  flat = c.flatten(config)
+  flat = registry.flatten(config)
   # Tuples come back from JSON as lists; everything else as it was.
   assert recorded == {k: list(v) if isinstance(v, tuple) else v
                       for k, v in flat.items()}
-  assert c.settings_of({'model': {'encoder': {'resnet_depth': 34}}}) == {
+  assert registry.settings_of({'model': {'encoder': {'resnet_depth': 34}}}) == {
       'resnet_depth': 34}
   assert resolver.read_settings(str(tmp_path / 'absent')) == {}
 
 
 def test_build_refuses_unknown_and_missing_settings():
   with pytest.raises(ValueError, match='Unknown settings: learning_rat'):
-    c.build({'model_dir': 'm', 'image_size': 8, 'learning_rat': 1})
+    registry.build({'model_dir': 'm', 'image_size': 8, 'learning_rat': 1})
   with pytest.raises(ValueError, match="'image_size' has no default"):
-    c.build({'model_dir': 'm'})
+    registry.build({'model_dir': 'm'})
 
 
 @pytest.mark.parametrize('name', list(recipes.PRESETS))
 def test_presets_are_plain_settings(name):
   preset = recipes.PRESETS[name]
-  assert set(preset) <= set(c.SETTINGS)
+  assert set(preset) <= set(registry.SETTINGS)
   values = {'model_dir': 'm', 'image_size': 32, **preset}
-  config = c.build(values)
-  assert values.items() <= c.flatten(config).items()
+  config = registry.build(values)
+  assert values.items() <= registry.flatten(config).items()
 
 
 def test_derived_settings_follow_the_data_and_devices():
@@ -154,6 +155,6 @@ def test_derived_settings_follow_the_data_and_devices():
 
 
 def test_configs_are_frozen():
-  config = c.build({'model_dir': 'm', 'image_size': 8})
+  config = registry.build({'model_dir': 'm', 'image_size': 8})
   with pytest.raises(dataclasses.FrozenInstanceError):
     config.train.train_epochs = 1

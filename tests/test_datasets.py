@@ -7,13 +7,13 @@ import time
 import numpy as np
 import pytest
 
+from simclr_tf.config import DataConfig
 from simclr_tf.inputs import array_source
 from simclr_tf.inputs import catalog
 from simclr_tf.inputs import folder_source
 from simclr_tf.inputs import sources
 from simclr_tf.inputs import subsets
 from simclr_tf.inputs import tfds_source
-from simclr_tf.settings.config import DataConfig
 from tests import helpers
 
 

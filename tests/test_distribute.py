@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from simclr_tf.devices import distribute
 from simclr_tf.network.speedups import weight_gradients
-from simclr_tf.settings import config as c
+from simclr_tf.settings import registry
 from simclr_tf.training import task as task_lib
 from tests import helpers
 from tests.helpers import run
@@ -20,7 +20,7 @@ SIZE = 12
 
 
 def _config(global_bn, precision='float32', optimizer='lars'):
-  return c.build({
+  return registry.build({
       'model_dir': 'unused', 'image_size': SIZE, 'resnet_depth': 18,
       'width_multiplier': 0.125, 'cifar_stem': True, 'global_bn': global_bn,
       'proj_out_dim': 16, 'num_proj_layers': 2, 'num_classes': 3,

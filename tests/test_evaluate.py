@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from simclr_tf.config import AugmentConfig
 from simclr_tf.evaluation import features
 from simclr_tf.inputs import array_source
 from simclr_tf.inputs import pipeline
-from simclr_tf.settings.config import AugmentConfig
 from tests import helpers
 
 

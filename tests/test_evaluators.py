@@ -19,7 +19,7 @@ from simclr_tf.inputs import array_source
 from simclr_tf.inputs import folder_source
 from simclr_tf.inputs import subsets
 from simclr_tf.run_context import Run
-from simclr_tf.settings import config as c
+from simclr_tf.settings import registry
 from simclr_tf.settings import resolver
 from tests import helpers
 
@@ -53,9 +53,10 @@ def test_train_subsets_are_seeded_random_and_nested():
 
 def test_feature_metrics_use_the_seeded_subsets_of_training_features():
   images, labels, source = _toy(4, 90)
-  config = c.build({'dataset': 'toy', 'seed': 6, 'image_size': 8,
-                    'model_dir': 'unused', 'eval_batch_size': 16, 'knn_k': 5,
-                    'knn_train_examples': 30, 'probe_train_examples': 60})
+  config = registry.build({
+      'dataset': 'toy', 'seed': 6, 'image_size': 8, 'model_dir': 'unused',
+      'eval_batch_size': 16, 'knn_k': 5, 'knn_train_examples': 30,
+      'probe_train_examples': 60})
   run = Run(config, helpers.cpu_strategy(1), source)
 
   def model(images, training=False):
@@ -96,11 +97,11 @@ def test_fine_tuning_on_a_label_fraction_evaluates_on_that_subset_only():
   labeled = subsets.label_fraction_indices(labels['train'], 0.1, 2)
   assert len(labeled) == 30
   for bank_size, bank_rows in ((0, labeled), (12, None)):
-    config = c.build({'dataset': 'toy', 'seed': 2, 'image_size': 8,
-                      'model_dir': 'unused', 'eval_batch_size': 16,
-                      'knn_k': 5, 'train_mode': 'finetune',
-                      'label_fraction': 0.1, 'knn_train_examples': bank_size,
-                      'probe_train_examples': 0})
+    config = registry.build({
+        'dataset': 'toy', 'seed': 2, 'image_size': 8, 'model_dir': 'unused',
+        'eval_batch_size': 16, 'knn_k': 5, 'train_mode': 'finetune',
+        'label_fraction': 0.1, 'knn_train_examples': bank_size,
+        'probe_train_examples': 0})
     run = Run(config, helpers.cpu_strategy(1), source)
     if bank_rows is None:  # A seeded random 12 of the 30 labeled.
       bank_rows = labeled[np.random.default_rng(2).permutation(30)[:12]]

@@ -13,12 +13,12 @@ from PIL import Image
 import pytest
 import tensorflow as tf
 
+from simclr_tf.config import (AugmentConfig, EncoderConfig, ModelConfig,
+                              ProjectionHeadConfig, SupervisedHeadConfig)
+from simclr_tf.network.model import SimCLRModel
 from simclr_tf.serving import export
 from simclr_tf.serving import projector
 from simclr_tf.serving import retrievals
-from simclr_tf.settings.config import (AugmentConfig, EncoderConfig, HeadConfig,
-                              ModelConfig)
-from simclr_tf.network.model import SimCLRModel
 from tests import helpers
 from tests.helpers import run
 
@@ -30,8 +30,8 @@ def _model(num_classes=4):
   config = ModelConfig(
       encoder=EncoderConfig(resnet_depth=18, width_multiplier=0.25,
                             cifar_stem=True),
-      head=HeadConfig(proj_out_dim=8, num_proj_layers=2),
-      num_classes=num_classes)
+      projection_head=ProjectionHeadConfig(proj_out_dim=8, num_proj_layers=2),
+      supervised_head=SupervisedHeadConfig(num_classes=num_classes))
   model = SimCLRModel(config)
   model(tf.zeros([1, SIZE, SIZE, 3]))
   return helpers.randomize_batch_norm(model)

@@ -14,6 +14,8 @@ import tensorflow as tf
 import torch
 from torch import nn
 
+from simclr_tf.config import (AugmentConfig, EncoderConfig, ModelConfig,
+                              ProjectionHeadConfig, SupervisedHeadConfig)
 from simclr_tf.inputs import idx
 from simclr_tf.network import original
 from simclr_tf.network import original_variables
@@ -23,9 +25,7 @@ from simclr_tf.serving import onnx_format
 from simclr_tf.serving import tflite_format
 from simclr_tf.serving import torch_format
 from simclr_tf.settings import checks
-from simclr_tf.settings import config as c
-from simclr_tf.settings.config import (AugmentConfig, EncoderConfig,
-                                       HeadConfig, ModelConfig)
+from simclr_tf.settings import registry
 from simclr_tf.training import task
 from tests import helpers
 from tests.helpers import run
@@ -56,10 +56,12 @@ def fashion_mnist_images(size: int, count: int = 6) -> np.ndarray:
 
 def build(encoder, size, head_layers=2, num_classes=None, standardize=False):
   config = ModelConfig(
-      encoder=encoder, head=HeadConfig(proj_out_dim=8,
-                                       num_proj_layers=head_layers,
-                                       ft_proj_selector=1),
-      num_classes=num_classes, lineareval_standardize=standardize)
+      encoder=encoder,
+      projection_head=ProjectionHeadConfig(proj_out_dim=8,
+                                           num_proj_layers=head_layers),
+      supervised_head=SupervisedHeadConfig(
+          num_classes=num_classes, ft_proj_selector=1,
+          lineareval_standardize=standardize))
   model = SimCLRModel(config)
   model(tf.zeros([1, size, size, 3]))
   return helpers.randomize_batch_norm(model)
@@ -391,8 +393,8 @@ def test_imported_original_models_reproduce_the_originals_outputs(
   folder = FIXTURES / name
   weights = original.read(str(folder))
   settings = original.infer_settings(weights)
-  model = task.build_model(c.build({**settings, 'image_size': size,
-                                    'model_dir': 'unused'}))
+  model = task.build_model(registry.build({**settings, 'image_size': size,
+                                           'model_dir': 'unused'}))
   original_variables.load(model, weights)
   paths = formats.export_all(model, AugmentConfig(image_size=size),
                              str(tmp_path), 3, ('onnx', 'tflite', 'torch'))

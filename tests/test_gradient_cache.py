@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from simclr_tf.settings import config as c
+from simclr_tf.settings import registry
 from simclr_tf.training import gradient_cache
 from simclr_tf.training import objective
 from simclr_tf.training import optim
@@ -45,7 +45,7 @@ def test_chunks_are_plain_batches_and_unchunk_inverts_them():
 
 def _task(strategy, chunk=CHUNK, **settings):
   replicas = strategy.num_replicas_in_sync
-  config = c.build({
+  config = registry.build({
       'model_dir': 'unused', 'image_size': SIZE, 'resnet_depth': 18,
       'width_multiplier': 0.125, 'cifar_stem': True, 'num_classes': 3,
       'train_batch_size': PER_REPLICA * replicas, 'weight_decay': 1e-3,

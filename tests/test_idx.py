@@ -10,9 +10,9 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from simclr_tf.config import DataConfig
 from simclr_tf.inputs import catalog
 from simclr_tf.inputs import idx
-from simclr_tf.settings.config import DataConfig
 from tests import helpers
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -8,9 +8,9 @@ import time
 
 import numpy as np
 
+from simclr_tf.config import DataConfig
 from simclr_tf.inputs import catalog
 from simclr_tf.inputs import image_files
-from simclr_tf.settings.config import DataConfig
 from tests import helpers
 
 

@@ -7,23 +7,25 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from simclr_tf.config import (EncoderConfig, ModelConfig, OptimConfig,
+                              ProjectionHeadConfig, SupervisedHeadConfig)
 from simclr_tf.devices import precision as precision_lib
 from simclr_tf.network import heads
-from simclr_tf.training import objective
-from simclr_tf.training import optim
-from simclr_tf.settings.config import (EncoderConfig, HeadConfig, ModelConfig,
-                              OptimConfig)
 from simclr_tf.network import model as model_lib
 from simclr_tf.network.model import SimCLRModel
+from simclr_tf.training import objective
+from simclr_tf.training import optim
 from tests import helpers
 
 _ENCODER = EncoderConfig(resnet_depth=18, width_multiplier=0.25,
                          cifar_stem=True)
 
 
-def _model(**kwargs):
-  head = kwargs.pop('head', HeadConfig(proj_out_dim=16, num_proj_layers=3))
-  config = ModelConfig(encoder=_ENCODER, head=head, num_classes=5, **kwargs)
+def _model(supervised_head=SupervisedHeadConfig(num_classes=5), **kwargs):
+  config = ModelConfig(
+      encoder=_ENCODER, projection_head=ProjectionHeadConfig(
+          proj_out_dim=16, num_proj_layers=3),
+      supervised_head=supervised_head, **kwargs)
   model = SimCLRModel(config)
   model_lib.build_eagerly(model, tf.zeros([2, 16, 16, 3]))
   return model
@@ -33,7 +35,8 @@ def _model(**kwargs):
                                                  ('linear', 1, 16),
                                                  ('nonlinear', 3, 16)])
 def test_projection_head_modes(mode, layers, out_dim):
-  config = HeadConfig(proj_head_mode=mode, proj_out_dim=16, num_proj_layers=3)
+  config = ProjectionHeadConfig(proj_head_mode=mode, proj_out_dim=16,
+                                num_proj_layers=3)
   head = heads.ProjectionHead(config, _ENCODER)
   features = tf.random.normal([4, 128])
   output, hiddens = head(features, training=True)
@@ -48,7 +51,7 @@ def test_projection_head_modes(mode, layers, out_dim):
 
 
 def test_nonlinear_head_matches_numpy_in_inference_mode(rng):
-  config = HeadConfig(proj_out_dim=3, num_proj_layers=2)
+  config = ProjectionHeadConfig(proj_out_dim=3, num_proj_layers=2)
   head = heads.ProjectionHead(config, _ENCODER)
   x = rng.normal(size=(4, 6)).astype(np.float32)
   head(tf.constant(x), training=False)
@@ -70,18 +73,16 @@ def test_nonlinear_head_matches_numpy_in_inference_mode(rng):
 
 def test_ft_proj_selector_chooses_the_supervised_head_input():
   for selector, width in [(0, 128), (1, 128), (3, 16)]:
-    head = HeadConfig(proj_out_dim=16, num_proj_layers=3,
-                      ft_proj_selector=selector)
-    model = _model(head=head, train_mode='finetune')
+    head = SupervisedHeadConfig(num_classes=5, ft_proj_selector=selector)
+    model = _model(supervised_head=head, train_mode='finetune')
     assert model.supervised_head.linear.dense.kernel.shape == (width, 5)
 
 
 @pytest.mark.parametrize('selector', [0, 1, 3])
 def test_fine_tuning_trains_the_projection_layers_up_to_the_selector(
     selector):
-  head = HeadConfig(proj_out_dim=16, num_proj_layers=3,
-                    ft_proj_selector=selector)
-  model = _model(head=head, train_mode='finetune')
+  head = SupervisedHeadConfig(num_classes=5, ft_proj_selector=selector)
+  model = _model(supervised_head=head, train_mode='finetune')
   with tf.GradientTape() as tape:
     logits = model(tf.random.uniform([4, 16, 16, 3]), training=True)[
         'logits_sup']
@@ -97,15 +98,15 @@ def test_fine_tuning_trains_the_projection_layers_up_to_the_selector(
 
 
 def test_zero_init_logits_layer():
-  model = _model(train_mode='finetune',
-                 head=HeadConfig(zero_init_logits_layer=True))
+  model = _model(train_mode='finetune', supervised_head=SupervisedHeadConfig(
+      num_classes=5, zero_init_logits_layer=True))
   logits = model(tf.random.uniform([3, 16, 16, 3]))['logits_sup']
   assert not np.any(logits.numpy())
   assert model.supervised_head.linear.dense.use_bias
 
 
 def test_outputs_with_and_without_a_supervised_head():
-  config = ModelConfig(encoder=_ENCODER, num_classes=None)
+  config = ModelConfig(encoder=_ENCODER)
   outputs = SimCLRModel(config)(tf.zeros([2, 16, 16, 3]))
   assert set(outputs) == {'final_avg_pool', 'proj_head_output'}
   outputs = _model()(tf.zeros([2, 16, 16, 3]))
@@ -132,7 +133,7 @@ def test_supervised_loss_reaches_the_encoder_only_when_fine_tuning(
 def test_pretraining_step_under_mirrored_strategy_keeps_replicas_in_sync():
   strategy = helpers.cpu_strategy(2)
   with strategy.scope():
-    model = SimCLRModel(ModelConfig(encoder=_ENCODER, num_classes=None))
+    model = SimCLRModel(ModelConfig(encoder=_ENCODER))
     model(tf.zeros([2, 16, 16, 3]), training=False)
     optimizer = optim.build_optimizer(OptimConfig(), 0.5, model)
     optimizer.build(model.trainable_variables)
@@ -179,7 +180,7 @@ def test_variable_groups_partition_the_trainable_variables():
 
 
 def test_a_model_without_supervised_head_has_an_empty_group():
-  config = ModelConfig(encoder=_ENCODER, num_classes=None)
+  config = ModelConfig(encoder=_ENCODER)
   model = SimCLRModel(config)
   model(tf.zeros([2, 16, 16, 3]), training=False)
   assert model.supervised_variables == []
@@ -194,7 +195,9 @@ def test_create_builds_what_keras_own_build_does(rng):
   config = ModelConfig(
       encoder=EncoderConfig(resnet_depth=50, width_multiplier=0.0625,
                             sk_ratio=0.0625, se_ratio=0.25),
-      head=HeadConfig(proj_out_dim=8), num_classes=3, precision=precision)
+      projection_head=ProjectionHeadConfig(proj_out_dim=8),
+      supervised_head=SupervisedHeadConfig(num_classes=3),
+      precision=precision)
   keras.utils.set_random_seed(1)
   created = model_lib.create(config, 16)
   keras.utils.set_random_seed(1)

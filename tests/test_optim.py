@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from simclr_tf.settings.config import OptimConfig
+from simclr_tf.config import OptimConfig
 from simclr_tf.training import optim
 from tests import helpers
 
@@ -200,12 +200,11 @@ def test_the_side_head_learns_at_its_scale_of_the_learning_rate(name, rng):
   decay included) at 0.1 x the learning rate, for every optimizer, over
   three steps, against numpy updates from the data loss's gradients plus
   the weight decay's, worked out here by hand."""
-  config = OptimConfig(optimizer=name, weight_decay=0.01, eeta=0.002,
-                       lineareval_learning_rate_scale=0.1)
+  config = OptimConfig(optimizer=name, weight_decay=0.01, eeta=0.002)
   model = _toy_model()
   x = tf.constant(rng.normal(size=(8, 3)), tf.float32)
   optimizer = optim.build_optimizer(config, 0.05, model,
-                                    model.supervised_variables)
+                                    model.supervised_variables, 0.1)
   variables = model.trainable_variables
   optimizer.build(variables)
   names = [v.path.removeprefix('toy/') for v in variables]

@@ -17,7 +17,7 @@ import tensorflow as tf
 from simclr_tf.network import original
 from simclr_tf.network import original_variables
 from simclr_tf.serving import torch_format
-from simclr_tf.settings import config as c
+from simclr_tf.settings import registry
 from simclr_tf.storage.checkpoints import CheckpointError
 from simclr_tf.training import task
 from tests import helpers
@@ -31,8 +31,8 @@ TOLERANCE = 1e-4  # Relative to each reference tensor's largest magnitude.
 
 
 def _build(settings, image_size):
-  return task.build_model(c.build({**settings, 'image_size': image_size,
-                                   'model_dir': 'unused'}))
+  return task.build_model(registry.build({**settings, 'image_size': image_size,
+                                          'model_dir': 'unused'}))
 
 
 def _imported(path, image_size, **infer_options):
@@ -213,20 +213,21 @@ def test_architecture_is_read_back_from_the_original_layout(tmp_path,
   weights = original.read(prefix)
   inferred = original.infer_settings(
       weights, ft_proj_selector=settings.get('ft_proj_selector'))
-  expected = c.build({**settings, 'image_size': image_size,
-                      'model_dir': 'unused'}).model
+  expected = registry.build({**settings, 'image_size': image_size,
+                             'model_dir': 'unused'}).model
   assert inferred['resnet_depth'] == expected.encoder.resnet_depth
   assert inferred['width_multiplier'] == expected.encoder.width_multiplier
   assert inferred['sk_ratio'] == expected.encoder.sk_ratio
   assert inferred['se_ratio'] == expected.encoder.se_ratio
   assert inferred['cifar_stem'] == expected.encoder.cifar_stem
-  assert inferred['proj_head_mode'] == expected.head.proj_head_mode
-  if expected.head.proj_head_mode != 'none':
-    assert inferred['num_proj_layers'] == expected.head.num_proj_layers
-    assert inferred['proj_out_dim'] == expected.head.proj_out_dim
-  has_head = expected.lineareval_while_pretraining
-  assert inferred['num_classes'] == (expected.num_classes if has_head
-                                     else None)
+  assert inferred['proj_head_mode'] == expected.projection_head.proj_head_mode
+  if expected.projection_head.proj_head_mode != 'none':
+    head = expected.projection_head
+    assert inferred['num_proj_layers'] == head.num_proj_layers
+    assert inferred['proj_out_dim'] == head.proj_out_dim
+  has_head = expected.supervised_head.lineareval_while_pretraining
+  assert inferred['num_classes'] == (
+      expected.supervised_head.num_classes if has_head else None)
   copy = _build(inferred, image_size)
   original_variables.load(copy, weights)
   images = rng.random((2, image_size, image_size, 3), dtype=np.float32)

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from simclr_tf.config import AugmentConfig
 from simclr_tf.inputs import array_source
 from simclr_tf.inputs import folder_source
 from simclr_tf.inputs import image_files
 from simclr_tf.inputs import pipeline
-from simclr_tf.settings.config import AugmentConfig
 from tests import helpers
 
 _AUGMENT = AugmentConfig(image_size=16, use_blur=True)

@@ -10,11 +10,11 @@ import pytest
 import tensorflow as tf
 
 from simclr_tf.devices import precision
-from simclr_tf.network.speedups import weight_gradients
 from simclr_tf.network.layers import BATCH_NORM_EPSILON
+from simclr_tf.network.speedups import weight_gradients
 from simclr_tf.network.speedups.batch_norm import FusedBatchNormalization
 from simclr_tf.serving import export
-from simclr_tf.settings import config as c
+from simclr_tf.settings import registry
 from simclr_tf.storage import checkpoints
 from simclr_tf.training import objective
 from simclr_tf.training import task as task_lib
@@ -23,7 +23,7 @@ from tests.helpers import run
 
 
 def _run_config(model_dir='/tmp/unused', **settings):
-  return c.build({
+  return registry.build({
       'model_dir': model_dir, 'image_size': 16, 'resnet_depth': 18,
       'width_multiplier': 0.125, 'cifar_stem': True, 'num_classes': 3,
       'warmup_epochs': 0, 'train_batch_size': 8, 'temperature': 0.5,

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from simclr_tf.config import EncoderConfig
 from simclr_tf.devices import precision
 from simclr_tf.network import resnet
-from simclr_tf.settings.config import EncoderConfig
 
 # bfloat16 bit patterns of a quiet NaN: positive, and negative (what
 # inf - inf, 0 * inf and sqrt(-1) give on x86 CPUs).

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from simclr_tf.config import EncoderConfig
 from simclr_tf.network import model as model_lib
 from simclr_tf.network import resnet
 from simclr_tf.network.layers import get_layers, set_layers
-from simclr_tf.settings.config import EncoderConfig
 
 
 def _num_params(layer):

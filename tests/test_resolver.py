@@ -11,8 +11,8 @@ import pytest
 
 from simclr_tf.inputs import array_source
 from simclr_tf.settings import checks
-from simclr_tf.settings import config as c
 from simclr_tf.settings import recipes
+from simclr_tf.settings import registry
 from simclr_tf.settings import resolver
 from simclr_tf.storage import records
 from tests import helpers
@@ -105,12 +105,12 @@ def test_resolve(case, given, preset, record, mode, source, expected):
   del case
   config = resolver.resolve(given, mode=mode, preset=preset, record=record,
                             source=source)
-  flat = c.flatten(config)
+  flat = registry.flatten(config)
   assert {name: flat[name] for name in expected} == expected
   # Whatever no layer set keeps the default of config.py.
   chosen = set(given) | set(recipes.PRESETS.get(preset, {})) | set(
-      record.values()) | set(c.DERIVED) | {'model_dir', 'evaluators'}
-  for name, setting in c.SETTINGS.items():
+      record.values()) | set(registry.DERIVED) | {'model_dir', 'evaluators'}
+  for name, setting in registry.SETTINGS.items():
     if name not in chosen:
       assert flat[name] == setting.default, name
 
@@ -159,8 +159,8 @@ def test_batches_must_divide_over_replicas():
 
 
 def _write_run(directory, settings, checkpoint=True):
-  config = c.build({'model_dir': str(directory), 'image_size': 32,
-                    **settings})
+  config = registry.build({'model_dir': str(directory), 'image_size': 32,
+                           **settings})
   records.write_json(os.path.join(directory, records.FLAGS_FILE),
                      {'config': dataclasses.asdict(config)})
   if checkpoint:

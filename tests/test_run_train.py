@@ -13,8 +13,8 @@ import pytest
 import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 
+from simclr_tf.config import EncoderConfig, ModelConfig, SupervisedHeadConfig
 from simclr_tf.network.model import SimCLRModel
-from simclr_tf.settings.config import EncoderConfig, ModelConfig
 from tests import helpers
 from tests.helpers import run, run_process
 
@@ -58,7 +58,8 @@ def _encoder_kernels(model_dir, train_mode):
   config = ModelConfig(
       encoder=EncoderConfig(resnet_depth=18, width_multiplier=0.25,
                             cifar_stem=True),
-      num_classes=3, train_mode=train_mode)
+      supervised_head=SupervisedHeadConfig(num_classes=3),
+      train_mode=train_mode)
   model = SimCLRModel(config)
   model(tf.zeros([1, 16, 16, 3]))
   tf.train.Checkpoint(model=model).read(

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from simclr_tf.config import AugmentConfig
 from simclr_tf.inputs import pipeline
 from simclr_tf.inputs import sequential
-from simclr_tf.settings.config import AugmentConfig
 from tests import helpers
 
 

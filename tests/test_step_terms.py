@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from simclr_tf.settings import config
+from simclr_tf.settings import registry
 from simclr_tf.training import task as training_task
 from simclr_tf.training import terms
 
@@ -37,7 +37,7 @@ CASES = {
 
 
 def _task(train_mode='pretrain', lineareval_view='eval', chunk=0):
-  run_config = config.build({
+  run_config = registry.build({
       'model_dir': 'unused', 'image_size': SIZE, 'resnet_depth': 18,
       'width_multiplier': 0.125, 'cifar_stem': True, 'num_classes': 3,
       'train_batch_size': PER_REPLICA, 'weight_decay': 1e-3,

@@ -25,15 +25,15 @@ from absl import logging
 import keras
 import numpy as np
 
+from simclr_tf.config import RunConfig
 from simclr_tf.evaluation import baseline_cache
+from simclr_tf.evaluation import evaluator_names
 from simclr_tf.evaluation import features
 from simclr_tf.evaluation import knn as knn_lib
 from simclr_tf.evaluation import probe as probe_lib
 from simclr_tf.inputs import sources
 from simclr_tf.network import model as model_lib
 from simclr_tf.run_context import Run
-from simclr_tf.settings import config as c
-from simclr_tf.settings.config import RunConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,13 +194,17 @@ def raw_pixels(run: Run, model, names) -> Iterator[Metric]:
 EVALUATORS = {'supervised_head': supervised_head, 'knn': frozen_features,
               'linear_probe': frozen_features, 'random_init': random_init,
               'raw_pixels': raw_pixels}
-assert set(EVALUATORS) == set(c.EVALUATORS)
+assert set(EVALUATORS) == set(evaluator_names.EVALUATORS)
 
 
 def evaluate(run: Run, model, global_step: int) -> list[Metric]:
   """What the run's evaluators yield for `model` at `global_step`."""
   sources.require_labels(run.source, 'evaluation')
-  names = c.evaluators_of(run.config)
+  # The resolver names them (from --knn, --linear_probe, ... unless given).
+  names = run.config.eval.evaluators
+  if names is None:
+    raise ValueError('The configuration names no evaluators: resolve it '
+                     '(settings/resolver.py) or give eval.evaluators.')
   metrics = [Metric('global_step', global_step),
              Metric('eval_split', run.eval_split)]
   done = []

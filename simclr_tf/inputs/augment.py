@@ -9,7 +9,8 @@ import math
 
 import tensorflow as tf
 
-from simclr_tf.settings.config import AugmentConfig
+from simclr_tf.config import AugmentConfig
+from simclr_tf.inputs import augmentation_names
 
 _NUM_CROP_ATTEMPTS = 10
 
@@ -269,23 +270,23 @@ def fit_to_size(image, size):
 
 def pretrain_view(image, seed, config: AugmentConfig, small: bool = False,
                   second: bool = False):
-  """One SimCLR view: the transformations config.view_augmentations names,
-  in config.AUGMENTATIONS's order. The default (crop, flip, colour
+  """One SimCLR view: the transformations its augmentations name, in
+  augmentation_names.AUGMENTATIONS's order. The default (crop, flip, colour
   distortion, blur where on) draws from the same seeds whatever else is
-  named. `small`: a multi-crop view, cropped from
-  `config.small_crop_area_range` to `config.small_view_size` pixels;
-  `second`: the second view, made of config.second_view_augmentations when
-  given."""
-  names = config.view_augmentations(second)
+  named. `small`: a multi-crop view, cropped from the small crops' area
+  range to `small_view_size` pixels; `second`: the second view, made of
+  config.second_view_augmentations when given."""
+  names = augmentation_names.view_augmentations(config, second)
   crop_seed, flip_seed, color_seed, blur_seed = split_seed(seed, 4)
   rotate_seed, noise_seed, cutout_seed = split_seed(
       tf.random.experimental.stateless_fold_in(seed, 1), 3)
-  size = config.small_view_size if small else config.image_size
+  size = small_view_size(config) if small else config.image_size
   image = to_float(image)
   if 'crop' in names:
     image = random_crop_and_resize(
         image, crop_seed, size,
-        config.small_crop_area_range if small else config.crop_area_range,
+        ((config.small_crop_min_area, config.small_crop_max_area) if small
+         else (config.min_crop_area, 1.0)),
         config.crop_aspect_ratio_range)
   else:
     image = fit_to_size(image, size)
@@ -313,6 +314,12 @@ def pretrain_view(image, seed, config: AugmentConfig, small: bool = False,
   return tf.ensure_shape(image, [size, size, 3])
 
 
+def small_view_size(config: AugmentConfig) -> int:
+  """The side of the small views in pixels (small_crop_size 0: half the
+  image's)."""
+  return config.small_crop_size or max(1, round(config.image_size / 2))
+
+
 def small_crop_seeds(example_seed, num: int) -> list[tf.Tensor]:
   """Seeds of an example's `num` small crops, apart from those of its two
   views (which stay as they are without small crops)."""
@@ -325,7 +332,7 @@ def finetune_view(image, seed, config: AugmentConfig):
   crop_seed, flip_seed = split_seed(seed, 2)
   image = to_float(image)
   image = random_crop_and_resize(image, crop_seed, config.image_size,
-                                 config.crop_area_range,
+                                 (config.min_crop_area, 1.0),
                                  config.crop_aspect_ratio_range)
   image = tf.image.stateless_random_flip_left_right(image, flip_seed)
   return tf.ensure_shape(image, [config.image_size, config.image_size, 3])
@@ -338,7 +345,7 @@ def eval_view(image, config: AugmentConfig):
   """
   image = to_float(image)
   size = config.image_size
-  if config.is_small_image:
+  if size <= augmentation_names.SMALL_IMAGE_MAX_SIZE:
     if image.shape[0] != size or image.shape[1] != size:
       image = resize(image, size)
   else:

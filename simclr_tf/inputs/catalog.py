@@ -3,12 +3,12 @@ IDX files when present, else a TFDS dataset."""
 
 import os
 
+from simclr_tf.config import DataConfig
 from simclr_tf.inputs import idx
 from simclr_tf.inputs import tfds_source
 from simclr_tf.inputs.array_source import fashion_mnist_source
 from simclr_tf.inputs.folder_source import FolderSource
 from simclr_tf.inputs.sources import FASHION_MNIST_SYSTEM_DIR, Source
-from simclr_tf.settings.config import DataConfig
 
 FOLDER_PREFIX = 'folder:'
 # Under --data_dir: the header checks of image folders, reused while their

@@ -8,10 +8,10 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
+from simclr_tf.config import DEFAULT_MAX_IMAGE_PIXELS
 from simclr_tf.inputs import image_files
 from simclr_tf.inputs.sources import DatasetError, Source, UNLABELED
 from simclr_tf.inputs.subsets import sample_per_class
-from simclr_tf.settings.config import DEFAULT_MAX_IMAGE_PIXELS
 
 # Share of a folder without train/ and val/ sub-folders held out for eval.
 FOLDER_HELD_OUT_FRACTION = 0.1

@@ -10,10 +10,10 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
+from simclr_tf.config import AugmentConfig
 from simclr_tf.inputs import augment
 from simclr_tf.inputs import sequential
 from simclr_tf.inputs.sources import Source, select
-from simclr_tf.settings.config import AugmentConfig
 
 
 @dataclasses.dataclass(frozen=True)

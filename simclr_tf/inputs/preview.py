@@ -5,9 +5,9 @@ import math
 import numpy as np
 import tensorflow as tf
 
+from simclr_tf.config import AugmentConfig
 from simclr_tf.inputs import augment
 from simclr_tf.inputs.sources import Source
-from simclr_tf.settings.config import AugmentConfig
 
 _MIN_TILE_SIDE = 96  # Small images are enlarged (nearest neighbour) to this.
 _GAP = 4  # Pixels between tiles; a double gap separates pairs.

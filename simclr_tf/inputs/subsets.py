@@ -5,9 +5,9 @@ import dataclasses
 
 import numpy as np
 
+from simclr_tf.config import RunConfig
 from simclr_tf.inputs import pipeline
 from simclr_tf.inputs.sources import UNLABELED, Source
-from simclr_tf.settings.config import RunConfig
 
 
 def sample_per_class(labels: np.ndarray, count, seed: int, classes=None):

@@ -10,9 +10,10 @@ centred per unit before the contrastive loss normalises each vector.
 import keras
 import tensorflow as tf
 
+from simclr_tf.config import EncoderConfig, ProjectionHeadConfig
+from simclr_tf.network import architectures
 from simclr_tf.network.layers import BatchNormRelu, get_layers, set_layers
 from simclr_tf.network.speedups.batch_norm import FusedBatchNormalization
-from simclr_tf.settings.config import EncoderConfig, HeadConfig
 
 
 class LinearLayer(keras.layers.Layer):
@@ -51,13 +52,16 @@ class ProjectionHead(keras.layers.Layer):
   and hiddens[k] the output of layer k, for `ft_proj_selector`.
   """
 
-  def __init__(self, config: HeadConfig, encoder_config: EncoderConfig,
+  def __init__(self, config: ProjectionHeadConfig,
+               encoder_config: EncoderConfig,
                **kwargs):
     super().__init__(**kwargs)
     self.config = config
     layers = []
-    for j in range(config.num_layers):
-      last = j == config.num_layers - 1
+    num_layers = architectures.projection_layers(config.proj_head_mode,
+                                                 config.num_proj_layers)
+    for j in range(num_layers):
+      last = j == num_layers - 1
       layers.append(LinearLayer(
           config.proj_out_dim if last else None, encoder_config,
           use_bias=not last, use_bn=True, name=f'layer{j + 1}'))

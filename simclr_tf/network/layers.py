@@ -4,8 +4,8 @@ code configures it, and named lists of sub-layers."""
 import keras
 import tensorflow as tf
 
+from simclr_tf.config import EncoderConfig
 from simclr_tf.network.speedups.batch_norm import FusedBatchNormalization
-from simclr_tf.settings.config import EncoderConfig
 
 BATCH_NORM_EPSILON = 1e-5  # The original's.
 

@@ -3,10 +3,11 @@
 import keras
 import tensorflow as tf
 
+from simclr_tf.config import ModelConfig
 from simclr_tf.devices import precision
+from simclr_tf.network import architectures
 from simclr_tf.network.heads import ProjectionHead, SupervisedHead
 from simclr_tf.network.resnet import ResNet
-from simclr_tf.settings.config import ModelConfig
 
 
 class SimCLRModel(keras.Model):
@@ -23,13 +24,15 @@ class SimCLRModel(keras.Model):
     super().__init__(**kwargs)
     self.config = config
     self.encoder = ResNet(config.encoder, name='resnet')
-    self.projection_head = ProjectionHead(config.head, config.encoder,
+    self.projection_head = ProjectionHead(config.projection_head,
+                                          config.encoder,
                                           name='head_projection')
     self.supervised_head = None
-    if config.has_supervised_head:
+    head = config.supervised_head
+    if architectures.has_supervised_head(config):
       self.supervised_head = SupervisedHead(
-          config.num_classes, config.head.zero_init_logits_layer,
-          standardize=config.standardizes_side_head,
+          head.num_classes, head.zero_init_logits_layer,
+          standardize=architectures.standardizes_supervised_head(config),
           encoder_config=config.encoder,
           name='head_supervised')
     if config.train_mode == 'finetune':
@@ -37,7 +40,7 @@ class SimCLRModel(keras.Model):
       # The supervised head reads hiddens[ft_proj_selector]: the projection
       # layers after it get no gradient, so they are not trained.
       for layer in self.projection_head.projection_layers[
-          config.head.ft_proj_selector:]:
+          head.ft_proj_selector:]:
         layer.trainable = False
 
   def call(self, images, training=None, supervised=True):
@@ -47,7 +50,7 @@ class SimCLRModel(keras.Model):
     projection, hiddens = self.projection_head(features, training=training)
     outputs = {'final_avg_pool': features, 'proj_head_output': projection}
     if self.supervised_head is not None and supervised:
-      head_input = hiddens[self.config.head.ft_proj_selector]
+      head_input = hiddens[self.config.supervised_head.ft_proj_selector]
       if self.config.train_mode == 'pretrain':
         head_input = tf.stop_gradient(head_input)
       outputs['logits_sup'] = self.supervised_head(head_input,
@@ -55,12 +58,14 @@ class SimCLRModel(keras.Model):
     return outputs
 
   def supervised_head_logits(self, images):
-    """The pretraining side head's logits on `images` as evaluation sees
-    them: encoder and projection head in inference mode (moving statistics,
-    nothing updated, no gradient), the head itself in training mode."""
+    """The supervised head's logits on `images` as evaluation sees them
+    (pretraining's --lineareval_view=eval): encoder and projection head in
+    inference mode (moving statistics, nothing updated, no gradient), the
+    head itself in training mode."""
     features = self.encoder(images, training=False)['final_avg_pool']
     _, hiddens = self.projection_head(features, training=False)
-    head_input = tf.stop_gradient(hiddens[self.config.head.ft_proj_selector])
+    head_input = tf.stop_gradient(
+        hiddens[self.config.supervised_head.ft_proj_selector])
     return self.supervised_head(head_input, training=True)
 
   # --- Variable groups: what optimizers and exports select by ------------

@@ -259,7 +259,7 @@ def _infer_encoder(weights) -> dict:
   if depth is None:
     raise CheckpointError(
         f'{weights.path}: {counts} {kind or "unknown"} blocks per group match '
-        f'no ResNet depth of the original ({resnet.SUPPORTED_DEPTHS}).')
+        f'no ResNet depth of the original ({tuple(resnet.DEPTHS)}).')
 
   layers = 'conv2d_bn_layers' if kind == 'basic' else (
       'conv_relu_dropblock_layers')

@@ -10,21 +10,11 @@ shortcut of every block group's first block, BN epsilon 1e-5.
 import keras
 import tensorflow as tf
 
+from simclr_tf.config import EncoderConfig
+from simclr_tf.network.architectures import DEPTHS
 from simclr_tf.network.layers import BatchNormRelu, get_layers, set_layers
 from simclr_tf.network.speedups import weight_gradients
-from simclr_tf.settings.config import RESNET_DEPTHS, EncoderConfig
 
-# depth -> (block kind, blocks per group)
-DEPTHS = {
-    18: ('basic', (2, 2, 2, 2)),
-    34: ('basic', (3, 4, 6, 3)),
-    50: ('bottleneck', (3, 4, 6, 3)),
-    101: ('bottleneck', (3, 4, 23, 3)),
-    152: ('bottleneck', (3, 8, 36, 3)),
-    200: ('bottleneck', (3, 24, 36, 3)),
-}
-SUPPORTED_DEPTHS = tuple(DEPTHS)
-assert SUPPORTED_DEPTHS == RESNET_DEPTHS  # What the settings accept.
 # Stages that `fine_tune_after_block` can freeze: 0 the stem, 1-4 the groups.
 STAGE_NAMES = ('stem', 'block_group1', 'block_group2', 'block_group3',
                'block_group4')
@@ -301,7 +291,7 @@ class ResNet(keras.Model):
     super().__init__(**kwargs)
     if config.resnet_depth not in DEPTHS:
       raise ValueError(f'resnet_depth={config.resnet_depth} is not one of '
-                       f'{SUPPORTED_DEPTHS}.')
+                       f'{tuple(DEPTHS)}.')
     self.config = config
     kind, blocks_per_group = DEPTHS[config.resnet_depth]
     block_cls = BasicBlock if kind == 'basic' else BottleneckBlock

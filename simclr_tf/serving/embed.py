@@ -8,11 +8,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from simclr_tf.config import DEFAULT_MAX_IMAGE_PIXELS
 from simclr_tf.evaluation import knn
 from simclr_tf.inputs.folder_source import FolderSource
 from simclr_tf.serving import projector
 from simclr_tf.serving import retrievals
-from simclr_tf.settings.config import DEFAULT_MAX_IMAGE_PIXELS
 
 
 class EmbedError(ValueError):

@@ -26,11 +26,11 @@ import time
 from absl import logging
 import tensorflow as tf
 
+from simclr_tf.config import AugmentConfig
+from simclr_tf.config import DEFAULT_MAX_IMAGE_PIXELS
 from simclr_tf.inputs import augment
 from simclr_tf.network import model as model_lib
 from simclr_tf.serving import versions
-from simclr_tf.settings.config import AugmentConfig
-from simclr_tf.settings.config import DEFAULT_MAX_IMAGE_PIXELS
 from simclr_tf.storage import records
 
 SAVED_MODEL_DIR = 'saved_model'

@@ -19,13 +19,13 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
+from simclr_tf.config import AugmentConfig
+from simclr_tf.config import DEFAULT_MAX_IMAGE_PIXELS
 from simclr_tf.serving import export as saved_model
 from simclr_tf.serving import onnx_format
 from simclr_tf.serving import tflite_format
 from simclr_tf.serving import torch_format
 from simclr_tf.serving import versions
-from simclr_tf.settings.config import AugmentConfig
-from simclr_tf.settings.config import DEFAULT_MAX_IMAGE_PIXELS
 from simclr_tf.storage import records
 
 # Largest difference from serving_default allowed, relative to the largest

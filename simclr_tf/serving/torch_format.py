@@ -153,9 +153,9 @@ def architecture(model, image_size: int) -> dict:
       'image_size': image_size,
       'projection_layers': [int(layer.dense.kernel.shape[1])
                             for layer in head.projection_layers],
-      'num_classes': (model.config.num_classes
+      'num_classes': (model.config.supervised_head.num_classes
                       if model.supervised_head is not None else None),
-      'ft_proj_selector': model.config.head.ft_proj_selector,
+      'ft_proj_selector': model.config.supervised_head.ft_proj_selector,
       'standardize': bool(model.supervised_head is not None and
                           model.supervised_head.standardize is not None),
       'torchvision': name,

@@ -3,10 +3,13 @@
 import importlib.util
 import os
 
-from simclr_tf.settings.config import (AUGMENTATIONS, EXPORT_FORMATS,
-                                       EXPORT_PACKAGES, LINEAREVAL_VIEWS,
-                                       NO_AUGMENTATION, RESNET_DEPTHS,
-                                       HeadConfig, RunConfig, export_formats)
+from simclr_tf.config import LINEAREVAL_VIEWS, RunConfig
+from simclr_tf.inputs.augmentation_names import AUGMENTATIONS
+from simclr_tf.inputs.augmentation_names import NO_AUGMENTATION
+from simclr_tf.network import architectures
+from simclr_tf.serving.format_names import EXPORT_FORMATS
+from simclr_tf.serving.format_names import export_formats
+from simclr_tf.serving.format_names import EXPORT_PACKAGES
 
 
 class UsageError(ValueError):
@@ -66,16 +69,15 @@ def check_settings(values: dict):
   if values['fine_tune_after_block'] >= 0:
     check(values['train_mode'] == 'finetune',
           '--fine_tune_after_block needs --train_mode=finetune.')
-  head_layers = HeadConfig(
-      proj_head_mode=values['proj_head_mode'],
-      num_proj_layers=values['num_proj_layers']).num_layers
+  head_layers = architectures.projection_layers(values['proj_head_mode'],
+                                                values['num_proj_layers'])
   check(0 <= values['ft_proj_selector'] <= head_layers,
         f'--ft_proj_selector={values["ft_proj_selector"]} needs a projection'
         f' head with that many layers; --proj_head_mode='
         f'{values["proj_head_mode"]} has {head_layers}.')
-  check(values['resnet_depth'] in RESNET_DEPTHS,
+  check(values['resnet_depth'] in architectures.RESNET_DEPTHS,
         f'--resnet_depth={values["resnet_depth"]} is not one of '
-        f'{RESNET_DEPTHS}.')
+        f'{architectures.RESNET_DEPTHS}.')
   check_export_formats(values['export_formats'], values['export_precision'])
   for name in ('augmentations', 'second_view_augmentations'):
     if values.get(name):

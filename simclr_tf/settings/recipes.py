@@ -7,7 +7,7 @@ user gives explicitly override it.
 
 from typing import Any
 
-from simclr_tf.settings import config as c
+from simclr_tf.inputs import augmentation_names
 
 PRESETS: dict[str, dict[str, Any]] = {
     # The paper's CIFAR-10 recipe (appendix B.9), as the original code's
@@ -57,6 +57,7 @@ def with_preset(name: str | None, values: dict[str, Any]) -> dict[str, Any]:
 
 def default_image_size(native_image_size: int | None) -> int:
   """A dataset's own size for square images of 32 px or less, else 224."""
-  if native_image_size and native_image_size <= c.SMALL_IMAGE_MAX_SIZE:
+  small = augmentation_names.SMALL_IMAGE_MAX_SIZE
+  if native_image_size and native_image_size <= small:
     return native_image_size
   return 224

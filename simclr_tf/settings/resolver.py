@@ -20,10 +20,14 @@ from typing import Any
 
 import tensorflow as tf
 
+from simclr_tf.config import RunConfig
 from simclr_tf.devices import precision
+from simclr_tf.evaluation import evaluator_names
+from simclr_tf.inputs import augmentation_names
+from simclr_tf.network import architectures
 from simclr_tf.settings import checks
-from simclr_tf.settings import config as c
 from simclr_tf.settings import recipes
+from simclr_tf.settings import registry
 from simclr_tf.storage import checkpoints
 from simclr_tf.storage import records
 
@@ -60,7 +64,8 @@ class Record:
               if name in self.settings and (self.settings[name] is not None or
                                             name == 'num_classes')}
     if self.settings:  # Recorded before a setting existed: its old value.
-      values.update({name: value for name, value in c.LEGACY_DEFAULTS.items()
+      values.update({name: value
+                     for name, value in registry.LEGACY_DEFAULTS.items()
                      if name in self.taken and name not in self.settings})
     return values
 
@@ -68,8 +73,8 @@ class Record:
 def layered(given: Mapping[str, Any], *, preset: str | None = None,
             recorded: Mapping[str, Any] | None = None) -> dict[str, Any]:
   """Defaults < recorded < preset < given; derived settings left unset."""
-  defaults = {name: s.default for name, s in c.SETTINGS.items()
-              if not s.required and name not in c.DERIVED}
+  defaults = {name: s.default for name, s in registry.SETTINGS.items()
+              if not s.required and name not in registry.DERIVED}
   try:
     chosen = recipes.with_preset(preset, dict(given))
   except ValueError as e:
@@ -100,7 +105,7 @@ def read_settings(model_dir: str) -> dict:
       recorded = json.load(f)['config']
   except (OSError, ValueError, KeyError, TypeError):
     return {}
-  return c.settings_of(recorded) if isinstance(recorded, dict) else {}
+  return registry.settings_of(recorded) if isinstance(recorded, dict) else {}
 
 
 def read_record(mode: str, values: Mapping[str, Any]) -> Record:
@@ -140,7 +145,8 @@ def derive(values: Mapping[str, Any], *, native_image_size: int | None,
   image_size = values.setdefault('image_size',
                                  recipes.default_image_size(native_image_size))
   derive_augmentations(values, image_size)
-  values.setdefault('cifar_stem', image_size <= c.SMALL_IMAGE_MAX_SIZE)
+  values.setdefault('cifar_stem',
+                    image_size <= augmentation_names.SMALL_IMAGE_MAX_SIZE)
   if num_classes is not None:
     values.setdefault('num_classes', num_classes)
   values.setdefault('precision',
@@ -155,24 +161,27 @@ def derive_augmentations(values: dict[str, Any], image_size: int):
   the other when given, from the image size when neither is; the
   composition is recorded in the order a view applies it."""
   if values.get('second_view_augmentations'):
-    values['second_view_augmentations'] = c.canonical_augmentations(
-        values['second_view_augmentations'])
+    values['second_view_augmentations'] = (
+        augmentation_names.canonical_augmentations(
+            values['second_view_augmentations']))
   named = values.get('augmentations')
   if named is None:
-    values.setdefault('use_blur', c.default_use_blur(image_size))
-    values['augmentations'] = c.default_augmentations(values['use_blur'])
+    values.setdefault('use_blur',
+                      augmentation_names.default_use_blur(image_size))
+    values['augmentations'] = augmentation_names.default_augmentations(
+        values['use_blur'])
     return
-  blur = 'blur' in c.augmentation_names(named)
+  blur = 'blur' in augmentation_names.parse(named)
   checks.check(values.setdefault('use_blur', blur) == blur,
                f'--augmentations={named} and --use_blur={values["use_blur"]} '
                'disagree on blur; give one of them.')
-  values['augmentations'] = c.canonical_augmentations(named)
+  values['augmentations'] = augmentation_names.canonical_augmentations(named)
 
 
 def resolve(given: Mapping[str, Any], *, mode: str = 'train',
             preset: str | None = None, record: Record = Record(),
             source=None, strategy=None,
-            mixed_precision: str = 'auto') -> c.RunConfig:
+            mixed_precision: str = 'auto') -> RunConfig:
   """The RunConfig of a `mode` run: `given` settings (flags given
   explicitly, or a benchmark's choices) over `preset`, over what `record`
   hands on, over the defaults; then what `source` (a dataset source, or None
@@ -188,13 +197,14 @@ def resolve(given: Mapping[str, Any], *, mode: str = 'train',
   values.setdefault('model_dir', default_model_dir(values))
   checks.check(values['image_size'] >= 8, f'--image_size={values["image_size"]}'
                ' is too small for the CIFAR stem: use 8 or more.')
-  unknown = set(values.get('evaluators') or ()) - set(c.EVALUATORS)
+  known = evaluator_names.EVALUATORS
+  unknown = set(values.get('evaluators') or ()) - set(known)
   checks.check(not unknown, f'Unknown evaluators {sorted(unknown)}; use '
-               f'some of {", ".join(c.EVALUATORS)}.')
-  config = c.build(values)
+               f'some of {", ".join(known)}.')
+  config = registry.build(values)
   # The evaluators are named in the config that flags.json records.
   config = dataclasses.replace(config, eval=dataclasses.replace(
-      config.eval, evaluators=c.evaluators_of(config)))
+      config.eval, evaluators=named_evaluators(config)))
   if mode != 'import':  # An import neither trains nor evaluates.
     replicas = strategy.num_replicas_in_sync
     checks.check_batches(config, replicas)
@@ -204,16 +214,34 @@ def resolve(given: Mapping[str, Any], *, mode: str = 'train',
   return config
 
 
-def check_same_architecture(config: c.RunConfig, before: Mapping[str, Any]):
+def named_evaluators(config: RunConfig) -> tuple[str, ...]:
+  """The evaluators a run names, or those its flags ask for: the supervised
+  head's accuracy when the model has one, kNN (--knn), the linear probe
+  (--linear_probe, the baselines' comparison, and the linear evaluation of a
+  model without a head), the baselines (--random_baseline)."""
+  if config.eval.evaluators is not None:
+    return tuple(config.eval.evaluators)
+  has_head = architectures.has_supervised_head(config.model)
+  names = ['supervised_head'] if has_head else []
+  if config.eval.knn:
+    names.append('knn')
+  if config.eval.linear_probe or config.eval.random_baseline or not has_head:
+    names.append('linear_probe')
+  if config.eval.random_baseline:
+    names += ['random_init', 'raw_pixels']
+  return tuple(names)
+
+
+def check_same_architecture(config: RunConfig, before: Mapping[str, Any]):
   """A resumed run whose architecture differs from the one recorded would
   fail to restore; say which flags differ instead. image_size matters
   through the stem it picks."""
-  now = c.flatten(config)
+  now = registry.flatten(config)
   differ = []
   for flag in ARCHITECTURE:
     name = 'cifar_stem' if flag == 'image_size' else flag
     if name in before and before[name] != now[name]:
-      part = c.SETTINGS[name].section.split('.')[-1]
+      part = registry.SETTINGS[name].section.split('.')[-1]
       differ.append(f'--{flag} ({part}.{name}: {before[name]} before, '
                     f'{now[name]} now)')
   checks.check(not differ, f'{config.train.model_dir} holds a run with '

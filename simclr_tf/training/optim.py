@@ -7,7 +7,7 @@ import keras
 from keras import ops
 import tensorflow as tf
 
-from simclr_tf.settings.config import OptimConfig
+from simclr_tf.config import OptimConfig
 
 
 def _is_vector(variable) -> bool:
@@ -167,16 +167,16 @@ def learning_rate_schedule(config: OptimConfig, global_batch_size: int,
 
 
 def build_optimizer(config: OptimConfig, learning_rate, model,
-                    side_head_variables=()):
+                    scaled_variables=(), learning_rate_scale: float = 1.0):
   """Build it inside `strategy.scope()`, then `optimizer.build(variables)`.
 
   Under LARS the supervised head is trained with plain momentum and an L2
-  loss (`weight_decay_loss`), as in the SimCLR code. `side_head_variables`
-  (pretraining's linear head) learn at `lineareval_learning_rate_scale`
-  times the learning rate.
+  loss (`weight_decay_loss`), as in the SimCLR code. `scaled_variables`
+  (pretraining's supervised head) learn at `learning_rate_scale` times the
+  learning rate.
   """
-  scales = dict(scaled_variables=side_head_variables,
-                learning_rate_scale=config.lineareval_learning_rate_scale)
+  scales = dict(scaled_variables=scaled_variables,
+                learning_rate_scale=learning_rate_scale)
   if config.optimizer == 'lars':
     return ScaledLARS(learning_rate, momentum=config.momentum,
                       weight_decay=config.weight_decay, eeta=config.eeta,

@@ -12,9 +12,9 @@ import math
 import keras
 import tensorflow as tf
 
+from simclr_tf.config import RunConfig
 from simclr_tf.network import model as model_lib
 from simclr_tf.network.model import SimCLRModel
-from simclr_tf.settings.config import RunConfig
 from simclr_tf.training import gradient_cache
 from simclr_tf.training import optim
 from simclr_tf.training import terms
@@ -62,11 +62,14 @@ def build_optimizer(config: RunConfig, plan: Plan, model: SimCLRModel):
   schedule = optim.learning_rate_schedule(
       config.optim, config.train.train_batch_size, plan.total_steps,
       plan.warmup_steps)
-  # Pretraining's side head sees stop_gradient(features): its learning rate
-  # is its own (docs/command_line.md, --lineareval_learning_rate_scale).
-  side_head = (model.supervised_variables
-               if config.model.train_mode == 'pretrain' else ())
-  optimizer = optim.build_optimizer(config.optim, schedule, model, side_head)
+  # Pretraining's supervised head sees stop_gradient(features): its
+  # learning rate is its own (docs/command_line.md,
+  # --lineareval_learning_rate_scale).
+  pretraining_head = (model.supervised_variables
+                      if config.model.train_mode == 'pretrain' else ())
+  optimizer = optim.build_optimizer(
+      config.optim, schedule, model, pretraining_head,
+      config.model.supervised_head.lineareval_learning_rate_scale)
   if config.model.precision == 'float16':
     optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
   # Built here, not lazily inside the replica function (docs/contract.md,

@@ -20,8 +20,8 @@ its name to LOSS_TERMS.
 
 import tensorflow as tf
 
+from simclr_tf.config import RunConfig
 from simclr_tf.network.model import SimCLRModel
-from simclr_tf.settings.config import RunConfig
 from simclr_tf.training import objective
 from simclr_tf.training import optim
 
@@ -43,7 +43,7 @@ class Objective:
     # evaluation view, in a pass of its own (docs/evaluation.md).
     self.supervised_head_on_eval_view = (
         self.pretrain and has_head and
-        config.train.lineareval_view == 'eval')
+        config.model.supervised_head.lineareval_view == 'eval')
     self.supervised_head_on_views = (
         has_head and not self.supervised_head_on_eval_view)
 

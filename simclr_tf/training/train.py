@@ -16,12 +16,12 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
+from simclr_tf.config import RunConfig
 from simclr_tf.devices import distribute
 from simclr_tf.inputs import pipeline
 from simclr_tf.inputs import sources
 from simclr_tf.inputs import subsets
 from simclr_tf.network.model import SimCLRModel
-from simclr_tf.settings.config import RunConfig
 from simclr_tf.storage import checkpoints
 from simclr_tf.storage import records
 from simclr_tf.training import hooks as hooks_lib
