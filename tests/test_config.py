@@ -119,6 +119,26 @@ def test_settings_of_reads_a_config_as_flags_json_stores_it(tmp_path):
   assert resolver.read_settings(str(tmp_path / 'absent')) == {}
 
 
+def test_a_record_from_before_the_supervised_head_had_its_section():
+  # flags.json of earlier runs kept the supervised head's settings in the
+  # model, head, optim and train sections: they read as the same settings.
+  old = {'model': {'num_classes': 10, 'lineareval_while_pretraining': True,
+                   'lineareval_standardize': False,
+                   'encoder': {'resnet_depth': 34},
+                   'head': {'proj_out_dim': 64, 'ft_proj_selector': 1}},
+         'optim': {'lineareval_learning_rate_scale': 0.5},
+         'train': {'lineareval_view': 'pretrain', 'model_dir': 'm'}}
+  settings = registry.settings_of(old)
+  assert settings == {'num_classes': 10, 'lineareval_while_pretraining': True,
+                      'lineareval_standardize': False, 'resnet_depth': 34,
+                      'proj_out_dim': 64, 'ft_proj_selector': 1,
+                      'lineareval_learning_rate_scale': 0.5,
+                      'lineareval_view': 'pretrain', 'model_dir': 'm'}
+  head = registry.build({**settings, 'image_size': 8}).model.supervised_head
+  assert (head.num_classes, head.ft_proj_selector, head.lineareval_view,
+          head.lineareval_learning_rate_scale) == (10, 1, 'pretrain', 0.5)
+
+
 def test_build_refuses_unknown_and_missing_settings():
   with pytest.raises(ValueError, match='Unknown settings: learning_rat'):
     registry.build({'model_dir': 'm', 'image_size': 8, 'learning_rat': 1})
