@@ -2,7 +2,7 @@
 
 Flags are defined and read here and nowhere else: they become a frozen
 `Command` (the settings given, and the choices that are not settings) that
-`simclr_tf.modes.run` carries out; settings/resolver.py turns the settings
+`simclr_tf.modes.execute` carries out; settings/resolver.py turns the settings
 into the run's configuration. Flag names follow the original SimCLR code;
 the flags that set a configuration field take their defaults from
 simclr_tf/config.py, the one place where defaults live
@@ -292,7 +292,7 @@ def main(argv):
   from simclr_tf.settings.checks import storage_error
   from simclr_tf.training.hooks import Preempted
   try:
-    modes.run(command())
+    modes.execute(command())
   except modes.USER_ERRORS as e:
     _fail(str(e), 2)
   except (WorkerLost, modes.ExportFailed) as e:

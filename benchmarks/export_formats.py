@@ -23,7 +23,7 @@ from absl import flags
 import numpy as np
 import tensorflow as tf
 
-from simclr_tf.config import (AugmentConfig, EncoderConfig, ModelConfig,
+from simclr_tf.config import (EncoderConfig, ModelConfig,
                               SupervisedHeadConfig)
 from simclr_tf.evaluation import probe
 from simclr_tf.inputs import idx
@@ -32,6 +32,7 @@ from simclr_tf.serving import formats
 from simclr_tf.serving import onnx_format
 from simclr_tf.serving import tflite_format
 from simclr_tf.serving import torch_format
+from simclr_tf.settings import registry
 from simclr_tf.storage import records
 
 # name -> (depth, image size, CIFAR stem)
@@ -122,8 +123,9 @@ def time_architecture(name, directory):
   rows = {}
   for fmt in FORMATS:
     started = time.perf_counter()
-    path = formats.export_all(model, AugmentConfig(image_size=size),
-                              directory, 1, (fmt,))[fmt]
+    config = registry.build({'model_dir': directory, 'image_size': size,
+                             'export_formats': fmt})
+    path = formats.export_all(model, config, 1)[fmt]
     seconds = time.perf_counter() - started
     size_mb = sum(os.path.getsize(os.path.join(root, f))
                   for root, _, files in os.walk(path) for f in files) / 2**20

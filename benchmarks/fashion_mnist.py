@@ -38,15 +38,15 @@ from simclr_tf.config import RunConfig
 from simclr_tf.evaluation import evaluators
 from simclr_tf.evaluation import features
 from simclr_tf.inputs import catalog
-from simclr_tf.run_context import Run
+from simclr_tf.run_context import RunContext
 from simclr_tf.settings import recipes
 from simclr_tf.settings import resolver
 from simclr_tf.storage import checkpoints
 from simclr_tf.storage import records
 from simclr_tf.training import hooks
 from simclr_tf.training import loop
-from simclr_tf.training import task as task_lib
-from simclr_tf.training import train as train_lib
+from simclr_tf.training.task import build_model, make_plan
+from simclr_tf.training.train import train
 
 flags.DEFINE_string('output', 'benchmarks/results/fashion_mnist',
                     'Directory for result.json and the PNG charts.')
@@ -176,20 +176,20 @@ def pretrain(config: RunConfig, source, budget_seconds: float):
   """Trains; returns [(checkpoint path, seconds of training)]."""
   times = CheckpointTimes(
       os.path.join(config.train.model_dir, _TIMES_FILE),
-      task_lib.make_plan(config, NUM_TRAIN).checkpoint_steps, budget_seconds)
-  train_lib.train(config, tf.distribute.get_strategy(), source,
-                  extra_hooks=[times])
+      make_plan(config, NUM_TRAIN).checkpoint_steps, budget_seconds)
+  train(config, tf.distribute.get_strategy(), source,
+        extra_hooks=[times])
   state = tf.train.get_checkpoint_state(config.train.model_dir)
   return [(path, times.times.get(checkpoints.step_of(path)))
           for path in state.all_model_checkpoint_paths]
 
 
-def probe_and_knn(run: Run, model) -> dict:
+def probe_and_knn(run: RunContext, model) -> dict:
   """kNN (k=200, T=0.1) and the converged linear probe on frozen features."""
   return evaluators.feature_metrics(run, model, knn=True, probe=True)
 
 
-def recalibrate_batch_norm(run: Run, model, batches: int = 60):
+def recalibrate_batch_norm(run: RunContext, model, batches: int = 60):
   """Re-estimates every batch norm's moving statistics on training images
   (momentum 0.9: 60 batches leave 0.2% of the initial values)."""
   data = run.eval_data('train')
@@ -205,7 +205,7 @@ def recalibrate_batch_norm(run: Run, model, batches: int = 60):
   return model
 
 
-def random_baselines(run: Run, config: RunConfig) -> dict:
+def random_baselines(run: RunContext, config: RunConfig) -> dict:
   """Random-weights encoders probed like SimCLR's: the standard one and two
   variants that show it is the strongest obvious choice."""
   standard = evaluators.standard_init_model(config)
@@ -214,7 +214,7 @@ def random_baselines(run: Run, config: RunConfig) -> dict:
       run, recalibrate_batch_norm(run, evaluators.standard_init_model(config)))
   keras.utils.set_random_seed(config.data.seed)
   variants['zero gamma (the training start)'] = probe_and_knn(
-      run, task_lib.build_model(config))
+      run, build_model(config))
   return variants
 
 
@@ -238,18 +238,18 @@ def supervised_baseline(source, model_dir: str, minutes: float) -> dict:
   config = recipe(model_dir, 'finetune', epochs=1)
   timer = hooks.StepTimesHook()
   started = time.monotonic()
-  train_lib.train(config, tf.distribute.get_strategy(), source,
-                  extra_hooks=[timer])
+  train(config, tf.distribute.get_strategy(), source,
+        extra_hooks=[timer])
   epochs = supervised_epochs(minutes, time.monotonic() - started, timer,
-                             task_lib.make_plan(config, NUM_TRAIN).total_steps)
+                             make_plan(config, NUM_TRAIN).total_steps)
   logging.info('Supervised baseline: %d epochs in about %.1f minutes.',
                epochs, minutes)
   tf.io.gfile.rmtree(model_dir)
   config = recipe(model_dir, 'finetune', epochs=epochs)
   started = time.monotonic()
-  result = train_lib.train(config, tf.distribute.get_strategy(), source)
+  result = train(config, tf.distribute.get_strategy(), source)
   seconds = time.monotonic() - started
-  run = Run(config, tf.distribute.get_strategy(), source)
+  run = RunContext(config, tf.distribute.get_strategy(), source)
   metrics = probe_and_knn(run, result.model)
   metrics.update(features.label_accuracy(
       result.model, run.strategy, run.eval_data('test')))
@@ -343,7 +343,7 @@ def main(_):
   # --only_supervised keeps the checkpoints semi_supervised.py reads.
   if not FLAGS.resume and tf.io.gfile.exists(pretrain_dir):
     tf.io.gfile.rmtree(pretrain_dir)
-  run = Run(config, tf.distribute.get_strategy(), source)
+  run = RunContext(config, tf.distribute.get_strategy(), source)
   points = pretrain(config, source, FLAGS.budget_minutes * 60)
   curve = []
   for path, seconds in points:

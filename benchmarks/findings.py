@@ -34,15 +34,15 @@ from benchmarks import charts
 from simclr_tf.config import RunConfig
 from simclr_tf.evaluation import evaluators
 from simclr_tf.evaluation import features
-from simclr_tf.evaluation import knn as knn_lib
+from simclr_tf.evaluation.knn import feature_bank
 from simclr_tf.inputs import augmentation_names
 from simclr_tf.inputs import catalog
-from simclr_tf.run_context import Run
+from simclr_tf.run_context import RunContext
 from simclr_tf.settings import checks
 from simclr_tf.settings import registry
 from simclr_tf.settings import resolver
 from simclr_tf.storage import records
-from simclr_tf.training import train as train_lib
+from simclr_tf.training.train import train
 
 STUDIES = ('augmentations', 'projection_head', 'batch_size')
 
@@ -140,7 +140,7 @@ class Study:
                             mixed_precision=self.precision)
 
 
-def probe(run: Run, model, outputs=('final_avg_pool',)) -> dict:
+def probe(run: RunContext, model, outputs=('final_avg_pool',)) -> dict:
   """Linear probe (and kNN) accuracy of each of `outputs`, on the study's
   probe subset and the whole evaluation split."""
   subset = run.train_subset(run.config.eval.probe_train_examples)
@@ -154,7 +154,7 @@ def probe(run: Run, model, outputs=('final_avg_pool',)) -> dict:
                                                test_data, output=output)
     metrics = evaluators.probe_metrics(run, train_x, train_y, test_x, test_y)
     metrics.update(evaluators.knn_metrics(
-        run, knn_lib.feature_bank(train_x.astype(np.float16)), train_y,
+        run, feature_bank(train_x.astype(np.float16)), train_y,
         test_x, test_y))
     results[output] = {
         'linear_probe': round(100 * metrics['linear_probe_top_1_accuracy'],
@@ -177,9 +177,9 @@ def pretrain_and_probe(config: RunConfig, source, outputs=('final_avg_pool',),
   # The initial weights, as run.py seeds them.
   keras.utils.set_random_seed(config.data.seed)
   started = time.monotonic()
-  trained = train_lib.train(config, tf.distribute.get_strategy(), source)
+  trained = train(config, tf.distribute.get_strategy(), source)
   seconds = time.monotonic() - started
-  run = Run(config, tf.distribute.get_strategy(), source)
+  run = RunContext(config, tf.distribute.get_strategy(), source)
   result = {'train_seconds': round(seconds, 1), **probe(run, trained.model,
                                                         outputs)}
   records.write_json(result_path, result)
@@ -190,7 +190,7 @@ def pretrain_and_probe(config: RunConfig, source, outputs=('final_avg_pool',),
 def random_weights(study: Study, source) -> dict:
   """The floor: the same encoder at standard initialisation, untrained."""
   config = study.config('random_weights', train_epochs=1)
-  run = Run(config, tf.distribute.get_strategy(), source)
+  run = RunContext(config, tf.distribute.get_strategy(), source)
   return probe(run, evaluators.standard_init_model(config))
 
 

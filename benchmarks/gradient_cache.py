@@ -20,7 +20,7 @@ import tensorflow as tf
 
 from benchmarks import throughput
 from simclr_tf.training import hooks
-from simclr_tf.training import train as train_lib
+from simclr_tf.training.train import train
 
 # name: (throughput configuration (model, image size), batch, chunk size)
 CASES = {
@@ -51,7 +51,7 @@ def measure(name):
         steps, contrastive_chunk_size=chunk)
     timer = hooks.StepTimesHook()
     started = time.perf_counter()
-    train_lib.train(config, strategy, source, extra_hooks=[timer])
+    train(config, strategy, source, extra_hooks=[timer])
     wall = time.perf_counter() - started
   return {'case': name, 'resnet_depth': depth, 'image_size': image_size,
           'batch_size': batch, 'contrastive_chunk_size': chunk,
@@ -59,7 +59,7 @@ def measure(name):
           'images_per_second': timer.images_per_second(batch,
                                                        skip_calls=warmup),
           'peak_memory_gb':
-              resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9,
+          resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9,
           'wall_seconds': wall}
 
 

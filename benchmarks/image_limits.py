@@ -52,7 +52,7 @@ def _make_images(workdir):
 
 def _folder_case(workdir, limit) -> dict:
   # pylint: disable=g-import-not-at-top
-  from simclr_tf.config import AugmentConfig, EncoderConfig, ModelConfig
+  from simclr_tf.config import AugmentConfig
   from simclr_tf.inputs import folder_source
   from simclr_tf.inputs import pipeline
   source = folder_source.FolderSource(os.path.join(workdir, 'folder'), limit)

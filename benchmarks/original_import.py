@@ -206,7 +206,7 @@ def _fixture_errors(folder, image_size):
   """Each output the fixture holds: our relative error after the import."""
   # pylint: disable=g-import-not-at-top
   import numpy as np
-  from simclr_tf.network import model as model_lib
+  from simclr_tf.network.model import create_model
   from simclr_tf.network import original
   from simclr_tf.network import original_variables
   from simclr_tf.settings import resolver
@@ -215,7 +215,7 @@ def _fixture_errors(folder, image_size):
   config = resolver.resolve({**settings, 'image_size': image_size,
                              'model_dir': 'unused'}, mode='import',
                             mixed_precision='float32')
-  model = model_lib.create(config.model, image_size)
+  model = create_model(config.model, image_size)
   original_variables.load(model, weights)
   images = np.load(os.path.join(folder, 'images.npy'))
   ours = dict(model.encoder(images, training=False))

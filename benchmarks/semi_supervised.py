@@ -47,11 +47,11 @@ from simclr_tf.config import DataConfig, RunConfig
 from simclr_tf.evaluation import evaluators
 from simclr_tf.evaluation import features
 from simclr_tf.inputs import catalog
-from simclr_tf.run_context import Run
+from simclr_tf.run_context import RunContext
 from simclr_tf.settings import resolver
 from simclr_tf.storage import checkpoints
 from simclr_tf.storage import records
-from simclr_tf.training import train as train_lib
+from simclr_tf.training.train import train
 
 flags.DEFINE_string('encoder', '/tmp/simclr_fashion_mnist/pretrain',
                     'The pretraining run (directory or checkpoint prefix).')
@@ -120,7 +120,7 @@ def min_crop_area(method: str) -> float:
 
 
 def make_setting(method: str, labels: int, seed: int, learning_rate: float,
-            weight_decay: float, crop: float | None = None) -> Setting:
+                 weight_decay: float, crop: float | None = None) -> Setting:
   return Setting(method, labels, seed, learning_rate, weight_decay,
                  min_crop_area(method) if crop is None else crop)
 
@@ -175,9 +175,9 @@ def fine_tune(setting: Setting, source, encoder: str, *, epochs: int,
   # weights, of the encoder.
   keras.utils.set_random_seed(setting.seed)
   started = time.monotonic()
-  trained = train_lib.train(config, strategy, source)
+  trained = train(config, strategy, source)
   seconds = time.monotonic() - started
-  run = Run(config, strategy, source)
+  run = RunContext(config, strategy, source)
   labeled = run.labeled_indices
   result = {
       **dataclasses.asdict(setting), 'epochs': epochs,
@@ -221,9 +221,9 @@ def frozen_probe(source, encoder: str, labels: int, seed: int) -> dict:
                                           num_classes=None)))
   strategy = tf.distribute.get_strategy()
   model, _ = modes.restored_model(
-      Run(pretrain_config, strategy, source), encoder)
-  metrics = evaluators.feature_metrics(Run(config, strategy,
-                                                      source),
+      RunContext(pretrain_config, strategy, source), encoder)
+  metrics = evaluators.feature_metrics(RunContext(config, strategy,
+                                                  source),
                                        model, knn=True, probe=True)
   return {'labels': labels, 'seed': seed, **metrics}
 
@@ -269,7 +269,7 @@ def main(_):
   except checkpoints.CheckpointError as e:
     raise app.UsageError(f'{e} Run benchmarks/fashion_mnist.py first.')
   source = catalog.make_source(DataConfig(dataset='fashion_mnist',
-                                           data_dir=FLAGS.data_dir))
+                                          data_dir=FLAGS.data_dir))
   learning_rates = {
       'SimCLR': [float(v) for v in FLAGS.simclr_learning_rates],
       'random weights': [float(v) for v in FLAGS.random_learning_rates]}
@@ -292,7 +292,7 @@ def main(_):
     for crop in FLAGS.crop_search:
       for method in METHODS:
         run(make_setting(method, 600, 0, learning_rates[method][0],
-                    weight_decays[0], crop=float(crop)))
+                         weight_decays[0], crop=float(crop)))
     records.write_json(os.path.join(FLAGS.output, 'crop_search.json'), runs)
     return
 
@@ -307,12 +307,12 @@ def main(_):
     if 6000 in budgets:
       for lr in learning_rates[method]:
         run(make_setting(method, 6000, 0, lr,
-                    chosen[method, 600]['weight_decay']))
+                         chosen[method, 600]['weight_decay']))
       chosen[method, 6000] = best(runs, method, 6000)
     pick = chosen[method, 600]
     for seed in seeds[1:]:
       run(make_setting(method, 600, seed, pick['learning_rate'],
-                  pick['weight_decay']))
+                       pick['weight_decay']))
 
   table = {}
   for method in METHODS:
@@ -340,7 +340,7 @@ def main(_):
   if FLAGS.ceiling_epochs > 0:
     pick = chosen['random weights', max(budgets)]
     run(make_setting('random weights', NUM_TRAIN, 0, pick['learning_rate'],
-                pick['weight_decay']))
+                     pick['weight_decay']))
     ceiling = runs[-1]
   result = {
       'title': (f'ResNet-{architecture.encoder.resnet_depth} '

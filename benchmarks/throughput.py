@@ -32,7 +32,7 @@ from absl import flags
 import numpy as np
 import tensorflow as tf
 
-from benchmarks import flops as flops_lib
+from benchmarks.flops import forward_flops
 from simclr_tf.config import LINEAREVAL_VIEWS, PRECISIONS
 from simclr_tf.devices import precision
 from simclr_tf.inputs import array_source
@@ -40,8 +40,8 @@ from simclr_tf.inputs import pipeline
 from simclr_tf.settings import resolver
 from simclr_tf.storage import records
 from simclr_tf.training import hooks
-from simclr_tf.training import task as task_lib
-from simclr_tf.training import train as train_lib
+from simclr_tf.training.task import TrainTask, make_plan
+from simclr_tf.training.train import train
 
 CONFIGS = {  # name: (depth, width, image size, batch size, stored size)
     'resnet18_32px_b128': (18, 1.0, 32, 128, 32),
@@ -124,13 +124,13 @@ def measure(name):
     config, source = run_config(depth, width, image_size, batch_size,
                                 stored_size, strategy, model_dir, steps)
     timer = hooks.StepTimesHook()
-    train_lib.train(config, strategy, source, extra_hooks=[timer])
+    train(config, strategy, source, extra_hooks=[timer])
     train_seconds = images / timer.images_per_second(
         batch_size, skip_calls=FLAGS.warmup_calls)
   peak_bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
-  task = task_lib.TrainTask(config, strategy,
-                            task_lib.make_plan(config, _NUM_IMAGES))
+  task = TrainTask(config, strategy,
+                   make_plan(config, _NUM_IMAGES))
 
   def dataset():
     return pipeline.train_dataset(
@@ -150,7 +150,7 @@ def measure(name):
     next(batches)
   input_seconds = time.perf_counter() - started
 
-  flops = flops_lib.forward_flops(task.model, image_size) * 3 * 2
+  flops = forward_flops(task.model, image_size) * 3 * 2
   op_types = (profile(task, cached, os.path.join(FLAGS.profile_dir, name))
               if FLAGS.profile_dir else None)
   return {

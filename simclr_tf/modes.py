@@ -1,10 +1,10 @@
-"""What each `--mode` of run.py does (docs/command_line.md); `run` dispatches.
+"""What each `--mode` of run.py does (docs/command_line.md); `execute` dispatches.
 
 train, train_then_eval, eval and export work on the model of a model_dir
 (or --checkpoint); import makes one from a checkpoint of the original SimCLR
 code; preview and embed read images. Each mode sets up (devices, dataset,
 configuration from settings/resolver.py, the run lock, flags.json), then
-calls the functions below it that do the work on a `Run`.
+calls the functions below it that do the work on a `RunContext`.
 """
 
 import contextlib
@@ -24,16 +24,15 @@ from simclr_tf.evaluation import evaluators
 from simclr_tf.evaluation import report
 from simclr_tf.inputs import augmentation_names
 from simclr_tf.inputs import catalog
-from simclr_tf.inputs import preview as preview_lib
 from simclr_tf.inputs import sources
 from simclr_tf.inputs import subsets
-from simclr_tf.network import model as model_lib
+from simclr_tf.inputs.preview import preview_grid, write_png
 from simclr_tf.network import original
 from simclr_tf.network import original_variables
-from simclr_tf.run_context import Run
-from simclr_tf.serving import embed as embed_lib
-from simclr_tf.serving import format_names
+from simclr_tf.network.model import create_model
+from simclr_tf.run_context import RunContext
 from simclr_tf.serving import formats
+from simclr_tf.serving.embed import EmbedError, embed_folder
 from simclr_tf.settings import checks
 from simclr_tf.settings import recipes
 from simclr_tf.settings import resolver
@@ -41,13 +40,13 @@ from simclr_tf.settings.command import Command
 from simclr_tf.storage import checkpoints
 from simclr_tf.storage import lock
 from simclr_tf.storage import records
-from simclr_tf.training import train as train_lib
+from simclr_tf.training.train import train
 
 # What the modes raise when the input cannot work: one line for the user
 # (run.py exits with code 2).
 USER_ERRORS = (checks.UsageError, sources.DatasetError,
                checkpoints.CheckpointError, lock.LockError,
-               embed_lib.EmbedError, FloatingPointError)
+               EmbedError, FloatingPointError)
 
 
 class ExportFailed(Exception):
@@ -57,7 +56,7 @@ class ExportFailed(Exception):
   exit_code = 3
 
 
-def run(command: Command):
+def execute(command: Command):
   """Runs `command.mode`; invalid settings fail first (checks.UsageError)."""
   command.check()
   checks.check_settings(resolver.layered(command.given,
@@ -137,26 +136,26 @@ def model_mode(command: Command):
   trains = mode in resolver.TRAINING_MODES
   if trains and config.train.checkpoint:
     checkpoints.locate(config.train.checkpoint)  # Fails now if missing.
-  run_ = Run(config, strategy, source)
-  if run_.chief:
+  context = RunContext(config, strategy, source)
+  if context.chief:
     checks.check_writable(config.train.model_dir)
   if trains:
     checks.check_dataset_fits_a_batch(
         config, subsets.training_split(config, source).num_examples(source))
   # One training process per model_dir (the chief's); evaluators and
   # exports may run beside it.
-  with (lock.exclusive(config.train.model_dir) if run_.chief and trains
+  with (lock.exclusive(config.train.model_dir) if context.chief and trains
         else contextlib.nullcontext()):
     keras.utils.set_random_seed(config.data.seed)
-    if run_.chief and mode != 'export':
+    if context.chief and mode != 'export':
       write_flags(config, command)
     logging.info('Model directory: %s', config.train.model_dir)
     if trains:
-      run_train(run_, then_eval=mode == 'train_then_eval')
+      run_train(context, then_eval=mode == 'train_then_eval')
     elif mode == 'eval':
-      run_eval(run_, command.eval_watch, command.eval_timeout)
+      run_eval(context, command.eval_watch, command.eval_timeout)
     else:
-      run_export(run_, config.train.checkpoint)
+      run_export(context, config.train.checkpoint)
 
 
 def preview(command: Command):
@@ -164,12 +163,12 @@ def preview(command: Command):
   values = resolver.layered(command.given, preset=command.preset)
   source = make_source(values)
   config = configure(command, source)
-  grid = preview_lib.preview_grid(
+  grid = preview_grid(
       source, config.data.train_split, config.augment,
       command.preview_images, command.preview_pairs, config.data.seed)
   path = command.preview_path
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  preview_lib.write_png(grid, path)
+  write_png(grid, path)
   print(f'Wrote {path}: {command.preview_images} images of {source.name} at '
         f'{config.augment.image_size} px, each followed by '
         f'{command.preview_pairs} pairs of SimCLR views.')
@@ -185,7 +184,7 @@ def embed(command: Command):
                f'--saved_model={saved_model} holds no saved_model.pb.')
   checks.check(values['dataset'].startswith(catalog.FOLDER_PREFIX),
                '--mode=embed takes --dataset=folder:PATH.')
-  arrays = embed_lib.embed_folder(
+  arrays = embed_folder(
       saved_model, values['dataset'][len(catalog.FOLDER_PREFIX):],
       command.output, command.neighbors, values['eval_batch_size'],
       values['max_image_pixels'], projector_dir=command.projector_dir,
@@ -239,7 +238,7 @@ def import_original(command: Command):
                             mixed_precision=command.mixed_precision)
   with lock.exclusive(model_dir):
     write_flags(config, command)
-    done = run_import(Run(config, tf.distribute.get_strategy(), None),
+    done = run_import(RunContext(config, tf.distribute.get_strategy(), None),
                       weights)
   print(f'Imported {weights.path} (global step {done["global_step"]}): '
         f'{original.describe(inferred)}, at {image_size} px.\n'
@@ -250,17 +249,13 @@ def import_original(command: Command):
 # --- The work on a run -----------------------------------------------------
 
 
-def export_model(run_: Run, model, global_step: int) -> dict[str, str]:
+def export_model(context: RunContext, model,
+                 global_step: int) -> dict[str, str]:
   """The run's exports of `model` in --export_formats (the chief writes
   them); {format: path}."""
-  if not run_.chief:
+  if not context.chief:
     return {}
-  config = run_.config
-  return formats.export_all(
-      model, config.augment, run_.model_dir, global_step,
-      format_names.export_formats(config.train.export_formats),
-      config.train.keep_hub_module_max, config.data.max_image_pixels,
-      config.train.export_precision)
+  return formats.export_all(model, context.config, global_step)
 
 
 def _rounded(results: dict) -> str:
@@ -268,34 +263,34 @@ def _rounded(results: dict) -> str:
                    for k, v in results.items())
 
 
-def run_train(run_: Run, then_eval: bool) -> dict | None:
+def run_train(context: RunContext, then_eval: bool) -> dict | None:
   """Trains (resuming), exports, then evaluates or runs the kNN monitor;
   returns result.json's content when it evaluates."""
-  config = run_.config
+  config = context.config
   monitor = None
   every = config.eval.knn_every_n_checkpoints
-  if every and config.eval.knn and run_.source.has_labels:
+  if every and config.eval.knn and context.source.has_labels:
 
     def knn_monitor(task, step):
-      results = evaluators.feature_metrics(run_, task.model, knn=True)
+      results = evaluators.feature_metrics(context, task.model, knn=True)
       logging.info('kNN monitor at step %d: %s', step, _rounded(results))
-      report.write_summary(run_, step, results)
+      report.write_summary(context, step, results)
 
     monitor = (every, knn_monitor)
-  result = train_lib.train(config, run_.strategy, run_.source, run_.chief,
-                           every_nth_checkpoint=monitor)
+  result = train(config, context.strategy, context.source, context.chief,
+                 every_nth_checkpoint=monitor)
   try:
-    export_model(run_, result.model, result.global_step)
+    export_model(context, result.model, result.global_step)
     export_failure = None
   except formats.ExportError as e:
     export_failure = e
   evaluated = None
   if then_eval:
-    evaluated = report.report(run_, evaluators.evaluate(run_, result.model,
-                                                        result.global_step))
-  elif config.eval.knn and run_.source.has_labels:
-    results = evaluators.feature_metrics(run_, result.model, knn=True)
-    report.write_summary(run_, result.global_step, results)
+    evaluated = report.report(context, evaluators.evaluate(
+        context, result.model, result.global_step))
+  elif config.eval.knn and context.source.has_labels:
+    results = evaluators.feature_metrics(context, result.model, knn=True)
+    report.write_summary(context, result.global_step, results)
     logging.info('kNN monitor at the end of training: %s', _rounded(results))
   if export_failure is not None:
     raise ExportFailed(
@@ -305,10 +300,11 @@ def run_train(run_: Run, then_eval: bool) -> dict | None:
   return evaluated
 
 
-def restored_model(run_: Run, path: str):
+def restored_model(context: RunContext, path: str):
   """(The model of checkpoint `path`, its global step)."""
-  with run_.strategy.scope():
-    model = model_lib.create(run_.config.model, run_.config.augment.image_size)
+  with context.strategy.scope():
+    model = create_model(context.config.model,
+                         context.config.augment.image_size)
   try:
     status = tf.train.Checkpoint(model=model).read(path)
     status.expect_partial().assert_existing_objects_matched()  # No optimizer.
@@ -325,20 +321,22 @@ def restored_model(run_: Run, path: str):
   return model, checkpoints.step_of(path)
 
 
-def _evaluate_checkpoint(run_: Run, path: str) -> dict:
-  model, step = restored_model(run_, path)
-  return report.report(run_, evaluators.evaluate(run_, model, step))
+def _evaluate_checkpoint(context: RunContext, path: str) -> dict:
+  model, step = restored_model(context, path)
+  return report.report(context, evaluators.evaluate(context, model, step))
 
 
-def run_eval(run_: Run, watch: bool = False, timeout: float = 0) -> dict:
+def run_eval(context: RunContext, watch: bool = False,
+             timeout: float = 0) -> dict:
   """Evaluates the latest checkpoint, or each new one while watching."""
   if watch:
     result = None
-    for path in tf.train.checkpoints_iterator(run_.model_dir,
+    for path in tf.train.checkpoints_iterator(context.model_dir,
                                               timeout=timeout or None):
-      result = _evaluate_checkpoint(run_, path)
+      result = _evaluate_checkpoint(context, path)
     return result
-  return _evaluate_checkpoint(run_, latest_checkpoint(run_.model_dir, 'eval'))
+  return _evaluate_checkpoint(context,
+                              latest_checkpoint(context.model_dir, 'eval'))
 
 
 _NO_CHECKPOINT = {
@@ -356,12 +354,12 @@ def latest_checkpoint(model_dir: str, mode: str) -> str:
   return path
 
 
-def run_export(run_: Run, checkpoint: str | None) -> dict[str, str]:
+def run_export(context: RunContext, checkpoint: str | None) -> dict[str, str]:
   path = (checkpoints.locate(checkpoint) if checkpoint
-          else latest_checkpoint(run_.model_dir, 'export'))
-  model, step = restored_model(run_, path)
+          else latest_checkpoint(context.model_dir, 'export'))
+  model, step = restored_model(context, path)
   try:
-    exported = export_model(run_, model, step)
+    exported = export_model(context, model, step)
   except formats.ExportError as e:
     raise ExportFailed(str(e)) from None
   for directory in exported.values():
@@ -369,21 +367,22 @@ def run_export(run_: Run, checkpoint: str | None) -> dict[str, str]:
   return exported
 
 
-def run_import(run_: Run, weights: original.OriginalWeights) -> dict:
-  """Writes `weights` (of the original SimCLR code) into `run_.model_dir` as
+def run_import(context: RunContext, weights: original.OriginalWeights) -> dict:
+  """Writes `weights` (of the original SimCLR code) into `context.model_dir` as
   a checkpoint of ours at the original's global step, and exports it."""
   start = time.perf_counter()
-  with run_.strategy.scope():
-    model = model_lib.create(run_.config.model, run_.config.augment.image_size)
+  with context.strategy.scope():
+    model = create_model(context.config.model,
+                         context.config.augment.image_size)
   original_variables.load(model, weights)
   step = weights.global_step
   # The step is where checkpoints of ours keep it (the optimizer's counter);
   # the original's optimizer state is not carried over.
   checkpoint = tf.train.Checkpoint(model=model, optimizer=tf.train.Checkpoint(
       _iterations=tf.Variable(step, dtype=tf.int64)))
-  manager = checkpoints.manager(checkpoint, run_.model_dir,
-                                run_.config.train.keep_checkpoint_max)
+  manager = checkpoints.manager(checkpoint, context.model_dir,
+                                context.config.train.keep_checkpoint_max)
   path = manager.save(checkpoint_number=step)
-  exported = export_model(run_, model, step)
+  exported = export_model(context, model, step)
   return {'checkpoint': path, 'exports': exported, 'global_step': step,
           'seconds': time.perf_counter() - start}

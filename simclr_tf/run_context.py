@@ -13,7 +13,7 @@ from simclr_tf.inputs import sources
 from simclr_tf.inputs import subsets
 
 
-class Run:
+class RunContext:
   """A run's configuration, dataset source and strategy."""
 
   def __init__(self, config: RunConfig, strategy: tf.distribute.Strategy,

@@ -13,7 +13,7 @@ import pytest
 
 from benchmarks import flops
 from simclr_tf.settings import registry
-from simclr_tf.training import task as task_lib
+from simclr_tf.training.task import build_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -38,7 +38,7 @@ def test_forward_flops_of_resnet18_match_the_hand_count():
   config = registry.build({'model_dir': '/tmp/unused', 'image_size': 32,
                            'resnet_depth': 18, 'cifar_stem': True,
                            'proj_head_mode': 'none'})
-  model = task_lib.build_model(config)
+  model = build_model(config)
   counted = flops.forward_flops(model, 32)
   expected = 2 * _resnet18_cifar_macs()
   assert expected == pytest.approx(1.11e9, rel=0.01)  # 6.7 GFLOP / 6.
@@ -48,7 +48,7 @@ def test_forward_flops_of_resnet18_match_the_hand_count():
 
 _SUPERVISED_CHECK = r'''
 import json, os, sys
-from benchmarks import fashion_mnist as fm
+from benchmarks import fashion_mnist
 from simclr_tf.training import hooks
 
 # One epoch of 10 steps took 30 s in all; after the first two calls the
@@ -56,7 +56,7 @@ from simclr_tf.training import hooks
 # (4 min - 25 s) / 5 s = 43 epochs.
 timer = hooks.StepTimesHook()
 timer.times = [(2, 1.0), (4, 2.0), (8, 4.0)]
-epochs = fm.supervised_epochs(4, 30.0, timer, steps_per_epoch=10)
+epochs = fashion_mnist.supervised_epochs(4, 30.0, timer, steps_per_epoch=10)
 
 directory = sys.argv[1]
 with open(os.path.join(directory, 'result.json'), 'w') as f:
@@ -67,10 +67,10 @@ with open(os.path.join(directory, 'result.json'), 'w') as f:
                             'label_top_1_accuracy': 0.5,
                             'linear_probe_top_1_accuracy': 0.5}}, f)
 drawn = []
-fm.plot = lambda result, where: drawn.append(where)
+fashion_mnist.plot = lambda result, where: drawn.append(where)
 supervised = {'train_seconds': 2700.0, 'label_top_1_accuracy': 0.91,
               'linear_probe_top_1_accuracy': 0.92}
-fm.add_to_result(directory, supervised)
+fashion_mnist.add_to_result(directory, supervised)
 with open(os.path.join(directory, 'result.json')) as f:
   result = json.load(f)
 print(json.dumps({'epochs': epochs, 'result': result, 'drawn': drawn}))
@@ -96,15 +96,16 @@ def test_fashion_mnist_supervised_baseline_fills_its_budget_and_joins_the_result
 _CONFIGS_CHECK = r'''
 import json
 from absl import flags
-from benchmarks import semi_supervised as ss
+from benchmarks.semi_supervised import (METHODS, fine_tuning_config,
+                                        make_setting, probe_config)
 FLAGS = flags.FLAGS
 FLAGS(['semi_supervised.py', '--min_crop_area=0.2',
        '--random_min_crop_area=0.5'])
-searched = ss.make_setting('SimCLR', 600, 0, 0.01, 0.0, crop=0.7)
-config = ss.fine_tuning_config(searched, '/tmp/unused', epochs=2,
+searched = make_setting('SimCLR', 600, 0, 0.01, 0.0, crop=0.7)
+config = fine_tuning_config(searched, '/tmp/unused', epochs=2,
                                batch_size=64, encoder=None)
-random = ss.fine_tuning_config(
-    ss.make_setting('random weights', 600, 1, 0.1, 5e-4), '/tmp/unused',
+random = fine_tuning_config(
+    make_setting('random weights', 600, 1, 0.1, 5e-4), '/tmp/unused',
     epochs=2, batch_size=64, encoder=None)
 print(json.dumps({
     'crop': config.augment.min_crop_area, 'name': searched.name,
@@ -137,7 +138,8 @@ def test_semi_supervised_configs_come_from_the_resolver_without_flag_changes():
 _ARCHITECTURE_CHECK = r'''
 import json, os, sys
 from absl import flags
-from benchmarks import semi_supervised as ss
+from benchmarks.semi_supervised import (METHODS, fine_tuning_config,
+                                       make_setting, probe_config)
 from simclr_tf.settings import registry
 encoder_dir, recorded_width = sys.argv[1], float(sys.argv[2])
 # A flags.json as a pretraining run leaves it: the nested configuration.
@@ -152,15 +154,15 @@ os.makedirs(encoder_dir, exist_ok=True)
 with open(os.path.join(encoder_dir, 'flags.json'), 'w') as f:
   json.dump({'config': nested}, f)
 flags.FLAGS(['semi_supervised.py', f'--encoder={encoder_dir}/ckpt-7'])
-widths = [ss.fine_tuning_config(ss.make_setting(method, 600, 0, 0.01, 0.0),
+widths = [fine_tuning_config(make_setting(method, 600, 0, 0.01, 0.0),
                                 '/tmp/unused', epochs=2, batch_size=64,
                                 encoder=None).model.encoder.width_multiplier
-          for method in ss.METHODS]
+          for method in METHODS]
 flags.FLAGS.encoder = '/nonexistent/pretrain'
-unrecorded = ss.fine_tuning_config(ss.make_setting('SimCLR', 600, 0, 0.01, 0.0),
+unrecorded = fine_tuning_config(make_setting('SimCLR', 600, 0, 0.01, 0.0),
                                    '/tmp/unused', epochs=2, batch_size=64,
                                    encoder=None).model.encoder.width_multiplier
-probe = ss.probe_config(600, 2)
+probe = probe_config(600, 2)
 print(json.dumps({'widths': widths, 'unrecorded': unrecorded,
                   'probe': [probe.model.encoder.width_multiplier,
                             probe.data.label_fraction, probe.data.seed]}))

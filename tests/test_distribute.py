@@ -11,7 +11,7 @@ import tensorflow as tf
 from simclr_tf.devices import distribute
 from simclr_tf.network.speedups import weight_gradients
 from simclr_tf.settings import registry
-from simclr_tf.training import task as task_lib
+from simclr_tf.training.task import Plan, TrainTask, build_model
 from tests import helpers
 from tests.helpers import run
 
@@ -41,7 +41,7 @@ def _batch():
 
 def _initial_weights(config):
   keras.utils.set_random_seed(0)
-  model = task_lib.build_model(config)
+  model = build_model(config)
   for v in model.weights:  # Zero-gamma blocks would hide the encoder.
     if v.name == 'gamma':
       v.assign(tf.ones_like(v) * 0.7)
@@ -59,7 +59,7 @@ def one_step(replicas, global_bn, precision='float32', optimizer='lars',
   batch = _batch()
   local = GLOBAL_BATCH // replicas
   strategy = helpers.cpu_strategy(replicas)
-  task = task_lib.TrainTask(config, strategy, task_lib.Plan(64, 8, 100, 0, 10))
+  task = TrainTask(config, strategy, Plan(64, 8, 100, 0, 10))
   task.model.set_weights(weights)
   values = strategy.experimental_distribute_values_from_function(
       lambda ctx: {k: tf.constant(v[ctx.replica_id_in_sync_group * local:]

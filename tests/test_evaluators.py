@@ -6,19 +6,18 @@ import os
 import time
 
 import numpy as np
-import pytest
 import tensorflow as tf
 
 from simclr_tf.evaluation import baseline_cache
 from simclr_tf.evaluation import evaluators
 from simclr_tf.evaluation import features
-from simclr_tf.evaluation import probe as probe_lib
 from simclr_tf.evaluation import report
 from simclr_tf.evaluation.evaluators import Metric
+from simclr_tf.evaluation.probe import linear_probe
 from simclr_tf.inputs import array_source
 from simclr_tf.inputs import folder_source
 from simclr_tf.inputs import subsets
-from simclr_tf.run_context import Run
+from simclr_tf.run_context import RunContext
 from simclr_tf.settings import registry
 from simclr_tf.settings import resolver
 from tests import helpers
@@ -57,7 +56,7 @@ def test_feature_metrics_use_the_seeded_subsets_of_training_features():
       'dataset': 'toy', 'seed': 6, 'image_size': 8, 'model_dir': 'unused',
       'eval_batch_size': 16, 'knn_k': 5, 'knn_train_examples': 30,
       'probe_train_examples': 60})
-  run = Run(config, helpers.cpu_strategy(1), source)
+  run = RunContext(config, helpers.cpu_strategy(1), source)
 
   def model(images, training=False):
     del training  # Features: the first 12 centred pixel values.
@@ -75,7 +74,7 @@ def test_feature_metrics_use_the_seeded_subsets_of_training_features():
                                                            labels['test'])
   # The probe fits on 60: the same order's first 60.
   probe_rows = np.sort(order[:60])
-  expected = probe_lib.linear_probe(
+  expected = linear_probe(
       pixel_features(images['train'][probe_rows]), labels['train'][probe_rows],
       test_x, 3, seed=6).metrics(labels['test'])
   both = evaluators.feature_metrics(run, model, knn=True, probe=True)
@@ -102,13 +101,13 @@ def test_fine_tuning_on_a_label_fraction_evaluates_on_that_subset_only():
         'eval_batch_size': 16, 'knn_k': 5, 'train_mode': 'finetune',
         'label_fraction': 0.1, 'knn_train_examples': bank_size,
         'probe_train_examples': 0})
-    run = Run(config, helpers.cpu_strategy(1), source)
+    run = RunContext(config, helpers.cpu_strategy(1), source)
     if bank_rows is None:  # A seeded random 12 of the 30 labeled.
       bank_rows = labeled[np.random.default_rng(2).permutation(30)[:12]]
     result = evaluators.feature_metrics(run, model, knn=True, probe=True)
     scores = helpers.knn_numpy(pixel_features(images['train'][bank_rows]),
-                        labels['train'][bank_rows], pixel_features(images['test']),
-                        3, 5, 0.1)
+                               labels['train'][bank_rows],
+                               pixel_features(images['test']), 3, 5, 0.1)
     assert result['knn_top_1_accuracy'] == features.accuracy(
         scores, labels['test'])
     assert result['knn_train_labels'] == len(bank_rows)
@@ -137,7 +136,7 @@ def test_the_named_evaluators_yield_result_json_and_the_table(tmp_path):
   # No supervised head: the probe is the linear evaluation.
   assert config.eval.evaluators == ('knn', 'linear_probe', 'random_init',
                                     'raw_pixels')
-  run = Run(config, helpers.cpu_strategy(1), source)
+  run = RunContext(config, helpers.cpu_strategy(1), source)
   metrics = evaluators.evaluate(run, _PixelFeatures(), 7)
   result = report.as_result(metrics)
   assert result['global_step'] == 7 and result['eval_split'] == 'test'
@@ -169,7 +168,8 @@ def test_the_named_evaluators_yield_result_json_and_the_table(tmp_path):
   only_knn = resolver.resolve({**settings, 'evaluators': ('knn',)},
                               source=source, mixed_precision='float32')
   result = report.as_result(evaluators.evaluate(
-      Run(only_knn, helpers.cpu_strategy(1), source), _PixelFeatures(), 7))
+      RunContext(only_knn, helpers.cpu_strategy(1), source), _PixelFeatures(),
+      7))
   assert set(result) == {'global_step', 'eval_split', 'knn_top_1_accuracy',
                          'knn_top_5_accuracy', 'knn_train_labels'}
 
@@ -180,7 +180,7 @@ def _baseline_run(source, data_dir, **changes):
               'width_multiplier': 0.125, 'lineareval_while_pretraining': False,
               'evaluators': ('knn', 'random_init', 'raw_pixels'), **changes}
   config = resolver.resolve(settings, source=source, mixed_precision='float32')
-  return Run(config, helpers.cpu_strategy(1), source)
+  return RunContext(config, helpers.cpu_strategy(1), source)
 
 
 def _baselines(run):

@@ -14,8 +14,8 @@ import tensorflow as tf
 import torch
 from torch import nn
 
-from simclr_tf.config import (AugmentConfig, EncoderConfig, ModelConfig,
-                              ProjectionHeadConfig, SupervisedHeadConfig)
+from simclr_tf.config import (EncoderConfig, ModelConfig, ProjectionHeadConfig,
+                              SupervisedHeadConfig)
 from simclr_tf.inputs import idx
 from simclr_tf.network import original
 from simclr_tf.network import original_variables
@@ -67,6 +67,14 @@ def build(encoder, size, head_layers=2, num_classes=None, standardize=False):
   return helpers.randomize_batch_norm(model)
 
 
+def _export_all(model, size, model_dir, step, names, keep=1):
+  """formats.export_all with a run's settings: `names` under `model_dir`."""
+  config = registry.build({'model_dir': model_dir, 'image_size': size,
+                           'export_formats': ','.join(names),
+                           'keep_hub_module_max': keep})
+  return formats.export_all(model, config, step)
+
+
 def relative_error(ours, reference):
   return float(np.abs(ours - reference).max() / np.abs(reference).max())
 
@@ -82,16 +90,15 @@ def exported(request, tmp_path_factory):
   encoder, size, layers, classes, standardize = ARCHITECTURES[request.param]
   model = build(encoder, size, layers, classes, standardize)
   model_dir = str(tmp_path_factory.mktemp(request.param))
-  paths = formats.export_all(
-      model, AugmentConfig(image_size=size), model_dir, 5,
-      ('saved_model', 'onnx', 'tflite', 'torch'))
+  paths = _export_all(model, size, model_dir, 5,
+                      ('saved_model', 'onnx', 'tflite', 'torch'))
   images = fashion_mnist_images(size)
   return paths, images, served(paths['saved_model'], images)
 
 
 @pytest.mark.parametrize('name, run_format', [
-    ('onnx', onnx_format.run), ('tflite', tflite_format.run),
-    ('torch', torch_format.run)])
+    ('onnx', onnx_format.infer), ('tflite', tflite_format.infer),
+    ('torch', torch_format.infer)])
 def test_each_format_computes_what_the_saved_model_does(exported, name,
                                                         run_format):
   paths, images, reference = exported
@@ -154,8 +161,7 @@ def test_width_one_encoders_load_into_torchvision(tmp_path, depth, size,
                                                   cifar_stem):
   model = build(EncoderConfig(resnet_depth=depth, cifar_stem=cifar_stem),
                 size)
-  paths = formats.export_all(model, AugmentConfig(image_size=size),
-                             str(tmp_path), 1, ('saved_model', 'torch'))
+  paths = _export_all(model, size, str(tmp_path), 1, ('saved_model', 'torch'))
   config = json.loads(pathlib.Path(paths['torch'], 'config.json')
                       .read_text())
   assert config['torchvision'] == f'resnet{depth}'
@@ -197,14 +203,13 @@ def test_int8_tflite_is_smaller_and_close(tmp_path):
   encoder, size, layers, classes, standardize = ARCHITECTURES[
       'resnet18_cifar_stem']
   model = build(encoder, size, layers, classes, standardize)
-  paths = formats.export_all(model, AugmentConfig(image_size=size),
-                             str(tmp_path), 2,
-                             ('saved_model', 'tflite', 'tflite_int8'))
+  paths = _export_all(model, size, str(tmp_path), 2,
+                      ('saved_model', 'tflite', 'tflite_int8'))
   sizes = {name: os.path.getsize(os.path.join(paths[name], 'model.tflite'))
            for name in ('tflite', 'tflite_int8')}
   assert sizes['tflite_int8'] < 0.5 * sizes['tflite']
   images = fashion_mnist_images(size)
-  features = tflite_format.run(paths['tflite_int8'], images)['final_avg_pool']
+  features = tflite_format.infer(paths['tflite_int8'], images)['final_avg_pool']
   reference = served(paths['saved_model'], images)['final_avg_pool']
   # Quantised weights: close, not within the float32 formats' tolerance.
   assert TOLERANCE < relative_error(features, reference) < 0.1
@@ -227,14 +232,13 @@ def test_a_failed_export_leaves_earlier_exports_alone(tmp_path, monkeypatch):
   encoder, size, layers, classes, standardize = ARCHITECTURES[
       'resnet18_cifar_stem']
   model = build(encoder, size, layers, classes, standardize)
-  augment = AugmentConfig(image_size=size)
-  first = formats.export_all(model, augment, str(tmp_path), 1,
-                             ('saved_model', 'onnx', 'torch'), keep=2)
+  first = _export_all(model, size, str(tmp_path), 1,
+                      ('saved_model', 'onnx', 'torch'), keep=2)
   before = {name: sorted(os.listdir(path)) for name, path in first.items()}
   contents = pathlib.Path(first['onnx'], 'model.onnx').read_bytes()
 
   def wrong_outputs(directory, images):
-    outputs = onnx_format.run(directory, images)
+    outputs = onnx_format.infer(directory, images)
     outputs['final_avg_pool'] = outputs['final_avg_pool'] * 1.001
     return outputs
 
@@ -242,7 +246,7 @@ def test_a_failed_export_leaves_earlier_exports_alone(tmp_path, monkeypatch):
       formats.FORMATS['onnx'].write, wrong_outputs))
   with pytest.raises(formats.ExportError,
                      match=r'onnx export computes final_avg_pool 1\.0e-03'):
-    formats.export_all(model, augment, str(tmp_path), 2, ('onnx',), keep=1)
+    _export_all(model, size, str(tmp_path), 2, ('onnx',))
   assert sorted(os.listdir(tmp_path / 'onnx')) == ['1']  # No temporary.
   assert pathlib.Path(first['onnx'], 'model.onnx').read_bytes() == contents
   for name, path in first.items():
@@ -253,10 +257,8 @@ def test_each_format_keeps_its_newest_exports(tmp_path):
   encoder, size, layers, classes, standardize = ARCHITECTURES[
       'resnet18_cifar_stem']
   model = build(encoder, size, layers, classes, standardize)
-  augment = AugmentConfig(image_size=size)
   for step in (1, 2, 3):  # test_export.py keeps the SavedModels.
-    formats.export_all(model, augment, str(tmp_path), step, ('torch',),
-                       keep=2)
+    _export_all(model, size, str(tmp_path), step, ('torch',), keep=2)
   assert sorted(os.listdir(tmp_path / 'torch')) == ['2', '3']
 
 
@@ -309,8 +311,8 @@ def test_export_mode_writes_the_formats_asked_for(tiny_run, tmp_path):
     assert f'to {model_dir}/{name}/4' in good.stdout
   images = fashion_mnist_images(16)
   reference = served(str(model_dir / 'saved_model' / '4'), images)
-  for name, run_format in (('onnx', onnx_format.run),
-                           ('torch', torch_format.run)):
+  for name, run_format in (('onnx', onnx_format.infer),
+                           ('torch', torch_format.infer)):
     outputs = run_format(str(model_dir / name / '4'), images)
     assert relative_error(outputs['final_avg_pool'],
                           reference['final_avg_pool']) < TOLERANCE
@@ -330,9 +332,9 @@ def test_export_mode_writes_the_formats_asked_for(tiny_run, tmp_path):
   # any dataset (the default, cifar10, is not prepared here) is looked at.
   empty = tmp_path / 'empty'
   for mode, what in (('export', 'to export; give --checkpoint=PATH or train '
-                                'first.'),
+                      'first.'),
                      ('eval', 'to evaluate; train first (--mode=train) or '
-                              'point --model_dir at a training run.')):
+                      'point --model_dir at a training run.')):
     result = run(f'--mode={mode}', f'--model_dir={empty}')
     assert helpers.one_error_line(result) == (
         f'run.py: error: --model_dir={empty} holds no checkpoint {what}')
@@ -348,7 +350,7 @@ def test_a_failed_export_check_after_training_still_evaluates(
     shutil.rmtree(model_dir / name, ignore_errors=True)
 
   def wrong_outputs(directory, images):
-    outputs = onnx_format.run(directory, images)
+    outputs = onnx_format.infer(directory, images)
     outputs['final_avg_pool'] = outputs['final_avg_pool'] * 1.01
     return outputs
 
@@ -396,12 +398,12 @@ def test_imported_original_models_reproduce_the_originals_outputs(
   model = task.build_model(registry.build({**settings, 'image_size': size,
                                            'model_dir': 'unused'}))
   original_variables.load(model, weights)
-  paths = formats.export_all(model, AugmentConfig(image_size=size),
-                             str(tmp_path), 3, ('onnx', 'tflite', 'torch'))
+  paths = _export_all(model, size, str(tmp_path), 3,
+                      ('onnx', 'tflite', 'torch'))
   images = np.load(folder / 'images.npy')
-  for fmt, run_format in (('onnx', onnx_format.run),
-                          ('tflite', tflite_format.run),
-                          ('torch', torch_format.run)):
+  for fmt, run_format in (('onnx', onnx_format.infer),
+                          ('tflite', tflite_format.infer),
+                          ('torch', torch_format.infer)):
     outputs = run_format(paths[fmt], images)
     for ours, theirs in (('final_avg_pool', 'hidden'),
                          ('proj_head_output', 'proj_head_output'),

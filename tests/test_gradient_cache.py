@@ -15,7 +15,7 @@ from simclr_tf.settings import registry
 from simclr_tf.training import gradient_cache
 from simclr_tf.training import objective
 from simclr_tf.training import optim
-from simclr_tf.training import task as task_lib
+from simclr_tf.training.task import Plan, TrainTask
 from tests import helpers
 
 PER_REPLICA = 8
@@ -51,9 +51,9 @@ def _task(strategy, chunk=CHUNK, **settings):
       'train_batch_size': PER_REPLICA * replicas, 'weight_decay': 1e-3,
       'contrastive_chunk_size': chunk, 'temperature': 0.2,
       'lineareval_learning_rate_scale': 0.3, **settings})
-  plan = task_lib.Plan(num_examples=64, steps_per_epoch=8, total_steps=8,
-                       warmup_steps=0, checkpoint_steps=8)
-  task = task_lib.TrainTask(config, strategy, plan)
+  plan = Plan(num_examples=64, steps_per_epoch=8, total_steps=8,
+              warmup_steps=0, checkpoint_steps=8)
+  task = TrainTask(config, strategy, plan)
   # Batch-norm scales away from zero, so that every branch has gradients.
   rng = np.random.default_rng(1)
   for variable in task.model.batch_norm_variables:
@@ -231,7 +231,7 @@ def test_a_plain_multi_crop_step_takes_the_small_views_loss():
   values = task.objective.values(batch)
   np.testing.assert_allclose(values['contrast_loss'], expected, rtol=1e-6)
   two_views = task.objective.values({k: v for k, v in batch.items()
-                           if k != 'small_views'})
+                                     if k != 'small_views'})
   assert float(two_views['contrast_loss']) != float(values['contrast_loss'])
   np.testing.assert_allclose(two_views['supervised_loss'],
                              values['supervised_loss'], rtol=1e-6)

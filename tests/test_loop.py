@@ -66,9 +66,9 @@ class FakeWriter:
 
 
 def _run(task, total, hook_list, steps_per_loop=4):
-  return loop.run(task, None, total_steps=total,
-                  steps_per_loop=steps_per_loop, hooks=hook_list,
-                  batch_size=8)
+  return loop.train_until(task, None, total_steps=total,
+                          steps_per_loop=steps_per_loop, hooks=hook_list,
+                          batch_size=8)
 
 
 def test_calls_pause_where_hooks_need_them_and_nothing_is_read_otherwise():
@@ -271,7 +271,7 @@ def _run_workers(make_hooks, tasks, total, steps_per_loop=1):
 
   def work(index):
     try:
-      results[index] = loop.run(
+      results[index] = loop.train_until(
           tasks[index], None, total_steps=total,
           steps_per_loop=steps_per_loop, hooks=make_hooks(index),
           batch_size=8, agree=cluster.agree_for(index))

@@ -9,9 +9,9 @@ import tensorflow as tf
 
 from simclr_tf.config import (EncoderConfig, ModelConfig, OptimConfig,
                               ProjectionHeadConfig, SupervisedHeadConfig)
-from simclr_tf.devices import precision as precision_lib
+from simclr_tf.devices.precision import dtype_policy
 from simclr_tf.network import heads
-from simclr_tf.network import model as model_lib
+from simclr_tf.network.model import build_eagerly, create_model
 from simclr_tf.network.model import SimCLRModel
 from simclr_tf.training import objective
 from simclr_tf.training import optim
@@ -27,7 +27,7 @@ def _model(supervised_head=SupervisedHeadConfig(num_classes=5), **kwargs):
           proj_out_dim=16, num_proj_layers=3),
       supervised_head=supervised_head, **kwargs)
   model = SimCLRModel(config)
-  model_lib.build_eagerly(model, tf.zeros([2, 16, 16, 3]))
+  build_eagerly(model, tf.zeros([2, 16, 16, 3]))
   return model
 
 
@@ -199,9 +199,9 @@ def test_create_builds_what_keras_own_build_does(rng):
       supervised_head=SupervisedHeadConfig(num_classes=3),
       precision=precision)
   keras.utils.set_random_seed(1)
-  created = model_lib.create(config, 16)
+  created = create_model(config, 16)
   keras.utils.set_random_seed(1)
-  with precision_lib.dtype_policy(precision):
+  with dtype_policy(precision):
     by_keras = SimCLRModel(config)
   by_keras(tf.zeros([1, 16, 16, 3]), training=False)
   def described(model):  # Paths without Keras' per-process name counters.

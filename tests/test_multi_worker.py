@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from benchmarks import fault_campaign as campaign
+from benchmarks import fault_campaign
 from benchmarks.fault_campaign import Fault
 from simclr_tf.devices import distribute
 from tests import helpers
@@ -113,11 +113,11 @@ def data_folder(tmp_path_factory):
 @pytest.fixture(scope='module')
 def uninterrupted(data_folder, tmp_path_factory):
   model_dir = tmp_path_factory.mktemp('uninterrupted') / 'm'
-  workers = campaign.Workers(campaign.tiny_flags(data_folder, model_dir,
-                                                 STEPS))
+  workers = fault_campaign.Workers(
+      fault_campaign.tiny_flags(data_folder, model_dir, STEPS))
   codes = workers.finish()
   assert codes == [0, 0], workers.stderr(0)[-3000:] + workers.stderr(1)[-3000:]
-  return model_dir, campaign.fingerprints(workers)
+  return model_dir, fault_campaign.fingerprints(workers)
 
 
 def test_two_workers_train_identically_and_only_the_chief_writes(
@@ -152,18 +152,18 @@ FAULTS = [Fault('sigterm', worker=1, platform='gce-cpu'),
 def test_preempted_lost_and_timed_out_workers_stop_together_and_resume(
     data_folder, uninterrupted, tmp_path):
   model_dir = tmp_path / 'm'
-  flags = campaign.tiny_flags(data_folder, model_dir, STEPS)
+  flags = fault_campaign.tiny_flags(data_folder, model_dir, STEPS)
   log = []
-  outcomes, last = campaign.campaign(flags, model_dir, FAULTS, log.append)
+  outcomes, last = fault_campaign.campaign(flags, model_dir, FAULTS, log.append)
   print('\n'.join(log))
   for outcome in outcomes:
     fault = outcome.fault
     # Exit codes, each worker's last line, no traceback on a survivor,
     # nothing lost by a signal: as docs/resuming.md says.
-    assert campaign.check(outcome, str(model_dir)) == [], log
+    assert fault_campaign.check(outcome, str(model_dir)) == [], log
     assert outcome.stop_seconds < 60
     assert outcome.resumed_from < outcome.saved < STEPS or (
         fault.kind == 'sigkill' and outcome.saved == outcome.resumed_from)
   assert last.finish() == [0, 0], last.stderr(0)[-3000:]
   expected = uninterrupted[1][0]
-  assert campaign.fingerprints(last) == [expected, expected]
+  assert fault_campaign.fingerprints(last) == [expected, expected]

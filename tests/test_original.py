@@ -195,7 +195,7 @@ def test_paths_that_hold_no_checkpoint_say_so(tmp_path):
 ], ids=['r18_se_head1', 'r18_resnet_d', 'r34_no_heads', 'r50_sk_se',
         'r50_se_imagenet_stem'])
 def test_architecture_is_read_back_from_the_original_layout(tmp_path,
-                                                             settings):
+                                                            settings):
   # The original layout has no standardising batch norm in the head.
   settings = {'width_multiplier': 0.125, 'num_classes': 5,
               'lineareval_standardize': False, **settings}
@@ -314,7 +314,7 @@ def test_import_then_export_eval_and_fine_tune_as_any_run(tmp_path):
   for fmt in ('saved_model', 'torch'):
     assert f'Exported {model_dir}/ckpt-3 to {model_dir}/{fmt}/3' in (
         exported.stdout)
-  outputs = torch_format.run(str(model_dir / 'torch' / '3'), images)
+  outputs = torch_format.infer(str(model_dir / 'torch' / '3'), images)
   assert _relative_error(outputs['final_avg_pool'],
                          np.load(folder / 'hidden.npy')) < TOLERANCE
 

@@ -17,7 +17,7 @@ from simclr_tf.serving import export
 from simclr_tf.settings import registry
 from simclr_tf.storage import checkpoints
 from simclr_tf.training import objective
-from simclr_tf.training import task as task_lib
+from simclr_tf.training.task import Plan, TrainTask, build_model
 from tests import helpers
 from tests.helpers import run
 
@@ -157,7 +157,7 @@ def test_auto_follows_this_cpus_bfloat16_units():
 
 @pytest.mark.parametrize('name', ['bfloat16', 'float16'])
 def test_mixed_model_keeps_float32_variables_and_global_policy(name):
-  model = task_lib.build_model(_run_config(precision=name))
+  model = build_model(_run_config(precision=name))
   assert keras.config.dtype_policy().name == 'float32'  # Restored.
   outputs = model(tf.zeros([2, 16, 16, 3]), training=False)
   assert outputs['final_avg_pool'].dtype == name
@@ -173,8 +173,8 @@ def test_selective_kernels_and_squeeze_excite_compute_in_the_models_precision(
   stays near float32's at the same weights."""
   settings = dict(resnet_depth=50, width_multiplier=0.0625, sk_ratio=0.0625,
                   se_ratio=0.25)
-  model = task_lib.build_model(_run_config(precision=name, **settings))
-  reference = task_lib.build_model(_run_config(**settings))
+  model = build_model(_run_config(precision=name, **settings))
+  reference = build_model(_run_config(**settings))
   reference.set_weights(model.get_weights())
   images = tf.constant(rng.uniform(size=(2, 16, 16, 3)), tf.float32)
   mixed = model(images, training=False)['final_avg_pool']
@@ -189,8 +189,8 @@ def _one_step(config, images, labels, max_calls=1):
   """Training steps from the seeded initialisation until one is applied
   (float16 loss scaling skips steps whose scaled gradients overflow)."""
   keras.utils.set_random_seed(0)
-  task = task_lib.TrainTask(config, tf.distribute.get_strategy(),
-                            task_lib.Plan(64, 8, 100, 0, 10))
+  task = TrainTask(config, tf.distribute.get_strategy(),
+                   Plan(64, 8, 100, 0, 10))
   step_fn = tf.function(task.replica_step)
   for _ in range(max_calls):
     step_fn({'view1': images[0], 'view2': images[1], 'label': labels,
@@ -217,8 +217,8 @@ def test_xla_step_matches_the_plain_step(rng):
 
 def _seeded_gradients(config, batch):
   keras.utils.set_random_seed(0)
-  task = task_lib.TrainTask(config, tf.distribute.get_strategy(),
-                            task_lib.Plan(64, 8, 100, 0, 10))
+  task = TrainTask(config, tf.distribute.get_strategy(),
+                   Plan(64, 8, 100, 0, 10))
   with tf.GradientTape() as tape:
     loss = task.objective.values(batch)['total_loss']
   variables = task.model.trainable_variables
@@ -271,7 +271,7 @@ def test_float16_step_scales_the_loss_and_checkpoints_its_step(rng,
   labels = rng.integers(0, 3, 8)
   config = _run_config(precision='float16')
   keras.utils.set_random_seed(0)
-  initial = task_lib.build_model(config).get_weights()
+  initial = build_model(config).get_weights()
   model, optimizer, metrics = _one_step(config, images, labels, max_calls=30)
   assert isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
   # Steps whose scaled gradients overflow are skipped and halve the scale
@@ -289,10 +289,10 @@ def test_float16_step_scales_the_loss_and_checkpoints_its_step(rng,
 def test_float16_loss_matches_float32_at_the_same_weights(rng):
   images = tf.constant(rng.uniform(size=(16, 16, 16, 3)), tf.float32)
   keras.utils.set_random_seed(0)
-  float32_model = task_lib.build_model(_run_config())
+  float32_model = build_model(_run_config())
   losses = {}
   for name in ('float32', 'float16', 'bfloat16'):
-    model = task_lib.build_model(_run_config(precision=name))
+    model = build_model(_run_config(precision=name))
     model.set_weights(float32_model.get_weights())
     hidden = model(images, training=True)['proj_head_output']
     loss, _, _ = objective.contrastive_loss(hidden, 0.5)
@@ -309,11 +309,11 @@ def _relative_error(ours, reference):
 def test_an_export_of_a_bfloat16_model_computes_in_float32(tmp_path, rng):
   config = _run_config(precision='bfloat16')
   keras.utils.set_random_seed(0)
-  model = task_lib.build_model(config)
+  model = build_model(config)
   for v in model.weights:  # Zero-gamma blocks would hide the encoder.
     if v.name == 'gamma':
       v.assign(tf.ones_like(v) * 0.7)
-  reference = task_lib.build_model(_run_config())  # float32, same weights.
+  reference = build_model(_run_config())  # float32, same weights.
   reference.set_weights(model.get_weights())
   images = tf.constant(rng.uniform(size=(4, 16, 16, 3)), tf.float32)
   expected = {k: v.numpy() for k, v in reference(images).items()}

@@ -4,7 +4,7 @@ import numpy as np
 import scipy.optimize
 
 from simclr_tf.evaluation import features
-from simclr_tf.evaluation import probe as probe_lib
+from simclr_tf.evaluation.probe import linear_probe
 
 
 def _softmax_regression_scipy(x, y, num_classes, c):
@@ -38,8 +38,8 @@ def test_linear_probe_agrees_with_an_independent_solver(rng):
   test_y = rng.integers(0, 3, 100)
   train_x = centers[train_y] + 1.5 * rng.normal(size=(400, 6))
   test_x = centers[test_y] + 1.5 * rng.normal(size=(100, 6))
-  probe = probe_lib.linear_probe(train_x, train_y, test_x, 3,
-                                standardize=False, c_grid=(0.05,))
+  probe = linear_probe(train_x, train_y, test_x, 3,
+                       standardize=False, c_grid=(0.05,))
   assert probe.converged and probe.c == 0.05
   weights, bias = _softmax_regression_scipy(train_x, train_y, 3, 0.05)
   expected = test_x @ weights + bias
@@ -56,15 +56,15 @@ def test_linear_probe_picks_the_penalty_on_held_out_data(rng, monkeypatch):
   signal = np.where(train_y[:, None] == 1, 0.15, -0.15)
   train_x = np.concatenate([signal + rng.normal(size=(1000, 20)),
                             rng.normal(size=(1000, 600))], axis=1)
-  probe = probe_lib.linear_probe(train_x, train_y, train_x[:5], 2,
-                                validation_fraction=0.3,
-                                c_grid=(1e-4, 1e-3, 1e-2, 1e-1, 1, 10))
+  probe = linear_probe(train_x, train_y, train_x[:5], 2,
+                       validation_fraction=0.3,
+                       c_grid=(1e-4, 1e-3, 1e-2, 1e-1, 1, 10))
   assert probe.c <= 1e-2
   assert probe.converged and probe.iterations > 0
   # An iteration limit too small to converge is reported as such.
-  monkeypatch.setattr(probe_lib, 'PROBE_MAX_ITER', 2)
-  assert not probe_lib.linear_probe(train_x, train_y, train_x[:5], 2,
-                                   c_grid=(1.0,)).converged
+  monkeypatch.setattr('simclr_tf.evaluation.probe.PROBE_MAX_ITER', 2)
+  assert not linear_probe(train_x, train_y, train_x[:5], 2,
+                          c_grid=(1.0,)).converged
 
 
 def test_linear_probe_separates_separable_classes(rng):
@@ -73,14 +73,14 @@ def test_linear_probe_separates_separable_classes(rng):
   test_y = rng.integers(0, 4, 200)
   train_x = centers[train_y] + rng.normal(size=(800, 16))
   test_x = centers[test_y] + rng.normal(size=(200, 16))
-  probe = probe_lib.linear_probe(train_x, train_y, test_x, 4)
+  probe = linear_probe(train_x, train_y, test_x, 4)
   assert features.accuracy(probe.scores, test_y) > 0.97
   assert probe.metrics(test_y)['linear_probe_top_1_accuracy'] > 0.97
   # Labels unrelated to the features cannot be learned.
-  shuffled = probe_lib.linear_probe(train_x, rng.permutation(train_y), test_x,
-                                   4)
+  shuffled = linear_probe(train_x, rng.permutation(train_y), test_x,
+                          4)
   assert features.accuracy(shuffled.scores, test_y) < 0.45
   # A class missing from training is never predicted.
   seen = train_y != 3
-  partial = probe_lib.linear_probe(train_x[seen], train_y[seen], test_x, 4)
+  partial = linear_probe(train_x[seen], train_y[seen], test_x, 4)
   assert np.all(np.isneginf(partial.scores[:, 3]))

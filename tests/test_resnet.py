@@ -6,9 +6,9 @@ import pytest
 import tensorflow as tf
 
 from simclr_tf.config import EncoderConfig
-from simclr_tf.network import model as model_lib
 from simclr_tf.network import resnet
 from simclr_tf.network.layers import get_layers, set_layers
+from simclr_tf.network.model import build_eagerly
 
 
 def _num_params(layer):
@@ -19,7 +19,7 @@ def _build(image_size=224, **kwargs):
   config = EncoderConfig(cifar_stem=image_size <= 32, **kwargs)
   model = resnet.ResNet(config)
   # As model.create builds (test_model checks it against Keras' own build).
-  outputs = model_lib.build_eagerly(
+  outputs = build_eagerly(
       model, tf.zeros([2, image_size, image_size, 3]))
   return model, outputs
 

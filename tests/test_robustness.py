@@ -22,12 +22,12 @@ def folder(tmp_path_factory):
 
 
 def test_a_nan_loss_stops_with_the_last_good_checkpoint_intact(tiny_run,
-                                                              tmp_path):
+                                                               tmp_path):
   model_dir = tiny_run.copy_to(tmp_path / 'm')  # Good to step 4.
   common = [*tiny_run.flags, f'--model_dir={model_dir}']
   # An absurd learning rate makes the weights, then the loss, non-finite.
   error = helpers.one_error_line(run(*common, '--train_steps=10',
-                              '--learning_rate=1e30'))
+                                     '--learning_rate=1e30'))
   assert 'The loss became' in error
   assert f'the last good checkpoint is {model_dir}/ckpt-4.' in error
   assert helpers.latest_step(model_dir) == 4
@@ -49,7 +49,7 @@ def test_a_nan_inside_a_bfloat16_step_stops_the_run_at_once(tmp_path, rng):
   from simclr_tf.inputs import array_source  # pylint: disable=g-import-not-at-top
   from simclr_tf.settings import resolver  # pylint: disable=g-import-not-at-top
   from simclr_tf.training import loop  # pylint: disable=g-import-not-at-top
-  from simclr_tf.training import train as train_lib  # pylint: disable=g-import-not-at-top
+  from simclr_tf.training.train import train  # pylint: disable=g-import-not-at-top
   images = rng.integers(0, 256, [16, 16, 16, 3], dtype=np.uint8)
   source = array_source.ArraySource(
       'random', {'train': images}, {'train': np.arange(16) % 2},
@@ -73,8 +73,8 @@ def test_a_nan_inside_a_bfloat16_step_stops_the_run_at_once(tmp_path, rng):
         offset.assign(poisoned)
 
   with pytest.raises(FloatingPointError) as stopped:
-    train_lib.train(config, tf.distribute.get_strategy(), source,
-                    extra_hooks=[PoisonAfterStep2()])
+    train(config, tf.distribute.get_strategy(), source,
+          extra_hooks=[PoisonAfterStep2()])
   assert str(stopped.value) == (
       f'The loss became nan at step 3; the last good checkpoint is '
       f'{model_dir}/ckpt-2.')
@@ -176,7 +176,7 @@ def test_bad_input_fails_before_work_with_one_line(case, flags, message,
 
 
 def test_resuming_with_another_architecture_names_the_flags(tiny_run,
-                                                          tmp_path):
+                                                            tmp_path):
   flags = [*tiny_run.flags, f'--model_dir={tiny_run.copy_to(tmp_path / "m")}']
   flags_json = open(tmp_path / 'm' / 'flags.json').read()
   changed = run(*flags, '--train_steps=6', '--width_multiplier=0.25')
@@ -186,7 +186,7 @@ def test_resuming_with_another_architecture_names_the_flags(tiny_run,
 
 
 def test_embedding_with_a_saved_model_without_serving_bytes(folder,
-                                                           tmp_path):
+                                                            tmp_path):
   module = tf.Module()
   module.f = tf.function(lambda x: {'default': x},
                          input_signature=[tf.TensorSpec([None, 2])])

@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from simclr_tf.inputs import array_source
 from simclr_tf.settings import resolver
-from simclr_tf.training import task as task_lib
+from simclr_tf.training.task import TrainTask, make_plan
 
 _BATCH = 64
 
@@ -35,8 +35,8 @@ def _task(scale, *, seed=0, learning_rate=0.21, **settings):
        'lineareval_learning_rate_scale': scale, **settings},
       preset='fashion_mnist', source=source, mixed_precision='float32')
   tf.keras.utils.set_random_seed(seed)
-  task = task_lib.TrainTask(config, tf.distribute.get_strategy(),
-                            task_lib.make_plan(config, _BATCH))
+  task = TrainTask(config, tf.distribute.get_strategy(),
+                   make_plan(config, _BATCH))
   views = tf.cast(images, tf.float32) / 255.0
   batch = {'view1': views, 'view2': tf.image.flip_left_right(views),
            'label': tf.constant(labels), 'eval_view': views}
@@ -66,7 +66,7 @@ def test_the_optimizer_scales_the_side_heads_learning_rate_only():
 @pytest.mark.parametrize('scale,settings,rises', [
     (1.0, SIMCLR_HEAD, True), (0.1, SIMCLR_HEAD, False), (0.1, {}, False)])
 def test_the_side_heads_loss_does_not_rise_on_a_fixed_batch(scale, settings,
-                                                             rises):
+                                                            rises):
   # At the full learning rate (as the SimCLR code trains it) the loss on
   # the very batch it trains on climbs from the first steps.
   losses = _head_losses(*_task(scale, **settings), steps=10)

@@ -14,8 +14,8 @@ import pytest
 import tensorflow as tf
 
 from simclr_tf.settings import registry
-from simclr_tf.training import task as training_task
 from simclr_tf.training import terms
+from simclr_tf.training.task import Plan, TrainTask
 
 PER_REPLICA = 8
 SIZE = 8
@@ -44,9 +44,9 @@ def _task(train_mode='pretrain', lineareval_view='eval', chunk=0):
       'contrastive_chunk_size': chunk, 'temperature': 0.2,
       'lineareval_learning_rate_scale': 0.3, 'optimizer': 'lars',
       'train_mode': train_mode, 'lineareval_view': lineareval_view})
-  plan = training_task.Plan(num_examples=64, steps_per_epoch=8,
+  plan = Plan(num_examples=64, steps_per_epoch=8,
                             total_steps=8, warmup_steps=0, checkpoint_steps=8)
-  task = training_task.TrainTask(run_config, tf.distribute.get_strategy(),
+  task = TrainTask(run_config, tf.distribute.get_strategy(),
                                  plan)
   rng = np.random.default_rng(1)
   for variable in task.model.variables:

@@ -28,7 +28,7 @@ import tensorflow as tf
 
 from simclr_tf.devices import precision
 from simclr_tf.evaluation import probe
-from simclr_tf.run_context import Run
+from simclr_tf.run_context import RunContext
 
 DIRECTORY = 'baselines'
 KINDS = ('raw_pixels', 'random_init')
@@ -47,20 +47,20 @@ def code_digest(package: pathlib.Path | None = None) -> str:
   return digest.hexdigest()[:32]
 
 
-def key_of(kind: str, run: Run, knn: bool) -> dict | None:
+def key_of(kind: str, context: RunContext, knn: bool) -> dict | None:
   """What the `kind` baseline's metrics depend on, or None when they cannot
   be reused (a source without a fingerprint, several workers)."""
   assert kind in KINDS, kind
-  fingerprint = run.source.fingerprint()
-  if fingerprint is None or run.multi_worker:
+  fingerprint = context.source.fingerprint()
+  if fingerprint is None or context.multi_worker:
     return None
-  config = run.config
+  config = context.config
   evaluation = config.eval
   key = {
       'baseline': kind, 'code': code_digest(), 'data': fingerprint,
-      'train_split': config.data.train_split, 'eval_split': run.eval_split,
+      'train_split': config.data.train_split, 'eval_split': context.eval_split,
       # The fine-tuning subset a probe may fit on; None: the whole split.
-      'labeled_examples': _digest(run.labeled_indices),
+      'labeled_examples': _digest(context.labeled_indices),
       'seed': config.data.seed, 'image_size': config.augment.image_size,
       'eval_crop_proportion': config.augment.eval_crop_proportion,
       'knn': knn, 'knn_k': evaluation.knn_k,
@@ -77,8 +77,8 @@ def key_of(kind: str, run: Run, knn: bool) -> dict | None:
   }
   if kind == 'random_init':
     key['model'] = dataclasses.asdict(config.model)  # Precision included.
-    key['replicas'] = run.strategy.num_replicas_in_sync
-    key['device'] = precision.device_kind(run.strategy)
+    key['replicas'] = context.strategy.num_replicas_in_sync
+    key['device'] = precision.device_kind(context.strategy)
   return json.loads(json.dumps(key, sort_keys=True))  # Tuples as lists.
 
 
@@ -129,19 +129,19 @@ def store(path: str, key: dict, metrics: dict, seconds: float):
                     'computes it again.', path, e)
 
 
-def cached(kind: str, run: Run, knn: bool, compute) -> dict:
+def cached(kind: str, context: RunContext, knn: bool, compute) -> dict:
   """`compute()`'s metrics for the `kind` baseline, read from the cache
   when an earlier run stored them under the same key."""
-  key = key_of(kind, run, knn)
+  key = key_of(kind, context, knn)
   if key is None:
     return compute()
-  path = path_of(run.config.data.data_dir, key)
+  path = path_of(context.config.data.data_dir, key)
   metrics = load(path, key)
   if metrics is not None:
     logging.info('Baseline %s: reused from %s.', kind, path)
     return metrics
   started = time.time()
   metrics = compute()
-  if run.chief:
+  if context.chief:
     store(path, key, metrics, time.time() - started)
   return metrics

@@ -1,5 +1,5 @@
 """The evaluators a run names (`EvalConfig.evaluators`), each a small
-function `(run, model, names) -> iterator of Metric`, as big_vision's
+function `(context, model, names) -> iterator of Metric`, as big_vision's
 evaluators yield theirs:
 
 * `supervised_head`: top-1 / top-5 of the supervised head;
@@ -29,11 +29,11 @@ from simclr_tf.config import RunConfig
 from simclr_tf.evaluation import baseline_cache
 from simclr_tf.evaluation import evaluator_names
 from simclr_tf.evaluation import features
-from simclr_tf.evaluation import knn as knn_lib
-from simclr_tf.evaluation import probe as probe_lib
+from simclr_tf.evaluation.knn import feature_bank, knn_scores
+from simclr_tf.evaluation.probe import linear_probe
 from simclr_tf.inputs import sources
-from simclr_tf.network import model as model_lib
-from simclr_tf.run_context import Run
+from simclr_tf.network.model import create_model
+from simclr_tf.run_context import RunContext
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,30 +55,30 @@ def as_metrics(values: dict, baseline: str | None = None) -> list[Metric]:
   return [Metric(name, value, baseline) for name, value in values.items()]
 
 
-def knn_metrics(run: Run, bank, bank_labels, test_features,
+def knn_metrics(context: RunContext, bank, bank_labels, test_features,
                 test_labels) -> dict:
   """The kNN monitor's top-1 / top-5 accuracy against a feature bank."""
-  scores = knn_lib.knn_scores(
+  scores = knn_scores(
       bank, bank_labels, test_features,
-      run.source.num_classes, k=run.config.eval.knn_k,
-      temperature=run.config.eval.knn_temperature)
+      context.source.num_classes, k=context.config.eval.knn_k,
+      temperature=context.config.eval.knn_temperature)
   return {'knn_top_1_accuracy': features.accuracy(scores, test_labels, 1),
           'knn_top_5_accuracy': features.accuracy(scores, test_labels, 5)}
 
 
-def probe_metrics(run: Run, train_features, train_labels, test_features,
-                  test_labels, standardize=True) -> dict:
+def probe_metrics(context: RunContext, train_features, train_labels,
+                  test_features, test_labels, standardize=True) -> dict:
   """The converged linear probe's test metrics."""
-  fitted = probe_lib.linear_probe(
-      train_features, train_labels, test_features, run.source.num_classes,
-      standardize=standardize, seed=run.config.data.seed)
+  fitted = linear_probe(
+      train_features, train_labels, test_features, context.source.num_classes,
+      standardize=standardize, seed=context.config.data.seed)
   if not fitted.converged:
     logging.warning('The linear probe stopped at its iteration limit before '
                     'converging; its accuracy may be understated.')
   return fitted.metrics(test_labels)
 
 
-def feature_metrics(run: Run, model, knn: bool = True,
+def feature_metrics(context: RunContext, model, knn: bool = True,
                     probe: bool = False) -> dict:
   """kNN and linear-probe accuracy of `model`'s frozen features.
 
@@ -89,29 +89,29 @@ def feature_metrics(run: Run, model, knn: bool = True,
   if not (knn or probe):
     return {}
   started = time.time()
-  eval_config = run.config.eval
+  eval_config = context.config.eval
   knn_count = eval_config.knn_train_examples if knn else 0
   probe_count = eval_config.probe_train_examples if probe else 0
   unlimited = (knn and knn_count <= 0) or (probe and probe_count <= 0)
-  subset = run.train_subset(0 if unlimited else max(knn_count, probe_count))
+  subset = context.train_subset(0 if unlimited else max(knn_count, probe_count))
   train_x, train_y = features.extract_features(
-      model, run.strategy,
-      run.eval_data(run.config.data.train_split, subset.indices),
+      model, context.strategy,
+      context.eval_data(context.config.data.train_split, subset.indices),
       np.float32 if probe else np.float16)
   test_x, test_y = features.extract_features(
-      model, run.strategy, run.eval_data(run.eval_split))
+      model, context.strategy, context.eval_data(context.eval_split))
   results = {}
   # eval_steps may have cut the extraction short: ranks of what came back.
   ranks = subset.ranks[:len(train_y)]
   # How many training labels each evaluation fitted on.
   if knn:
     keep = ranks < knn_count if knn_count > 0 else slice(None)
-    results.update(knn_metrics(run, knn_lib.feature_bank(train_x[keep]),
+    results.update(knn_metrics(context, feature_bank(train_x[keep]),
                                train_y[keep], test_x, test_y))
     results['knn_train_labels'] = len(train_y[keep])
   if probe:
     keep = ranks < probe_count if probe_count > 0 else slice(None)
-    results.update(probe_metrics(run, train_x[keep], train_y[keep], test_x,
+    results.update(probe_metrics(context, train_x[keep], train_y[keep], test_x,
                                  test_y))
     results['linear_probe_train_labels'] = len(train_y[keep])
   logging.info('Feature evaluation (%d train, %d test) took %.0f s.',
@@ -126,40 +126,41 @@ def standard_init_model(config: RunConfig):
   encoder = dataclasses.replace(config.model.encoder,
                                 zero_init_residual=False)
   keras.utils.set_random_seed(config.data.seed)
-  return model_lib.create(dataclasses.replace(config.model, encoder=encoder),
-                          config.augment.image_size)
+  return create_model(dataclasses.replace(config.model, encoder=encoder),
+                      config.augment.image_size)
 
 
-def pixel_metrics(run: Run, knn: bool = True) -> dict:
+def pixel_metrics(context: RunContext, knn: bool = True) -> dict:
   """The raw-pixel baseline: the same probe on the evaluation-preprocessed
   pixels in [0, 1] (not standardised), and kNN on them."""
-  subset = run.train_subset(run.config.eval.probe_train_examples)
+  subset = context.train_subset(context.config.eval.probe_train_examples)
   train_x, train_y = features.extract_pixels(
-      run.eval_data(run.config.data.train_split, subset.indices))
-  test_x, test_y = features.extract_pixels(run.eval_data(run.eval_split))
-  results = probe_metrics(run, train_x, train_y, test_x, test_y,
+      context.eval_data(context.config.data.train_split, subset.indices))
+  test_x, test_y = features.extract_pixels(
+      context.eval_data(context.eval_split))
+  results = probe_metrics(context, train_x, train_y, test_x, test_y,
                           standardize=False)
   results['linear_probe_train_labels'] = len(train_y)
   if knn:
-    results.update(knn_metrics(run, knn_lib.feature_bank(train_x), train_y,
+    results.update(knn_metrics(context, feature_bank(train_x), train_y,
                                test_x, test_y))
     results['knn_train_labels'] = len(train_y)
   return results
 
 
-def supervised_head(run: Run, model, names) -> Iterator[Metric]:
+def supervised_head(context: RunContext, model, names) -> Iterator[Metric]:
   """Top-1 / top-5 of the model's supervised head (none without one)."""
   del names
   if model.supervised_head is not None:
     yield from as_metrics(features.label_accuracy(
-        model, run.strategy, run.eval_data(run.eval_split)))
+        model, context.strategy, context.eval_data(context.eval_split)))
 
 
-def frozen_features(run: Run, model, names) -> Iterator[Metric]:
+def frozen_features(context: RunContext, model, names) -> Iterator[Metric]:
   """kNN and the linear probe, as `names` ask, from one extraction. Without
   a supervised head, the probe is the model's linear evaluation."""
   probe = 'linear_probe' in names
-  results = feature_metrics(run, model, knn='knn' in names, probe=probe)
+  results = feature_metrics(context, model, knn='knn' in names, probe=probe)
   if probe and model.supervised_head is None:
     for k in (1, 5):
       results[f'label_top_{k}_accuracy'] = results[
@@ -167,27 +168,28 @@ def frozen_features(run: Run, model, names) -> Iterator[Metric]:
   yield from as_metrics(results)
 
 
-def random_init(run: Run, model, names) -> Iterator[Metric]:
+def random_init(context: RunContext, model, names) -> Iterator[Metric]:
   """The baseline of random weights: the same kNN and probe."""
   del model
   knn = 'knn' in names
 
   def compute():
-    with run.strategy.scope():
-      random_model = standard_init_model(run.config)
-    return feature_metrics(run, random_model, knn=knn, probe=True)
+    with context.strategy.scope():
+      random_model = standard_init_model(context.config)
+    return feature_metrics(context, random_model, knn=knn, probe=True)
 
   yield from as_metrics(
-      baseline_cache.cached('random_init', run, knn, compute), 'random_init')
+      baseline_cache.cached('random_init', context, knn, compute),
+      'random_init')
 
 
-def raw_pixels(run: Run, model, names) -> Iterator[Metric]:
+def raw_pixels(context: RunContext, model, names) -> Iterator[Metric]:
   """The baseline of pixels: the same probe and kNN."""
   del model
   knn = 'knn' in names
   yield from as_metrics(
-      baseline_cache.cached('raw_pixels', run, knn,
-                            lambda: pixel_metrics(run, knn=knn)),
+      baseline_cache.cached('raw_pixels', context, knn,
+                            lambda: pixel_metrics(context, knn=knn)),
       'raw_pixels')
 
 
@@ -197,20 +199,20 @@ EVALUATORS = {'supervised_head': supervised_head, 'knn': frozen_features,
 assert set(EVALUATORS) == set(evaluator_names.EVALUATORS)
 
 
-def evaluate(run: Run, model, global_step: int) -> list[Metric]:
+def evaluate(context: RunContext, model, global_step: int) -> list[Metric]:
   """What the run's evaluators yield for `model` at `global_step`."""
-  sources.require_labels(run.source, 'evaluation')
+  sources.require_labels(context.source, 'evaluation')
   # The resolver names them (from --knn, --linear_probe, ... unless given).
-  names = run.config.eval.evaluators
+  names = context.config.eval.evaluators
   if names is None:
     raise ValueError('The configuration names no evaluators: resolve it '
                      '(settings/resolver.py) or give eval.evaluators.')
   metrics = [Metric('global_step', global_step),
-             Metric('eval_split', run.eval_split)]
+             Metric('eval_split', context.eval_split)]
   done = []
   for name in names:
     evaluator = EVALUATORS[name]
     if evaluator not in done:  # One call serves knn and linear_probe.
       done.append(evaluator)
-      metrics += evaluator(run, model, names)
+      metrics += evaluator(context, model, names)
   return metrics

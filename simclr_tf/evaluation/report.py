@@ -4,7 +4,7 @@ and the table printed, all built from the metrics the evaluators yield."""
 import os
 
 from simclr_tf.evaluation.evaluators import Metric
-from simclr_tf.run_context import Run
+from simclr_tf.run_context import RunContext
 from simclr_tf.storage import records
 
 RESULT_FILE = 'result.json'
@@ -43,18 +43,18 @@ def table(metrics: list[Metric]) -> str:
   return '\n'.join(lines)
 
 
-def write_summary(run: Run, step: int, values: dict):
+def write_summary(context: RunContext, step: int, values: dict):
   """Eval scalars for TensorBoard (the chief writes them)."""
-  records.MetricsWriter(os.path.join(run.model_dir, 'eval'),
-                        run.chief).scalars(step, values)
+  records.MetricsWriter(os.path.join(context.model_dir, 'eval'),
+                        context.chief).scalars(step, values)
 
 
-def report(run: Run, metrics: list[Metric]) -> dict:
+def report(context: RunContext, metrics: list[Metric]) -> dict:
   """Writes result.json and the summaries (the chief), prints the table;
   returns result.json's content."""
   result = as_result(metrics)
-  if run.chief:
-    records.write_json(os.path.join(run.model_dir, RESULT_FILE), result)
-    write_summary(run, result['global_step'], result)
+  if context.chief:
+    records.write_json(os.path.join(context.model_dir, RESULT_FILE), result)
+    write_summary(context, result['global_step'], result)
   print(table(metrics), flush=True)
   return result

@@ -98,7 +98,7 @@ class SimCLRModel(keras.Model):
             for variable in layer.trainable_variables]
 
 
-def create(config: ModelConfig, image_size: int) -> SimCLRModel:
+def create_model(config: ModelConfig, image_size: int) -> SimCLRModel:
   """The model with its variables created, computing in `config.precision`
   (call inside the strategy's scope to place its variables there)."""
   with precision.dtype_policy(config.precision):

@@ -29,7 +29,7 @@ import tensorflow as tf
 from simclr_tf.config import AugmentConfig
 from simclr_tf.config import DEFAULT_MAX_IMAGE_PIXELS
 from simclr_tf.inputs import augment
-from simclr_tf.network import model as model_lib
+from simclr_tf.network.model import SimCLRModel, create_model
 from simclr_tf.serving import versions
 from simclr_tf.storage import records
 
@@ -86,7 +86,7 @@ def in_precision(model, compute_precision: str, image_size: int):
   architecture and weights that does (its variables are float32 in both)."""
   if model.config.precision == compute_precision:
     return model
-  twin = model_lib.create(
+  twin = create_model(
       dataclasses.replace(model.config, precision=compute_precision),
       image_size)
   for target, source in zip(twin.weights, model.weights, strict=True):
@@ -213,22 +213,33 @@ def export(model, augment_config: AugmentConfig, model_dir: str,
   """Writes `<model_dir>/saved_model/<global_step>/` atomically, computing in
   `compute_precision` whatever `model` computes in; keeps the newest `keep`
   exports. formats.export_all writes the other formats beside it."""
-  _, root, record = prepare(model, augment_config, global_step,
-                            max_image_pixels, compute_precision)
-  return write(root, model_dir, global_step, keep, record)
+  prepared = prepare(model, augment_config, global_step, max_image_pixels,
+                     compute_precision)
+  return write(prepared.module, model_dir, global_step, keep,
+               prepared.record)
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+  """What every export format is made from."""
+
+  model: SimCLRModel  # The model in the export's compute precision.
+  module: tf.Module  # build_module(model): the SavedModel's signatures.
+  image_size: int
+  record: dict  # What every format's export.json starts from.
 
 
 def prepare(model, augment_config: AugmentConfig, global_step: int,
             max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
-            compute_precision: str = 'float32'):
-  """(The model in `compute_precision`, its build_module root, the record
-  every format's export.json starts from)."""
+            compute_precision: str = 'float32') -> Prepared:
+  """`model` ready to be written in any format."""
   served = in_precision(model, compute_precision, augment_config.image_size)
-  root = build_module(served, augment_config, max_image_pixels)
-  return served, root, {'compute_precision': compute_precision,
-                        'trained_precision': model.config.precision,
-                        'global_step': global_step,
-                        'image_size': augment_config.image_size}
+  return Prepared(
+      served, build_module(served, augment_config, max_image_pixels),
+      augment_config.image_size,
+      {'compute_precision': compute_precision,
+       'trained_precision': model.config.precision,
+       'global_step': global_step, 'image_size': augment_config.image_size})
 
 
 def write(root, model_dir: str, global_step: int, keep: int,

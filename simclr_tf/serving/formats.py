@@ -10,18 +10,19 @@ differs by more than its format's tolerance of the output's scale
 that format written. The differences are in the format's export.json.
 """
 
+from collections.abc import Callable
 import dataclasses
+import functools
 import os
 import time
-from collections.abc import Callable
 
 from absl import logging
 import numpy as np
 import tensorflow as tf
 
-from simclr_tf.config import AugmentConfig
-from simclr_tf.config import DEFAULT_MAX_IMAGE_PIXELS
-from simclr_tf.serving import export as saved_model
+from simclr_tf.config import RunConfig
+from simclr_tf.serving import export
+from simclr_tf.serving import format_names
 from simclr_tf.serving import onnx_format
 from simclr_tf.serving import tflite_format
 from simclr_tf.serving import torch_format
@@ -45,26 +46,20 @@ class ExportError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Format:
-  # write(root, model, image_size, directory); run(directory, images).
+  # write(export.Prepared, directory); infer(directory, images) -> outputs.
   write: Callable
-  run: Callable
+  infer: Callable
   # How far from serving_default its outputs may be, relative to each
   # output's largest magnitude.
   tolerance: float = TOLERANCE
 
 
 FORMATS = {
-    'onnx': Format(lambda root, model, size, d: onnx_format.write(root, d),
-                   onnx_format.run),
-    'tflite': Format(
-        lambda root, model, size, d: tflite_format.write(root, d),
-        tflite_format.run),
-    'tflite_int8': Format(
-        lambda root, model, size, d: tflite_format.write(root, d, int8=True),
-        tflite_format.run, tolerance=INT8_TOLERANCE),
-    'torch': Format(
-        lambda root, model, size, d: torch_format.write(model, size, d),
-        torch_format.run),
+    'onnx': Format(onnx_format.write, onnx_format.infer),
+    'tflite': Format(tflite_format.write, tflite_format.infer),
+    'tflite_int8': Format(functools.partial(tflite_format.write, int8=True),
+                          tflite_format.infer, tolerance=INT8_TOLERANCE),
+    'torch': Format(torch_format.write, torch_format.infer),
 }
 
 
@@ -91,38 +86,40 @@ def relative_differences(outputs: dict, reference: dict) -> dict:
   return differences
 
 
-def export_all(model, augment_config: AugmentConfig, model_dir: str,
-               global_step: int, formats: tuple[str, ...], keep: int = 1,
-               max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
-               compute_precision: str = 'float32') -> dict[str, str]:
-  """Writes `formats` of `model` at `global_step`; {format: path}."""
-  served, root, record = saved_model.prepare(
-      model, augment_config, global_step, max_image_pixels, compute_precision)
+def export_all(model, config: RunConfig, global_step: int) -> dict[str, str]:
+  """Writes the run's --export_formats of `model` at `global_step` under
+  its model_dir, computing in --export_precision; {format: path}."""
+  train = config.train
+  prepared = export.prepare(model, config.augment, global_step,
+                            config.data.max_image_pixels,
+                            train.export_precision)
+  names = format_names.export_formats(train.export_formats)
+  keep = train.keep_hub_module_max
   paths = {}
-  if 'saved_model' in formats:
-    paths['saved_model'] = saved_model.write(root, model_dir, global_step,
-                                             keep, record)
-  others = [name for name in formats if name != 'saved_model']
+  if 'saved_model' in names:
+    paths['saved_model'] = export.write(prepared.module, train.model_dir,
+                                        global_step, keep, prepared.record)
+  others = [name for name in names if name != 'saved_model']
   if not others:
     return paths
-  images = check_images(augment_config.image_size)
+  images = check_images(prepared.image_size)
   reference = {name: value.numpy() for name, value in
-               root.serving_default(tf.constant(images)).items()}
+               prepared.module.serving_default(tf.constant(images)).items()}
   for name in others:
-    paths[name] = _export_checked(name, root, served, model_dir, global_step,
-                                  keep, record, images, reference)
+    paths[name] = _export_checked(name, prepared, train.model_dir,
+                                  global_step, keep, images, reference)
   return paths
 
 
-def _export_checked(name, root, model, model_dir, global_step, keep, record,
-                    images, reference) -> str:
+def _export_checked(name, prepared: export.Prepared, model_dir, global_step,
+                    keep, images, reference) -> str:
   fmt = FORMATS[name]
-  size = record['image_size']
   start = time.time()
 
   def fill(directory):
-    fmt.write(root, model, size, directory)
-    differences = relative_differences(fmt.run(directory, images), reference)
+    fmt.write(prepared, directory)
+    differences = relative_differences(fmt.infer(directory, images),
+                                       reference)
     worst = max(differences, key=differences.get)
     if differences[worst] > fmt.tolerance:
       raise ExportError(
@@ -130,8 +127,8 @@ def _export_checked(name, root, model, model_dir, global_step, keep, record,
           f'(relative) away from the SavedModel, more than '
           f'{fmt.tolerance:g}; nothing was written. Please report it with '
           'the model\'s flags.json.')
-    records.write_json(os.path.join(directory, saved_model.RECORD_FILE), {
-        **record, 'format': name,
+    records.write_json(os.path.join(directory, export.RECORD_FILE), {
+        **prepared.record, 'format': name,
         'check': {'images': f'{len(images)} seeded uniform images',
                   'tolerance': fmt.tolerance,
                   'max_relative_difference': differences}})

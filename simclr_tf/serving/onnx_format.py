@@ -18,8 +18,9 @@ FILE = 'model.onnx'
 OPSET = 17
 
 
-def write(root, directory: str):
-  """Converts `root.serving_default` (export.build_module) to ONNX."""
+def write(prepared, directory: str):
+  """Converts an export.Prepared's serving_default to ONNX."""
+  root = prepared.module
   # pylint: disable=g-import-not-at-top
   import onnx
   import tf2onnx
@@ -34,7 +35,7 @@ def write(root, directory: str):
   onnx.save(proto, os.path.join(directory, FILE))
 
 
-def run(directory: str, images: np.ndarray) -> dict:
+def infer(directory: str, images: np.ndarray) -> dict:
   """The outputs of `model.onnx` on NHWC `images`, with onnxruntime."""
   import onnxruntime  # pylint: disable=g-import-not-at-top
   session = onnxruntime.InferenceSession(

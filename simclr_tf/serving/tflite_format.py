@@ -18,7 +18,10 @@ FILE = 'model.tflite'
 SIGNATURE = 'serving_default'
 
 
-def write(root, directory: str, int8: bool = False):
+def write(prepared, directory: str, int8: bool = False):
+  """Converts an export.Prepared's serving_default to LiteRT (`int8`:
+  weights and activations quantised on the fly)."""
+  root = prepared.module
   function = root.serving_default.get_concrete_function()
   converter = tf.lite.TFLiteConverter.from_concrete_functions([function],
                                                              root)
@@ -28,7 +31,7 @@ def write(root, directory: str, int8: bool = False):
     f.write(converter.convert())
 
 
-def run(directory: str, images: np.ndarray) -> dict:
+def infer(directory: str, images: np.ndarray) -> dict:
   """The outputs of `model.tflite` on NHWC `images`."""
   # pylint: disable=g-import-not-at-top
   from ai_edge_litert.interpreter import Interpreter

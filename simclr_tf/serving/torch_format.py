@@ -163,8 +163,10 @@ def architecture(model, image_size: int) -> dict:
   }
 
 
-def write(model, image_size: int, directory: str):
-  """Writes the state_dicts, config.json and simclr_torch.py."""
+def write(prepared, directory: str):
+  """Writes an export.Prepared's model as state_dicts, config.json and
+  simclr_torch.py."""
+  model, image_size = prepared.model, prepared.image_size
   # Imported here: torch takes seconds to import, and every run imports
   # this module.
   import torch  # pylint: disable=g-import-not-at-top
@@ -188,7 +190,7 @@ def write(model, image_size: int, directory: str):
                                                   'simclr_torch.py'))
 
 
-def run(directory: str, images: np.ndarray) -> dict:
+def infer(directory: str, images: np.ndarray) -> dict:
   """The outputs of the exported model on NHWC `images`, in PyTorch, through
   the simclr_torch.py written beside the weights."""
   import importlib.util  # pylint: disable=g-import-not-at-top

@@ -103,8 +103,8 @@ def _alone(values):
   return list(values)
 
 
-def run(task, iterator, *, total_steps: int, steps_per_loop: int,
-        hooks: list[Hook], batch_size: int, agree=_alone) -> LoopState:
+def train_until(task, iterator, *, total_steps: int, steps_per_loop: int,
+                hooks: list[Hook], batch_size: int, agree=_alone) -> LoopState:
   """Trains from the task's current step to `total_steps` (or a stop
   request); returns the final state. `agree` sums a list of numbers over
   the workers (distribute.summed_over_workers); one worker: as they are."""

@@ -3,7 +3,7 @@ under the strategy.
 
 `TrainTask.train_step(batch)` is one replica's step (it returns its metric
 values); `run_steps(iterator, n)` runs n of them in one `tf.function` call
-with `strategy.run`, the unit that `loop.run` schedules.
+with `strategy.run`, the unit that `loop.train_until` schedules.
 """
 
 import dataclasses
@@ -13,7 +13,7 @@ import keras
 import tensorflow as tf
 
 from simclr_tf.config import RunConfig
-from simclr_tf.network import model as model_lib
+from simclr_tf.network.model import create_model
 from simclr_tf.network.model import SimCLRModel
 from simclr_tf.training import gradient_cache
 from simclr_tf.training import optim
@@ -52,7 +52,7 @@ def make_plan(config: RunConfig, num_examples: int) -> Plan:
 
 def build_model(config: RunConfig) -> SimCLRModel:
   """The model with its variables created (call inside strategy.scope())."""
-  return model_lib.create(config.model, config.augment.image_size)
+  return create_model(config.model, config.augment.image_size)
 
 
 def build_optimizer(config: RunConfig, plan: Plan, model: SimCLRModel):
@@ -110,7 +110,7 @@ class TrainTask:
     self.may_skip_steps = isinstance(self.optimizer,
                                      keras.optimizers.LossScaleOptimizer)
     self.replica_step = (tf.function(self.train_step, jit_compile=True)
-                          if config.train.jit_compile else self.train_step)
+                         if config.train.jit_compile else self.train_step)
     self._run_steps = tf.function(self._steps)
 
   @property

@@ -2,7 +2,7 @@
 
 `train` builds a `task.TrainTask`, restores it (or its encoder) if there is
 something to resume from, feeds it the input pipeline from the checkpointed
-position, and runs `loop.run` with the standard hooks plus any given.
+position, and runs `loop.train_until` with the standard hooks plus any given.
 """
 
 import dataclasses
@@ -24,8 +24,10 @@ from simclr_tf.inputs import subsets
 from simclr_tf.network.model import SimCLRModel
 from simclr_tf.storage import checkpoints
 from simclr_tf.storage import records
-from simclr_tf.training import hooks as hooks_lib
 from simclr_tf.training import loop
+from simclr_tf.training.hooks import (CheckpointHook, EveryNthCheckpointHook,
+                                      NanGuardHook, PreemptionHook,
+                                      ProgressHook, SummaryHook, TimeBudgetHook)
 from simclr_tf.training.task import TrainTask, make_plan
 
 
@@ -63,20 +65,20 @@ def standard_hooks(config: RunConfig, task: TrainTask, manager, writer,
   tc = config.train
   latest = lambda: manager.latest_checkpoint
   workers, own = distribute.worker_names(task.strategy)
-  preemption = hooks_lib.PreemptionHook(latest, workers, own, tc.model_dir)
-  hooks = [hooks_lib.NanGuardHook(tc.summary_steps,
-                                  task.plan.checkpoint_steps, latest),
+  preemption = PreemptionHook(latest, workers, own, tc.model_dir)
+  hooks = [NanGuardHook(tc.summary_steps,
+                        task.plan.checkpoint_steps, latest),
            preemption]
   if tc.max_train_seconds > 0:
-    hooks.append(hooks_lib.TimeBudgetHook(tc.max_train_seconds))
-  checkpoint_hook = hooks_lib.CheckpointHook(manager,
-                                             task.plan.checkpoint_steps)
-  hooks += [hooks_lib.ProgressHook(tc.log_every_seconds),
-            hooks_lib.SummaryHook(writer, tc.summary_steps),
+    hooks.append(TimeBudgetHook(tc.max_train_seconds))
+  checkpoint_hook = CheckpointHook(manager,
+                                   task.plan.checkpoint_steps)
+  hooks += [ProgressHook(tc.log_every_seconds),
+            SummaryHook(writer, tc.summary_steps),
             checkpoint_hook]
   if every_nth_checkpoint is not None:
     n, fn = every_nth_checkpoint
-    hooks.append(hooks_lib.EveryNthCheckpointHook(checkpoint_hook, n, fn))
+    hooks.append(EveryNthCheckpointHook(checkpoint_hook, n, fn))
   return hooks
 
 
@@ -139,11 +141,11 @@ def train(config: RunConfig, strategy: tf.distribute.Strategy,
   hooks = standard_hooks(config, task, manager, writer,
                          every_nth_checkpoint=every_nth_checkpoint)
   try:
-    state = loop.run(task, iterator, total_steps=plan.total_steps,
-                     steps_per_loop=tc.steps_per_loop,
-                     hooks=hooks + list(extra_hooks),
-                     batch_size=tc.train_batch_size,
-                     agree=distribute.summed_over_workers(strategy))
+    state = loop.train_until(task, iterator, total_steps=plan.total_steps,
+                             steps_per_loop=tc.steps_per_loop,
+                             hooks=hooks + list(extra_hooks),
+                             batch_size=tc.train_batch_size,
+                             agree=distribute.summed_over_workers(strategy))
   except tf.errors.OpError as e:
     lost = distribute.lost_workers(e, strategy)
     if lost is None:
