@@ -17,12 +17,11 @@ from absl import logging
 import keras
 import tensorflow as tf
 
-from simclr_tf.config import DataConfig, RunConfig
+from simclr_tf.config import RunConfig
 from simclr_tf.devices import distribute
 from simclr_tf.devices import precision
 from simclr_tf.evaluation import evaluators
 from simclr_tf.evaluation import report
-from simclr_tf.inputs import augmentation_names
 from simclr_tf.inputs import catalog
 from simclr_tf.inputs import sources
 from simclr_tf.inputs import subsets
@@ -32,9 +31,8 @@ from simclr_tf.network import original_variables
 from simclr_tf.network.model import create_model
 from simclr_tf.run_context import RunContext
 from simclr_tf.serving import formats
-from simclr_tf.serving.embed import EmbedError, embed_folder
+from simclr_tf.serving.embed import EmbedError, EmbedOutputs, embed_folder
 from simclr_tf.settings import checks
-from simclr_tf.settings import recipes
 from simclr_tf.settings import resolver
 from simclr_tf.settings.command import Command
 from simclr_tf.storage import checkpoints
@@ -59,20 +57,13 @@ class ExportFailed(Exception):
 def execute(command: Command):
   """Runs `command.mode`; invalid settings fail first (checks.UsageError)."""
   command.check()
-  checks.check_settings(resolver.layered(command.given,
-                                         preset=command.preset))
+  resolver.check_given(command)
   {'train': model_mode, 'train_then_eval': model_mode, 'eval': model_mode,
    'export': model_mode, 'preview': preview, 'embed': embed,
    'import': import_original}[command.mode](command)
 
 
 # --- Setting up ------------------------------------------------------------
-
-
-def make_source(values: dict) -> sources.Source:
-  return catalog.make_source(DataConfig(
-      dataset=values['dataset'], data_dir=values['data_dir'],
-      max_image_pixels=values['max_image_pixels']))
 
 
 def make_strategy(command: Command) -> tf.distribute.Strategy:
@@ -82,19 +73,6 @@ def make_strategy(command: Command) -> tf.distribute.Strategy:
     distribute.split_cpu(command.cpu_replicas)
   return distribute.make_strategy(command.cpu_replicas, command.use_tpu,
                                   command.tpu_name)
-
-
-def configure(command: Command, source, *, record=resolver.Record(),
-              strategy=None) -> RunConfig:
-  """The run's configuration (settings/resolver.py); fine-tuning needs a
-  dataset with labels."""
-  config = resolver.resolve(command.given, mode=command.mode,
-                            preset=command.preset, record=record,
-                            source=source, strategy=strategy,
-                            mixed_precision=command.mixed_precision)
-  if config.model.train_mode == 'finetune' and source is not None:
-    sources.require_labels(source, 'fine-tuning')
-  return config
 
 
 def write_flags(config: RunConfig, command: Command):
@@ -112,21 +90,9 @@ def model_mode(command: Command):
   """train, train_then_eval, eval, export."""
   mode = command.mode
   strategy = make_strategy(command)
-  values = resolver.layered(command.given, preset=command.preset)
-  record = resolver.read_record(mode, values)
-  recorded = record.values()
-  # A directory without a checkpoint to work on fails before any dataset is
-  # looked at.
-  if mode == 'export' and not values.get('checkpoint') or (
-      mode == 'eval' and not command.eval_watch):
-    latest_checkpoint(resolver.model_dir_of(values), mode)
-  # An export of a run whose flags.json recorded its settings needs no data.
-  needs_data = not (mode == 'export' and 'image_size' in recorded and
-                    'num_classes' in recorded)
-  source = (make_source(resolver.layered(command.given, preset=command.preset,
-                                         recorded=recorded))
-            if needs_data else None)
-  config = configure(command, source, record=record, strategy=strategy)
+  resolved = resolver.resolve_command(
+      command, open_source=catalog.make_source, strategy=strategy)
+  config, source = resolved.config, resolved.source
   logging.info('Computing in %s%s on %d %s replica(s).',
                config.model.precision,
                ' with XLA' if config.train.jit_compile else '',
@@ -160,9 +126,9 @@ def model_mode(command: Command):
 
 def preview(command: Command):
   """A PNG of augmented views."""
-  values = resolver.layered(command.given, preset=command.preset)
-  source = make_source(values)
-  config = configure(command, source)
+  resolved = resolver.resolve_command(command,
+                                      open_source=catalog.make_source)
+  config, source = resolved.config, resolved.source
   grid = preview_grid(
       source, config.data.train_split, config.augment,
       command.preview_images, command.preview_pairs, config.data.seed)
@@ -176,21 +142,21 @@ def preview(command: Command):
 
 def embed(command: Command):
   """Embeddings of an image folder with an exported SavedModel."""
-  values = resolver.layered(command.given, preset=command.preset)
+  resolved = resolver.resolve_command(command)
   saved_model = command.saved_model
   checks.check(saved_model, '--mode=embed needs --saved_model=DIR '
                '(a model_dir\'s saved_model/<step>).')
   checks.check(os.path.exists(os.path.join(saved_model, 'saved_model.pb')),
                f'--saved_model={saved_model} holds no saved_model.pb.')
-  checks.check(values['dataset'].startswith(catalog.FOLDER_PREFIX),
+  checks.check(resolved.data.dataset.startswith(catalog.FOLDER_PREFIX),
                '--mode=embed takes --dataset=folder:PATH.')
-  arrays = embed_folder(
-      saved_model, values['dataset'][len(catalog.FOLDER_PREFIX):],
-      command.output, command.neighbors, values['eval_batch_size'],
-      values['max_image_pixels'], projector_dir=command.projector_dir,
-      retrievals_path=command.retrievals,
+  outputs = EmbedOutputs(
+      output=command.output, neighbors=command.neighbors,
+      projector_dir=command.projector_dir, retrievals=command.retrievals,
       retrieval_queries=command.retrieval_queries,
-      retrieval_neighbors=command.retrieval_neighbors, seed=values['seed'])
+      retrieval_neighbors=command.retrieval_neighbors)
+  arrays = embed_folder(saved_model, resolved.data,
+                        resolved.eval.eval_batch_size, outputs)
   print(f'Wrote {command.output}: {arrays["embeddings"].shape[0]} embeddings '
         f'of size {arrays["embeddings"].shape[1]}.')
   if command.projector_dir:
@@ -217,31 +183,14 @@ def import_original(command: Command):
                'directory.')
   weights = original.read(given['checkpoint'])
   inferred = original.infer_settings(weights, given.get('ft_proj_selector'))
-  conflicts = [f'--{name}={given[name]} (the checkpoint has {value})'
-               for name, value in inferred.items()
-               if name in given and given[name] != value]
-  checks.check(not conflicts, f'{weights.path} does not fit '
-               f'{"; ".join(conflicts)}: leave these flags out, the '
-               'architecture is read from the checkpoint.')
-  # The original picks the CIFAR stem for images of 32 px and below.
-  small = augmentation_names.SMALL_IMAGE_MAX_SIZE
-  image_size = resolver.layered(given, preset=command.preset).get(
-      'image_size') or recipes.default_image_size(
-          small if inferred['cifar_stem'] else None)
-  stem = 'CIFAR' if inferred['cifar_stem'] else 'ImageNet'
-  checks.check(inferred['cifar_stem'] == (image_size <= small),
-               f'--image_size={image_size} does not suit the checkpoint\'s '
-               f'{stem} stem, which the original uses for images of {small} '
-               f'px and {"below" if inferred["cifar_stem"] else "above"}.')
-  config = resolver.resolve({**given, **inferred, 'image_size': image_size},
-                            mode=command.mode, preset=command.preset,
-                            mixed_precision=command.mixed_precision)
+  config = resolver.resolve_command(
+      command, imported=(weights.path, inferred)).config
   with lock.exclusive(model_dir):
     write_flags(config, command)
-    done = run_import(RunContext(config, tf.distribute.get_strategy(), None),
-                      weights)
+    done = run_import(
+        RunContext(config, tf.distribute.get_strategy(), None), weights)
   print(f'Imported {weights.path} (global step {done["global_step"]}): '
-        f'{original.describe(inferred)}, at {image_size} px.\n'
+        f'{original.describe(inferred)}, at {config.augment.image_size} px.\n'
         f'Wrote {", ".join([done["checkpoint"], *done["exports"].values()])}'
         f' in {done["seconds"]:.1f} s.', flush=True)
 
@@ -336,27 +285,12 @@ def run_eval(context: RunContext, watch: bool = False,
       result = _evaluate_checkpoint(context, path)
     return result
   return _evaluate_checkpoint(context,
-                              latest_checkpoint(context.model_dir, 'eval'))
-
-
-_NO_CHECKPOINT = {
-    'eval': 'to evaluate; train first (--mode=train) or point --model_dir '
-            'at a training run.',
-    'export': 'to export; give --checkpoint=PATH or train first.'}
-
-
-def latest_checkpoint(model_dir: str, mode: str) -> str:
-  """The newest checkpoint that `mode` ('eval', 'export') works on."""
-  path = checkpoints.latest_in(model_dir)
-  if path is None:
-    raise checkpoints.CheckpointError(
-        f'--model_dir={model_dir} holds no checkpoint {_NO_CHECKPOINT[mode]}')
-  return path
+                              checkpoints.latest_to_work_on(context.model_dir, 'eval'))
 
 
 def run_export(context: RunContext, checkpoint: str | None) -> dict[str, str]:
   path = (checkpoints.locate(checkpoint) if checkpoint
-          else latest_checkpoint(context.model_dir, 'export'))
+          else checkpoints.latest_to_work_on(context.model_dir, 'export'))
   model, step = restored_model(context, path)
   try:
     exported = export_model(context, model, step)

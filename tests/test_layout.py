@@ -139,3 +139,80 @@ def test_the_layout_page_lists_every_module_in_its_folder():
       assert re.search(rf'^  {parts[1]}\.py\b', top, re.M), module
     else:
       assert re.search(rf'\b{parts[2]}\b', entries[parts[1]]), module
+
+
+# What the second redesign established (docs/layout.md): modules small
+# enough to read whole, modules imported under their own names, the
+# configuration's dataclasses holding data only, and settings worked out in
+# the resolver alone.
+MAX_MODULE_LINES = 400
+
+
+def test_no_module_of_the_package_is_over_the_limit():
+  long = {module: n for module, path in _modules().items()
+          if (n := sum(1 for _ in open(path))) > MAX_MODULE_LINES}
+  assert not long, long
+
+
+def _python_files():
+  for top in ('simclr_tf', 'tests', 'benchmarks', 'scripts'):
+    for directory, _, files in os.walk(os.path.join(helpers.REPO, top)):
+      yield from (os.path.join(directory, f) for f in files
+                  if f.endswith('.py'))
+  yield os.path.join(helpers.REPO, 'run.py')
+
+
+def test_the_projects_modules_are_imported_under_their_own_names():
+  ours = ('simclr_tf', 'benchmarks', 'tests')
+  aliased = []
+  for path in _python_files():
+    with open(path) as f:
+      tree = ast.parse(f.read())
+    for node in ast.walk(tree):
+      if isinstance(node, ast.Import):
+        aliased += [f'{path}: import {a.name} as {a.asname}'
+                    for a in node.names
+                    if a.asname and a.name.startswith(ours)]
+      elif (isinstance(node, ast.ImportFrom) and
+            (node.module or '').startswith(ours)):
+        aliased += [f'{path}: from {node.module} import {a.name} as '
+                    f'{a.asname}' for a in node.names if a.asname]
+  assert not aliased, aliased
+
+
+def test_the_configuration_holds_data_only():
+  # No methods or properties: what follows from a setting is worked out in
+  # settings/resolver.py (or by the code that uses it), once.
+  import simclr_tf.config  # pylint: disable=g-import-not-at-top
+  with open(simclr_tf.config.__file__) as f:
+    tree = ast.parse(f.read())
+  for node in tree.body:
+    if isinstance(node, ast.ClassDef):
+      for item in node.body:
+        assert not isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)), (
+            f'{node.name}.{item.name}')
+    assert not isinstance(node, ast.FunctionDef), node.name
+
+
+def test_settings_are_worked_out_in_the_resolver_alone():
+  # The modes ask the resolver once per mode and build no configuration;
+  # nothing else layers settings or builds one from flat values.
+  import simclr_tf.config  # pylint: disable=g-import-not-at-top
+  sections = {name for name, value in vars(simclr_tf.config).items()
+              if isinstance(value, type) and name.endswith('Config')}
+  allowed = {'simclr_tf.config', 'simclr_tf.settings.resolver',
+             'simclr_tf.settings.registry'}
+  calls = []
+  for module, path in _modules().items():
+    if module in allowed:
+      continue
+    with open(path) as f:
+      tree = ast.parse(f.read())
+    for node in ast.walk(tree):
+      if isinstance(node, ast.Call):
+        name = ast.unparse(node.func)
+        if name in ('resolver.layered', 'resolver.derive', 'registry.build',
+                    'registry.section', 'resolver.read_record') or (
+                        name.split('.')[-1] in sections):
+          calls.append(f'{module}: {name}')
+  assert not calls, calls

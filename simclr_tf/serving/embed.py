@@ -4,12 +4,15 @@ Uses the `serving_bytes` signature, so images get exactly the decoding and
 preprocessing that a TF Serving client gets.
 """
 
+import dataclasses
+
 import keras
 import numpy as np
 import tensorflow as tf
 
-from simclr_tf.config import DEFAULT_MAX_IMAGE_PIXELS
+from simclr_tf.config import DataConfig
 from simclr_tf.evaluation import knn
+from simclr_tf.inputs import catalog
 from simclr_tf.inputs.folder_source import FolderSource
 from simclr_tf.serving import projector
 from simclr_tf.serving import retrievals
@@ -39,20 +42,30 @@ def embed_files(saved_model_dir: str, paths: list[str],
   return np.concatenate(embeddings)
 
 
-def embed_folder(saved_model_dir: str, folder: str, output: str,
-                 neighbors: int = 0, batch_size: int = 64,
-                 max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
-                 projector_dir: str | None = None,
-                 retrievals_path: str | None = None,
-                 retrieval_queries: int = 8, retrieval_neighbors: int = 8,
-                 seed: int = 0) -> dict:
-  """Writes `output` (.npz): `embeddings`, `paths`, `splits` (each image's
-  split), and `labels` / `class_names` when the folder has classes,
-  `neighbors` / `neighbor_similarities` when `neighbors` > 0. Also a
-  TensorBoard Projector in `projector_dir` and a retrieval picture at
-  `retrievals_path` when given."""
-  source = FolderSource(folder, max_image_pixels)
-  if retrievals_path and not source.split_sizes.get(source.default_eval_split):
+@dataclasses.dataclass(frozen=True)
+class EmbedOutputs:
+  """What --mode=embed writes besides the embeddings."""
+
+  output: str  # The .npz file.
+  neighbors: int = 0  # Nearest neighbours per image (0: none).
+  projector_dir: str | None = None  # A TensorBoard Projector.
+  retrievals: str | None = None  # A PNG of queries and their neighbours.
+  retrieval_queries: int = 8
+  retrieval_neighbors: int = 8
+
+
+def embed_folder(saved_model_dir: str, data: DataConfig, batch_size: int,
+                 outputs: EmbedOutputs) -> dict:
+  """Embeds the folder of `data.dataset` ('folder:PATH'; its images no
+  larger than data.max_image_pixels) and writes `outputs.output` (.npz):
+  `embeddings`, `paths`, `splits` (each image's split), and `labels` /
+  `class_names` when the folder has classes, `neighbors` /
+  `neighbor_similarities` when `outputs.neighbors` > 0; also the Projector
+  and the retrieval picture (queries drawn with data.seed) when asked."""
+  folder = data.dataset.removeprefix(catalog.FOLDER_PREFIX)
+  source = FolderSource(folder, data.max_image_pixels)
+  if outputs.retrievals and not source.split_sizes.get(
+      source.default_eval_split):
     raise EmbedError(
         f'--retrievals draws its queries from {folder}\'s evaluation split '
         f'({source.default_eval_split}), which has no images; add images '
@@ -68,16 +81,17 @@ def embed_folder(saved_model_dir: str, folder: str, output: str,
     arrays['labels'] = np.concatenate(
         [source.labels(split) for split in source.split_sizes])
     arrays['class_names'] = np.array(source.class_names)
-  if neighbors > 0:
+  if outputs.neighbors > 0:
     arrays['neighbors'], arrays['neighbor_similarities'] = (
-        knn.nearest_neighbors(arrays['embeddings'], neighbors))
-  np.savez(output, **arrays)
-  if projector_dir:
-    projector.write_projector(projector_dir, arrays['embeddings'], paths,
-                              arrays.get('labels'), source.class_names)
-  if retrievals_path:
-    write_retrievals(arrays, source.default_eval_split, retrievals_path,
-                     retrieval_queries, retrieval_neighbors, seed)
+        knn.nearest_neighbors(arrays['embeddings'], outputs.neighbors))
+  np.savez(outputs.output, **arrays)
+  if outputs.projector_dir:
+    projector.write_projector(outputs.projector_dir, arrays['embeddings'],
+                              paths, arrays.get('labels'), source.class_names)
+  if outputs.retrievals:
+    write_retrievals(arrays, source.default_eval_split, outputs.retrievals,
+                     outputs.retrieval_queries, outputs.retrieval_neighbors,
+                     data.seed)
   return arrays
 
 

@@ -93,6 +93,14 @@ def build(values: Mapping[str, Any]) -> config.RunConfig:
                           train=make('train'), eval=make('eval'))
 
 
+def section(name: str, values: Mapping[str, Any]):
+  """One section of a configuration ('data', 'eval', ...) from flat
+  {setting: value}: its own settings of `values`, defaults for the rest."""
+  cls = dict(_SECTIONS)[name]
+  return cls(**{setting: value for setting, value in values.items()
+                if setting in SETTINGS and SETTINGS[setting].section == name})
+
+
 def flatten(run_config: config.RunConfig) -> dict[str, Any]:
   """The inverse of `build`: {setting name: value}."""
   return {name: getattr(operator.attrgetter(setting.section)(run_config), name)

@@ -6,9 +6,11 @@ then the settings given, then the values that follow from the dataset and
 the devices for whatever is still unset. Every check that can fail before
 work starts runs here, with one line for the user (checks.UsageError).
 
-`read_record` is the only part that reads files; `resolve` is a function of
-its arguments. TensorFlow starts when this module is imported: the command
-line imports it after setting up its logging.
+A mode asks `resolve_command` once and receives all it needs (`Resolved`:
+the configuration, the record it continues, the dataset source opened when
+it needs one). `read_record` is the only part that reads files; `resolve`
+is a function of its arguments. TensorFlow starts when this module is
+imported: the command line imports it after setting up its logging.
 """
 
 from collections.abc import Mapping
@@ -20,13 +22,15 @@ from typing import Any
 
 import tensorflow as tf
 
-from simclr_tf.config import RunConfig
+from simclr_tf.config import DataConfig, EvalConfig, RunConfig
 from simclr_tf.devices import precision
 from simclr_tf.evaluation import evaluator_names
 from simclr_tf.inputs import augmentation_names
+from simclr_tf.inputs import sources
 from simclr_tf.network import architectures
 from simclr_tf.settings import checks
 from simclr_tf.settings import recipes
+from simclr_tf.settings.command import Command
 from simclr_tf.settings import registry
 from simclr_tf.storage import checkpoints
 from simclr_tf.storage import records
@@ -247,3 +251,86 @@ def check_same_architecture(config: RunConfig, before: Mapping[str, Any]):
   checks.check(not differ, f'{config.train.model_dir} holds a run with '
                f'another architecture: {"; ".join(differ)}. Resume with the '
                'same flags, or use another --model_dir.')
+
+
+@dataclasses.dataclass(frozen=True)
+class Resolved:
+  """What a mode needs from its settings, worked out once."""
+
+  # None for --mode=embed, which works with an exported model, not ours.
+  config: RunConfig | None
+  data: DataConfig
+  eval: EvalConfig
+  record: Record = Record()
+  # The dataset, opened when the mode needs it (None: an export whose
+  # flags.json recorded enough, an import).
+  source: sources.Source | None = None
+
+
+def check_given(command: Command):
+  """Fails on given settings that cannot work, before any other work."""
+  checks.check_settings(layered(command.given, preset=command.preset))
+
+
+def resolve_command(command: Command, *, open_source=None, strategy=None,
+                    imported=None) -> Resolved:
+  """Everything `command.mode` needs: `open_source(DataConfig)` opens its
+  dataset when it needs one, after the checks that need none; `imported`
+  is (checkpoint path, the settings read from it) for --mode=import."""
+  mode = command.mode
+  values = layered(command.given, preset=command.preset)
+  if mode == 'embed':
+    return Resolved(None, registry.section('data', values),
+                    registry.section('eval', values))
+  if mode == 'import':
+    config = resolve_import(command, *imported)
+    return Resolved(config, config.data, config.eval)
+  record = read_record(mode, values)
+  recorded = record.values()
+  # A directory without a checkpoint to work on fails before any dataset is
+  # looked at.
+  if mode == 'export' and not values.get('checkpoint') or (
+      mode == 'eval' and not command.eval_watch):
+    checkpoints.latest_to_work_on(model_dir_of(values), mode)
+  # An export of a run whose flags.json recorded its settings needs no data.
+  needs_data = not (mode == 'export' and 'image_size' in recorded and
+                    'num_classes' in recorded)
+  source = None
+  if needs_data:
+    source = open_source(registry.section('data', layered(
+        command.given, preset=command.preset, recorded=recorded)))
+  config = resolve(command.given, mode=mode, preset=command.preset,
+                   record=record, source=source, strategy=strategy,
+                   mixed_precision=command.mixed_precision)
+  if config.model.train_mode == 'finetune' and source is not None:
+    sources.require_labels(source, 'fine-tuning')
+  return Resolved(config, config.data, config.eval, record, source)
+
+
+def resolve_import(command: Command, checkpoint_path: str,
+                   inferred: Mapping[str, Any]) -> RunConfig:
+  """The configuration of a model read from a checkpoint of the original
+  SimCLR code: its architecture (`inferred`) over the settings given, at an
+  image size that suits its stem."""
+  given = command.given
+  conflicts = [f'--{name}={given[name]} (the checkpoint has {value})'
+               for name, value in inferred.items()
+               if name in given and given[name] != value]
+  checks.check(not conflicts, f'{checkpoint_path} does not fit '
+               f'{"; ".join(conflicts)}: leave these flags out, the '
+               'architecture is read from the checkpoint.')
+  # The original picks the CIFAR stem for images of 32 px and below.
+  small = augmentation_names.SMALL_IMAGE_MAX_SIZE
+  cifar_stem = inferred['cifar_stem']
+  image_size = layered(given, preset=command.preset).get(
+      'image_size') or recipes.default_image_size(
+          small if cifar_stem else None)
+  checks.check(cifar_stem == (image_size <= small),
+               f'--image_size={image_size} does not suit the checkpoint\'s '
+               f'{"CIFAR" if cifar_stem else "ImageNet"} stem, which the '
+               f'original uses for images of {small} px and '
+               f'{"below" if cifar_stem else "above"}.')
+  return resolve({**given, **inferred, 'image_size': image_size},
+                 mode='import', preset=command.preset,
+                 mixed_precision=command.mixed_precision)
+

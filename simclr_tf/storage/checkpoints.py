@@ -130,6 +130,21 @@ def latest_in(model_dir: str) -> str | None:
   return None
 
 
+_NO_CHECKPOINT = {
+    'eval': 'to evaluate; train first (--mode=train) or point --model_dir '
+            'at a training run.',
+    'export': 'to export; give --checkpoint=PATH or train first.'}
+
+
+def latest_to_work_on(model_dir: str, mode: str) -> str:
+  """The newest checkpoint that `mode` ('eval', 'export') works on."""
+  path = latest_in(model_dir)
+  if path is None:
+    raise CheckpointError(
+        f'--model_dir={model_dir} holds no checkpoint {_NO_CHECKPOINT[mode]}')
+  return path
+
+
 def manager(checkpoint, directory: str, max_to_keep: int):
   os.makedirs(directory, exist_ok=True)
   return tf.train.CheckpointManager(checkpoint, directory, max_to_keep,
