@@ -177,8 +177,8 @@ def pretrain(config: RunConfig, source, budget_seconds: float):
   times = CheckpointTimes(
       os.path.join(config.train.model_dir, _TIMES_FILE),
       make_plan(config, NUM_TRAIN).checkpoint_steps, budget_seconds)
-  train(config, tf.distribute.get_strategy(), source,
-        extra_hooks=[times])
+  train(RunContext(config, tf.distribute.get_strategy(), source),
+        hooks=[times])
   state = tf.train.get_checkpoint_state(config.train.model_dir)
   return [(path, times.times.get(checkpoints.step_of(path)))
           for path in state.all_model_checkpoint_paths]
@@ -238,8 +238,8 @@ def supervised_baseline(source, model_dir: str, minutes: float) -> dict:
   config = recipe(model_dir, 'finetune', epochs=1)
   timer = hooks.StepTimesHook()
   started = time.monotonic()
-  train(config, tf.distribute.get_strategy(), source,
-        extra_hooks=[timer])
+  train(RunContext(config, tf.distribute.get_strategy(), source),
+        hooks=[timer])
   epochs = supervised_epochs(minutes, time.monotonic() - started, timer,
                              make_plan(config, NUM_TRAIN).total_steps)
   logging.info('Supervised baseline: %d epochs in about %.1f minutes.',
@@ -247,9 +247,9 @@ def supervised_baseline(source, model_dir: str, minutes: float) -> dict:
   tf.io.gfile.rmtree(model_dir)
   config = recipe(model_dir, 'finetune', epochs=epochs)
   started = time.monotonic()
-  result = train(config, tf.distribute.get_strategy(), source)
-  seconds = time.monotonic() - started
   run = RunContext(config, tf.distribute.get_strategy(), source)
+  result = train(run)
+  seconds = time.monotonic() - started
   metrics = probe_and_knn(run, result.model)
   metrics.update(features.label_accuracy(
       result.model, run.strategy, run.eval_data('test')))

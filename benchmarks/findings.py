@@ -177,9 +177,9 @@ def pretrain_and_probe(config: RunConfig, source, outputs=('final_avg_pool',),
   # The initial weights, as run.py seeds them.
   keras.utils.set_random_seed(config.data.seed)
   started = time.monotonic()
-  trained = train(config, tf.distribute.get_strategy(), source)
-  seconds = time.monotonic() - started
   run = RunContext(config, tf.distribute.get_strategy(), source)
+  trained = train(run)
+  seconds = time.monotonic() - started
   result = {'train_seconds': round(seconds, 1), **probe(run, trained.model,
                                                         outputs)}
   records.write_json(result_path, result)

@@ -19,6 +19,7 @@ from absl import flags
 import tensorflow as tf
 
 from benchmarks import throughput
+from simclr_tf.run_context import RunContext
 from simclr_tf.training import hooks
 from simclr_tf.training.train import train
 
@@ -51,7 +52,7 @@ def measure(name):
         steps, contrastive_chunk_size=chunk)
     timer = hooks.StepTimesHook()
     started = time.perf_counter()
-    train(config, strategy, source, extra_hooks=[timer])
+    train(RunContext(config, strategy, source), hooks=[timer])
     wall = time.perf_counter() - started
   return {'case': name, 'resnet_depth': depth, 'image_size': image_size,
           'batch_size': batch, 'contrastive_chunk_size': chunk,

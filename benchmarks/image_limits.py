@@ -52,14 +52,14 @@ def _make_images(workdir):
 
 def _folder_case(workdir, limit) -> dict:
   # pylint: disable=g-import-not-at-top
-  from simclr_tf.config import AugmentConfig
+  from simclr_tf.config import AugmentConfig, DataConfig
   from simclr_tf.inputs import folder_source
   from simclr_tf.inputs import pipeline
   source = folder_source.FolderSource(os.path.join(workdir, 'folder'), limit)
   dataset = pipeline.train_dataset(
       source, pipeline.Split('train'), global_batch_size=8,
-      augment_config=AugmentConfig(image_size=32, use_blur=False), views=2,
-      seed=0)
+      augment_config=AugmentConfig(image_size=32, use_blur=False),
+      data=DataConfig(seed=0), views=2)
   for _ in zip(range(20), dataset):
     pass
   return {'images_kept': sum(source.split_sizes.values())}

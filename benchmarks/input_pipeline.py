@@ -156,8 +156,9 @@ def _png_folder(count):
 
 def _pipeline(source, image_size=224, start_step=0, views=2,
               batch_size=None):
-  from simclr_tf.config import AugmentConfig
-  from simclr_tf.inputs import pipeline  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  from simclr_tf.config import AugmentConfig, DataConfig
+  from simclr_tf.inputs import pipeline
   from simclr_tf.inputs.augmentation_names import default_use_blur
   # The ImageNet recipe's augmentation (colour jitter strength 1).
   config = AugmentConfig(image_size=image_size, color_jitter_strength=1.0,
@@ -165,7 +166,7 @@ def _pipeline(source, image_size=224, start_step=0, views=2,
   return pipeline.train_dataset(
       source, pipeline.Split('train'),
       global_batch_size=batch_size or FLAGS.batch_size, augment_config=config,
-      views=views, seed=0, start_step=start_step)
+      data=DataConfig(seed=0), views=views, start_step=start_step)
 
 
 def _images_per_second(source, image_size, threads=None):

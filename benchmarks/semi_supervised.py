@@ -175,9 +175,9 @@ def fine_tune(setting: Setting, source, encoder: str, *, epochs: int,
   # weights, of the encoder.
   keras.utils.set_random_seed(setting.seed)
   started = time.monotonic()
-  trained = train(config, strategy, source)
-  seconds = time.monotonic() - started
   run = RunContext(config, strategy, source)
+  trained = train(run)
+  seconds = time.monotonic() - started
   labeled = run.labeled_indices
   result = {
       **dataclasses.asdict(setting), 'epochs': epochs,

@@ -33,10 +33,11 @@ import numpy as np
 import tensorflow as tf
 
 from benchmarks.flops import forward_flops
-from simclr_tf.config import LINEAREVAL_VIEWS, PRECISIONS
+from simclr_tf.config import LINEAREVAL_VIEWS, PRECISIONS, DataConfig
 from simclr_tf.devices import precision
 from simclr_tf.inputs import array_source
 from simclr_tf.inputs import pipeline
+from simclr_tf.run_context import RunContext
 from simclr_tf.settings import resolver
 from simclr_tf.storage import records
 from simclr_tf.training import hooks
@@ -124,7 +125,7 @@ def measure(name):
     config, source = run_config(depth, width, image_size, batch_size,
                                 stored_size, strategy, model_dir, steps)
     timer = hooks.StepTimesHook()
-    train(config, strategy, source, extra_hooks=[timer])
+    train(RunContext(config, strategy, source), hooks=[timer])
     train_seconds = images / timer.images_per_second(
         batch_size, skip_calls=FLAGS.warmup_calls)
   peak_bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -135,7 +136,7 @@ def measure(name):
   def dataset():
     return pipeline.train_dataset(
         source, pipeline.Split('train'), global_batch_size=batch_size,
-        augment_config=config.augment, views=2, seed=0,
+        augment_config=config.augment, data=DataConfig(seed=0), views=2,
         eval_view=task.objective.supervised_head_on_eval_view)
 
   cached = iter(dataset().take(1).cache().repeat())

@@ -38,7 +38,7 @@ from simclr_tf.settings.command import Command
 from simclr_tf.storage import checkpoints
 from simclr_tf.storage import lock
 from simclr_tf.storage import records
-from simclr_tf.training.train import train
+from simclr_tf.training.train import EveryNthCheckpoint, train
 
 # What the modes raise when the input cannot work: one line for the user
 # (run.py exits with code 2).
@@ -225,9 +225,8 @@ def run_train(context: RunContext, then_eval: bool) -> dict | None:
       logging.info('kNN monitor at step %d: %s', step, _rounded(results))
       report.write_summary(context, step, results)
 
-    monitor = (every, knn_monitor)
-  result = train(config, context.strategy, context.source, context.chief,
-                 every_nth_checkpoint=monitor)
+    monitor = EveryNthCheckpoint(every, knn_monitor)
+  result = train(context, at_checkpoints=monitor)
   try:
     export_model(context, result.model, result.global_step)
     export_failure = None

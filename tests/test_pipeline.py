@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from simclr_tf.config import AugmentConfig
+from simclr_tf.config import AugmentConfig, DataConfig
 from simclr_tf.inputs import array_source
 from simclr_tf.inputs import folder_source
 from simclr_tf.inputs import image_files
@@ -33,7 +33,7 @@ def test_pretrain_batches_hold_two_different_views_in_range():
   source = _source()
   dataset = pipeline.train_dataset(
       source, pipeline.Split('train'), global_batch_size=8,
-      augment_config=_AUGMENT, views=2, seed=1)
+      augment_config=_AUGMENT, data=DataConfig(seed=1), views=2)
   batch = _first_batches(dataset, 1)[0]
   assert batch['view1'].shape == (8, 16, 16, 3)
   assert batch['view2'].shape == (8, 16, 16, 3)
@@ -47,7 +47,7 @@ def test_small_views_leave_the_two_views_as_they_were():
   source = _source()
   batches = lambda augment: _first_batches(pipeline.train_dataset(
       source, pipeline.Split('train'), global_batch_size=8,
-      augment_config=augment, views=2, seed=1), 2)
+      augment_config=augment, data=DataConfig(seed=1), views=2), 2)
   two_views = batches(_AUGMENT)
   multi_crop = batches(dataclasses.replace(_AUGMENT, num_small_crops=3))
   for plain, multi in zip(two_views, multi_crop):
@@ -74,7 +74,7 @@ def test_small_views_are_crops_of_their_area_range():
                           use_blur=False, min_crop_area=0.2)
   batch = _first_batches(pipeline.train_dataset(
       source, pipeline.Split('train'), global_batch_size=16,
-      augment_config=augment, views=2, seed=3), 1)[0]
+      augment_config=augment, data=DataConfig(seed=3), views=2), 1)[0]
   span = lambda views: views[..., 0].max(-1) - views[..., 0].min(-1)
   small_spans = span(batch['small_views'])
   assert batch['small_views'].shape == (16, 4, 6, 6, 3)
@@ -89,7 +89,7 @@ def test_training_batches_repeat_for_the_same_seed_only():
   def batches(seed):
     return _first_batches(pipeline.train_dataset(
         source, pipeline.Split('train'), global_batch_size=8,
-        augment_config=_AUGMENT, views=2, seed=seed), 6)
+        augment_config=_AUGMENT, data=DataConfig(seed=seed), views=2), 6)
 
   first, again, other = batches(5), batches(5), batches(6)
   for a, b in zip(first, again):
@@ -107,7 +107,7 @@ def test_finetune_batches_use_only_the_label_fraction_subset():
   keep = np.array([1, 5, 9, 30])
   dataset = pipeline.train_dataset(
       source, pipeline.Split('train', keep), global_batch_size=4,
-      augment_config=_AUGMENT, views=1, seed=0)
+      augment_config=_AUGMENT, data=DataConfig(seed=0), views=1)
   batches = _first_batches(dataset, 5)
   assert batches[0]['image'].shape == (4, 16, 16, 3)
   seen = np.concatenate([b['label'] for b in batches])
@@ -128,7 +128,8 @@ def test_training_input_is_sharded_per_replica_batch():
   source = _source()
   parts = _distributed_ids(strategy, lambda ctx: pipeline.train_dataset(
       source, pipeline.Split('train'), global_batch_size=8,
-      augment_config=_AUGMENT, views=2, seed=0, input_context=ctx), 2)
+      augment_config=_AUGMENT, data=DataConfig(seed=0), views=2,
+      input_context=ctx), 2)
   assert len(parts) == 4
   assert all(p['view1'].shape == (4, 16, 16, 3) for p in parts)
 
@@ -175,7 +176,7 @@ def test_folder_pipeline_skips_a_file_that_fails_to_decode(tmp_path, rng,
   source = folder_source.FolderSource(root)
   dataset = pipeline.train_dataset(
       source, pipeline.Split('train'), global_batch_size=2,
-      augment_config=_AUGMENT, views=2, seed=0)
+      augment_config=_AUGMENT, data=DataConfig(seed=0), views=2)
   batches = _first_batches(dataset, 12)
   assert len(batches) == 12
   assert all(b['view1'].shape == (2, 16, 16, 3) for b in batches)
@@ -188,7 +189,7 @@ def test_a_resumed_stream_continues_exactly_where_it_stopped(views):
   def batches(start_step, count):
     return _first_batches(pipeline.train_dataset(
         source, pipeline.Split('train'), global_batch_size=4,
-        augment_config=_AUGMENT, views=views, seed=7,
+        augment_config=_AUGMENT, data=DataConfig(seed=7), views=views,
         start_step=start_step), count)
 
   # 9 steps of 4 cross two epoch boundaries of 13 examples.
@@ -211,8 +212,8 @@ def test_resuming_across_replicas_continues_each_replica_stream():
   def ids(start_step, steps):
     parts = _distributed_ids(strategy, lambda ctx: pipeline.train_dataset(
         source, pipeline.Split('train'), global_batch_size=4,
-        augment_config=_AUGMENT, views=1, seed=1, input_context=ctx,
-        start_step=start_step), steps)
+        augment_config=_AUGMENT, data=DataConfig(seed=1), views=1,
+        input_context=ctx, start_step=start_step), steps)
     return [p['label'].numpy().tolist() for p in parts]
 
   assert ids(0, 5)[4:] == ids(2, 3)
@@ -256,10 +257,11 @@ def test_batches_of_a_class_sorted_folder_mix_all_classes(tmp_path, rng):
   n = source.num_examples('train')
   assert n == 20 * 41  # 4 of each class held out as 'test'.
   batch_size = 41
+  # shuffle_buffer is unused: a folder has random access.
   dataset = pipeline.train_dataset(
       source, pipeline.Split('train'), global_batch_size=batch_size,
-      augment_config=AugmentConfig(image_size=4), views=1, seed=0,
-      shuffle_buffer=64)  # Unused: a folder has random access.
+      augment_config=AugmentConfig(image_size=4),
+      data=DataConfig(seed=0, shuffle_buffer=64), views=1)
   labels = np.stack([b['label'] for b in _first_batches(dataset, 20)])
   # One epoch is exactly 20 batches of 41: every example once.
   assert np.bincount(labels.reshape(-1), minlength=20).tolist() == [41] * 20
@@ -291,20 +293,21 @@ def test_resuming_a_random_access_source_reads_only_what_it_trains_on():
                           {'train': np.arange(13)}, num_classes=None)
   whole = _first_batches(pipeline.train_dataset(
       source, pipeline.Split('train'), global_batch_size=4,
-      augment_config=AugmentConfig(image_size=8), views=1, seed=2), 30)
+      augment_config=AugmentConfig(image_size=8), data=DataConfig(seed=2),
+      views=1), 30)
   reads.clear()
   resumed = pipeline.train_dataset(
       source, pipeline.Split('train'), global_batch_size=4,
-      augment_config=AugmentConfig(image_size=8), views=1, seed=2,
-      start_step=10_000_000)
+      augment_config=AugmentConfig(image_size=8), data=DataConfig(seed=2),
+      views=1, start_step=10_000_000)
   assert len(_first_batches(resumed, 1)) == 1
   assert 4 <= len(reads) < 1000  # Not 40 million.
   # ... and where it is cheap to compare, the stream is the same one.
   reads.clear()
   for a, b in zip(whole[25:], _first_batches(pipeline.train_dataset(
       source, pipeline.Split('train'), global_batch_size=4,
-      augment_config=AugmentConfig(image_size=8), views=1, seed=2,
-      start_step=25), 5)):
+      augment_config=AugmentConfig(image_size=8), data=DataConfig(seed=2),
+      views=1, start_step=25), 5)):
     np.testing.assert_array_equal(a['image'], b['image'])
     np.testing.assert_array_equal(a['label'], b['label'])
 
@@ -319,13 +322,13 @@ def test_input_pipelines_take_turns_along_one_stream():
     return np.stack([b['label'] for b in _first_batches(
         pipeline.train_dataset(
             source, pipeline.Split('train'), global_batch_size=4,
-            augment_config=_AUGMENT, views=1, seed=1, input_context=context,
-            start_step=start_step), steps)])
+            augment_config=_AUGMENT, data=DataConfig(seed=1), views=1,
+            input_context=context, start_step=start_step), steps)])
 
   single = np.concatenate([b['label'] for b in _first_batches(
-      pipeline.train_dataset(source, pipeline.Split('train'),
-                             global_batch_size=1, augment_config=_AUGMENT,
-                             views=1, seed=1), 20)])
+      pipeline.train_dataset(
+          source, pipeline.Split('train'), global_batch_size=1,
+          augment_config=_AUGMENT, data=DataConfig(seed=1), views=1), 20)])
   first, second = labels(0, 5), labels(1, 5)
   # Per-replica batches of 2; pipeline p has the stream's positions p, p+2...
   np.testing.assert_array_equal(first.reshape(-1), single[0::2])

@@ -49,6 +49,7 @@ def test_a_nan_inside_a_bfloat16_step_stops_the_run_at_once(tmp_path, rng):
   from simclr_tf.inputs import array_source  # pylint: disable=g-import-not-at-top
   from simclr_tf.settings import resolver  # pylint: disable=g-import-not-at-top
   from simclr_tf.training import loop  # pylint: disable=g-import-not-at-top
+  from simclr_tf.run_context import RunContext  # pylint: disable=g-import-not-at-top
   from simclr_tf.training.train import train  # pylint: disable=g-import-not-at-top
   images = rng.integers(0, 256, [16, 16, 16, 3], dtype=np.uint8)
   source = array_source.ArraySource(
@@ -73,8 +74,8 @@ def test_a_nan_inside_a_bfloat16_step_stops_the_run_at_once(tmp_path, rng):
         offset.assign(poisoned)
 
   with pytest.raises(FloatingPointError) as stopped:
-    train(config, tf.distribute.get_strategy(), source,
-          extra_hooks=[PoisonAfterStep2()])
+    train(RunContext(config, tf.distribute.get_strategy(), source),
+          hooks=[PoisonAfterStep2()])
   assert str(stopped.value) == (
       f'The loss became nan at step 3; the last good checkpoint is '
       f'{model_dir}/ckpt-2.')

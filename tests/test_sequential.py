@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from simclr_tf.config import AugmentConfig
+from simclr_tf.config import AugmentConfig, DataConfig
 from simclr_tf.inputs import pipeline
 from simclr_tf.inputs import sequential
 from tests import helpers
@@ -100,8 +100,9 @@ def _epoch_labels(source, split=pipeline.Split('train'), input_context=None,
                   cache=False, batches=10, batch_size=6):
   dataset = pipeline.train_dataset(
       source, split, global_batch_size=batch_size,
-      augment_config=AugmentConfig(image_size=4), views=1, seed=0,
-      input_context=input_context, cache=cache, shuffle_buffer=8)
+      augment_config=AugmentConfig(image_size=4),
+      data=DataConfig(seed=0, cache_dataset=cache, shuffle_buffer=8), views=1,
+      input_context=input_context)
   return np.concatenate([b['label'] for b in
                          dataset.take(batches).as_numpy_iterator()])
 

@@ -10,7 +10,7 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
-from simclr_tf.config import AugmentConfig
+from simclr_tf.config import AugmentConfig, DataConfig
 from simclr_tf.inputs import augment
 from simclr_tf.inputs import sequential
 from simclr_tf.inputs.sources import Source, select
@@ -102,26 +102,25 @@ def _keep_mask(source: Source, split: Split):
   return keep
 
 
-def train_dataset(source: Source, split: Split, *, global_batch_size: int,
-                  augment_config: AugmentConfig, views: int, seed: int,
-                  cache: bool = False, input_context=None,
-                  start_step: int = 0,
-                  shuffle_buffer: int = sequential.DEFAULT_WINDOW,
-                  eval_view: bool = False):
+def train_dataset(source: Source, split: Split, *,
+                  augment_config: AugmentConfig, data: DataConfig,
+                  global_batch_size: int, views: int, input_context=None,
+                  start_step: int = 0, eval_view: bool = False):
   """Endless shuffled, augmented batches for training.
 
   Args:
+    data: the run's data section: its `seed`; `cache_dataset` reads the
+      records of a source without random access (TFDS TFRecord files) into
+      memory once, which gives it random access; `shuffle_buffer` records
+      are permuted together when reading files without random access (see
+      `sequential`), random access needs none.
     views: 2 for SimCLR pretraining (`view1`, `view2` from the pretraining
       augmentation, and with `num_small_crops` their `small_views` [S, s, s,
       3]); 1 for fine-tuning (`image`, crop and flip only).
-    cache: read the records of a source without random access (TFDS
-      TFRecord files) into memory once, which gives it random access.
     start_step: training steps already taken; the stream starts where an
       uninterrupted run would be at that step.
-    shuffle_buffer: records permuted together when reading files without
-      random access (see `sequential`); random access needs none.
     eval_view: pretraining examples also carry `eval_view`, the image as
-      evaluation preprocesses it (for the side head).
+      evaluation preprocesses it (for the supervised head).
 
   The stream is a pure function of `seed` and the position, so resuming
   needs no iterator state. Example number i of the stream is augmented with
@@ -138,16 +137,16 @@ def train_dataset(source: Source, split: Split, *, global_batch_size: int,
   # Examples one pipeline feeds per step: its replicas' batches.
   per_step = batch_size * (replicas // num_pipelines)
 
-  if source.random_access or cache:
+  if source.random_access or data.cache_dataset:
     lookup = (source.lookup(split.name, split.indices) if source.random_access
               else _in_memory_lookup(source, split))
     first = start_step * per_step * num_pipelines + pipeline_id
-    stream = shuffled_positions(split.num_examples(source), seed, first,
+    stream = shuffled_positions(split.num_examples(source), data.seed, first,
                                 num_pipelines)
     stream = stream.map(lambda position, index: (position, lookup(index)))
-    augment_seed = seed
+    augment_seed = data.seed
   else:
-    augment_seed = _pipeline_seed(seed, input_context)
+    augment_seed = _pipeline_seed(data.seed, input_context)
     files = source.record_files(split.name)[pipeline_id::num_pipelines]
     if not files:
       raise ValueError(
@@ -156,7 +155,7 @@ def train_dataset(source: Source, split: Split, *, global_batch_size: int,
           'workers.')
     stream = sequential.shuffled_stream(
         files, source.parse, seed=augment_seed, first=start_step * per_step,
-        keep=_keep_mask(source, split), window=shuffle_buffer)
+        keep=_keep_mask(source, split), window=data.shuffle_buffer)
 
   def make_example(position, record):
     example_seed = tf.stack([tf.constant(augment_seed, tf.int64), position])

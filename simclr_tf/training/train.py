@@ -5,6 +5,7 @@ something to resume from, feeds it the input pipeline from the checkpointed
 position, and runs `loop.train_until` with the standard hooks plus any given.
 """
 
+from collections.abc import Callable, Sequence
 import dataclasses
 import gc
 import hashlib
@@ -19,12 +20,13 @@ import tensorflow as tf
 from simclr_tf.config import RunConfig
 from simclr_tf.devices import distribute
 from simclr_tf.inputs import pipeline
-from simclr_tf.inputs import sources
 from simclr_tf.inputs import subsets
 from simclr_tf.network.model import SimCLRModel
+from simclr_tf.run_context import RunContext
 from simclr_tf.storage import checkpoints
 from simclr_tf.storage import records
 from simclr_tf.training import loop
+from simclr_tf.training.loop import Hook
 from simclr_tf.training.hooks import (CheckpointHook, EveryNthCheckpointHook,
                                       NanGuardHook, PreemptionHook,
                                       ProgressHook, SummaryHook, TimeBudgetHook)
@@ -58,8 +60,17 @@ def _restore(task: TrainTask, config: RunConfig):
     checkpoints.restore_encoder(task.model, config.train.checkpoint)
 
 
+@dataclasses.dataclass(frozen=True)
+class EveryNthCheckpoint:
+  """`call(task, step)` at every n-th checkpoint before the last (the kNN
+  monitor)."""
+
+  n: int
+  call: Callable[[TrainTask, int], None]
+
+
 def standard_hooks(config: RunConfig, task: TrainTask, manager, writer,
-                   every_nth_checkpoint=None):
+                   at_checkpoints: EveryNthCheckpoint | None = None):
   """Stop requests first (so that the checkpoint hook after them saves the
   step they stop at), then progress, summaries, checkpoints, monitors."""
   tc = config.train
@@ -76,20 +87,19 @@ def standard_hooks(config: RunConfig, task: TrainTask, manager, writer,
   hooks += [ProgressHook(tc.log_every_seconds),
             SummaryHook(writer, tc.summary_steps),
             checkpoint_hook]
-  if every_nth_checkpoint is not None:
-    n, fn = every_nth_checkpoint
-    hooks.append(EveryNthCheckpointHook(checkpoint_hook, n, fn))
+  if at_checkpoints is not None:
+    hooks.append(EveryNthCheckpointHook(checkpoint_hook, at_checkpoints.n,
+                                        at_checkpoints.call))
   return hooks
 
 
 def train_dataset(config: RunConfig, source, split, task: TrainTask,
                   start_step: int, input_context=None):
   return pipeline.train_dataset(
-      source, split, global_batch_size=config.train.train_batch_size,
-      augment_config=config.augment, views=task.views, seed=config.data.seed,
-      cache=config.data.cache_dataset,
-      shuffle_buffer=config.data.shuffle_buffer, input_context=input_context,
-      start_step=start_step, eval_view=task.objective.supervised_head_on_eval_view)
+      source, split, augment_config=config.augment, data=config.data,
+      global_batch_size=config.train.train_batch_size, views=task.views,
+      input_context=input_context, start_step=start_step,
+      eval_view=task.objective.supervised_head_on_eval_view)
 
 
 def _write_view_summary(config, source, split, task, writer, max_images=4):
@@ -97,19 +107,21 @@ def _write_view_summary(config, source, split, task, writer, max_images=4):
   if not task.pretrain:
     return
   batch = next(iter(pipeline.train_dataset(
-      source, split, global_batch_size=min(8, config.train.train_batch_size),
-      augment_config=config.augment, views=2, seed=config.data.seed)))
+      source, split, augment_config=config.augment, data=config.data,
+      global_batch_size=min(8, config.train.train_batch_size), views=2)))
   pairs = tf.concat([batch['view1'][:max_images],
                      batch['view2'][:max_images]], axis=1)
   writer.images(0, 'augmented_views', pairs, max_images)
 
 
-def train(config: RunConfig, strategy: tf.distribute.Strategy,
-          source: sources.Source, chief: bool = True, *, extra_hooks=(),
-          every_nth_checkpoint=None) -> TrainResult:
-  """Trains until the plan's last step (or a hook stops it), resuming from
-  `model_dir` if it holds checkpoints. `every_nth_checkpoint=(n, fn)` calls
-  `fn(task, step)` at every n-th checkpoint before the end."""
+def train(context: RunContext, *, hooks: Sequence[Hook] = (),
+          at_checkpoints: EveryNthCheckpoint | None = None) -> TrainResult:
+  """Trains the run of `context` (its configuration, source, strategy)
+  until the plan's last step or a hook stops it, resuming from its
+  model_dir if that holds checkpoints; `hooks` run after the standard
+  ones."""
+  config, strategy, source = context.config, context.strategy, context.source
+  chief = context.chief
   tc = config.train
   split = subsets.training_split(config, source)
   if split.indices is not None:
@@ -138,12 +150,12 @@ def train(config: RunConfig, strategy: tf.distribute.Strategy,
   writer = records.MetricsWriter(os.path.join(tc.model_dir, 'train'), chief)
   if start_step == 0 and chief:
     _write_view_summary(config, source, split, task, writer)
-  hooks = standard_hooks(config, task, manager, writer,
-                         every_nth_checkpoint=every_nth_checkpoint)
+  all_hooks = standard_hooks(config, task, manager, writer,
+                             at_checkpoints) + list(hooks)
   try:
     state = loop.train_until(task, iterator, total_steps=plan.total_steps,
                              steps_per_loop=tc.steps_per_loop,
-                             hooks=hooks + list(extra_hooks),
+                             hooks=all_hooks,
                              batch_size=tc.train_batch_size,
                              agree=distribute.summed_over_workers(strategy))
   except tf.errors.OpError as e:
