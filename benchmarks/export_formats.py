@@ -33,6 +33,7 @@ from simclr_tf.serving import onnx_format
 from simclr_tf.serving import tflite_format
 from simclr_tf.serving import torch_format
 from simclr_tf.settings import registry
+from simclr_tf.settings import setting_flags
 from simclr_tf.storage import records
 
 # name -> (depth, image size, CIFAR stem)
@@ -50,10 +51,9 @@ flags.DEFINE_list('trained_flags', ['--preset=fashion_mnist',
                   'run.py flags that give its architecture where its '
                   'model_dir has no flags.json (the default: a run of '
                   'benchmarks/fashion_mnist.py).')
-flags.DEFINE_integer('probe_train_examples', 10000, 'Training images the '
-                     'probes fit on (the first ones).')
-flags.DEFINE_string('data_dir', 'data', 'Where Fashion-MNIST is looked for '
-                    '(then /usr/share/datasets/fashion-mnist).')
+# The settings this benchmark takes, defined as run.py defines them.
+setting_flags.define(['probe_train_examples', 'data_dir'],
+                     defaults={'probe_train_examples': 10000})
 flags.DEFINE_string('output', 'benchmarks/results/export_formats',
                     'Directory for result.json.')
 FLAGS = flags.FLAGS

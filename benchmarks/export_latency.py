@@ -16,9 +16,11 @@ from simclr_tf.config import (AugmentConfig, EncoderConfig, ModelConfig,
                               SupervisedHeadConfig)
 from simclr_tf.network.model import SimCLRModel
 from simclr_tf.serving import export
+from simclr_tf.settings import setting_flags
 
-flags.DEFINE_integer('resnet_depth', 18, 'ResNet depth.')
-flags.DEFINE_integer('image_size', 32, 'Image side.')
+# The settings this benchmark takes, defined as run.py defines them.
+setting_flags.define(['resnet_depth', 'image_size'],
+                     defaults={'image_size': 32})
 flags.DEFINE_integer('batch_size', 16, 'Images per serving_bytes request.')
 flags.DEFINE_integer('repeats', 5, 'Timed requests after one untimed one.')
 FLAGS = flags.FLAGS

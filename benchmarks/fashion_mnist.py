@@ -41,6 +41,7 @@ from simclr_tf.inputs import catalog
 from simclr_tf.run_context import RunContext
 from simclr_tf.settings import recipes
 from simclr_tf.settings import resolver
+from simclr_tf.settings import setting_flags
 from simclr_tf.storage import checkpoints
 from simclr_tf.storage import records
 from simclr_tf.training import hooks
@@ -50,38 +51,22 @@ from simclr_tf.training.train import train
 
 flags.DEFINE_string('output', 'benchmarks/results/fashion_mnist',
                     'Directory for result.json and the PNG charts.')
-flags.DEFINE_string('model_dir', '/tmp/simclr_fashion_mnist',
-                    'Checkpoints of the runs: pretrain/ (removed first '
-                    'unless --resume) and supervised/ (removed first).')
+# The settings this benchmark takes, defined as run.py defines them.
+setting_flags.define(['model_dir', 'data_dir', 'train_epochs',
+                      'checkpoint_epochs', 'width_multiplier',
+                      'contrastive_chunk_size', 'temperature',
+                      'num_small_crops', 'small_crop_size',
+                      'small_crop_min_area', 'small_crop_max_area',
+                      'learning_rate'],
+                     defaults={'model_dir': '/tmp/simclr_fashion_mnist',
+                               'train_epochs': None, 'checkpoint_epochs': 6,
+                               'width_multiplier': None, 'temperature': None,
+                               'learning_rate': None})
 flags.DEFINE_boolean('resume', False, 'Keep the pretraining checkpoints '
                      'and continue.')
-flags.DEFINE_string('data_dir', 'data', 'Where Fashion-MNIST is looked for '
-                    '(then /usr/share/datasets/fashion-mnist).')
 flags.DEFINE_float('budget_minutes', 60, 'Pretraining time limit; training '
                    'stops at the first checkpoint past it.')
-flags.DEFINE_float('train_epochs', None, 'Pretraining epochs (the cosine '
-                   'schedule\'s length; default: the preset\'s); chosen to '
-                   'fit the budget.')
-flags.DEFINE_float('checkpoint_epochs', 6, 'Epochs between points of the '
-                   'learning curve.')
-flags.DEFINE_float('width_multiplier', None, 'ResNet-18 width (default: the '
-                   'preset\'s).')
 flags.DEFINE_integer('batch_size', 512, 'Pretraining batch size.')
-flags.DEFINE_integer('contrastive_chunk_size', 0, 'Pretraining batches in '
-                     'chunks of this many examples with gradient caching '
-                     '(run.py\'s flag); 0: plain batches.')
-flags.DEFINE_float('temperature', None, 'NT-Xent temperature (default: '
-                   'the preset\'s).')
-flags.DEFINE_integer('num_small_crops', 0, 'Multi-crop: small views per '
-                     'image besides the two (run.py\'s flag).')
-flags.DEFINE_integer('small_crop_size', 0, 'Side of the small views; 0: half '
-                     'the image.')
-flags.DEFINE_float('small_crop_min_area', 0.05, 'Smallest area of a small '
-                   'view\'s crop.')
-flags.DEFINE_float('small_crop_max_area', 0.14, 'Largest area of a small '
-                   'view\'s crop.')
-flags.DEFINE_float('learning_rate', None, 'Base LARS learning rate '
-                   '(times sqrt(batch size); default: the preset\'s).')
 flags.DEFINE_enum('precision', 'auto', ['auto', 'float32', 'bfloat16'],
                   'Compute precision of every training run; auto: as '
                   'run.py\'s --mixed_precision=auto (bfloat16 on CPUs with '

@@ -41,33 +41,27 @@ from simclr_tf.run_context import RunContext
 from simclr_tf.settings import checks
 from simclr_tf.settings import registry
 from simclr_tf.settings import resolver
+from simclr_tf.settings import setting_flags
 from simclr_tf.storage import records
 from simclr_tf.training.train import train
 
 STUDIES = ('augmentations', 'projection_head', 'batch_size')
 
 flags.DEFINE_enum('study', None, STUDIES, 'Which finding to rerun.')
-flags.DEFINE_string('dataset', 'fashion_mnist', 'run.py\'s --dataset: a TFDS '
-                    'name or folder:PATH (labeled, for the probe).')
-flags.DEFINE_string('data_dir', 'data', 'run.py\'s --data_dir.')
+# The settings this benchmark takes, defined as run.py defines them.
+setting_flags.define(['dataset', 'data_dir', 'model_dir', 'seed',
+                      'width_multiplier', 'image_size'],
+                     defaults={'dataset': 'fashion_mnist',
+                               'model_dir': '/tmp/simclr_findings',
+                               'width_multiplier': 0.25, 'image_size': 24})
 flags.DEFINE_string('output', 'benchmarks/results/findings', 'Where '
                     '<study>.json and <study>.png go.')
-flags.DEFINE_string('model_dir', '/tmp/simclr_findings', 'The runs, one '
-                    'directory each under <model_dir>/<study>/ (replaced '
-                    'unless --resume).')
 flags.DEFINE_boolean('resume', False, 'Keep the runs a cut-off study '
                      'finished; run the rest.')
-flags.DEFINE_integer('seed', 0, 'Seed of weights, augmentations, shuffling '
-                     'and the probe\'s subset.')
 flags.DEFINE_integer('train_examples', 16000, 'Pretraining images: the first '
                      'this many of the training split (0: all of it).')
 flags.DEFINE_integer('probe_examples', 10000, 'Labeled training images the '
                      'linear probe (and the kNN bank) fit on.')
-flags.DEFINE_float('width_multiplier', 0.25, 'ResNet-18 width.')
-flags.DEFINE_integer('image_size', 24, 'Input side in pixels. Fashion-MNIST\'s '
-                     'own 28 px trains 5-7x slower than 24 or 32 px in '
-                     'bfloat16 on oneDNN (docs/findings.md); 0: the '
-                     'dataset\'s default (run.py\'s).')
 flags.DEFINE_integer('batch_size', 256, 'Pretraining batch size '
                      '(augmentations and projection_head).')
 flags.DEFINE_float('epochs', None, 'Pretraining epochs of each run '

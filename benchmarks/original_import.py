@@ -206,9 +206,9 @@ def _fixture_errors(folder, image_size):
   """Each output the fixture holds: our relative error after the import."""
   # pylint: disable=g-import-not-at-top
   import numpy as np
-  from simclr_tf.network.model import create_model
   from simclr_tf.network import original
   from simclr_tf.network import original_variables
+  from simclr_tf.network.model import create_model
   from simclr_tf.settings import resolver
   weights = original.read(folder)
   settings = original.infer_settings(weights)

@@ -49,6 +49,7 @@ from simclr_tf.evaluation import features
 from simclr_tf.inputs import catalog
 from simclr_tf.run_context import RunContext
 from simclr_tf.settings import resolver
+from simclr_tf.settings import setting_flags
 from simclr_tf.storage import checkpoints
 from simclr_tf.storage import records
 from simclr_tf.training.train import train
@@ -57,11 +58,9 @@ flags.DEFINE_string('encoder', '/tmp/simclr_fashion_mnist/pretrain',
                     'The pretraining run (directory or checkpoint prefix).')
 flags.DEFINE_string('output', 'benchmarks/results/semi_supervised',
                     'Directory for result.json and the chart.')
-flags.DEFINE_string('model_dir', '/tmp/simclr_semi_supervised',
-                    'Scratch directory of the fine-tuning runs; its '
-                    'runs.json lists the runs finished so far.')
-flags.DEFINE_string('data_dir', 'data', 'Where Fashion-MNIST is looked for '
-                    '(then /usr/share/datasets/fashion-mnist).')
+# The settings this benchmark takes, defined as run.py defines them.
+setting_flags.define(['model_dir', 'data_dir', 'min_crop_area'],
+                     defaults={'model_dir': '/tmp/simclr_semi_supervised'})
 flags.DEFINE_list('simclr_learning_rates', ['0.001', '0.003', '0.01'],
                   'Base learning rates (times sqrt(batch size)) tried when '
                   'fine-tuning the SimCLR encoder.')
@@ -78,8 +77,6 @@ flags.DEFINE_integer('batch_1pct', 64, 'Batch size on 1%.')
 flags.DEFINE_integer('batch_10pct', 256, 'Batch size on 10%.')
 flags.DEFINE_integer('ceiling_epochs', 5, 'Epochs of the all-labels '
                      'ceiling (0 skips it).')
-flags.DEFINE_float('min_crop_area', 0.08, 'Fine-tuning crop area lower '
-                   'bound (the paper\'s).')
 flags.DEFINE_float('random_min_crop_area', None, 'The same for the runs from '
                    'random weights (default: --min_crop_area).')
 flags.DEFINE_list('crop_search', [], 'Only try these crop lower bounds on '

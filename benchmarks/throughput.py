@@ -33,12 +33,13 @@ import numpy as np
 import tensorflow as tf
 
 from benchmarks.flops import forward_flops
-from simclr_tf.config import LINEAREVAL_VIEWS, PRECISIONS, DataConfig
+from simclr_tf.config import PRECISIONS, DataConfig
 from simclr_tf.devices import precision
 from simclr_tf.inputs import array_source
 from simclr_tf.inputs import pipeline
 from simclr_tf.run_context import RunContext
 from simclr_tf.settings import resolver
+from simclr_tf.settings import setting_flags
 from simclr_tf.storage import records
 from simclr_tf.training import hooks
 from simclr_tf.training.task import TrainTask, make_plan
@@ -55,15 +56,11 @@ CONFIGS = {  # name: (depth, width, image size, batch size, stored size)
 flags.DEFINE_list('configs', list(CONFIGS), f'Any of {list(CONFIGS)}.')
 flags.DEFINE_enum('mixed_precision', 'auto',
                   ['auto', *PRECISIONS], 'As run.py.')
-flags.DEFINE_boolean('jit_compile', None, 'As run.py (default per device).')
+# The settings this benchmark takes, defined as run.py defines them.
+setting_flags.define(['jit_compile', 'steps_per_loop', 'lineareval_view'],
+                     defaults={'steps_per_loop': 1})
 flags.DEFINE_integer('warmup_calls', 2, 'Untimed loop calls (tracing).')
 flags.DEFINE_integer('timed_steps', 6, 'Timed training steps.')
-flags.DEFINE_integer('steps_per_loop', 1, 'Training steps per call of the '
-                     'loop (run.py\'s --steps_per_loop).')
-flags.DEFINE_enum('lineareval_view', 'eval', list(LINEAREVAL_VIEWS),
-                  'As run.py: `pretrain` trains the linear head on the '
-                  'two views (no forward pass of its own), as '
-                  'benchmarks/torch_simclr.py does.')
 flags.DEFINE_integer('inter_op_threads', 0, 'TensorFlow\'s inter-op '
                      'threads (0: its default); 1 runs one op at a time, so '
                      'profiled op times add up to the step.')

@@ -216,3 +216,22 @@ def test_settings_are_worked_out_in_the_resolver_alone():
                         name.split('.')[-1] in sections):
           calls.append(f'{module}: {name}')
   assert not calls, calls
+
+
+def test_benchmarks_define_settings_flags_as_run_py_does():
+  # A benchmark takes a setting through settings/setting_flags.py, with
+  # run.py's help and type, never a flag of its own by the same name.
+  from simclr_tf.settings import setting_flags  # pylint: disable=g-import-not-at-top
+  own = []
+  for path in _python_files():
+    if os.sep + 'benchmarks' + os.sep not in path:
+      continue
+    with open(path) as f:
+      tree = ast.parse(f.read())
+    for node in ast.walk(tree):
+      if (isinstance(node, ast.Call) and
+          ast.unparse(node.func).startswith('flags.DEFINE_') and node.args and
+          isinstance(node.args[0], ast.Constant) and
+          node.args[0].value in setting_flags.HELP):
+        own.append(f'{path}: --{node.args[0].value}')
+  assert not own, own
