@@ -10,7 +10,7 @@ a spread between rounds rather than as a difference between systems.
 
 * simclr_tf: `benchmarks/throughput.py` for one configuration (the training
   loop run.py runs, `train`, and the step alone on a cached batch, `model`);
-  ResNet-18 at 32 px batch 128 with the side head on its evaluation view
+  ResNet-18 at 32 px batch 128 with the supervised head on its evaluation view
   (the default) and on the two views (`--lineareval_view=pretrain`: the
   work the PyTorch reference does), and the quickstart's ResNet-18 x0.25 at
   28 px batch 512.
@@ -62,7 +62,7 @@ def systems(precision: str) -> list[tuple[str, str, list[str], str]]:
     runs.append((f'{name} {_R18}', tree, tf_child + [f'--child={_R18}'],
                  'simclr_tf'))
     if tree == _HERE:  # A baseline may predate --lineareval_view here.
-      runs.append((f'{name} {_R18} side head on the views', tree,
+      runs.append((f'{name} {_R18} supervised head on the views', tree,
                    tf_child + [f'--child={_R18}',
                                '--lineareval_view=pretrain'], 'simclr_tf'))
     runs.append((f'{name} {_QUICKSTART}', tree,

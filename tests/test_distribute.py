@@ -35,7 +35,7 @@ def _batch():
   return {'view1': views[0].astype(np.float32),
           'view2': views[1].astype(np.float32),
           'label': rng.integers(0, 3, GLOBAL_BATCH),
-          # The side head's (standardised over the global batch too).
+          # The supervised head's (standardised over the global batch too).
           'eval_view': views[2].astype(np.float32)}
 
 

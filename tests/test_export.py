@@ -199,7 +199,7 @@ print('RESULT', len(before), moved, moved_stats, first, last)
 
 
 def test_the_export_loads_without_warnings(exported, caplog):
-  """Nothing in the export (the side head's standardising batch norm
+  """Nothing in the export (the supervised head's standardising batch norm
   included) carries a custom gradient that a SavedModel cannot keep:
   loading it would warn that gradients "will likely fail"."""
   _, path, _ = exported

@@ -97,7 +97,7 @@ def _direct_gradients(task, batch):
                                    supervised=False))
     projections = gradient_cache.unchunk(
         tf.stack([o['proj_head_output'] for o in outputs]))
-    if on_eval_view:  # The side head after the chunks, on the eval view.
+    if on_eval_view:  # The supervised head after the chunks, on the eval view.
       logits = model.supervised_head_logits(batch['eval_view'])
       labels = batch['label']
     else:
@@ -114,7 +114,8 @@ def _direct_gradients(task, batch):
     supervised = tf.reduce_mean(
         tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
     decay = optim.weight_decay_loss(task.config.optim, model)
-    # The side head's learning-rate scale is the optimizer's, not the loss's.
+    # The supervised head's learning-rate scale is the optimizer's, not the
+    # loss's.
     total = contrast + supervised + decay
     replica_share = total / replicas
   variables = model.trainable_variables
@@ -129,7 +130,7 @@ def _direct_gradients(task, batch):
 # negatives come from both. (Two replicas with synchronised batch norm pass
 # too, but tracing them takes minutes here.)
 # With small views (multi-crop), their chunks go through the model apart.
-# The side head learns from the two views' chunks ('pretrain') or, after
+# The supervised head learns from the two views' chunks ('pretrain') or, after
 # them, from the evaluation view ('eval').
 @pytest.mark.parametrize('replicas, unroll, small_views, head_view',
                          [(1, False, 0, 'pretrain'), (1, False, 0, 'eval'),
@@ -163,7 +164,7 @@ def test_cached_gradients_equal_the_direct_one_pass_gradients(
 
   # On two replicas the reference runs eagerly (tracing it for each replica
   # took most of the test's time). On one it is traced like the step: the
-  # side head standardises features of nearly equal examples, which
+  # supervised head standardises features of nearly equal examples, which
   # magnifies the rounding of graph-fused against eager kernels to ~1e-4.
   cached, cached_statistics = run(task.gradients, traced=True)
   direct, direct_statistics = run(lambda b: _direct_gradients(task, b),
@@ -217,7 +218,7 @@ def test_chunking_applies_only_to_pretraining_with_smaller_chunks():
 
 def test_a_plain_multi_crop_step_takes_the_small_views_loss():
   # Without chunks: the two views in one pass, the small views in another,
-  # the multi-crop loss of their projections; the side head on the two.
+  # the multi-crop loss of their projections; the supervised head on the two.
   task = _task(tf.distribute.get_strategy(), contrastive_chunk_size=0,
                lineareval_view='pretrain')
   batch = _batch(5, small_views=2)

@@ -195,7 +195,8 @@ def _numpy_step(name, weights, grads, state, lr, momentum, eeta, adapt):
 
 
 @pytest.mark.parametrize('name', ['lars', 'momentum', 'adam'])
-def test_the_side_head_learns_at_its_scale_of_the_learning_rate(name, rng):
+def test_the_supervised_head_learns_at_its_scale_of_the_learning_rate(
+    name, rng):
   """--lineareval_learning_rate_scale: the head's whole step (its weight
   decay included) at 0.1 x the learning rate, for every optimizer, over
   three steps, against numpy updates from the data loss's gradients plus

@@ -83,7 +83,7 @@ CASES = [
                      'raw_pixels')}),
     ('evaluators named explicitly', {'evaluators': ('knn',)}, None,
      resolver.Record(), 'train', _source(), {'evaluators': ('knn',)}),
-    ('a new run standardises its side head and trains it on eval views',
+    ('a new run standardises its supervised head and trains it on eval views',
      {}, None, resolver.Record(), 'train', _source(),
      {'lineareval_standardize': True, 'lineareval_view': 'eval'}),
     ('a run recorded before lineareval_standardize existed had none', {},

@@ -182,7 +182,7 @@ class ProgressHook(Hook):
   """
 
   # The contrastive loss and the supervised head's apart: their sum would
-  # read as unstable pretraining whenever the side head's loss moves.
+  # read as unstable pretraining whenever the supervised head's loss moves.
   SHOWN = ('contrast_loss', 'contrast_acc', 'supervised_loss',
            'supervised_acc')
 

@@ -52,7 +52,7 @@ def _head_losses(task, iterator, steps):
   return losses
 
 
-def test_the_optimizer_scales_the_side_heads_learning_rate_only():
+def test_the_optimizer_scales_the_supervised_heads_learning_rate_only():
   task, _ = _task(0.1)
   head = task.model.supervised_variables
   assert head and task.optimizer.learning_rate_scale == 0.1
@@ -65,8 +65,8 @@ def test_the_optimizer_scales_the_side_heads_learning_rate_only():
 
 @pytest.mark.parametrize('scale,settings,rises', [
     (1.0, SIMCLR_HEAD, True), (0.1, SIMCLR_HEAD, False), (0.1, {}, False)])
-def test_the_side_heads_loss_does_not_rise_on_a_fixed_batch(scale, settings,
-                                                            rises):
+def test_the_supervised_heads_loss_does_not_rise_on_a_fixed_batch(
+    scale, settings, rises):
   # At the full learning rate (as the SimCLR code trains it) the loss on
   # the very batch it trains on climbs from the first steps.
   losses = _head_losses(*_task(scale, **settings), steps=10)
