@@ -18,8 +18,8 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
   output is not reshaped unless the input was). Profiling a ResNet-18 step
   on CPU put the unfused training ops at 14% of the step; in bfloat16 the
   unfused inference ops doubled the time of the supervised head's
-  evaluation view (docs/benchmarks.md, "Where the bfloat16 time goes"). Cross-replica
-  statistics keep Keras' synchronized path.
+  evaluation view (docs/benchmarks.md, "Where the bfloat16 time goes").
+  Cross-replica statistics keep Keras' synchronized path.
   """
 
   def call(self, inputs, training=None, mask=None):
