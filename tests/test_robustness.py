@@ -47,9 +47,9 @@ def test_a_nan_inside_a_bfloat16_step_stops_the_run_at_once(tmp_path, rng):
   (The NaN reaches the loss through the batch statistics too; test_relu
   checks that the residual blocks pass NaNs of either sign.)"""
   from simclr_tf.inputs import array_source  # pylint: disable=g-import-not-at-top
+  from simclr_tf.run_context import RunContext  # pylint: disable=g-import-not-at-top
   from simclr_tf.settings import resolver  # pylint: disable=g-import-not-at-top
   from simclr_tf.training import loop  # pylint: disable=g-import-not-at-top
-  from simclr_tf.run_context import RunContext  # pylint: disable=g-import-not-at-top
   from simclr_tf.training.train import train  # pylint: disable=g-import-not-at-top
   images = rng.integers(0, 256, [16, 16, 16, 3], dtype=np.uint8)
   source = array_source.ArraySource(

@@ -30,8 +30,8 @@ from simclr_tf.inputs import sources
 from simclr_tf.network import architectures
 from simclr_tf.settings import checks
 from simclr_tf.settings import recipes
-from simclr_tf.settings.command import Command
 from simclr_tf.settings import registry
+from simclr_tf.settings.command import Command
 from simclr_tf.storage import checkpoints
 from simclr_tf.storage import records
 

@@ -26,10 +26,10 @@ from simclr_tf.run_context import RunContext
 from simclr_tf.storage import checkpoints
 from simclr_tf.storage import records
 from simclr_tf.training import loop
-from simclr_tf.training.loop import Hook
 from simclr_tf.training.hooks import (CheckpointHook, EveryNthCheckpointHook,
                                       NanGuardHook, PreemptionHook,
                                       ProgressHook, SummaryHook, TimeBudgetHook)
+from simclr_tf.training.loop import Hook
 from simclr_tf.training.task import TrainTask, make_plan
 
 
