@@ -73,19 +73,19 @@ def standard_hooks(config: RunConfig, task: TrainTask, manager, writer,
                    at_checkpoints: EveryNthCheckpoint | None = None):
   """Stop requests first (so that the checkpoint hook after them saves the
   step they stop at), then progress, summaries, checkpoints, monitors."""
-  tc = config.train
+  loop_settings = config.train
   latest = lambda: manager.latest_checkpoint
   workers, own = distribute.worker_names(task.strategy)
-  preemption = PreemptionHook(latest, workers, own, tc.model_dir)
-  hooks = [NanGuardHook(tc.summary_steps,
+  preemption = PreemptionHook(latest, workers, own, loop_settings.model_dir)
+  hooks = [NanGuardHook(loop_settings.summary_steps,
                         task.plan.checkpoint_steps, latest),
            preemption]
-  if tc.max_train_seconds > 0:
-    hooks.append(TimeBudgetHook(tc.max_train_seconds))
+  if loop_settings.max_train_seconds > 0:
+    hooks.append(TimeBudgetHook(loop_settings.max_train_seconds))
   checkpoint_hook = CheckpointHook(manager,
                                    task.plan.checkpoint_steps)
-  hooks += [ProgressHook(tc.log_every_seconds),
-            SummaryHook(writer, tc.summary_steps),
+  hooks += [ProgressHook(loop_settings.log_every_seconds),
+            SummaryHook(writer, loop_settings.summary_steps),
             checkpoint_hook]
   if at_checkpoints is not None:
     hooks.append(EveryNthCheckpointHook(checkpoint_hook, at_checkpoints.n,
@@ -122,7 +122,7 @@ def train(context: RunContext, *, hooks: Sequence[Hook] = (),
   ones."""
   config, strategy, source = context.config, context.strategy, context.source
   chief = context.chief
-  tc = config.train
+  loop_settings = config.train
   split = subsets.training_split(config, source)
   if split.indices is not None:
     logging.info('Fine-tuning on %d labeled examples (%.1f%% of %s).',
@@ -138,25 +138,27 @@ def train(context: RunContext, *, hooks: Sequence[Hook] = (),
   # Every worker saves (saving is collective under multi-worker strategies),
   # but only the chief into model_dir; the others into a temporary place
   # that is removed at the end (the TensorFlow multi-worker guide's recipe).
-  save_dir = tc.model_dir if chief else tempfile.mkdtemp(prefix='worker-')
+  save_dir = (loop_settings.model_dir if chief
+              else tempfile.mkdtemp(prefix='worker-'))
   manager = checkpoints.manager(task.checkpoint, save_dir,
-                                tc.keep_checkpoint_max)
+                                loop_settings.keep_checkpoint_max)
   start_step = task.step
   # The input continues where the checkpointed step left it.
   dataset = strategy.distribute_datasets_from_function(
       lambda ctx: train_dataset(config, source, split, task, start_step, ctx))
   iterator = iter(dataset)
   # The chief's TensorBoard writer; a no-op elsewhere.
-  writer = records.MetricsWriter(os.path.join(tc.model_dir, 'train'), chief)
+  writer = records.MetricsWriter(
+      os.path.join(loop_settings.model_dir, 'train'), chief)
   if start_step == 0 and chief:
     _write_view_summary(config, source, split, task, writer)
   all_hooks = standard_hooks(config, task, manager, writer,
                              at_checkpoints) + list(hooks)
   try:
     state = loop.train_until(task, iterator, total_steps=plan.total_steps,
-                             steps_per_loop=tc.steps_per_loop,
+                             steps_per_loop=loop_settings.steps_per_loop,
                              hooks=all_hooks,
-                             batch_size=tc.train_batch_size,
+                             batch_size=loop_settings.train_batch_size,
                              agree=distribute.summed_over_workers(strategy))
   except tf.errors.OpError as e:
     lost = distribute.lost_workers(e, strategy)
@@ -164,7 +166,7 @@ def train(context: RunContext, *, hooks: Sequence[Hook] = (),
       raise
     # The console gets one line; TensorFlow's error, with --verbosity=1.
     logging.debug('What TensorFlow reported:', exc_info=True)
-    resume = checkpoints.latest_in(tc.model_dir)
+    resume = checkpoints.latest_in(loop_settings.model_dir)
     raise distribute.WorkerLost(
         f'Lost {lost} during training ({type(e).__name__}); this worker '
         'stops too. Launch all workers again with the same command: they '
