@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from simclr_tf.inputs import augment
 from simclr_tf.settings import recipes
 from simclr_tf.settings import registry
 from simclr_tf.settings import resolver
@@ -98,7 +99,7 @@ def test_build_and_flatten_are_inverse():
   config = registry.build(values)
   assert config.model.encoder.resnet_depth == 50
   assert config.model.projection_head.proj_out_dim == 64
-  assert config.augment.min_crop_area == 0.3
+  assert augment.crop_area_range(config.augment) == (0.3, 1.0)
   assert registry.build(registry.flatten(config)) == config
   assert values.items() <= registry.flatten(config).items()
 

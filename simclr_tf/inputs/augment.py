@@ -286,7 +286,7 @@ def pretrain_view(image, seed, config: AugmentConfig, small: bool = False,
     image = random_crop_and_resize(
         image, crop_seed, size,
         ((config.small_crop_min_area, config.small_crop_max_area) if small
-         else (config.min_crop_area, 1.0)),
+         else crop_area_range(config)),
         config.crop_aspect_ratio_range)
   else:
     image = fit_to_size(image, size)
@@ -314,6 +314,11 @@ def pretrain_view(image, seed, config: AugmentConfig, small: bool = False,
   return tf.ensure_shape(image, [size, size, 3])
 
 
+def crop_area_range(config: AugmentConfig) -> tuple[float, float]:
+  """The area a random crop covers, as a fraction of the image."""
+  return (config.min_crop_area, 1.0)
+
+
 def small_view_size(config: AugmentConfig) -> int:
   """The side of the small views in pixels (small_crop_size 0: half the
   image's)."""
@@ -332,7 +337,7 @@ def finetune_view(image, seed, config: AugmentConfig):
   crop_seed, flip_seed = split_seed(seed, 2)
   image = to_float(image)
   image = random_crop_and_resize(image, crop_seed, config.image_size,
-                                 (config.min_crop_area, 1.0),
+                                 crop_area_range(config),
                                  config.crop_aspect_ratio_range)
   image = tf.image.stateless_random_flip_left_right(image, flip_seed)
   return tf.ensure_shape(image, [config.image_size, config.image_size, 3])
