@@ -25,7 +25,7 @@ from simclr_tf.settings.command import MODES, Command
 
 
 # Every setting's flag (settings/setting_flags.py), owned by this module.
-SETTING_FLAGS = setting_flags.define()
+SETTING_FLAGS = setting_flags.define(flags.FLAGS)
 
 # --- What to run ----------------------------------------------------------------
 flags.DEFINE_enum('mode', None, MODES, 'What to run.')

@@ -52,8 +52,9 @@ flags.DEFINE_list('trained_flags', ['--preset=fashion_mnist',
                   'model_dir has no flags.json (the default: a run of '
                   'benchmarks/fashion_mnist.py).')
 # The settings this benchmark takes, defined as run.py defines them.
-setting_flags.define(['probe_train_examples', 'data_dir'],
-                     defaults={'probe_train_examples': 10000})
+setting_flags.define(
+    flags.FLAGS, ['probe_train_examples', 'data_dir'],
+    defaults={'probe_train_examples': 10000})
 flags.DEFINE_string('output', 'benchmarks/results/export_formats',
                     'Directory for result.json.')
 FLAGS = flags.FLAGS

@@ -19,8 +19,9 @@ from simclr_tf.serving import export
 from simclr_tf.settings import setting_flags
 
 # The settings this benchmark takes, defined as run.py defines them.
-setting_flags.define(['resnet_depth', 'image_size'],
-                     defaults={'image_size': 32})
+setting_flags.define(
+    flags.FLAGS, ['resnet_depth', 'image_size'],
+    defaults={'image_size': 32})
 flags.DEFINE_integer('batch_size', 16, 'Images per serving_bytes request.')
 flags.DEFINE_integer('repeats', 5, 'Timed requests after one untimed one.')
 FLAGS = flags.FLAGS

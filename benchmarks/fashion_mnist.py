@@ -52,16 +52,15 @@ from simclr_tf.training.train import train
 flags.DEFINE_string('output', 'benchmarks/results/fashion_mnist',
                     'Directory for result.json and the PNG charts.')
 # The settings this benchmark takes, defined as run.py defines them.
-setting_flags.define(['model_dir', 'data_dir', 'train_epochs',
-                      'checkpoint_epochs', 'width_multiplier',
-                      'contrastive_chunk_size', 'temperature',
-                      'num_small_crops', 'small_crop_size',
-                      'small_crop_min_area', 'small_crop_max_area',
-                      'learning_rate'],
-                     defaults={'model_dir': '/tmp/simclr_fashion_mnist',
-                               'train_epochs': None, 'checkpoint_epochs': 6,
-                               'width_multiplier': None, 'temperature': None,
-                               'learning_rate': None})
+setting_flags.define(
+    flags.FLAGS,
+    ['model_dir', 'data_dir', 'train_epochs', 'checkpoint_epochs',
+     'width_multiplier', 'contrastive_chunk_size', 'temperature',
+     'num_small_crops', 'small_crop_size', 'small_crop_min_area',
+     'small_crop_max_area', 'learning_rate'],
+    defaults={'model_dir': '/tmp/simclr_fashion_mnist', 'train_epochs': None,
+              'checkpoint_epochs': 6, 'width_multiplier': None,
+              'temperature': None, 'learning_rate': None})
 flags.DEFINE_boolean('resume', False, 'Keep the pretraining checkpoints '
                      'and continue.')
 flags.DEFINE_float('budget_minutes', 60, 'Pretraining time limit; training '

@@ -49,11 +49,12 @@ STUDIES = ('augmentations', 'projection_head', 'batch_size')
 
 flags.DEFINE_enum('study', None, STUDIES, 'Which finding to rerun.')
 # The settings this benchmark takes, defined as run.py defines them.
-setting_flags.define(['dataset', 'data_dir', 'model_dir', 'seed',
-                      'width_multiplier', 'image_size'],
-                     defaults={'dataset': 'fashion_mnist',
-                               'model_dir': '/tmp/simclr_findings',
-                               'width_multiplier': 0.25, 'image_size': 24})
+setting_flags.define(
+    flags.FLAGS,
+    ['dataset', 'data_dir', 'model_dir', 'seed',
+     'width_multiplier', 'image_size'],
+    defaults={'dataset': 'fashion_mnist', 'model_dir': '/tmp/simclr_findings',
+              'width_multiplier': 0.25, 'image_size': 24})
 flags.DEFINE_string('output', 'benchmarks/results/findings', 'Where '
                     '<study>.json and <study>.png go.')
 flags.DEFINE_boolean('resume', False, 'Keep the runs a cut-off study '

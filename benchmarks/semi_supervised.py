@@ -59,8 +59,9 @@ flags.DEFINE_string('encoder', '/tmp/simclr_fashion_mnist/pretrain',
 flags.DEFINE_string('output', 'benchmarks/results/semi_supervised',
                     'Directory for result.json and the chart.')
 # The settings this benchmark takes, defined as run.py defines them.
-setting_flags.define(['model_dir', 'data_dir', 'min_crop_area'],
-                     defaults={'model_dir': '/tmp/simclr_semi_supervised'})
+setting_flags.define(
+    flags.FLAGS, ['model_dir', 'data_dir', 'min_crop_area'],
+    defaults={'model_dir': '/tmp/simclr_semi_supervised'})
 flags.DEFINE_list('simclr_learning_rates', ['0.001', '0.003', '0.01'],
                   'Base learning rates (times sqrt(batch size)) tried when '
                   'fine-tuning the SimCLR encoder.')

@@ -57,8 +57,9 @@ flags.DEFINE_list('configs', list(CONFIGS), f'Any of {list(CONFIGS)}.')
 flags.DEFINE_enum('mixed_precision', 'auto',
                   ['auto', *PRECISIONS], 'As run.py.')
 # The settings this benchmark takes, defined as run.py defines them.
-setting_flags.define(['jit_compile', 'steps_per_loop', 'lineareval_view'],
-                     defaults={'steps_per_loop': 1})
+setting_flags.define(
+    flags.FLAGS, ['jit_compile', 'steps_per_loop', 'lineareval_view'],
+    defaults={'steps_per_loop': 1})
 flags.DEFINE_integer('warmup_calls', 2, 'Untimed loop calls (tracing).')
 flags.DEFINE_integer('timed_steps', 6, 'Timed training steps.')
 flags.DEFINE_integer('inter_op_threads', 0, 'TensorFlow\'s inter-op '
