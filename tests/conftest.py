@@ -56,7 +56,7 @@ def cpu_kernels(monkeypatch):
 # other. `--durations` shows when this order needs changing.
 LONGEST_FIRST = ('tests/test_resume.py', 'tests/test_multi_worker.py',
                  'tests/test_export_formats.py', 'tests/test_gradient_cache.py',
-                 'tests/test_run_train.py', 'tests/test_distribute.py',
+                 'tests/test_step_terms.py', 'tests/test_run_train.py', 'tests/test_distribute.py',
                  'tests/test_precision.py', 'tests/test_robustness.py',
                  'tests/test_original.py')
 
