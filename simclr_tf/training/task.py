@@ -13,8 +13,7 @@ import keras
 import tensorflow as tf
 
 from simclr_tf.config import RunConfig
-from simclr_tf.network.model import create_model
-from simclr_tf.network.model import SimCLRModel
+from simclr_tf.network.model import SimCLRModel, create_model
 from simclr_tf.training import gradient_cache
 from simclr_tf.training import optim
 from simclr_tf.training import terms
