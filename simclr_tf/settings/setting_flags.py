@@ -1,10 +1,9 @@
 """The absl flags of the settings: one per setting of simclr_tf/config.py
 that the command line sets, named as the setting, with its default and
-help. run.py defines them all; a
-benchmark defines those it takes (with its own defaults where it needs
-others), so both take settings through the same definitions. Only run.py
-and the benchmarks' mains read flags. No TensorFlow: the console is set up
-before TensorFlow starts."""
+help. run.py defines them all; a benchmark defines those it takes (with
+its own defaults where it needs others), so both take settings through the
+same definitions. Only run.py and the benchmarks' mains read flags. No
+TensorFlow: the console is set up before TensorFlow starts."""
 
 import sys
 import typing
@@ -17,7 +16,7 @@ from simclr_tf.inputs import augmentation_names
 from simclr_tf.network import architectures
 from simclr_tf.settings import registry
 
-# Setting -> (help, choices or None), in the order of run.py --help.
+# Setting -> (help, choices or None).
 HELP = {}
 
 
