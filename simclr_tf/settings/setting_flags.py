@@ -175,14 +175,14 @@ _help('jit_compile', 'Compile the training step with XLA. Default: '
       'on for a single GPU, off otherwise (it is slower on CPU).')
 
 
-def define(flag_values: flags.FlagValues, names=None, *, defaults=None,
-           module_name=None) -> list[str]:
+def define(flag_values: flags.FlagValues, names=None, *,
+           defaults=None) -> list[str]:
   """Defines the flags of settings `names` (default: all) on
   `flag_values` (the caller's: absl's FLAGS, or the FlagValues a test gives
   run.py), each with the setting's default (None for settings derived from
-  the data and devices unless given) or the one in `defaults`;
-  `module_name` owns them in --help (default: the caller). Returns the
-  names defined."""
+  the data and devices unless given) or the one in `defaults`, owned by
+  the calling module (as in --help and flags.json). Returns the names
+  defined."""
   defaults = defaults or {}
   names = list(HELP) if names is None else list(names)
   for name in names:
@@ -193,7 +193,7 @@ def define(flag_values: flags.FlagValues, names=None, *, defaults=None,
         else setting.default))
     kind = next((t for t in (typing.get_args(setting.type) or
                              (setting.type,)) if t is not type(None)))
-    owner = {'module_name': _flag_module(module_name or _caller()),
+    owner = {'module_name': _flag_module(_caller()),
              'flag_values': flag_values}
     if choices:
       flags.DEFINE_enum(name, default, choices, text, **owner)

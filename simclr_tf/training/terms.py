@@ -27,6 +27,8 @@ from simclr_tf.training import optim
 
 # The terms that add up to the loss, in the order they are summed.
 LOSS_TERMS = ('contrast_loss', 'supervised_loss', 'weight_decay')
+# What `supervised_head_terms` yields per image.
+SUPERVISED_HEAD_TERMS = ('supervised_loss', 'supervised_acc')
 
 
 class Objective:
@@ -50,8 +52,7 @@ class Objective:
   @property
   def per_image_names(self) -> tuple:
     """The per-image terms' names, in the order `image_pass` yields them."""
-    return (('supervised_loss', 'supervised_acc')
-            if self.supervised_head_on_views else ())
+    return SUPERVISED_HEAD_TERMS if self.supervised_head_on_views else ()
 
   def views(self, batch) -> tuple:
     """A batch's views through the model together, and their labels: view
@@ -65,13 +66,8 @@ class Objective:
     their projections (None in fine-tuning) and per-image terms [V N]."""
     outputs = self.model(images, training=True,
                          supervised=self.supervised_head_on_views)
-    per_image = {}
-    if self.supervised_head_on_views:
-      logits = outputs['logits_sup']
-      per_image['supervised_loss'] = (
-          tf.nn.sparse_softmax_cross_entropy_with_logits(
-              labels, tf.cast(logits, tf.float32)))
-      per_image['supervised_acc'] = objective.top_k_correct(labels, logits, 1)
+    per_image = (supervised_head_terms(labels, outputs['logits_sup'])
+                 if self.supervised_head_on_views else {})
     return (outputs['proj_head_output'] if self.pretrain else None), per_image
 
   def small_view_pass(self, small_images):
@@ -97,13 +93,9 @@ class Objective:
     values = {'weight_decay': optim.weight_decay_loss(self.optim, self.model)}
     if self.supervised_head_on_eval_view:
       logits = self.model.supervised_head_logits(batch['eval_view'])
-      values['supervised_loss'] = tf.reduce_mean(
-          tf.nn.sparse_softmax_cross_entropy_with_logits(
-              batch['label'], tf.cast(logits, tf.float32)))
-      values['supervised_acc'] = tf.reduce_mean(
-          objective.top_k_correct(batch['label'], logits, 1))
+      values.update({name: tf.reduce_mean(value) for name, value in
+                     supervised_head_terms(batch['label'], logits).items()})
     return values
-
 
   def values(self, batch) -> dict:
     """Every term of a batch in one pass over its views (and one over its
@@ -126,6 +118,15 @@ class Objective:
     values.update(model_values)
     values['total_loss'] = loss(values)
     return values
+
+
+def supervised_head_terms(labels, logits) -> dict:
+  """The supervised head's per-image terms: cross-entropy (in float32)
+  and top-1 hits."""
+  loss_name, accuracy_name = SUPERVISED_HEAD_TERMS
+  return {loss_name: tf.nn.sparse_softmax_cross_entropy_with_logits(
+              labels, tf.cast(logits, tf.float32)),
+          accuracy_name: objective.top_k_correct(labels, logits, 1)}
 
 
 def loss(values: dict):
