@@ -228,8 +228,10 @@ class EvalConfig:
   eval_batch_size: int = 256
   eval_steps: int = 0  # > 0 evaluates only that many batches.
   knn: bool = True
-  knn_k: int = 200
-  knn_temperature: float = 0.1
+  # 0: chosen on held-out training features (evaluation/knn.py's grids);
+  # Wu et al.'s monitor is knn_k=200, knn_temperature=0.1.
+  knn_k: int = 0
+  knn_temperature: float = 0.0
   # Training examples (a seeded random subset when the split is larger)
   # whose features form the kNN bank, and the linear probe's training set:
   # they bound evaluation memory on ImageNet-sized splits.
@@ -240,6 +242,11 @@ class EvalConfig:
   # Fit a logistic-regression probe on frozen features (train split) and
   # report its test accuracy.
   linear_probe: bool = False
+  # The probe is also fitted on these fractions of its training labels
+  # (comma-separated; '': none), each on `label_fraction_subsets` seeded
+  # class-balanced subsets (evaluation/few_labels.py).
+  label_fractions: str = '0.01,0.1'
+  label_fraction_subsets: int = 3
   # Also evaluate the baselines, probed the same way: raw pixels and the same
   # encoder with random weights at standard initialisation.
   random_baseline: bool = False

@@ -1,6 +1,7 @@
 """The evaluators: seeded training subsets, kNN and probe on them, the
 evaluators a configuration names, and the report built from their metrics."""
 
+import dataclasses
 import json
 import os
 import time
@@ -11,6 +12,7 @@ import tensorflow as tf
 from simclr_tf.evaluation import baseline_cache
 from simclr_tf.evaluation import evaluators
 from simclr_tf.evaluation import features
+from simclr_tf.evaluation import knn
 from simclr_tf.evaluation import report
 from simclr_tf.evaluation.evaluators import Metric
 from simclr_tf.evaluation.probe import linear_probe
@@ -54,7 +56,8 @@ def test_feature_metrics_use_the_seeded_subsets_of_training_features():
   images, labels, source = _toy(4, 90)
   config = registry.build({
       'dataset': 'toy', 'seed': 6, 'image_size': 8, 'model_dir': 'unused',
-      'eval_batch_size': 16, 'knn_k': 5, 'knn_train_examples': 30,
+      'eval_batch_size': 16, 'knn_k': 5, 'knn_temperature': 0.1,
+      'knn_train_examples': 30,
       'probe_train_examples': 60})
   run = RunContext(config, helpers.cpu_strategy(1), source)
 
@@ -71,6 +74,22 @@ def test_feature_metrics_use_the_seeded_subsets_of_training_features():
   scores = helpers.knn_numpy(train_x, labels['train'][bank_rows], test_x, 3,
                              5, 0.1)
   assert result['knn_top_1_accuracy'] == features.accuracy(scores,
+                                                           labels['test'])
+  # k and temperature 0: chosen on the bank (rows in index order).
+  chosen = evaluators.feature_metrics(
+      RunContext(dataclasses.replace(config, eval=dataclasses.replace(
+          config.eval, knn_k=0, knn_temperature=0.0)),
+                 helpers.cpu_strategy(1), source), model, knn=True)
+  sorted_rows = np.sort(bank_rows)
+  choice = knn.choose_k_and_temperature(
+      knn.feature_bank(pixel_features(images['train'][sorted_rows])),
+      labels['train'][sorted_rows], 3, seed=6)
+  assert (chosen['knn_k'], chosen['knn_temperature'],
+          chosen['knn_validation_accuracy']) == (
+              choice.k, choice.temperature, choice.validation_accuracy)
+  scores = helpers.knn_numpy(train_x, labels['train'][bank_rows], test_x, 3,
+                             choice.k, choice.temperature)
+  assert chosen['knn_top_1_accuracy'] == features.accuracy(scores,
                                                            labels['test'])
   # The probe fits on 60: the same order's first 60.
   probe_rows = np.sort(order[:60])
@@ -98,7 +117,8 @@ def test_fine_tuning_on_a_label_fraction_evaluates_on_that_subset_only():
   for bank_size, bank_rows in ((0, labeled), (12, None)):
     config = registry.build({
         'dataset': 'toy', 'seed': 2, 'image_size': 8, 'model_dir': 'unused',
-        'eval_batch_size': 16, 'knn_k': 5, 'train_mode': 'finetune',
+        'eval_batch_size': 16, 'knn_k': 5, 'knn_temperature': 0.1,
+        'train_mode': 'finetune',
         'label_fraction': 0.1, 'knn_train_examples': bank_size,
         'probe_train_examples': 0})
     run = RunContext(config, helpers.cpu_strategy(1), source)
@@ -128,7 +148,8 @@ def test_the_named_evaluators_yield_result_json_and_the_table(tmp_path):
   images, labels, source = _toy(4, 90)
   settings = {'seed': 6, 'model_dir': 'unused', 'eval_batch_size': 16,
               'data_dir': str(tmp_path),
-              'knn_k': 5, 'knn_train_examples': 30, 'probe_train_examples': 60,
+              'knn_k': 5, 'knn_temperature': 0.1, 'knn_train_examples': 30,
+              'probe_train_examples': 60,
               'resnet_depth': 18, 'width_multiplier': 0.125,
               'lineareval_while_pretraining': False}
   config = resolver.resolve({**settings, 'random_baseline': True},
@@ -153,10 +174,16 @@ def test_the_named_evaluators_yield_result_json_and_the_table(tmp_path):
   assert result['raw_pixels_linear_probe_train_labels'] == 60
   assert {'random_init_knn_top_1_accuracy',
           'random_init_linear_probe_top_1_accuracy'} <= set(result)
+  # Every column has the few-label rows (1% and 10% by default).
+  for column in ('', 'random_init_', 'raw_pixels_'):
+    for prefix in ('linear_probe_1pct', 'linear_probe_10pct'):
+      assert len(result[f'{column}{prefix}_top_1_accuracies']) == 3
   lines = report.table(metrics).splitlines()
   assert lines[0] == 'Results at step 7 on  test images:'
   assert lines[1].split() == ['learned', 'random', 'pixels']
   probe_row = lines[3]
+  assert [line[:40].strip() for line in lines[4:6]] == [
+      'linear probe top-1, 1% of labels', 'linear probe top-1, 10% of labels']
   assert probe_row.startswith('linear probe top-1 (frozen features)')
   assert probe_row.split()[-3:] == [
       f'{result[key]:.4f}' for key in (
@@ -171,12 +198,14 @@ def test_the_named_evaluators_yield_result_json_and_the_table(tmp_path):
       RunContext(only_knn, helpers.cpu_strategy(1), source), _PixelFeatures(),
       7))
   assert set(result) == {'global_step', 'eval_split', 'knn_top_1_accuracy',
-                         'knn_top_5_accuracy', 'knn_train_labels'}
+                         'knn_top_5_accuracy', 'knn_train_labels', 'knn_k',
+                         'knn_temperature'}
 
 
 def _baseline_run(source, data_dir, **changes):
   settings = {'seed': 6, 'model_dir': 'unused', 'eval_batch_size': 16,
-              'data_dir': str(data_dir), 'knn_k': 5, 'resnet_depth': 18,
+              'data_dir': str(data_dir), 'knn_k': 5, 'knn_temperature': 0.1,
+              'resnet_depth': 18,
               'width_multiplier': 0.125, 'lineareval_while_pretraining': False,
               'evaluators': ('knn', 'random_init', 'raw_pixels'), **changes}
   config = resolver.resolve(settings, source=source, mixed_precision='float32')
@@ -347,10 +376,25 @@ def test_the_table_has_a_column_per_baseline_that_yielded_metrics():
              Metric('num_eval_examples', 50),
              Metric('label_top_1_accuracy', 0.5),
              Metric('knn_top_1_accuracy', 0.25),
-             Metric('knn_top_1_accuracy', 0.125, 'raw_pixels')]
+             Metric('knn_k', 20),
+             Metric('knn_top_1_accuracy', 0.125, 'raw_pixels'),
+             Metric('knn_k', 3, 'raw_pixels')]
   assert report.table(metrics) == '\n'.join([
       'Results at step 3 on 50 val images:',
-      ' ' * 40 + '  learned   pixels',
-      f'{"linear eval top-1 (supervised head)":40s}   0.5000         ',
-      f'{"kNN top-1 (frozen features)":40s}   0.2500   0.1250'])
+      ' ' * 40 + '         learned          pixels',
+      f'{"linear eval top-1 (supervised head)":40s}          0.5000' + ' ' * 16,
+      f'{"kNN top-1 (frozen features)":40s}          0.2500          0.1250',
+      f'{"kNN k":40s}              20               3'])
+  # Few-label rows, smallest fraction first: the mean and its spread.
+  few = [Metric('global_step', 3), Metric('eval_split', 'val'),
+         Metric('linear_probe_top_1_accuracy', 0.75)]
+  for prefix, fraction, mean in (('linear_probe_10pct', 0.1, 0.7),
+                                 ('linear_probe_1pct', 0.01, 0.5)):
+    few += [Metric(f'{prefix}_label_fraction', fraction),
+            Metric(f'{prefix}_top_1_accuracy', mean),
+            Metric(f'{prefix}_top_1_accuracy_std', 0.0125)]
+  assert report.table(few).splitlines()[2:] == [
+      f'{"linear probe top-1 (frozen features)":40s}          0.7500',
+      f'{"linear probe top-1, 1% of labels":40s}  0.5000 ±0.0125',
+      f'{"linear probe top-1, 10% of labels":40s}  0.7000 ±0.0125']
   assert report.as_result(metrics)['raw_pixels_knn_top_1_accuracy'] == 0.125

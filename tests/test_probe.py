@@ -1,9 +1,14 @@
-"""The linear probe against an independent solver (scipy)."""
+"""The linear probe against independent solvers (scipy, scikit-learn
+fitted cold to a tight tolerance), on every label and on a few."""
 
 import numpy as np
 import scipy.optimize
+from sklearn import linear_model
+from sklearn import model_selection
 
 from simclr_tf.evaluation import features
+from simclr_tf.evaluation import few_labels
+from simclr_tf.evaluation import probe as probe_lib
 from simclr_tf.evaluation.probe import linear_probe
 
 
@@ -41,7 +46,10 @@ def test_linear_probe_agrees_with_an_independent_solver(rng):
   probe = linear_probe(train_x, train_y, test_x, 3,
                        standardize=False, c_grid=(0.05,))
   assert probe.converged and probe.c == 0.05
-  weights, bias = _softmax_regression_scipy(train_x, train_y, 3, 0.05)
+  # The probe is the chosen C's fit on all but a seeded random tenth.
+  fit = np.random.default_rng(0).permutation(400)[40:]
+  weights, bias = _softmax_regression_scipy(train_x[fit], train_y[fit], 3,
+                                            0.05)
   expected = test_x @ weights + bias
   # Softmax regression scores are defined up to a per-example constant.
   np.testing.assert_allclose(
@@ -84,3 +92,94 @@ def test_linear_probe_separates_separable_classes(rng):
   seen = train_y != 3
   partial = linear_probe(train_x[seen], train_y[seen], test_x, 4)
   assert np.all(np.isneginf(partial.scores[:, 3]))
+
+
+def _tight_logistic_regression(x, y, c):
+  """scikit-learn's solver from zero weights, to a tolerance 10^6 times
+  tighter than the probe's."""
+  return linear_model.LogisticRegression(C=c, tol=1e-10,
+                                         max_iter=100_000).fit(x, y)
+
+
+def _ill_conditioned_classes(rng, n, num_classes=10, dim=40):
+  """Gaussian classes seen through a mixing matrix whose singular values
+  span three decades: weak-penalty fits move slowly along the flat
+  directions."""
+  centers = rng.normal(size=(num_classes, dim))
+  labels = rng.integers(0, num_classes, n)
+  mixing = np.linalg.qr(rng.normal(size=(dim, dim)))[0] @ np.diag(
+      np.logspace(0, -3, dim))
+  return (centers[labels] + 2.0 * rng.normal(size=(n, dim))) @ mixing, labels
+
+
+def test_the_probe_is_converged_at_the_c_it_reports(rng):
+  x, y = _ill_conditioned_classes(rng, 4000)
+  train_x, train_y, test_x, test_y = x[:3000], y[:3000], x[3000:], y[3000:]
+  probe = linear_probe(train_x, train_y, test_x, 10,
+                       c_grid=(0.01, 0.1, 1.0, 10.0, 100.0))
+  assert probe.converged and probe.iterations > 0
+  standard_train, standard_test = probe_lib.standardized(
+      train_x.astype(np.float32), test_x.astype(np.float32))
+  fit = np.random.default_rng(0).permutation(3000)[300:]
+  reference = _tight_logistic_regression(standard_train[fit], train_y[fit],
+                                         probe.c)
+  expected = reference.score(standard_test, test_y)
+  assert abs(features.accuracy(probe.scores, test_y) - expected) <= 0.001 + 1e-9
+  # Every C on the path is solved from zero weights: at each, the held-out
+  # accuracy is the tight solution's.
+  for c in (0.01, 100.0):
+    fitted = probe_lib.fit_logistic(standard_train[fit], train_y[fit], c)
+    tight = _tight_logistic_regression(standard_train[fit], train_y[fit], c)
+    assert fitted.converged and fitted.iterations > 0
+    assert abs(fitted.model.score(standard_test, test_y) -
+               tight.score(standard_test, test_y)) <= 0.001 + 1e-9
+
+
+def test_few_label_probes_match_scikit_learn_model_selection(rng):
+  centers = rng.normal(size=(4, 12))
+  train_y = np.repeat(np.arange(4), 250)
+  test_y = rng.integers(0, 4, 300)
+  train_x = centers[train_y] + 2.5 * rng.normal(size=(1000, 12))
+  test_x = centers[test_y] + 2.5 * rng.normal(size=(300, 12))
+  # Subsets of 40 and 200 examples choose C by cross-validation; of 400,
+  # as the probe on every label does.
+  result = few_labels.few_label_metrics(
+      train_x, train_y, test_x, test_y, 4, (0.04, 0.2, 0.4), 3, seed=5,
+      standardize=True, cross_validation_below=300)
+  # Standardised by every training example, labels unused.
+  mean, std = train_x.mean(0), train_x.std(0) + 1e-6
+  train_s, test_s = (train_x - mean) / std, (test_x - mean) / std
+  for fraction, prefix, per_class in ((0.04, 'linear_probe_4pct', 10),
+                                      (0.2, 'linear_probe_20pct', 50)):
+    accuracies = []
+    for seed in (5, 6, 7):
+      # A class-balanced subset: per_class seeded examples of each class.
+      state = np.random.RandomState(seed)
+      rows = np.sort(np.concatenate([
+          np.flatnonzero(train_y == label)[state.permutation(250)][:per_class]
+          for label in range(4)]))
+      search = model_selection.GridSearchCV(
+          linear_model.LogisticRegression(max_iter=3000),
+          {'C': probe_lib.PROBE_C_GRID},
+          cv=model_selection.StratifiedKFold(5, shuffle=True,
+                                             random_state=seed))
+      search.fit(train_s[rows], train_y[rows])
+      accuracies.append(search.score(test_s, test_y))
+    assert result[f'{prefix}_label_fraction'] == fraction
+    assert result[f'{prefix}_train_labels'] == 4 * per_class
+    np.testing.assert_allclose(result[f'{prefix}_top_1_accuracies'],
+                               accuracies, atol=1e-9)
+    np.testing.assert_allclose(result[f'{prefix}_top_1_accuracy'],
+                               np.mean(accuracies))
+    np.testing.assert_allclose(result[f'{prefix}_top_1_accuracy_std'],
+                               np.std(accuracies, ddof=1))
+  prefix = 'linear_probe_40pct'
+  assert result[f'{prefix}_train_labels'] == 400
+  for seed, accuracy in zip((5, 6, 7), result[f'{prefix}_top_1_accuracies']):
+    state = np.random.RandomState(seed)
+    rows = np.sort(np.concatenate([
+        np.flatnonzero(train_y == label)[state.permutation(250)][:100]
+        for label in range(4)]))
+    expected = linear_probe(train_s[rows], train_y[rows], test_s, 4,
+                            standardize=False, seed=seed)
+    assert accuracy == features.accuracy(expected.scores, test_y)

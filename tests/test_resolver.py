@@ -123,6 +123,15 @@ ERRORS = [
      _source(), '--image_size=6 is too small'),
     ('a setting out of range', {'learning_rate': 0.0}, resolver.Record(),
      'train', _source(), '--learning_rate=0.0 must be a number > 0.'),
+    ('a label fraction that is not one',
+     {'label_fractions': '0.01,10%'}, resolver.Record(), 'train', _source(),
+     "--label_fractions='0.01,10%' must be comma-separated fractions in "
+     '(0, 1), e.g. 0.01,0.1 (empty: none).'),
+    ('a label fraction of all labels', {'label_fractions': '1'},
+     resolver.Record(), 'train', _source(), "--label_fractions='1' must be"),
+    ('a negative kNN k', {'knn_k': -1}, resolver.Record(), 'train',
+     _source(), '--knn_k=-1 must be >= 0 (0: chosen on held-out training '
+     'features).'),
     ('a chunk that does not divide the batch',
      {'train_batch_size': 8, 'contrastive_chunk_size': 3},
      resolver.Record(), 'train', _source(),

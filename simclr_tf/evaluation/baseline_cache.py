@@ -28,6 +28,7 @@ import tensorflow as tf
 
 from simclr_tf.devices import precision
 from simclr_tf.evaluation import probe
+from simclr_tf.evaluation.knn import KNN_K_GRID, KNN_TEMPERATURE_GRID
 from simclr_tf.run_context import RunContext
 
 DIRECTORY = 'baselines'
@@ -69,6 +70,12 @@ def key_of(kind: str, context: RunContext, knn: bool) -> dict | None:
       'probe_train_examples': evaluation.probe_train_examples,
       'probe_c_grid': list(probe.PROBE_C_GRID),
       'probe_max_iter': probe.PROBE_MAX_ITER,
+      'probe_folds': probe.PROBE_FOLDS,
+      'label_fractions': evaluation.label_fractions,
+      'label_fraction_subsets': evaluation.label_fraction_subsets,
+      # k or temperature 0: chosen from these.
+      'knn_k_grid': list(KNN_K_GRID),
+      'knn_temperature_grid': list(KNN_TEMPERATURE_GRID),
       'eval_batch_size': evaluation.eval_batch_size,
       'eval_steps': evaluation.eval_steps,
       'libraries': {'keras': keras.__version__, 'numpy': np.__version__,

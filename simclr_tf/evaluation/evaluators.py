@@ -29,6 +29,8 @@ from simclr_tf.config import RunConfig
 from simclr_tf.evaluation import baseline_cache
 from simclr_tf.evaluation import evaluator_names
 from simclr_tf.evaluation import features
+from simclr_tf.evaluation.few_labels import few_label_metrics
+from simclr_tf.evaluation.knn import choose_k_and_temperature
 from simclr_tf.evaluation.knn import feature_bank, knn_scores
 from simclr_tf.evaluation.probe import linear_probe
 from simclr_tf.inputs import sources
@@ -41,7 +43,7 @@ class Metric:
   """One value an evaluator yields."""
 
   name: str  # knn_top_1_accuracy, ...
-  value: float | int | str
+  value: float | int | str | list  # A list: one value per subset.
   # None: of the model evaluated; else the baseline's ('random_init',
   # 'raw_pixels'), which result.json keys as a prefix.
   baseline: str | None = None
@@ -57,25 +59,48 @@ def as_metrics(values: dict, baseline: str | None = None) -> list[Metric]:
 
 def knn_metrics(context: RunContext, bank, bank_labels, test_features,
                 test_labels) -> dict:
-  """The kNN monitor's top-1 / top-5 accuracy against a feature bank."""
-  scores = knn_scores(
-      bank, bank_labels, test_features,
-      context.source.num_classes, k=context.config.eval.knn_k,
-      temperature=context.config.eval.knn_temperature)
-  return {'knn_top_1_accuracy': features.accuracy(scores, test_labels, 1),
-          'knn_top_5_accuracy': features.accuracy(scores, test_labels, 5)}
+  """kNN top-1 / top-5 accuracy against a feature bank, with the k and
+  temperature the configuration gives or, where it gives 0, those that
+  classify held-out training features best."""
+  eval_config = context.config.eval
+  num_classes = context.source.num_classes
+  choice = choose_k_and_temperature(
+      bank, bank_labels, num_classes, k=eval_config.knn_k or None,
+      temperature=eval_config.knn_temperature or None,
+      seed=context.config.data.seed)
+  if choice.validation_accuracy is not None:
+    logging.info('kNN: k=%d, temperature %g chosen on held-out training '
+                 'features (accuracy %.4f).', choice.k, choice.temperature,
+                 choice.validation_accuracy)
+  scores = knn_scores(bank, bank_labels, test_features, num_classes,
+                      k=choice.k, temperature=choice.temperature)
+  results = {'knn_top_1_accuracy': features.accuracy(scores, test_labels, 1),
+             'knn_top_5_accuracy': features.accuracy(scores, test_labels, 5),
+             'knn_k': choice.k, 'knn_temperature': choice.temperature}
+  if choice.validation_accuracy is not None:
+    results['knn_validation_accuracy'] = choice.validation_accuracy
+  return results
 
 
 def probe_metrics(context: RunContext, train_features, train_labels,
                   test_features, test_labels, standardize=True) -> dict:
-  """The converged linear probe's test metrics."""
+  """The converged linear probe's test metrics, on every training label and
+  on the configuration's label fractions."""
+  eval_config = context.config.eval
+  num_classes = context.source.num_classes
   fitted = linear_probe(
-      train_features, train_labels, test_features, context.source.num_classes,
+      train_features, train_labels, test_features, num_classes,
       standardize=standardize, seed=context.config.data.seed)
   if not fitted.converged:
     logging.warning('The linear probe stopped at its iteration limit before '
                     'converging; its accuracy may be understated.')
-  return fitted.metrics(test_labels)
+  results = fitted.metrics(test_labels)
+  results.update(few_label_metrics(
+      train_features, train_labels, test_features, test_labels, num_classes,
+      evaluator_names.label_fractions(eval_config.label_fractions),
+      eval_config.label_fraction_subsets, context.config.data.seed,
+      standardize=standardize))
+  return results
 
 
 def feature_metrics(context: RunContext, model, knn: bool = True,

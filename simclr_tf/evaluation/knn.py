@@ -1,8 +1,17 @@
-"""Cosine nearest neighbours in blocks: the kNN monitor's weighted votes
-(Wu et al. 2018) and the neighbours that --mode=embed stores."""
+"""Cosine nearest neighbours in blocks: the kNN classifier's weighted votes
+(Wu et al. 2018), its k and temperature chosen on held-out training
+features, and the neighbours that --mode=embed stores."""
+
+import dataclasses
 
 import numpy as np
 import tensorflow as tf
+
+# The neighbour counts and vote temperatures tried on held-out training
+# features. Wu et al.'s monitor fixes k = 200, temperature 0.1: on a
+# small dataset 200 can exceed every class.
+KNN_K_GRID = (1, 3, 5, 10, 20, 50, 100, 200)
+KNN_TEMPERATURE_GRID = (0.03, 0.07, 0.1, 0.2, 0.5)
 
 
 def feature_bank(features, dtype=np.float16) -> np.ndarray:
@@ -51,19 +60,72 @@ def cosine_top_k(queries, bank, k, exclude_self=False, chunk_size=1024,
           np.concatenate([best_indices[start] for start in starts]))
 
 
+def votes(similarities, neighbor_labels, num_classes, temperature):
+  """[N, num_classes] sums of exp(similarity / temperature) of each row's
+  neighbours (most similar first) by their class."""
+  similarities = np.asarray(similarities, np.float64)
+  # Shifting by the row's best similarity changes no ranking and keeps
+  # exp() finite at small temperatures.
+  weights = np.exp((similarities - similarities[:, :1]) / temperature)
+  scores = np.zeros([len(similarities), num_classes])
+  np.add.at(scores, (np.arange(len(similarities))[:, None], neighbor_labels),
+            weights)
+  return scores.astype(np.float32)
+
+
 def knn_scores(bank, bank_labels, test_features, num_classes, k=200,
                temperature=0.1, chunk_size=1024, bank_chunk_size=65_536):
   """Weighted k-NN votes [N_test, num_classes]: each of the k most
   cosine-similar bank rows (`feature_bank`) votes for its class with weight
-  exp(similarity / temperature)."""
+  exp(similarity / temperature), up to a per-row factor."""
   similarities, indices = cosine_top_k(test_features, bank, k,
                                        chunk_size=chunk_size,
                                        bank_chunk_size=bank_chunk_size)
-  labels = np.asarray(bank_labels, np.int64)[indices]
-  weights = np.exp(similarities.astype(np.float64) / temperature)
-  scores = np.zeros([len(test_features), num_classes])
-  np.add.at(scores, (np.arange(len(labels))[:, None], labels), weights)
-  return scores.astype(np.float32)
+  return votes(similarities, np.asarray(bank_labels, np.int64)[indices],
+               num_classes, temperature)
+
+
+@dataclasses.dataclass(frozen=True)
+class KnnChoice:
+  """The neighbour count and temperature a kNN classifier uses."""
+
+  k: int
+  temperature: float
+  # Of that pair on the held-out training features; None when both were
+  # given rather than chosen.
+  validation_accuracy: float | None = None
+
+
+def choose_k_and_temperature(bank, bank_labels, num_classes, k=None,
+                             temperature=None, validation_fraction=0.1,
+                             seed=0, k_grid=KNN_K_GRID,
+                             temperature_grid=KNN_TEMPERATURE_GRID
+                             ) -> KnnChoice:
+  """The pair of `k_grid` x `temperature_grid` whose votes classify a
+  seeded random `validation_fraction` of the bank's rows best against the
+  other rows (the first of the grids' order among equals); a given `k` or
+  `temperature` is kept, not chosen."""
+  if k is not None and temperature is not None:
+    return KnnChoice(k, temperature)
+  bank_labels = np.asarray(bank_labels, np.int64)
+  order = np.random.default_rng(seed).permutation(len(bank_labels))
+  held_out = np.sort(order[:max(1, int(len(order) * validation_fraction))])
+  rest = np.sort(order[len(held_out):])
+  ks = [k] if k is not None else list(k_grid)
+  temperatures = ([temperature] if temperature is not None
+                  else list(temperature_grid))
+  similarities, indices = cosine_top_k(bank[held_out], bank[rest], max(ks))
+  neighbor_labels = bank_labels[rest][indices]
+  best = None
+  for candidate_k in ks:
+    for candidate_temperature in temperatures:
+      scores = votes(similarities[:, :candidate_k],
+                     neighbor_labels[:, :candidate_k], num_classes,
+                     candidate_temperature)
+      correct = np.mean(scores.argmax(1) == bank_labels[held_out])
+      if best is None or correct > best.validation_accuracy:
+        best = KnnChoice(candidate_k, candidate_temperature, float(correct))
+  return best
 
 
 def nearest_neighbors(embeddings: np.ndarray, k: int, chunk_size=1024):

@@ -1,5 +1,5 @@
 """The linear probe: multinomial logistic regression on frozen features,
-solved to convergence (scikit-learn, L-BFGS)."""
+solved to convergence (scikit-learn, L-BFGS) at every penalty it tries."""
 
 import dataclasses
 import time
@@ -9,6 +9,7 @@ from absl import logging
 import numpy as np
 from sklearn import exceptions
 from sklearn import linear_model
+from sklearn import model_selection
 
 from simclr_tf.evaluation.features import accuracy
 
@@ -17,6 +18,10 @@ from simclr_tf.evaluation.features import accuracy
 # unimodal in practice, and the weak penalties are the slow fits).
 PROBE_C_GRID = (1e-2, 1e-1, 1.0, 10.0, 100.0)
 PROBE_MAX_ITER = 3000
+# Cross-validation folds that choose C when the probe has few labels
+# (fewer than this many examples per class would leave a fold without a
+# class).
+PROBE_FOLDS = 5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,9 +30,11 @@ class ProbeResult:
 
   scores: np.ndarray  # [N_test, num_classes] decision values.
   c: float  # The chosen inverse L2 strength (scikit-learn's C).
-  validation_accuracy: float  # Of that C, on the held-out training part.
+  # Of that C, on held-out training examples; None when a class has a
+  # single example (C = 1, scikit-learn's default).
+  validation_accuracy: float | None
   converged: bool  # Every fit stopped on its tolerance, not on max_iter.
-  iterations: int  # L-BFGS iterations of the final fit.
+  iterations: int  # L-BFGS iterations of the fit whose scores these are.
 
   def metrics(self, test_labels) -> dict:
     return {'linear_probe_top_1_accuracy':
@@ -40,26 +47,30 @@ class ProbeResult:
             'linear_probe_iterations': self.iterations}
 
 
-def _logistic_regression(c, warm_from=None):
-  model = linear_model.LogisticRegression(
-      C=c, solver='lbfgs', max_iter=PROBE_MAX_ITER,
-      warm_start=warm_from is not None)
-  if warm_from is not None:
-    model.coef_ = warm_from.coef_.copy()
-    model.intercept_ = warm_from.intercept_.copy()
-  return model
+@dataclasses.dataclass(frozen=True)
+class Fit:
+  """One logistic regression solved from zero weights."""
+
+  model: linear_model.LogisticRegression
+  converged: bool  # L-BFGS stopped on its tolerance, not on max_iter.
+  iterations: int
 
 
-def _fit(model, x, y) -> bool:
-  """Fits `model`; True when L-BFGS stopped on its tolerance."""
+def fit_logistic(x, y, c) -> Fit:
+  """Multinomial logistic regression at inverse L2 strength `c`, solved
+  cold: a start from another C's solution can meet the gradient tolerance
+  before it moves (0 iterations at C >= 10 on standardised features)."""
+  model = linear_model.LogisticRegression(C=c, solver='lbfgs',
+                                          max_iter=PROBE_MAX_ITER)
   with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter('always', exceptions.ConvergenceWarning)
     model.fit(x, y)
-  return not any(issubclass(w.category, exceptions.ConvergenceWarning)
-                 for w in caught)
+  converged = not any(issubclass(w.category, exceptions.ConvergenceWarning)
+                      for w in caught)
+  return Fit(model, converged, int(model.n_iter_[0]))
 
 
-def _scores(model, x, num_classes):
+def scores_of(model, x, num_classes):
   """Decision values [N, num_classes]; classes absent from training never
   win."""
   scores = np.full([len(x), num_classes], -np.inf, np.float32)
@@ -70,12 +81,68 @@ def _scores(model, x, num_classes):
   return scores
 
 
+def standardized(train_features, test_features):
+  """Both standardised with the training features' mean and deviation."""
+  mean = train_features.mean(0)
+  std = train_features.std(0) + 1e-6
+  return (train_features - mean) / std, (test_features - mean) / std
+
+
+def held_out_split(num_examples, validation_fraction, seed):
+  """[(fit indices, held-out indices)]: one seeded random split."""
+  order = np.random.default_rng(seed).permutation(num_examples)
+  held_out = order[:max(1, int(num_examples * validation_fraction))]
+  return [(np.sort(order[len(held_out):]), np.sort(held_out))]
+
+
+def cross_validation_folds(labels, seed):
+  """Stratified folds, PROBE_FOLDS of them or as many as the smallest class
+  allows; [] when a class has a single example."""
+  folds = min(PROBE_FOLDS,
+              int(np.min(np.unique(labels, return_counts=True)[1])))
+  if folds < 2:
+    return []
+  splitter = model_selection.StratifiedKFold(folds, shuffle=True,
+                                             random_state=seed)
+  return list(splitter.split(np.zeros(len(labels)), labels))
+
+
+def _path(features, labels, num_classes, splits, c_grid, whole_grid):
+  """(C, mean held-out accuracy over `splits`, its fits, all converged) of
+  the best C of the path (the first among equals), which stops once
+  held-out accuracy falls unless `whole_grid`."""
+  best, converged = None, True
+  for c in c_grid:
+    started = time.perf_counter()
+    fits = [fit_logistic(features[fit], labels[fit], c) for fit, _ in splits]
+    converged &= all(f.converged for f in fits)
+    validation = float(np.mean([
+        accuracy(scores_of(f.model, features[held_out], num_classes),
+                 labels[held_out])
+        for f, (_, held_out) in zip(fits, splits)]))
+    logging.info('Linear probe, C=%g: held-out accuracy %.4f (L-BFGS '
+                 'iterations %s, %.1f s).', c, validation,
+                 '/'.join(str(f.iterations) for f in fits),
+                 time.perf_counter() - started)
+    if best is not None and validation < best[1] and not whole_grid:
+      break
+    if best is None or validation > best[1]:
+      best = (c, validation, fits)
+  return (*best, converged)
+
+
 def linear_probe(train_features, train_labels, test_features, num_classes,
                  standardize=True, validation_fraction=0.1, seed=0,
-                 c_grid=PROBE_C_GRID) -> ProbeResult:
-  """Multinomial logistic regression on frozen features, solved to
-  convergence (scikit-learn, L-BFGS), its L2 penalty chosen on held-out
-  training examples and then refitted on all of them.
+                 c_grid=PROBE_C_GRID, cross_validate=False) -> ProbeResult:
+  """Multinomial logistic regression on frozen features, each C solved to
+  convergence from zero weights, C chosen on held-out training examples.
+
+  By default C is chosen on a seeded random `validation_fraction` of the
+  examples and the probe is that C's fit on the rest (refitting on all of
+  them would move accuracy by hundredths of a point at a full fit's cost).
+  `cross_validate` (few labels) chooses C by stratified k-fold
+  cross-validation over the whole grid (on a few labels held-out accuracy
+  need not be unimodal in C) and then fits it on every example.
 
   Features are standardised with the training statistics; inputs with a
   natural common scale (pixels) may skip that, since standardising nearly
@@ -83,35 +150,24 @@ def linear_probe(train_features, train_labels, test_features, num_classes,
   """
   train_features = np.asarray(train_features, np.float32)
   test_features = np.asarray(test_features, np.float32)
+  train_labels = np.asarray(train_labels, np.int64)
   if standardize:
-    mean = train_features.mean(0)
-    std = train_features.std(0) + 1e-6
-    train_features = (train_features - mean) / std
-    test_features = (test_features - mean) / std
-  order = np.random.default_rng(seed).permutation(len(train_labels))
-  held_out = order[:max(1, int(len(order) * validation_fraction))]
-  fit_part = order[len(held_out):]
-
-  converged = True
-  best, previous = None, None
-  for c in c_grid:
-    started = time.perf_counter()
-    model = _logistic_regression(c, warm_from=previous)
-    converged &= _fit(model, train_features[fit_part],
-                      train_labels[fit_part])
-    validation = accuracy(
-        _scores(model, train_features[held_out], num_classes),
-        train_labels[held_out])
-    logging.info('Linear probe, C=%g: held-out accuracy %.4f (%d L-BFGS '
-                 'iterations, %.1f s).', c, validation, model.n_iter_[0],
-                 time.perf_counter() - started)
-    if best is not None and validation < best[1]:
-      break
-    if best is None or validation > best[1]:
-      best = (c, validation, model)
-    previous = model
-  c, validation, model = best
-  final = _logistic_regression(c, warm_from=model)
-  converged &= _fit(final, train_features, train_labels)
-  return ProbeResult(_scores(final, test_features, num_classes), c,
-                     validation, bool(converged), int(final.n_iter_[0]))
+    train_features, test_features = standardized(train_features,
+                                                 test_features)
+  splits = (cross_validation_folds(train_labels, seed) if cross_validate
+            else held_out_split(len(train_labels), validation_fraction, seed))
+  if not splits:  # One example of some class: nothing to hold out.
+    c, validation = 1.0, None
+    final = fit_logistic(train_features, train_labels, c)
+    converged = final.converged
+  else:
+    c, validation, fits, converged = _path(
+        train_features, train_labels, num_classes, splits, c_grid,
+        whole_grid=cross_validate)
+    if cross_validate:
+      final = fit_logistic(train_features, train_labels, c)
+      converged &= final.converged
+    else:
+      final = fits[0]
+  return ProbeResult(scores_of(final.model, test_features, num_classes), c,
+                     validation, bool(converged), final.iterations)

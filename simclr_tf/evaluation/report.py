@@ -8,13 +8,30 @@ from simclr_tf.run_context import RunContext
 from simclr_tf.storage import records
 
 RESULT_FILE = 'result.json'
-# The table's rows: metric names, titled.
-ROWS = (('linear eval top-1 (supervised head)', 'label_top_1_accuracy'),
-        ('linear probe top-1 (frozen features)', 'linear_probe_top_1_accuracy'),
-        ('kNN top-1 (frozen features)', 'knn_top_1_accuracy'))
 # Its columns: the model evaluated and the baselines, by what they yielded.
 COLUMNS = (('learned', None), ('random', 'random_init'),
            ('pixels', 'raw_pixels'))
+COLUMN_WIDTH = 15
+
+
+def rows(metrics: list[Metric]) -> list[tuple[str, str, str | None]]:
+  """The table's rows, (title, metric name, name of its spread or None):
+  the supervised head, the probe on every label then on each label
+  fraction, kNN and the k it used."""
+  few_label = [
+      (f'linear probe top-1, {m.value * 100:g}% of labels',
+       m.name.replace('_label_fraction', '_top_1_accuracy'),
+       m.name.replace('_label_fraction', '_top_1_accuracy_std'))
+      for m in sorted((m for m in metrics if m.baseline is None and
+                       m.name.endswith('_label_fraction')),
+                      key=lambda m: m.value)]
+  return [('linear eval top-1 (supervised head)', 'label_top_1_accuracy',
+           None),
+          ('linear probe top-1 (frozen features)',
+           'linear_probe_top_1_accuracy', None),
+          *few_label,
+          ('kNN top-1 (frozen features)', 'knn_top_1_accuracy', None),
+          ('kNN k', 'knn_k', None)]
 
 
 def as_result(metrics: list[Metric]) -> dict:
@@ -22,9 +39,20 @@ def as_result(metrics: list[Metric]) -> dict:
   return {metric.key: metric.value for metric in metrics}
 
 
+def _cell(value, spread) -> str:
+  if value is None:
+    return ''
+  if isinstance(value, int):
+    return str(value)
+  if spread is None:
+    return f'{value:.4f}'
+  return f'{value:.4f} ±{spread:.4f}'
+
+
 def table(metrics: list[Metric]) -> str:
   """A short table; with baselines, learned next to random weights at
-  standard initialisation and raw pixels, probed the same way."""
+  standard initialisation and raw pixels, probed the same way. Few-label
+  rows give the mean and standard deviation over their subsets."""
   values = {(m.baseline, m.name): m.value for m in metrics}
   result = as_result(metrics)
   columns = [(title, baseline) for title, baseline in COLUMNS
@@ -32,14 +60,16 @@ def table(metrics: list[Metric]) -> str:
   lines = [f'Results at step {result["global_step"]} on '
            f'{result.get("num_eval_examples", "")} {result["eval_split"]} '
            'images:',
-           f'{"":40s}' + ''.join(f' {title:>8s}' for title, _ in columns)]
-  for title, name in ROWS:
+           f'{"":40s}' + ''.join(f' {title:>{COLUMN_WIDTH}s}'
+                                 for title, _ in columns)]
+  for title, name, spread_name in rows(metrics):
     if (None, name) not in values:
       continue
-    row = [values.get((baseline, name)) for _, baseline in columns]
-    lines.append(f'{title:40s}' + ''.join(
-        f' {value:8.4f}' if value is not None else f' {"":8s}'
-        for value in row))
+    cells = [_cell(values.get((baseline, name)),
+                   values.get((baseline, spread_name)))
+             for _, baseline in columns]
+    lines.append(f'{title:40s}' + ''.join(f' {cell:>{COLUMN_WIDTH}s}'
+                                          for cell in cells))
   return '\n'.join(lines)
 
 

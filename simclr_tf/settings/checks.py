@@ -4,6 +4,7 @@ import importlib.util
 import os
 
 from simclr_tf.config import LINEAREVAL_VIEWS, RunConfig
+from simclr_tf.evaluation.evaluator_names import label_fractions
 from simclr_tf.inputs.augmentation_names import AUGMENTATIONS
 from simclr_tf.inputs.augmentation_names import NO_AUGMENTATION
 from simclr_tf.network import architectures
@@ -26,13 +27,22 @@ def check_settings(values: dict):
   positive = ['train_batch_size', 'eval_batch_size', 'proj_out_dim',
               'max_image_pixels', 'shuffle_buffer', 'num_proj_layers',
               'summary_steps', 'steps_per_loop', 'keep_checkpoint_max',
-              'keep_hub_module_max', 'knn_k']
+              'keep_hub_module_max']
   for name in positive:
     check(values[name] > 0, f'--{name}={values[name]} must be > 0.')
   for name in ('knn_train_examples', 'probe_train_examples',
                'max_train_seconds'):
     check(values[name] >= 0, f'--{name}={values[name]} must be >= 0 (0: '
           'no limit).')
+  check(values['knn_k'] >= 0, f'--knn_k={values["knn_k"]} must be >= 0 (0: '
+        'chosen on held-out training features).')
+  check(0 <= values['knn_temperature'] < float('inf'),
+        f'--knn_temperature={values["knn_temperature"]} must be a number '
+        '>= 0 (0: chosen on held-out training features).')
+  check_label_fractions(values['label_fractions'])
+  check(values['label_fraction_subsets'] > 0,
+        f'--label_fraction_subsets={values["label_fraction_subsets"]} must '
+        'be > 0.')
   check(values['contrastive_chunk_size'] >= 0, '--contrastive_chunk_size='
         f'{values["contrastive_chunk_size"]} must be >= 0 (0: off).')
   check(0 < values['label_fraction'] <= 1,
@@ -85,6 +95,18 @@ def check_settings(values: dict):
   check(0 < values['cutout_fraction'] <= 1,
         '--cutout_fraction must be in (0, 1].')
   check(values['noise_stddev'] >= 0, '--noise_stddev must be >= 0.')
+
+
+def check_label_fractions(value: str):
+  """Fails on a --label_fractions value that is not comma-separated
+  fractions in (0, 1)."""
+  try:
+    fractions = label_fractions(value)
+  except ValueError:
+    fractions = None
+  check(fractions is not None and all(0 < f < 1 for f in fractions),
+        f'--label_fractions={value!r} must be comma-separated fractions in '
+        '(0, 1), e.g. 0.01,0.1 (empty: none).')
 
 
 def check_augmentations(flag: str, value: str):

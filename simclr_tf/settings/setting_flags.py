@@ -152,11 +152,13 @@ _help('log_every_seconds', 'Seconds between progress lines.')
 _help('eval_batch_size', 'Global evaluation batch size.')
 _help('eval_steps', 'Evaluation batches; 0: the whole split, each '
       'example exactly once.')
-_help('knn', 'Run the kNN monitor (k-NN on final_avg_pool features) '
-      'when labels exist.')
-_help('knn_k', 'Neighbours of the kNN monitor.')
-_help('knn_temperature', 'Temperature of the kNN monitor\'s vote '
-      'weights.')
+_help('knn', 'Evaluate a weighted k-NN classifier on final_avg_pool '
+      'features when labels exist.')
+_help('knn_k', 'Neighbours of the kNN classifier; 0: the count of '
+      '1..200 that classifies held-out training features best. Wu et '
+      'al.\'s monitor: --knn_k=200 --knn_temperature=0.1.')
+_help('knn_temperature', 'Temperature of the kNN classifier\'s vote '
+      'weights; 0: chosen with k on held-out training features.')
 _help('knn_train_examples', 'Training examples (a seeded random '
       'subset of larger splits) whose features form the kNN bank '
       '(float16); 0: all.')
@@ -168,6 +170,11 @@ _help('knn_every_n_checkpoints', 'Also run the kNN monitor at every '
 _help('linear_probe', 'Also fit a logistic-regression probe (L-BFGS '
       'to convergence, L2 chosen on held-out training data) on '
       'frozen features.')
+_help('label_fractions', 'Fractions of the training labels the '
+      'linear probe is also fitted on, comma-separated (the paper\'s '
+      '1% and 10%: 0.01,0.1; empty: none).')
+_help('label_fraction_subsets', 'Seeded class-balanced subsets per '
+      'label fraction; the result gives their mean and spread.')
 _help('random_baseline', 'Also evaluate the baselines with the same '
       'kNN and probe: raw pixels, and the same encoder with random '
       'weights at standard initialisation.')

@@ -1,0 +1,58 @@
+"""The linear probe on a few labels: for each label fraction (the paper's
+1% and 10%), probes fitted on several seeded class-balanced subsets of the
+probe's training examples, their test accuracy as mean and spread.
+
+Features are standardised with the statistics of every training example
+(they need no labels). A subset of fewer than CROSS_VALIDATION_BELOW
+examples chooses its C by stratified cross-validation, since a held-out
+tenth of 600 labels is too few to choose by; a larger one is probed as
+every label is (a held-out tenth), since five folds over the whole grid
+cost minutes per subset there.
+"""
+
+import numpy as np
+
+from simclr_tf.evaluation import evaluator_names
+from simclr_tf.evaluation import features
+from simclr_tf.evaluation import probe
+from simclr_tf.inputs import subsets
+
+CROSS_VALIDATION_BELOW = 2000
+
+
+def few_label_metrics(train_features, train_labels, test_features,
+                      test_labels, num_classes, fractions, num_subsets: int,
+                      seed: int, standardize=True,
+                      cross_validation_below=CROSS_VALIDATION_BELOW) -> dict:
+  """For each fraction (`{prefix}_label_fraction`), top-1 test accuracy of
+  probes fitted on `num_subsets` class-balanced subsets (seeds seed,
+  seed + 1, ...): the mean, the standard deviation across subsets (0 for
+  one), each subset's, the labels per subset and each subset's chosen C."""
+  train_features = np.asarray(train_features, np.float32)
+  test_features = np.asarray(test_features, np.float32)
+  train_labels = np.asarray(train_labels, np.int64)
+  if standardize:
+    train_features, test_features = probe.standardized(train_features,
+                                                       test_features)
+  results = {}
+  for fraction in fractions:
+    accuracies, chosen_c = [], []
+    for subset_seed in range(seed, seed + num_subsets):
+      rows = subsets.label_fraction_indices(train_labels, fraction,
+                                            subset_seed)
+      fitted = probe.linear_probe(
+          train_features[rows], train_labels[rows], test_features,
+          num_classes, standardize=False, seed=subset_seed,
+          cross_validate=len(rows) < cross_validation_below)
+      accuracies.append(features.accuracy(fitted.scores, test_labels))
+      chosen_c.append(fitted.c)
+    prefix = evaluator_names.few_label_prefix(fraction)
+    results.update({
+        f'{prefix}_label_fraction': fraction,
+        f'{prefix}_top_1_accuracy': float(np.mean(accuracies)),
+        f'{prefix}_top_1_accuracy_std': float(
+            np.std(accuracies, ddof=1) if num_subsets > 1 else 0.0),
+        f'{prefix}_top_1_accuracies': accuracies,
+        f'{prefix}_train_labels': len(rows),
+        f'{prefix}_c': chosen_c})
+  return results
