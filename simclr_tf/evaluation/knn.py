@@ -11,7 +11,7 @@ import tensorflow as tf
 # features. Wu et al.'s monitor fixes k = 200, temperature 0.1: on a
 # small dataset 200 can exceed every class.
 KNN_K_GRID = (1, 3, 5, 10, 20, 50, 100, 200)
-KNN_TEMPERATURE_GRID = (0.03, 0.07, 0.1, 0.2, 0.5)
+KNN_TEMPERATURE_GRID = (0.01, 0.02, 0.03, 0.05, 0.07, 0.1, 0.2, 0.5)
 
 
 def feature_bank(features, dtype=np.float16) -> np.ndarray:
