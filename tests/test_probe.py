@@ -8,8 +8,8 @@ from sklearn import model_selection
 
 from simclr_tf.evaluation import features
 from simclr_tf.evaluation import few_labels
-from simclr_tf.evaluation import probe as probe_lib
-from simclr_tf.evaluation.probe import linear_probe
+from simclr_tf.evaluation.probe import fit_logistic, linear_probe
+from simclr_tf.evaluation.probe import PROBE_C_GRID, standardized
 
 
 def _softmax_regression_scipy(x, y, num_classes, c):
@@ -118,17 +118,17 @@ def test_the_probe_is_converged_at_the_c_it_reports(rng):
   probe = linear_probe(train_x, train_y, test_x, 10,
                        c_grid=(0.01, 0.1, 1.0, 10.0, 100.0))
   assert probe.converged and probe.iterations > 0
-  standard_train, standard_test = probe_lib.standardized(
+  standard_train, standard_test = standardized(
       train_x.astype(np.float32), test_x.astype(np.float32))
   fit = np.random.default_rng(0).permutation(3000)[300:]
   reference = _tight_logistic_regression(standard_train[fit], train_y[fit],
                                          probe.c)
   expected = reference.score(standard_test, test_y)
   assert abs(features.accuracy(probe.scores, test_y) - expected) <= 0.001 + 1e-9
-  # Every C on the path is solved from zero weights: at each, the held-out
+  # Every C on the path is solved from zero weights: at each, the test
   # accuracy is the tight solution's.
   for c in (0.01, 100.0):
-    fitted = probe_lib.fit_logistic(standard_train[fit], train_y[fit], c)
+    fitted = fit_logistic(standard_train[fit], train_y[fit], c)
     tight = _tight_logistic_regression(standard_train[fit], train_y[fit], c)
     assert fitted.converged and fitted.iterations > 0
     assert abs(fitted.model.score(standard_test, test_y) -
@@ -160,7 +160,7 @@ def test_few_label_probes_match_scikit_learn_model_selection(rng):
           for label in range(4)]))
       search = model_selection.GridSearchCV(
           linear_model.LogisticRegression(max_iter=3000),
-          {'C': probe_lib.PROBE_C_GRID},
+          {'C': PROBE_C_GRID},
           cv=model_selection.StratifiedKFold(5, shuffle=True,
                                              random_state=seed))
       search.fit(train_s[rows], train_y[rows])
