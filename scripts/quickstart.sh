@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The README's main job: set up .venv and pretrain on Fashion-MNIST on a CPU
-# (about 20 minutes on 2 cores with bfloat16 units, longer without; a second run reads
-# the baselines back from data/baselines/ and takes about 9), then print linear-probe
-# (every label, 1% and 10% of them) and kNN accuracy next to the baselines (raw pixels, and the same encoder
-# with random weights). The preset is the hour's recipe; three epochs at a
+# (about 20 minutes on 2 cores with bfloat16 units, longer without; a second
+# run reads the baselines back from data/baselines/ and takes about 9), then
+# print linear-probe (every label, 1% and 10% of them) and kNN accuracy next
+# to the baselines (raw pixels, and the same encoder with random weights). The preset is the hour's recipe; three epochs at a
 # quarter of its width make the few minutes' version. Extra arguments go to
 # run.py.
 set -euo pipefail
