@@ -32,7 +32,7 @@ from simclr_tf.evaluation import features
 from simclr_tf.evaluation.few_labels import few_label_metrics
 from simclr_tf.evaluation.knn import choose_k_and_temperature
 from simclr_tf.evaluation.knn import feature_bank, knn_scores
-from simclr_tf.evaluation.probe import linear_probe
+from simclr_tf.evaluation.probe import linear_probe, standardized
 from simclr_tf.inputs import sources
 from simclr_tf.network.model import create_model
 from simclr_tf.run_context import RunContext
@@ -68,16 +68,15 @@ def knn_metrics(context: RunContext, bank, bank_labels, test_features,
       bank, bank_labels, num_classes, k=eval_config.knn_k or None,
       temperature=eval_config.knn_temperature or None,
       seed=context.config.data.seed)
-  if choice.validation_accuracy is not None:
-    logging.info('kNN: k=%d, temperature %g chosen on held-out training '
-                 'features (accuracy %.4f).', choice.k, choice.temperature,
-                 choice.validation_accuracy)
   scores = knn_scores(bank, bank_labels, test_features, num_classes,
                       k=choice.k, temperature=choice.temperature)
   results = {'knn_top_1_accuracy': features.accuracy(scores, test_labels, 1),
              'knn_top_5_accuracy': features.accuracy(scores, test_labels, 5),
              'knn_k': choice.k, 'knn_temperature': choice.temperature}
-  if choice.validation_accuracy is not None:
+  if choice.validation_accuracy is not None:  # Chosen, not given.
+    logging.info('kNN: k=%d, temperature %g chosen on held-out training '
+                 'features (accuracy %.4f).', choice.k, choice.temperature,
+                 choice.validation_accuracy)
     results['knn_validation_accuracy'] = choice.validation_accuracy
   return results
 
@@ -88,9 +87,14 @@ def probe_metrics(context: RunContext, train_features, train_labels,
   on the configuration's label fractions."""
   eval_config = context.config.eval
   num_classes = context.source.num_classes
+  train_features = np.asarray(train_features, np.float32)
+  test_features = np.asarray(test_features, np.float32)
+  if standardize:  # Once, for the probe on every label and on a few.
+    train_features, test_features = standardized(train_features,
+                                                 test_features)
   fitted = linear_probe(
       train_features, train_labels, test_features, num_classes,
-      standardize=standardize, seed=context.config.data.seed)
+      standardize=False, seed=context.config.data.seed)
   if not fitted.converged:
     logging.warning('The linear probe stopped at its iteration limit before '
                     'converging; its accuracy may be understated.')
@@ -99,7 +103,7 @@ def probe_metrics(context: RunContext, train_features, train_labels,
       train_features, train_labels, test_features, test_labels, num_classes,
       evaluator_names.label_fractions(eval_config.label_fractions),
       eval_config.label_fraction_subsets, context.config.data.seed,
-      standardize=standardize))
+      standardize=False))
   return results
 
 

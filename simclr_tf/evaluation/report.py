@@ -18,13 +18,12 @@ def rows(metrics: list[Metric]) -> list[tuple[str, str, str | None]]:
   """The table's rows, (title, metric name, name of its spread or None):
   the supervised head, the probe on every label then on each label
   fraction, kNN and the k it used."""
-  few_label = [
-      (f'linear probe top-1, {m.value * 100:g}% of labels',
-       m.name.replace('_label_fraction', '_top_1_accuracy'),
-       m.name.replace('_label_fraction', '_top_1_accuracy_std'))
-      for m in sorted((m for m in metrics if m.baseline is None and
-                       m.name.endswith('_label_fraction')),
-                      key=lambda m: m.value)]
+  fractions = sorted((m.value, m.name.removesuffix('_label_fraction'))
+                     for m in metrics if m.baseline is None and
+                     m.name.endswith('_label_fraction'))
+  few_label = [(f'linear probe top-1, {fraction * 100:g}% of labels',
+                f'{prefix}_top_1_accuracy', f'{prefix}_top_1_accuracy_std')
+               for fraction, prefix in fractions]
   return [('linear eval top-1 (supervised head)', 'label_top_1_accuracy',
            None),
           ('linear probe top-1 (frozen features)',
