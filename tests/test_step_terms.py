@@ -114,13 +114,21 @@ def test_steps_compute_the_stored_numbers(name):
     assert len(terms_present) >= 2
     assert metrics[f'{step}/total_loss'] == pytest.approx(sum(terms_present),
                                                           rel=1e-6)
-  np.testing.assert_allclose(
-      [metrics[key] for key in sorted(metrics)], stored[f'{name}/metrics'],
-      rtol=1e-5, atol=1e-7)
-  # Up to the last bits of float32 kernels on another CPU.
+  # float32 kernels sum in another order on another CPU, and the first
+  # update (large random weights, LARS) amplifies that in the second step:
+  # between an AMD EPYC (AVX512_BF16) and a Xeon (AMX), the first step's
+  # metrics agree to 1e-5, the second's to 6e-5 and the updates to 3.5e-3
+  # of their norm; a changed term moves the first step's own metrics (the
+  # terms) and a changed gradient path the updates by tenths.
+  names = sorted(metrics)
+  expected_metrics = dict(zip(names, stored[f'{name}/metrics']))
+  for key in names:
+    assert metrics[key] == pytest.approx(
+        expected_metrics[key], rel=1e-5 if key.startswith('0/') else 5e-4,
+        abs=1e-7), key
   expected = stored[f'{name}/updates']
   scale = expected[:, :1] + 1e-12  # Each variable's update norm.
-  np.testing.assert_allclose(updates / scale, expected / scale, atol=1e-5)
+  np.testing.assert_allclose(updates / scale, expected / scale, atol=1e-2)
 
 
 # Between them, these meet every term: NT-Xent and the multi-crop loss, the
