@@ -118,9 +118,13 @@ def test_bfloat16_cpu_kernels_train_the_same_under_mirrored_strategy(
   theirs, _, weights = one_step(2, True, 'bfloat16', 'momentum',
                                 traced=False)
   # The losses of the step's own forward pass, and (what the weight
-  # gradients decide) the loss once its update is applied.
-  for name in ('contrast_loss', 'supervised_loss', 'contrast_loss_after'):
+  # gradients decide) the loss once its update is applied: the updates
+  # agree to bfloat16's precision (within 0.4% on a Xeon with AMX, whose
+  # own kernels accumulate in another order), the loss after them to 0.3%.
+  for name in ('contrast_loss', 'supervised_loss'):
     assert ours[name] == pytest.approx(theirs[name], rel=1e-3), name
+  assert ours['contrast_loss_after'] == pytest.approx(
+      theirs['contrast_loss_after'], rel=1e-2)
   assert abs(ours['contrast_loss_after'] - ours['contrast_loss']) > 1e-2
   for before, want, got in zip(initial, weights, expected):
     update, want_update = got - before, want - before
