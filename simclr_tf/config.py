@@ -193,7 +193,9 @@ class TrainConfig:
   train_steps: int = 0  # > 0 overrides train_epochs.
   checkpoint_epochs: float = 1.0
   checkpoint_steps: int = 0  # > 0 overrides checkpoint_epochs.
-  summary_steps: int = 100
+  # 0: every 100 steps, or often enough for 50 points on a shorter run
+  # (training/task.py's make_plan).
+  summary_steps: int = 0
   # Training steps run inside one tf.function call between Python-side work.
   steps_per_loop: int = 10
   keep_checkpoint_max: int = 5

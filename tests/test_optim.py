@@ -8,7 +8,9 @@ import pytest
 import tensorflow as tf
 
 from simclr_tf.config import OptimConfig
+from simclr_tf.settings import registry
 from simclr_tf.training import optim
+from simclr_tf.training.task import make_plan
 from tests import helpers
 
 
@@ -264,3 +266,21 @@ def test_schedule_without_warmup_starts_at_the_peak():
                                           total_steps=10, warmup_steps=0)
   assert abs(float(schedule(0)) - 0.5) < 1e-7
   assert abs(float(schedule(10))) < 1e-7
+
+
+@pytest.mark.parametrize('epochs,summary_steps,expected_total,expected_every', [
+    (3, 0, 352, 7),  # The quickstart: 50 points, not 4.
+    (18, 0, 2110, 42),
+    (100, 0, 11719, 100),  # A long run: every 100 steps.
+    (0.1, 0, 12, 1),
+    (3, 25, 352, 25),  # Given: kept.
+])
+def test_a_plan_summarises_often_enough_to_draw_its_curves(
+    epochs, summary_steps, expected_total, expected_every):
+  config = registry.build({'model_dir': 'unused', 'image_size': 28,
+                           'train_batch_size': 512,
+                           'train_epochs': epochs,
+                           'summary_steps': summary_steps})
+  plan = make_plan(config, 60_000)
+  assert plan.total_steps == expected_total
+  assert plan.summary_steps == expected_every

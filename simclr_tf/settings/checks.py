@@ -26,10 +26,13 @@ def check_settings(values: dict):
   """Fails on setting values that cannot work (flag names in messages)."""
   positive = ['train_batch_size', 'eval_batch_size', 'proj_out_dim',
               'max_image_pixels', 'shuffle_buffer', 'num_proj_layers',
-              'summary_steps', 'steps_per_loop', 'keep_checkpoint_max',
+              'steps_per_loop', 'keep_checkpoint_max',
               'keep_hub_module_max']
   for name in positive:
     check(values[name] > 0, f'--{name}={values[name]} must be > 0.')
+  check(values['summary_steps'] >= 0, f'--summary_steps='
+        f'{values["summary_steps"]} must be >= 0 (0: every 100 steps, more '
+        'often on a short run).')
   for name in ('knn_train_examples', 'probe_train_examples',
                'max_train_seconds'):
     check(values[name] >= 0, f'--{name}={values[name]} must be >= 0 (0: '

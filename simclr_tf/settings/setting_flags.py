@@ -146,7 +146,8 @@ _help('export_formats', 'What each export writes, comma-separated: '
       'saved_model, onnx, tflite, tflite_int8, torch (each in '
       '<model_dir>/<format>/<step>/, checked against the SavedModel; '
       'all but saved_model need requirements-export.txt).')
-_help('summary_steps', 'Steps between TensorBoard summaries.')
+_help('summary_steps', 'Steps between TensorBoard summaries (0: every 100, '
+      'or often enough for 50 points on a shorter run).')
 _help('steps_per_loop', 'Steps per tf.function call.')
 _help('log_every_seconds', 'Seconds between progress lines.')
 _help('eval_batch_size', 'Global evaluation batch size.')

@@ -34,6 +34,13 @@ class Plan:
   total_steps: int
   warmup_steps: int
   checkpoint_steps: int
+  summary_steps: int = 100
+
+
+# Without --summary_steps, summaries come every SUMMARY_STEPS_MAX steps, or
+# often enough that a short run's curves still have SUMMARY_POINTS points.
+SUMMARY_STEPS_MAX = 100
+SUMMARY_POINTS = 50
 
 
 def make_plan(config: RunConfig, num_examples: int) -> Plan:
@@ -45,8 +52,10 @@ def make_plan(config: RunConfig, num_examples: int) -> Plan:
   checkpoint_steps = train.checkpoint_steps or max(
       1, int(round(train.checkpoint_epochs * num_examples / batch)))
   warmup = int(round(config.optim.warmup_epochs * num_examples / batch))
+  summary_steps = train.summary_steps or min(
+      SUMMARY_STEPS_MAX, max(1, total // SUMMARY_POINTS))
   return Plan(num_examples, steps_per_epoch, total, min(warmup, total),
-              min(checkpoint_steps, total))
+              min(checkpoint_steps, total), summary_steps)
 
 
 def build_model(config: RunConfig) -> SimCLRModel:

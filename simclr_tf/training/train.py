@@ -77,7 +77,7 @@ def standard_hooks(config: RunConfig, task: TrainTask, manager, writer,
   latest = lambda: manager.latest_checkpoint
   workers, own = distribute.worker_names(task.strategy)
   preemption = PreemptionHook(latest, workers, own, loop_settings.model_dir)
-  hooks = [NanGuardHook(loop_settings.summary_steps,
+  hooks = [NanGuardHook(task.plan.summary_steps,
                         task.plan.checkpoint_steps, latest),
            preemption]
   if loop_settings.max_train_seconds > 0:
@@ -85,7 +85,7 @@ def standard_hooks(config: RunConfig, task: TrainTask, manager, writer,
   checkpoint_hook = CheckpointHook(manager,
                                    task.plan.checkpoint_steps)
   hooks += [ProgressHook(loop_settings.log_every_seconds),
-            SummaryHook(writer, loop_settings.summary_steps),
+            SummaryHook(writer, task.plan.summary_steps),
             checkpoint_hook]
   if at_checkpoints is not None:
     hooks.append(EveryNthCheckpointHook(checkpoint_hook, at_checkpoints.n,
