@@ -41,8 +41,10 @@ def test_linear_probe_agrees_with_an_independent_solver(rng):
   centers = rng.normal(size=(3, 6))
   train_y = rng.integers(0, 3, 400)
   test_y = rng.integers(0, 3, 100)
-  train_x = centers[train_y] + 1.5 * rng.normal(size=(400, 6))
-  test_x = centers[test_y] + 1.5 * rng.normal(size=(100, 6))
+  # Far from zero, as pixels are: the probe centres them, the reference
+  # does not, and the intercept absorbs the difference.
+  train_x = 4.0 + centers[train_y] + 1.5 * rng.normal(size=(400, 6))
+  test_x = 4.0 + centers[test_y] + 1.5 * rng.normal(size=(100, 6))
   probe = linear_probe(train_x, train_y, test_x, 3,
                        standardize=False, c_grid=(0.05,))
   assert probe.converged and probe.c == 0.05
