@@ -6,8 +6,8 @@ Features are standardised with the statistics of every training example
 (they need no labels). A subset of fewer than CROSS_VALIDATION_BELOW
 examples chooses its C by stratified cross-validation, since a held-out
 tenth of 600 labels is too few to choose by; a larger one is probed as
-every label is (a held-out tenth), since five folds over the whole grid
-cost minutes per subset there.
+every label is (a held-out tenth: 600 labels there), since five folds
+over the whole grid would cost five times the fits and more.
 """
 
 import numpy as np
