@@ -269,7 +269,7 @@ def test_schedule_without_warmup_starts_at_the_peak():
 
 
 @pytest.mark.parametrize('epochs,summary_steps,expected_total,expected_every', [
-    (3, 0, 352, 7),  # The quickstart: 50 points, not 4.
+    (3, 0, 352, 7),  # Three epochs at batch 512: 50 points, not 4.
     (18, 0, 2110, 42),
     (100, 0, 11719, 100),  # A long run: every 100 steps.
     (0.1, 0, 12, 1),

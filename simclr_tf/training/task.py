@@ -25,6 +25,12 @@ FINETUNE_METRICS = ('total_loss', 'supervised_loss', 'supervised_acc',
                     'weight_decay')
 
 
+# Without --summary_steps, summaries come every SUMMARY_STEPS_MAX steps, or
+# often enough that a short run's curves still have SUMMARY_POINTS points.
+SUMMARY_STEPS_MAX = 100
+SUMMARY_POINTS = 50
+
+
 @dataclasses.dataclass(frozen=True)
 class Plan:
   """How long training runs, in steps."""
@@ -34,13 +40,7 @@ class Plan:
   total_steps: int
   warmup_steps: int
   checkpoint_steps: int
-  summary_steps: int = 100
-
-
-# Without --summary_steps, summaries come every SUMMARY_STEPS_MAX steps, or
-# often enough that a short run's curves still have SUMMARY_POINTS points.
-SUMMARY_STEPS_MAX = 100
-SUMMARY_POINTS = 50
+  summary_steps: int = SUMMARY_STEPS_MAX
 
 
 def make_plan(config: RunConfig, num_examples: int) -> Plan:
