@@ -2,13 +2,15 @@
 fitted cold to a tight tolerance), on every label and on a few."""
 
 import numpy as np
+import pytest
 import scipy.optimize
 from sklearn import linear_model
 from sklearn import model_selection
 
 from simclr_tf.evaluation import features
 from simclr_tf.evaluation import few_labels
-from simclr_tf.evaluation.probe import fit_logistic, linear_probe
+from simclr_tf.evaluation.probe import Fit, fit_logistic, linear_probe
+from simclr_tf.evaluation.probe import _path
 from simclr_tf.evaluation.probe import PROBE_C_GRID, standardized
 
 
@@ -75,6 +77,39 @@ def test_linear_probe_picks_the_penalty_on_held_out_data(rng, monkeypatch):
   monkeypatch.setattr('simclr_tf.evaluation.probe.PROBE_MAX_ITER', 2)
   assert not linear_probe(train_x, train_y, train_x[:5], 2,
                           c_grid=(1.0,)).converged
+
+
+@pytest.mark.parametrize('held_out, fitted, chosen', [
+    # Best in the middle: one step each way confirms it.
+    ((0.80, 0.85, 0.86, 0.86, 0.84), (1, 2, 3), 2),
+    # Falling with C: down to the strongest of the equals.
+    ((0.90, 0.90, 0.80, 0.70, 0.60), (0, 1, 2), 0),
+    # Rising with C: up to the end.
+    ((0.50, 0.60, 0.70, 0.80, 0.90), (1, 2, 3, 4), 4),
+    ((0.50, 0.60, 0.70, 0.90, 0.80), (1, 2, 3, 4), 3),
+])
+def test_the_path_fits_only_the_penalties_it_needs(monkeypatch, held_out,
+                                                   fitted, chosen):
+  grid = (1e-2, 1e-1, 1.0, 10.0, 100.0)
+  calls = []
+
+  def fake_held_out_accuracy(features, labels, num_classes, splits, c):
+    calls.append(grid.index(c))
+    return held_out[grid.index(c)], [Fit(None, True, 1)]
+
+  monkeypatch.setattr('simclr_tf.evaluation.probe._held_out_accuracy',
+                      fake_held_out_accuracy)
+  c, validation, _, _ = _path(None, None, 2, [], grid[::-1],
+                              whole_grid=False)
+  assert sorted(calls) == list(fitted)
+  assert (c, validation) == (grid[chosen], held_out[chosen])
+  # The whole grid's choice, the strongest penalty among equals, is the
+  # same on these unimodal paths.
+  best = max(range(5), key=lambda i: (held_out[i], -i))
+  calls.clear()
+  assert _path(None, None, 2, [], grid, whole_grid=True)[0] \
+      == grid[best] == c
+  assert sorted(calls) == list(range(5))
 
 
 def test_linear_probe_separates_separable_classes(rng):

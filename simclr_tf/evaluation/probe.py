@@ -16,9 +16,8 @@ from threadpoolctl import threadpool_limits
 
 from simclr_tf.evaluation.features import accuracy
 
-# scikit-learn's inverse L2 strengths C tried by the linear probe, strongest
-# penalty first; the path stops once held-out accuracy falls (it is
-# unimodal in practice, and the weak penalties are the slow fits).
+# scikit-learn's inverse L2 strengths C the linear probe chooses from; the
+# path starts at the middle one (_path).
 PROBE_C_GRID = (1e-2, 1e-1, 1.0, 10.0, 100.0)
 PROBE_MAX_ITER = 3000
 # Cross-validation folds that choose C when the probe has few labels
@@ -124,28 +123,55 @@ def cross_validation_folds(labels, seed):
   return list(splitter.split(np.zeros(len(labels)), labels))
 
 
+def _held_out_accuracy(features, labels, num_classes, splits, c):
+  """(mean held-out accuracy over `splits`, the fits) at inverse L2
+  strength `c`."""
+  started = time.perf_counter()
+  fits = [fit_logistic(features[fit], labels[fit], c) for fit, _ in splits]
+  validation = float(np.mean([
+      accuracy(scores_of(f.model, features[held_out], num_classes),
+               labels[held_out])
+      for f, (_, held_out) in zip(fits, splits)]))
+  logging.info('Linear probe, C=%g: held-out accuracy %.4f (L-BFGS '
+               'iterations %s, %.1f s).', c, validation,
+               '/'.join(str(f.iterations) for f in fits),
+               time.perf_counter() - started)
+  return validation, fits
+
+
 def _path(features, labels, num_classes, splits, c_grid, whole_grid):
   """(C, mean held-out accuracy over `splits`, its fits, all converged) of
-  the best C of the path (the first among equals), which stops once
-  held-out accuracy falls unless `whole_grid`."""
-  best, converged = None, True
-  for c in c_grid:
-    started = time.perf_counter()
-    fits = [fit_logistic(features[fit], labels[fit], c) for fit, _ in splits]
-    converged &= all(f.converged for f in fits)
-    validation = float(np.mean([
-        accuracy(scores_of(f.model, features[held_out], num_classes),
-                 labels[held_out])
-        for f, (_, held_out) in zip(fits, splits)]))
-    logging.info('Linear probe, C=%g: held-out accuracy %.4f (L-BFGS '
-                 'iterations %s, %.1f s).', c, validation,
-                 '/'.join(str(f.iterations) for f in fits),
-                 time.perf_counter() - started)
-    if best is not None and validation < best[1] and not whole_grid:
-      break
-    if best is None or validation > best[1]:
-      best = (c, validation, fits)
-  return (*best, converged)
+  the best C (the strongest penalty among equals).
+
+  With `whole_grid` every C is fitted. Otherwise the path starts in the
+  middle of the grid and walks towards stronger penalties while held-out
+  accuracy does not fall, or else towards weaker ones while it rises:
+  held-out accuracy is unimodal in C in practice, and the weak penalties
+  are the slow fits, so most paths fit three Cs.
+  """
+  grid = sorted(c_grid)
+  scored = {}
+
+  def score(i):
+    scored[i] = _held_out_accuracy(features, labels, num_classes, splits,
+                                   grid[i])
+    return scored[i][0]
+
+  if whole_grid:
+    for i in range(len(grid)):
+      score(i)
+    best = max(scored, key=lambda i: (scored[i][0], -i))
+  else:
+    best = len(grid) // 2
+    score(best)
+    while best > 0 and score(best - 1) >= scored[best][0]:
+      best -= 1
+    if best == len(grid) // 2:
+      while best + 1 < len(grid) and score(best + 1) > scored[best][0]:
+        best += 1
+  converged = all(f.converged for _, fits in scored.values() for f in fits)
+  validation, fits = scored[best]
+  return grid[best], validation, fits, converged
 
 
 def linear_probe(train_features, train_labels, test_features, num_classes,
