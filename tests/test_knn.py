@@ -2,6 +2,7 @@
 against numpy."""
 
 import numpy as np
+import pytest
 
 from simclr_tf.evaluation import features
 from simclr_tf.evaluation import knn
@@ -38,17 +39,27 @@ def test_votes_stay_finite_at_small_temperatures():
                              rtol=1e-6)
 
 
-def _held_out_accuracy_numpy(x, y, num_classes, k, temperature, seed):
-  """The choice's criterion by brute force: a seeded random tenth of the
-  rows classified by the others' weighted votes."""
-  order = np.random.default_rng(seed).permutation(len(y))
-  held_out, rest = order[:len(y) // 10], order[len(y) // 10:]
-  scores = helpers.knn_numpy(x[rest], y[rest], x[held_out], num_classes, k,
-                             temperature)
-  return np.mean(scores.argmax(1) == y[held_out])
+def _held_out_accuracy_numpy(x, y, num_classes, k, temperature, seed,
+                             held_out_count):
+  """The choice's criterion by brute force: each of a seeded random
+  `held_out_count` rows classified by the weighted votes of all the
+  others."""
+  held_out = np.random.default_rng(seed).permutation(len(y))[:held_out_count]
+  correct = []
+  for row in held_out:
+    others = np.arange(len(y)) != row
+    scores = helpers.knn_numpy(x[others], y[others], x[row:row + 1],
+                               num_classes, k, temperature)
+    correct.append(scores.argmax(1)[0] == y[row])
+  return np.mean(correct)
 
 
-def test_k_and_temperature_are_chosen_on_held_out_training_features(rng):
+# A bank of 180 rows: every row held out in turn (the default minimum), or
+# a tenth of them (18) when the minimum allows fewer.
+@pytest.mark.parametrize('min_held_out, held_out_count', [(5000, 180),
+                                                          (10, 18)])
+def test_k_and_temperature_are_chosen_on_held_out_training_features(
+    rng, min_held_out, held_out_count):
   # 12 small clusters in 3 classes, 15 points each: the nearest few
   # neighbours share a point's cluster, 200 reach every row of every class.
   centers = rng.normal(size=(12, 16))
@@ -58,22 +69,24 @@ def test_k_and_temperature_are_chosen_on_held_out_training_features(rng):
   bank = knn.feature_bank(x, np.float32)
   k_grid, temperature_grid = (1, 5, 20, 200), (0.05, 5.0)
   choice = knn.choose_k_and_temperature(
-      bank, y, 3, seed=4, k_grid=k_grid, temperature_grid=temperature_grid)
-  expected = {(k, t): _held_out_accuracy_numpy(x, y, 3, k, t, seed=4)
+      bank, y, 3, seed=4, k_grid=k_grid, temperature_grid=temperature_grid,
+      min_held_out=min_held_out)
+  expected = {(k, t): _held_out_accuracy_numpy(x, y, 3, k, t, 4,
+                                               held_out_count)
               for k in k_grid for t in temperature_grid}
   best = max(expected.values())
-  assert choice.validation_accuracy == best
+  assert choice.validation_accuracy == pytest.approx(best, abs=1e-12)
   # The first pair of the grids' order that reaches it.
   assert (choice.k, choice.temperature) == next(
       pair for pair, value in expected.items() if value == best)
-  # Nearly equal votes of all 162 other rows: about a third right.
-  assert best > expected[(200, 5.0)] + 0.3
+  # The nearest few beat nearly equal votes of every other row.
+  assert best > expected[(200, 5.0)]
   # A given k is kept, the temperature chosen for it; both given: kept.
   fixed_k = knn.choose_k_and_temperature(
       bank, y, 3, k=200, seed=4, k_grid=k_grid,
-      temperature_grid=temperature_grid)
-  assert fixed_k.k == 200 and fixed_k.validation_accuracy == max(
-      expected[(200, t)] for t in temperature_grid)
+      temperature_grid=temperature_grid, min_held_out=min_held_out)
+  assert fixed_k.k == 200 and fixed_k.validation_accuracy == pytest.approx(
+      max(expected[(200, t)] for t in temperature_grid), abs=1e-12)
   assert knn.choose_k_and_temperature(bank, y, 3, k=7, temperature=0.2) == (
       knn.KnnChoice(7, 0.2))
 
@@ -93,6 +106,11 @@ def test_nearest_neighbors_in_chunks(rng):
                                                           expected, 1),
                              atol=1e-5)
   # Queries and bank both in blocks: a row is still not its own neighbour.
-  blocked = knn.cosine_top_k(x, x, 5, exclude_self=True, chunk_size=7,
-                             bank_chunk_size=9)
+  blocked = knn.cosine_top_k(x, x, 5, query_rows=np.arange(50),
+                             chunk_size=7, bank_chunk_size=9)
   np.testing.assert_array_equal(blocked[1], expected)
+  # Some of the rows as queries: each is still not its own neighbour.
+  rows = np.array([3, 17, 40])
+  subset = knn.cosine_top_k(x[rows], x, 5, query_rows=rows, chunk_size=2,
+                            bank_chunk_size=9)
+  np.testing.assert_array_equal(subset[1], expected[rows])

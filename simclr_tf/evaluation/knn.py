@@ -1,6 +1,6 @@
 """Cosine nearest neighbours in blocks: the kNN classifier's weighted votes
 (Wu et al. 2018), its k and temperature chosen on held-out training
-features, and the neighbours that --mode=embed stores."""
+features (leave-one-out), and the neighbours that --mode=embed stores."""
 
 import dataclasses
 
@@ -12,6 +12,10 @@ import tensorflow as tf
 # small dataset 200 can exceed every class.
 KNN_K_GRID = (1, 3, 5, 10, 20, 50, 100, 200)
 KNN_TEMPERATURE_GRID = (0.01, 0.02, 0.03, 0.05, 0.07, 0.1, 0.2, 0.5)
+# At least this many bank rows (all of a smaller bank) are held out in turn
+# to choose them: a tenth of a 1,800-image folder's bank (180 rows) chose
+# k = 100 where all 1,800 rows chose 20, 4 points apart on the test set.
+KNN_MIN_HELD_OUT = 5000
 
 
 def feature_bank(features, dtype=np.float16) -> np.ndarray:
@@ -22,17 +26,17 @@ def feature_bank(features, dtype=np.float16) -> np.ndarray:
   return (features / np.maximum(norms, 1e-12)).astype(dtype)
 
 
-def cosine_top_k(queries, bank, k, exclude_self=False, chunk_size=1024,
+def cosine_top_k(queries, bank, k, query_rows=None, chunk_size=1024,
                  bank_chunk_size=65_536):
   """(similarities [N, k], bank indices [N, k]) of each query's k most
   cosine-similar bank rows, most similar first.
 
   Blocks of `chunk_size` queries x `bank_chunk_size` bank rows keep a
   running top-k, so memory does not grow with the bank; each bank block is
-  copied and normalised once. `exclude_self`: queries are the bank's rows,
-  and a row is not its own neighbour.
+  copied and normalised once. `query_rows`: the bank row each query is,
+  which is not its own neighbour (None: queries are not bank rows).
   """
-  k = min(k, len(bank) - (1 if exclude_self else 0))
+  k = min(k, len(bank) - (0 if query_rows is None else 1))
   starts = range(0, len(queries), chunk_size)
   best = {start: np.full([len(queries[start:start + chunk_size]), 0],
                          -np.inf, np.float32) for start in starts}
@@ -45,8 +49,8 @@ def cosine_top_k(queries, bank, k, exclude_self=False, chunk_size=1024,
       rows = tf.math.l2_normalize(
           tf.constant(queries[start:start + chunk_size], tf.float32), -1)
       similarity = tf.matmul(rows, keys, transpose_b=True)
-      if exclude_self:  # Below any cosine similarity.
-        own = tf.range(start, start + rows.shape[0]) - block
+      if query_rows is not None:  # Below any cosine similarity.
+        own = query_rows[start:start + chunk_size] - block
         similarity -= 3.0 * tf.one_hot(own, keys.shape[0])
       top = tf.math.top_k(similarity, min(k, similarity.shape[1]))
       merged = tf.concat([best[start], top.values], 1)
@@ -99,23 +103,30 @@ class KnnChoice:
 def choose_k_and_temperature(bank, bank_labels, num_classes, k=None,
                              temperature=None, validation_fraction=0.1,
                              seed=0, k_grid=KNN_K_GRID,
-                             temperature_grid=KNN_TEMPERATURE_GRID
-                             ) -> KnnChoice:
-  """The pair of `k_grid` x `temperature_grid` whose votes classify a
-  seeded random `validation_fraction` of the bank's rows best against the
-  other rows (the first of the grids' order among equals); a given `k` or
-  `temperature` is kept, not chosen."""
+                             temperature_grid=KNN_TEMPERATURE_GRID,
+                             min_held_out=KNN_MIN_HELD_OUT) -> KnnChoice:
+  """The pair of `k_grid` x `temperature_grid` whose votes classify held-out
+  bank rows best (the first of the grids' order among equals); a given `k`
+  or `temperature` is kept, not chosen.
+
+  The held-out rows are a seeded random `validation_fraction` of the bank,
+  at least `min_held_out` of them (every row of a smaller bank), each
+  classified by the votes of all the other rows (leave-one-out): a small
+  bank's choice then rests on every row, and each vote sees a bank one row
+  short of the one it chooses for.
+  """
   if k is not None and temperature is not None:
     return KnnChoice(k, temperature)
   bank_labels = np.asarray(bank_labels, np.int64)
-  order = np.random.default_rng(seed).permutation(len(bank_labels))
-  held_out = np.sort(order[:max(1, int(len(order) * validation_fraction))])
-  rest = np.sort(order[len(held_out):])
+  count = len(bank_labels)
+  held_out = np.sort(np.random.default_rng(seed).permutation(count)[:max(
+      1, int(count * validation_fraction), min(count, min_held_out))])
   ks = [k] if k is not None else list(k_grid)
   temperatures = ([temperature] if temperature is not None
                   else list(temperature_grid))
-  similarities, indices = cosine_top_k(bank[held_out], bank[rest], max(ks))
-  neighbor_labels = bank_labels[rest][indices]
+  similarities, indices = cosine_top_k(bank[held_out], bank, max(ks),
+                                       query_rows=held_out)
+  neighbor_labels = bank_labels[indices]
   best = None
   for candidate_k in ks:
     for candidate_temperature in temperatures:
@@ -131,7 +142,7 @@ def choose_k_and_temperature(bank, bank_labels, num_classes, k=None,
 def nearest_neighbors(embeddings: np.ndarray, k: int, chunk_size=1024):
   """(indices [N, k], cosine similarities [N, k]) of each row's k nearest
   other rows, most similar first."""
-  similarities, indices = cosine_top_k(embeddings, embeddings, k,
-                                       exclude_self=True,
-                                       chunk_size=chunk_size)
+  similarities, indices = cosine_top_k(
+      embeddings, embeddings, k, query_rows=np.arange(len(embeddings)),
+      chunk_size=chunk_size)
   return indices, similarities
