@@ -34,6 +34,7 @@ from absl import app
 from absl import flags
 import tensorflow as tf
 
+from benchmarks import machine
 from simclr_tf.devices import distribute
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -484,7 +485,7 @@ def main(argv):
   final = fingerprints(last)
   problems = [check(outcome, model_dir) for outcome in outcomes]
   result = {
-      'machine': _machine(), 'date': time.strftime('%Y-%m-%d'),
+      'machine': machine.description(), 'date': time.strftime('%Y-%m-%d'),
       'faults': count, 'seed': CAMPAIGN_FLAGS.seed, 'train_steps': steps,
       'identical_to_uninterrupted': final == [expected, expected],
       'fingerprints': {'uninterrupted': expected, 'after_faults': final},
@@ -500,16 +501,6 @@ def main(argv):
     with open(CAMPAIGN_FLAGS.output, 'w') as f:
       json.dump(result, f, indent=1)
       f.write('\n')
-
-
-def _machine() -> str:
-  with open('/proc/cpuinfo') as f:
-    cpuinfo = f.read()
-  model = re.search(r'model name\s*:\s*(.*)', cpuinfo)
-  bf16 = ('AMX' if 'amx_bf16' in cpuinfo else
-          'AVX512_BF16' if 'avx512_bf16' in cpuinfo else 'no bfloat16 units')
-  return (f'{model.group(1).strip() if model else "unknown CPU"}, '
-          f'{os.cpu_count()} cores, {bf16}')
 
 
 if __name__ == '__main__':

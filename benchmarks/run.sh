@@ -16,16 +16,19 @@
 #   bash benchmarks/run.sh findings --study=augmentations   # the paper's studies (~29, 11, 14 min
 #                                          #   for augmentations, projection_head, batch_size)
 #                                          #        -> benchmarks/results/findings/
+#   bash benchmarks/run.sh small_folder    # pretraining on 1,800 images at 16 px against random
+#                                          #   weights, 3 seeds (~4 min) -> benchmarks/results/small_folder/
 #   bash benchmarks/run.sh original_import --original_code=PATH/simclr/tf2
 #                                          # --mode=import against the original code (~13 min)
 #                                          #        -> benchmarks/results/original_import.json
 # Extra arguments go to the script (see its --help).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-name="${1:?usage: bash benchmarks/run.sh throughput|side_by_side|fashion_mnist|semi_supervised|gradient_cache|findings|original_import [flags]}"
+name="${1:?usage: bash benchmarks/run.sh throughput|side_by_side|fashion_mnist|semi_supervised|gradient_cache|findings|small_folder|original_import [flags]}"
 shift
 
-if { [ "$name" = fashion_mnist ] || [ "$name" = semi_supervised ] || [ "$name" = findings ]; } \
+if { [ "$name" = fashion_mnist ] || [ "$name" = semi_supervised ] || [ "$name" = findings ] \
+      || [ "$name" = small_folder ]; } \
     && [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null; then
   sudo_cmd=""; [ "$(id -u)" = 0 ] || sudo_cmd="sudo"
   $sudo_cmd apt-get update -qq && $sudo_cmd apt-get install -y -qq dataset-fashion-mnist
@@ -49,6 +52,9 @@ case "$name" in
   findings)
     exec .venv/bin/python -m benchmarks.findings \
       --output=benchmarks/results/findings "$@" ;;
+  small_folder)
+    exec .venv/bin/python -m benchmarks.small_folder \
+      --output=benchmarks/results/small_folder "$@" ;;
   side_by_side)
     python3 -m venv .venv-torch
     .venv-torch/bin/pip install -q -r benchmarks/requirements-torch.txt

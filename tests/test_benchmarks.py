@@ -2,7 +2,8 @@
 (benchmarks/flops.py), the
 supervised baseline's budget in benchmarks/fashion_mnist.py, the
 fine-tuning configurations of benchmarks/semi_supervised.py, the findings
-studies' cells, the side-by-side summary and the oneDNN log's sums."""
+studies' cells, the side-by-side summary, the oneDNN log's sums and the
+small-folder benchmark's runs and folder."""
 
 import json
 import os
@@ -294,3 +295,77 @@ def test_onednn_layers_sums_the_log_per_primitive():
        'mb256_ic512oc512_ih4oh4kh3sh1dh0ph1_iw4ow4kw3sw1dw0pw1'): [2, 100.0],
       ('matmul', 'undef', 'brg_matmul:avx10_1_512_amx',
        '512x4096:4096x512'): [1, 1.25]}
+
+
+_SMALL_FOLDER_CHECK = r'''
+import json, sys
+import numpy as np
+from absl import flags
+from PIL import Image
+from benchmarks import small_folder
+flags.FLAGS(['small_folder.py', '--image_size=16', '--train_steps=200',
+             '--train_batch_size=64', '--width_multiplier=0.25',
+             '--work_dir=/tmp/unused'])
+configs = {name: small_folder.config_of(name, 2, '/tmp/folder')
+           for name in small_folder.SETTINGS}
+images = np.arange(3 * 28 * 28, dtype=np.uint8).reshape(3, 28, 28)
+small_folder.write_folder(sys.argv[1], images, [4, 7, 4], 16)
+expected = Image.fromarray(images[1]).resize((16, 16), Image.BILINEAR)
+runs = [{'setting': 's', 'trained': {'linear_probe': 80.0, 'knn': 70.0},
+         'random_weights': {'linear_probe': 78.0, 'knn': 71.0}},
+        {'setting': 's', 'trained': {'linear_probe': 84.0, 'knn': 73.0},
+         'random_weights': {'linear_probe': 80.0, 'knn': 71.0}}]
+print(json.dumps({'configs': {name: {
+    'dataset': c.data.dataset, 'seed': c.data.seed,
+    'image_size': c.augment.image_size, 'steps': c.train.train_steps,
+    'batch': c.train.train_batch_size,
+    'width': c.model.encoder.width_multiplier,
+    'precision': c.model.precision,
+    'learning_rate': c.optim.learning_rate,
+    'scaling': c.optim.learning_rate_scaling,
+    'temperature': c.train.temperature,
+    'min_crop_area': c.augment.min_crop_area,
+    'probe_examples': c.eval.probe_train_examples,
+    'model_dir': c.train.model_dir} for name, c in configs.items()},
+    'expected_image': np.asarray(expected).tolist(),
+    'summary': small_folder.summary(runs)}))
+'''
+
+
+def test_small_folder_runs_resolve_the_users_flags_and_sum_gains(tmp_path):
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from simclr_tf.settings import recipes  # pylint: disable=g-import-not-at-top
+  output = subprocess.run(
+      [sys.executable, '-c', _SMALL_FOLDER_CHECK, str(tmp_path)],
+      capture_output=True, text=True, cwd=REPO, check=True).stdout
+  report = json.loads(output.strip().splitlines()[-1])
+  # Each setting is run.py's resolution of the user's flags over it.
+  preset = recipes.PRESETS['small_folder']
+  for name, run in report['configs'].items():
+    assert run['dataset'] == 'folder:/tmp/folder' and run['seed'] == 2
+    assert (run['image_size'], run['steps'], run['batch'], run['width']) == (
+        16, 200, 64, 0.25)
+    assert run['precision'] == 'float32' and run['probe_examples'] == 0
+  defaults = report['configs']['defaults']
+  assert (defaults['learning_rate'], defaults['temperature']) == (1.0, 0.5)
+  assert defaults['model_dir'] == '/tmp/unused/runs/defaults/2'
+  tuned = report['configs']['small_folder preset']
+  assert (tuned['learning_rate'], tuned['scaling'], tuned['temperature'],
+          tuned['min_crop_area']) == (
+              preset['learning_rate'], preset['learning_rate_scaling'],
+              preset['temperature'], preset['min_crop_area'])
+  assert tuned['model_dir'] == '/tmp/unused/runs/small_folder/2'
+  # The folder: a sub-folder a class, each image resized with PIL.
+  assert sorted(os.listdir(tmp_path)) == ['4', '7']
+  assert sorted(os.listdir(tmp_path / '4')) == ['0.png', '2.png']
+  np.testing.assert_array_equal(
+      np.asarray(Image.open(tmp_path / '7' / '1.png')),
+      np.array(report['expected_image'], np.uint8))
+  # Trained minus random weights, by hand: gains 2 and 4 (mean 3, sample
+  # deviation sqrt(2)) and -1 and 2.
+  assert report['summary']['s'] == {
+      'linear_probe': {'trained_mean': 82.0, 'gain_over_random_mean': 3.0,
+                       'gain_over_random_std': 1.41},
+      'knn': {'trained_mean': 71.5, 'gain_over_random_mean': 0.5,
+              'gain_over_random_std': 2.12}}

@@ -42,6 +42,16 @@ PRESETS: dict[str, dict[str, Any]] = {
         'min_crop_area': 0.2, 'checkpoint_epochs': 1,
         'eval_batch_size': 1000,
     },
+    # A folder of a few thousand small images (benchmarks/small_folder.py):
+    # the fashion_mnist preset's optimisation, temperature and crops, with
+    # warmup over a single epoch; the dataset and architecture are the
+    # user's.
+    'small_folder': {
+        'learning_rate': 0.075, 'learning_rate_scaling': 'sqrt',
+        'weight_decay': 1e-6, 'temperature': 0.3,
+        'color_jitter_strength': 0.5, 'min_crop_area': 0.2,
+        'warmup_epochs': 1,
+    },
 }
 
 
