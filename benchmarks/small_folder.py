@@ -36,8 +36,6 @@ import tensorflow as tf
 
 from benchmarks import machine
 from simclr_tf.evaluation import evaluators
-from simclr_tf.evaluation import features
-from simclr_tf.evaluation.knn import feature_bank
 from simclr_tf.inputs import catalog
 from simclr_tf.inputs import idx
 from simclr_tf.inputs.sources import FASHION_MNIST_SYSTEM_DIR
@@ -123,26 +121,18 @@ def config_of(setting: str, seed: int, folder: str):
                           mixed_precision=FLAGS.precision)
 
 
-def frozen_metrics(run: RunContext, model) -> dict:
-  """Linear-probe and kNN top-1 (%) of `model`'s frozen features."""
-  results = evaluators.feature_metrics(run, model, knn=True, probe=True)
+def top_1_percent(results: dict) -> dict:
+  """Linear-probe and kNN top-1 (%) of an evaluator's metrics, and kNN's k."""
   return {'linear_probe': round(100 * results['linear_probe_top_1_accuracy'],
                                 2),
           'knn': round(100 * results['knn_top_1_accuracy'], 2),
           'knn_k': results['knn_k']}
 
 
-def pixel_metrics(run: RunContext) -> dict:
-  train_x, train_y = features.extract_pixels(
-      run.eval_data(run.config.data.train_split))
-  test_x, test_y = features.extract_pixels(run.eval_data(run.eval_split))
-  probe = evaluators.probe_metrics(run, train_x, train_y, test_x, test_y,
-                                   standardize=False)
-  knn = evaluators.knn_metrics(run, feature_bank(train_x), train_y, test_x,
-                               test_y)
-  return {'linear_probe': round(100 * probe['linear_probe_top_1_accuracy'], 2),
-          'knn': round(100 * knn['knn_top_1_accuracy'], 2),
-          'knn_k': knn['knn_k']}
+def frozen_metrics(run: RunContext, model) -> dict:
+  """Linear probe and kNN of `model`'s frozen features, as run.py's."""
+  return top_1_percent(evaluators.feature_metrics(run, model, knn=True,
+                                                  probe=True))
 
 
 def one_run(setting: str, seed: int, folder: str, source) -> dict:
@@ -193,7 +183,8 @@ def main(_):
   base = config_of(FLAGS.settings[0], 0, folder)
   source = catalog.make_source(base.data)
   run = RunContext(base, tf.distribute.get_strategy(), source)
-  result = {'pixels': pixel_metrics(run), 'runs': []}
+  result = {'pixels': top_1_percent(evaluators.pixel_metrics(run)),
+            'runs': []}
   for setting in FLAGS.settings:
     for seed in map(int, FLAGS.seeds):
       result['runs'].append(one_run(setting, seed, folder, source))
