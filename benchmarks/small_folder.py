@@ -38,6 +38,7 @@ from benchmarks import machine
 from simclr_tf.evaluation import evaluators
 from simclr_tf.inputs import catalog
 from simclr_tf.inputs import idx
+from simclr_tf.inputs import subsets
 from simclr_tf.inputs.sources import FASHION_MNIST_SYSTEM_DIR
 from simclr_tf.run_context import RunContext
 from simclr_tf.settings import resolver
@@ -94,10 +95,7 @@ def build_folder(root: str, per_class: int, size: int, seed: int = 0):
                      f'{FLAGS.data_dir} nor in {FASHION_MNIST_SYSTEM_DIR}; '
                      'apt-get install dataset-fashion-mnist.')
   images, labels = idx.load_fashion_mnist_split(directory, 'train')
-  rng = np.random.default_rng(seed)
-  chosen = np.sort(np.concatenate([
-      rng.choice(np.flatnonzero(labels == c), per_class, replace=False)
-      for c in np.unique(labels)]))
+  chosen, _ = subsets.sample_per_class(labels, lambda _: per_class, seed)
   write_folder(os.path.join(root, 'train'), images[chosen], labels[chosen],
                size)
   write_folder(os.path.join(root, 'test'),
