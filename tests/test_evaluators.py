@@ -5,6 +5,7 @@ import dataclasses
 import json
 import os
 import time
+import types
 
 import numpy as np
 import tensorflow as tf
@@ -199,7 +200,40 @@ def test_the_named_evaluators_yield_result_json_and_the_table(tmp_path):
       7))
   assert set(result) == {'global_step', 'eval_split', 'knn_top_1_accuracy',
                          'knn_top_5_accuracy', 'knn_train_labels', 'knn_k',
-                         'knn_temperature'}
+                         'knn_temperature', 'evaluation_seconds'}
+
+
+def test_each_column_reports_the_seconds_its_evaluators_took(monkeypatch):
+  # Evaluators that each take a known time on a hand-driven clock.
+  now = [100.0]
+
+  def taking(seconds, baseline=None):
+    def evaluator(context, model, names):
+      del context, model, names
+      now[0] += seconds
+      yield Metric('knn_top_1_accuracy', 0.5, baseline)
+    return evaluator
+
+  frozen_features = taking(30.4)  # One call serves knn and linear_probe.
+  monkeypatch.setattr(evaluators, 'EVALUATORS', {
+      'supervised_head': taking(2.0), 'knn': frozen_features,
+      'linear_probe': frozen_features,
+      'random_init': taking(0.2, 'random_init'),  # Read back.
+      'raw_pixels': taking(98.6, 'raw_pixels')})
+  monkeypatch.setattr(evaluators.sources, 'require_labels',
+                      lambda *args: None)
+  context = types.SimpleNamespace(
+      config=types.SimpleNamespace(eval=types.SimpleNamespace(
+          evaluators=('supervised_head', 'knn', 'linear_probe',
+                      'random_init', 'raw_pixels'))),
+      source=None, eval_split='test')
+  metrics = evaluators.evaluate(context, None, 5, clock=lambda: now[0])
+  result = report.as_result(metrics)
+  assert (result['evaluation_seconds'],
+          result['random_init_evaluation_seconds'],
+          result['raw_pixels_evaluation_seconds']) == (32, 0, 99)
+  assert report.table(metrics).splitlines()[-1].split() == [
+      'evaluation', 'seconds', '32', '0', '99']
 
 
 def _baseline_run(source, data_dir, **changes):

@@ -228,8 +228,11 @@ EVALUATORS = {'supervised_head': supervised_head, 'knn': frozen_features,
 assert set(EVALUATORS) == set(evaluator_names.EVALUATORS)
 
 
-def evaluate(context: RunContext, model, global_step: int) -> list[Metric]:
-  """What the run's evaluators yield for `model` at `global_step`."""
+def evaluate(context: RunContext, model, global_step: int,
+             clock=time.perf_counter) -> list[Metric]:
+  """What the run's evaluators yield for `model` at `global_step`, and
+  each column's `evaluation_seconds` by `clock`: the model's (its
+  evaluators together) and each baseline's (about 0 when read back)."""
   sources.require_labels(context.source, 'evaluation')
   # The resolver names them (from --knn, --linear_probe, ... unless given).
   names = context.config.eval.evaluators
@@ -239,9 +242,16 @@ def evaluate(context: RunContext, model, global_step: int) -> list[Metric]:
   metrics = [Metric('global_step', global_step),
              Metric('eval_split', context.eval_split)]
   done = []
+  seconds = {}  # Per column: None (the model) or the baseline's name.
   for name in names:
     evaluator = EVALUATORS[name]
     if evaluator not in done:  # One call serves knn and linear_probe.
       done.append(evaluator)
-      metrics += evaluator(context, model, names)
+      started = clock()
+      yielded = list(evaluator(context, model, names))
+      column = yielded[0].baseline if yielded else None
+      seconds[column] = seconds.get(column, 0.0) + clock() - started
+      metrics += yielded
+  metrics += [Metric('evaluation_seconds', int(round(value)), column)
+              for column, value in seconds.items()]
   return metrics

@@ -17,7 +17,7 @@ COLUMN_WIDTH = 15
 def rows(metrics: list[Metric]) -> list[tuple[str, str, str | None]]:
   """The table's rows, (title, metric name, name of its spread or None):
   the supervised head, the probe on every label then on each label
-  fraction, kNN and the k it used."""
+  fraction, kNN and the k it used, and what evaluating took."""
   fractions = sorted((m.value, m.name.removesuffix('_label_fraction'))
                      for m in metrics if m.baseline is None and
                      m.name.endswith('_label_fraction'))
@@ -30,7 +30,8 @@ def rows(metrics: list[Metric]) -> list[tuple[str, str, str | None]]:
            'linear_probe_top_1_accuracy', None),
           *few_label,
           ('kNN top-1 (frozen features)', 'knn_top_1_accuracy', None),
-          ('kNN k', 'knn_k', None)]
+          ('kNN k', 'knn_k', None),
+          ('evaluation seconds', 'evaluation_seconds', None)]
 
 
 def as_result(metrics: list[Metric]) -> dict:
