@@ -296,10 +296,14 @@ def plot(result: dict, directory: str):
           'o-', label='SimCLR, linear probe')
   ax.plot(epochs, [100 * p['knn_top_1_accuracy'] for p in curve], 's-',
           label='SimCLR, kNN')
-  for name, style in (('raw pixels, logistic regression', '--'),
-                      ('random-weights encoder, linear probe', ':')):
+  for name, style, color in (
+      ('raw pixels, logistic regression', '--', 'tab:blue'),
+      ('raw pixels, kNN', '--', 'tab:orange'),
+      ('random-weights encoder, linear probe', ':', 'tab:blue'),
+      ('random-weights encoder, kNN', ':', 'tab:orange')):
     if name in methods:
-      ax.axhline(100 * methods[name], ls=style, color='gray', label=name)
+      ax.axhline(100 * methods[name], ls=style, color=color, alpha=0.6,
+                 label=name)
   ax.set_xlabel('pretraining epochs')
   ax.set_ylabel('test accuracy (%)')
   ax.grid(alpha=0.3)
