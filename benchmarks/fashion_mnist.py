@@ -65,7 +65,8 @@ flags.DEFINE_boolean('resume', False, 'Keep the pretraining checkpoints '
                      'and continue.')
 flags.DEFINE_float('budget_minutes', 60, 'Pretraining time limit; training '
                    'stops at the first checkpoint past it.')
-flags.DEFINE_integer('batch_size', 512, 'Pretraining batch size.')
+flags.DEFINE_integer('batch_size', None, 'Pretraining batch size (default: '
+                     'the preset\'s).')
 flags.DEFINE_enum('precision', 'auto', ['auto', 'float32', 'bfloat16'],
                   'Compute precision of every training run; auto: as '
                   'run.py\'s --mixed_precision=auto (bfloat16 on CPUs with '
@@ -91,12 +92,13 @@ def recipe(model_dir: str, train_mode: str = 'pretrain', *,
   pretrain = train_mode == 'pretrain'
   if epochs is None:
     epochs = recipes.PRESETS['fashion_mnist']['train_epochs']
-  optional = {'width_multiplier': FLAGS.width_multiplier,
+  optional = {'train_batch_size': FLAGS.batch_size,
+              'width_multiplier': FLAGS.width_multiplier,
               'temperature': FLAGS.temperature,
               'learning_rate': FLAGS.learning_rate}
   given = {
       'data_dir': FLAGS.data_dir, 'model_dir': model_dir,
-      'train_mode': train_mode, 'train_batch_size': FLAGS.batch_size,
+      'train_mode': train_mode,
       'train_epochs': epochs, 'warmup_epochs': min(2, epochs / 10),
       'checkpoint_epochs': FLAGS.checkpoint_epochs if pretrain else epochs,
       'keep_checkpoint_max': 1000, 'log_every_seconds': 30,
@@ -169,7 +171,8 @@ def pretrain(config: RunConfig, source, budget_seconds: float):
 
 
 def probe_and_knn(run: RunContext, model) -> dict:
-  """kNN (k=200, T=0.1) and the converged linear probe on frozen features."""
+  """kNN (its k and temperature chosen on training features) and the
+  converged linear probe on frozen features."""
   return evaluators.feature_metrics(run, model, knn=True, probe=True)
 
 
@@ -337,8 +340,9 @@ def main(_):
   for path, seconds in points:
     model, step = modes.restored_model(run, path)
     metrics = probe_and_knn(run, model)
-    curve.append({'step': step, 'epochs': step * FLAGS.batch_size / NUM_TRAIN,
-                  'train_seconds': seconds, **metrics})
+    epochs = step * config.train.train_batch_size / NUM_TRAIN
+    curve.append({'step': step, 'epochs': epochs, 'train_seconds': seconds,
+                  **metrics})
     logging.info('Checkpoint %s (%.1f min): %s', path,
                  (seconds or 0) / 60, metrics)
 

@@ -5,7 +5,8 @@
   python -m benchmarks.findings --study=batch_size       # Figure 9
 
 Each study pretrains several small encoders (ResNet-18 at --width_multiplier,
-the fashion_mnist preset's optimiser, temperature and crop range) on the
+the fashion_mnist preset's optimiser and crop range at STUDY_RECIPE's base
+learning rate and temperature) on the
 first --train_examples images of the training split, then fits the
 converged linear probe of docs/evaluation.md on --probe_examples of them and
 tests it on the evaluation split. It writes <study>.json and <study>.png
@@ -46,6 +47,9 @@ from simclr_tf.storage import records
 from simclr_tf.training.train import train
 
 STUDIES = ('augmentations', 'projection_head', 'batch_size')
+# The base learning rate and temperature of every study's runs, over the
+# fashion_mnist preset: those of docs/findings.md's results.
+STUDY_RECIPE = {'learning_rate': 0.075, 'temperature': 0.3}
 
 flags.DEFINE_enum('study', None, STUDIES, 'Which finding to rerun.')
 # The settings this benchmark takes, defined as run.py defines them.
@@ -114,8 +118,8 @@ class Study:
   precision: str
 
   def config(self, run_name: str, **settings) -> RunConfig:
-    """A run's configuration: the fashion_mnist preset's recipe on this
-    study's data, with `settings` over it."""
+    """A run's configuration: the fashion_mnist preset's recipe with
+    STUDY_RECIPE on this study's data, with `settings` over it."""
     split = (f'train[:{self.train_examples}]' if self.train_examples
              else 'train')
     epochs = settings.pop('train_epochs')
@@ -130,7 +134,7 @@ class Study:
         'lineareval_while_pretraining': False, 'jit_compile': False,
         'knn_train_examples': self.probe_examples,
         'probe_train_examples': self.probe_examples,
-        **settings}
+        **STUDY_RECIPE, **settings}
     return resolver.resolve(given, preset='fashion_mnist',
                             mixed_precision=self.precision)
 

@@ -4,9 +4,8 @@
 # run reads the baselines back from data/baselines/ and takes about 5.5), then
 # print linear-probe (every label, 1% and 10% of them) and kNN accuracy next
 # to the baselines (raw pixels, and the same encoder with random weights).
-# The preset is the hour's recipe; three epochs at a quarter of its width and
-# half its batch (twice the steps), at base learning rate 0.2 and temperature
-# 0.5, make the few minutes' version. Extra arguments go to run.py.
+# The preset is the hour's recipe; three epochs at a quarter of its width make
+# the few minutes' version. Extra arguments go to run.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,6 +19,5 @@ fi
 python3 -m venv .venv
 .venv/bin/pip install -q -r requirements.txt
 exec .venv/bin/python run.py --mode=train_then_eval --preset=fashion_mnist \
-  --width_multiplier=0.25 --train_epochs=3 --warmup_epochs=0.3 \
-  --train_batch_size=256 --learning_rate=0.2 --temperature=0.5 --random_baseline \
+  --width_multiplier=0.25 --train_epochs=3 --warmup_epochs=0.3 --random_baseline \
   --model_dir=models/quickstart "$@"
