@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The README's main job: set up .venv and pretrain on Fashion-MNIST on a CPU
-# (about 10 minutes on 2 cores with bfloat16 units, longer without; a second
-# run reads the baselines back from data/baselines/ and takes about 5.5), then
+# (about 9 minutes on 2 cores with bfloat16 units, longer without; a second
+# run reads the baselines back from data/baselines/ and takes about 5), then
 # print linear-probe (every label, 1% and 10% of them) and kNN accuracy next
 # to the baselines (raw pixels, and the same encoder with random weights).
 # The preset is the hour's recipe; three epochs at a quarter of its width make
