@@ -17,7 +17,7 @@
 #                                          #   for augmentations, projection_head, batch_size)
 #                                          #        -> benchmarks/results/findings/
 #   bash benchmarks/run.sh small_folder    # pretraining on 1,800 images at 16 px against random
-#                                          #   weights, 3 seeds (~4 min) -> benchmarks/results/small_folder/
+#                                          #   weights, 3 settings x 3 seeds -> benchmarks/results/small_folder/
 #   bash benchmarks/run.sh original_import --original_code=PATH/simclr/tf2
 #                                          # --mode=import against the original code (~13 min)
 #                                          #        -> benchmarks/results/original_import.json

@@ -47,10 +47,15 @@ from simclr_tf.storage import records
 from simclr_tf.training.train import train
 
 # What each setting gives run.py besides the folder and the budget: the
-# project's defaults, and presets by name.
+# project's defaults, presets by name, and the small_folder preset as it
+# was before it took milder crops, a lower temperature and stronger colour
+# jitter (the change measured on and off).
 SETTINGS = {
     'defaults': {},
     'small_folder preset': {'preset': 'small_folder'},
+    'earlier small_folder preset': {
+        'preset': 'small_folder', 'min_crop_area': 0.2, 'temperature': 0.3,
+        'color_jitter_strength': 0.5},
 }
 
 flags.DEFINE_string('output', 'benchmarks/results/small_folder',

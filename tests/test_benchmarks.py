@@ -325,6 +325,7 @@ print(json.dumps({'configs': {name: {
     'scaling': c.optim.learning_rate_scaling,
     'temperature': c.train.temperature,
     'min_crop_area': c.augment.min_crop_area,
+    'color_jitter_strength': c.augment.color_jitter_strength,
     'probe_examples': c.eval.probe_train_examples,
     'model_dir': c.train.model_dir} for name, c in configs.items()},
     'expected_image': np.asarray(expected).tolist(),
@@ -352,10 +353,19 @@ def test_small_folder_runs_resolve_the_users_flags_and_sum_gains(tmp_path):
   assert defaults['model_dir'] == '/tmp/unused/runs/defaults/2'
   tuned = report['configs']['small_folder preset']
   assert (tuned['learning_rate'], tuned['scaling'], tuned['temperature'],
-          tuned['min_crop_area']) == (
+          tuned['min_crop_area'], tuned['color_jitter_strength']) == (
               preset['learning_rate'], preset['learning_rate_scaling'],
-              preset['temperature'], preset['min_crop_area'])
+              preset['temperature'], preset['min_crop_area'],
+              preset['color_jitter_strength'])
   assert tuned['model_dir'] == '/tmp/unused/runs/small_folder/2'
+  # The preset as it was: its rate, the earlier crops, temperature, jitter.
+  earlier = report['configs']['earlier small_folder preset']
+  assert (earlier['learning_rate'], earlier['scaling'],
+          earlier['temperature'], earlier['min_crop_area'],
+          earlier['color_jitter_strength']) == (
+              preset['learning_rate'], preset['learning_rate_scaling'], 0.3,
+              0.2, 0.5)
+  assert earlier['model_dir'] == '/tmp/unused/runs/earlier/2'
   # The folder: a sub-folder a class, each image resized with PIL.
   assert sorted(os.listdir(tmp_path)) == ['4', '7']
   assert sorted(os.listdir(tmp_path / '4')) == ['0.png', '2.png']
