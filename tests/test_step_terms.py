@@ -21,7 +21,9 @@ PER_REPLICA = 8
 SIZE = 8
 _STORED = os.path.join(os.path.dirname(__file__), 'data', 'step_terms.npz')
 
-# Every configuration of the step: plain and cached (chunks of 2 examples),
+# Every configuration of the step: plain and cached (chunks of 4 examples:
+# batch norm over 2 examples at 1x1 pixels is so ill-conditioned that
+# another CPU's rounding moved the update by 79%),
 # the supervised head on the views or on the evaluation view, multi-crop,
 # fine-tuning.
 CASES = {
@@ -29,9 +31,9 @@ CASES = {
     'plain_eval_view': dict(lineareval_view='eval'),
     'plain_multi_crop_eval_view': dict(lineareval_view='eval',
                                        small_views=2),
-    'cached_views': dict(lineareval_view='pretrain', chunk=2),
+    'cached_views': dict(lineareval_view='pretrain', chunk=4),
     'cached_multi_crop_eval_view': dict(lineareval_view='eval',
-                                        small_views=2, chunk=2),
+                                        small_views=2, chunk=4),
     'finetune': dict(train_mode='finetune'),
 }
 
@@ -116,7 +118,8 @@ def test_steps_compute_the_stored_numbers(name):
                                                           rel=1e-6)
   # float32 kernels sum in another order on another CPU, and the first
   # update (large random weights, LARS) amplifies that in the second step:
-  # between an AMD EPYC (AVX512_BF16) and a Xeon (AMX), the first step's
+  # between an AMD EPYC (AVX512_BF16) and a Xeon (AMX), or oneDNN's kernels
+  # and TensorFlow's own (what CPUs without AVX-512 run), the first step's
   # metrics agree to 1e-5, the second's to 6e-5 and the updates to 3.5e-3
   # of their norm; a changed term moves the first step's own metrics (the
   # terms) and a changed gradient path the updates by tenths.
