@@ -20,6 +20,7 @@ from simclr_tf.inputs import idx
 from simclr_tf.network import original
 from simclr_tf.network import original_variables
 from simclr_tf.network.model import SimCLRModel
+from simclr_tf.serving import format_names
 from simclr_tf.serving import formats
 from simclr_tf.serving import onnx_format
 from simclr_tf.serving import tflite_format
@@ -264,14 +265,24 @@ def test_each_format_keeps_its_newest_exports(tmp_path):
 
 @pytest.mark.parametrize('value, message', [
     ('onnx,pdf', "--export_formats: unknown format 'pdf'; the formats are "
-     'saved_model,onnx,tflite,tflite_int8,torch.'),
+     'saved_model,onnx,tflite,tflite_int8,torch (or none).'),
     ('torch,torch', '--export_formats names torch twice; name it once.'),
-    (',', "--export_formats=',' names no format"),
+    (',', "--export_formats=',' names no format; give some of "
+     'saved_model,onnx,tflite,tflite_int8,torch, or none.'),
+    ('none,onnx', '--export_formats=none,onnx: none stands alone; drop it '
+     'or the formats.'),
 ])
 def test_bad_format_lists_say_what_is_wrong(value, message):
   with pytest.raises(checks.UsageError) as error:
     checks.check_export_formats(value, 'float32')
   assert message in str(error.value)
+
+
+def test_none_alone_asks_for_no_export():
+  assert format_names.export_formats('none') == ()
+  assert format_names.export_formats(' saved_model, onnx ') == (
+      'saved_model', 'onnx')
+  checks.check_export_formats('none', 'bfloat16')  # Nothing to refuse.
 
 
 def test_formats_that_compute_in_float32_refuse_other_precisions():
@@ -302,7 +313,7 @@ def test_export_mode_writes_the_formats_asked_for(tiny_run, tmp_path):
   assert bad.returncode == 2
   assert bad.stderr.strip().splitlines()[-1] == (
       "run.py: error: --export_formats: unknown format 'gif'; the formats "
-      'are saved_model,onnx,tflite,tflite_int8,torch.')
+      'are saved_model,onnx,tflite,tflite_int8,torch (or none).')
   assert not (model_dir / 'onnx').exists()
   good = run('--mode=export', f'--model_dir={model_dir}',
              '--export_formats=onnx,torch')

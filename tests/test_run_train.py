@@ -180,9 +180,9 @@ def test_a_second_invocation_resumes(pretrained, folder, tmp_path):
   resumed_dir = str(tmp_path / 'resumed')
   import shutil  # pylint: disable=g-import-not-at-top
   shutil.copytree(model_dir, resumed_dir)
-  result = run('--mode=train', f'--dataset=folder:{folder}',
-               f'--model_dir={resumed_dir}', '--train_steps=6',
-               '--checkpoint_steps=2', '--knn=False', *TINY)
+  flags = [f'--dataset=folder:{folder}', f'--model_dir={resumed_dir}',
+           '--train_steps=6', '--checkpoint_steps=2', '--knn=False', *TINY]
+  result = run('--mode=train', '--export_formats=none', *flags)
   assert result.returncode == 0, result.stderr[-3000:]
   assert 'Resuming from' in result.stderr and 'ckpt-4' in result.stderr
   assert 'step 6/6' in result.stderr
@@ -191,8 +191,14 @@ def test_a_second_invocation_resumes(pretrained, folder, tmp_path):
   reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(resumed_dir))
   assert reader.get_tensor(
       'optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE') == 6
-  assert sorted(os.listdir(os.path.join(resumed_dir, 'saved_model'))) == [
-      '6']
+  # --export_formats=none: the run's export stays that of step 4, and
+  # --mode=export writes step 6's from the newest checkpoint.
+  assert ('No export at step 6 (--export_formats=none): --mode=export '
+          'writes one from any checkpoint.') in result.stdout
+  saved = os.path.join(resumed_dir, 'saved_model')
+  assert os.listdir(saved) == ['4']
+  assert run('--mode=export', *flags).returncode == 0
+  assert sorted(os.listdir(saved)) == ['6']
 
 
 def test_evaluation_of_unlabeled_images_says_so(tmp_path, rng):

@@ -4,6 +4,9 @@
 --export_formats with these before it starts."""
 
 EXPORT_FORMATS = ('saved_model', 'onnx', 'tflite', 'tflite_int8', 'torch')
+# --export_formats=none: training writes no export (`--mode=export` writes
+# one from any checkpoint later).
+NO_EXPORT = 'none'
 # Format -> {import name: package to install}.
 EXPORT_PACKAGES = {
     'onnx': {'tf2onnx': 'tf2onnx', 'onnx': 'onnx',
@@ -15,5 +18,7 @@ EXPORT_PACKAGES = {
 
 
 def export_formats(value: str) -> tuple[str, ...]:
-  """The formats of an --export_formats value, in the order given."""
-  return tuple(name.strip() for name in value.split(',') if name.strip())
+  """The formats of an --export_formats value, in the order given (none
+  for `none`)."""
+  names = tuple(name.strip() for name in value.split(',') if name.strip())
+  return () if names == (NO_EXPORT,) else names

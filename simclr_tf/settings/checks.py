@@ -11,6 +11,7 @@ from simclr_tf.network import architectures
 from simclr_tf.serving.format_names import EXPORT_FORMATS
 from simclr_tf.serving.format_names import export_formats
 from simclr_tf.serving.format_names import EXPORT_PACKAGES
+from simclr_tf.serving.format_names import NO_EXPORT
 
 
 class UsageError(ValueError):
@@ -131,11 +132,16 @@ def check_export_formats(value: str, export_precision: str):
   """Known formats, each once, their converters and runtimes installed, and
   a precision every one of them can compute in."""
   formats = export_formats(value)
-  check(formats, f'--export_formats={value!r} names no format; give some of '
-        f'{",".join(EXPORT_FORMATS)}.')
+  if not formats:
+    check(value.strip() == NO_EXPORT, f'--export_formats={value!r} names no '
+          f'format; give some of {",".join(EXPORT_FORMATS)}, or '
+          f'{NO_EXPORT}.')
   for name in formats:
+    check(name != NO_EXPORT, f'--export_formats={value}: {NO_EXPORT} '
+          'stands alone; drop it or the formats.')
     check(name in EXPORT_FORMATS, f'--export_formats: unknown format '
-          f'{name!r}; the formats are {",".join(EXPORT_FORMATS)}.')
+          f'{name!r}; the formats are {",".join(EXPORT_FORMATS)} (or '
+          f'{NO_EXPORT}).')
     check(formats.count(name) == 1,
           f'--export_formats names {name} twice; name it once.')
   others = [name for name in formats if name != 'saved_model']

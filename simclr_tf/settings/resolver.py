@@ -28,6 +28,7 @@ from simclr_tf.evaluation import evaluator_names
 from simclr_tf.inputs import augmentation_names
 from simclr_tf.inputs import sources
 from simclr_tf.network import architectures
+from simclr_tf.serving import format_names
 from simclr_tf.settings import checks
 from simclr_tf.settings import recipes
 from simclr_tf.settings import registry
@@ -287,6 +288,10 @@ def resolve_command(command: Command, *, open_source=None, strategy=None,
     return Resolved(config, config.data, config.eval)
   record = read_record(mode, values)
   recorded = record.values()
+  checks.check(mode != 'export' or format_names.export_formats(
+      values.get('export_formats', 'saved_model')),
+      '--mode=export with --export_formats=none writes nothing; name the '
+      'formats to write (saved_model by default).')
   # A directory without a checkpoint to work on fails before any dataset is
   # looked at.
   if mode == 'export' and not values.get('checkpoint') or (

@@ -145,7 +145,8 @@ _help('export_precision', 'What SavedModel exports compute in, '
 _help('export_formats', 'What each export writes, comma-separated: '
       'saved_model, onnx, tflite, tflite_int8, torch (each in '
       '<model_dir>/<format>/<step>/, checked against the SavedModel; '
-      'all but saved_model need requirements-export.txt).')
+      'all but saved_model need requirements-export.txt), or none: '
+      'training writes no export (--mode=export writes one later).')
 _help('summary_steps', 'Steps between TensorBoard summaries (0: every 100, '
       'or often enough for 50 points on a shorter run).')
 _help('steps_per_loop', 'Steps per tf.function call.')
