@@ -71,6 +71,11 @@ def one_step(replicas, global_bn, precision='float32', optimizer='lars',
                         args=(values,))
   metrics['contrast_loss_after'] = float(strategy.reduce(
       tf.distribute.ReduceOp.MEAN, losses, axis=None))
+  # Every replica's copy of every variable (moving statistics included).
+  metrics['replicas_in_sync'] = all(
+      all(np.array_equal(copy.numpy(), variable.values[0].numpy())
+          for copy in variable.values)
+      for variable in task.model.variables if hasattr(variable, 'values'))
   return metrics, weights, [w.numpy() for w in task.model.weights]
 
 
@@ -83,6 +88,7 @@ def single():
 def test_one_step_is_the_same_on_1_2_and_3_replicas(single, replicas):
   reference, initial, expected = single
   results, _, weights = one_step(replicas, global_bn=True)
+  assert results['replicas_in_sync']
   for name in ('total_loss', 'contrast_loss', 'contrast_acc',
                'contrast_entropy', 'supervised_loss', 'supervised_acc'):
     assert results[name] == pytest.approx(reference[name], rel=1e-4), name

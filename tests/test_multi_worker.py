@@ -139,12 +139,13 @@ def test_two_workers_train_identically_and_only_the_chief_writes(
 # preemption notice (SIGTERM) to either worker while TensorFlow's platform
 # detection says Google Cloud (CPU VM: a stand-in metadata server; GPU VM:
 # the detection patched), where TensorFlow's own handler would ignore it;
-# Ctrl-C off-cloud; SIGKILL of either worker, the chief included; a time
-# budget spent on one worker's clock only.
+# SIGKILL of the chief; a time budget spent on one worker's clock only.
+# (Ctrl-C is the SIGTERM path, tested in one process by test_resume.py; a
+# killed worker 1 takes the survivor's missed heartbeats, 10-20 s, to
+# notice, and its error is read in the cases above: both are in
+# benchmarks/fault_campaign.py's draws.)
 FAULTS = [Fault('sigterm', worker=1, platform='gce-cpu'),
           Fault('sigterm', worker=0, platform='gce-gpu'),
-          Fault('sigint', worker=1),
-          Fault('sigkill', worker=1),
           Fault('sigkill', worker=0),
           Fault('time_budget', worker=1)]
 
@@ -152,7 +153,9 @@ FAULTS = [Fault('sigterm', worker=1, platform='gce-cpu'),
 def test_preempted_lost_and_timed_out_workers_stop_together_and_resume(
     data_folder, uninterrupted, tmp_path):
   model_dir = tmp_path / 'm'
-  flags = fault_campaign.tiny_flags(data_folder, model_dir, STEPS)
+  # The weights are the subject; exports are the uninterrupted run's.
+  flags = [*fault_campaign.tiny_flags(data_folder, model_dir, STEPS),
+           '--export_formats=none']
   log = []
   outcomes, last = fault_campaign.campaign(flags, model_dir, FAULTS, log.append)
   print('\n'.join(log))

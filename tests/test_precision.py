@@ -357,7 +357,8 @@ def test_run_py_trains_in_float16_with_xla_and_says_so(tmp_path, rng):
                f'--model_dir={model_dir}', '--image_size=16',
                '--width_multiplier=0.125', '--train_batch_size=8',
                '--train_steps=2', '--steps_per_loop=2', '--knn=false',
-               '--mixed_precision=float16', '--jit_compile')
+               '--mixed_precision=float16', '--jit_compile',
+               '--export_formats=none')
   assert result.returncode == 0, result.stderr[-3000:]
   assert 'Computing in float16 with XLA on 1 CPU replica(s).' in result.stderr
   latest = tf.train.latest_checkpoint(model_dir)

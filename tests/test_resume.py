@@ -50,16 +50,16 @@ def _wait_for_checkpoint_after(model_dir, step, process, timeout=120):
 
 
 KILLED_RUN_STEPS = 40
-KILLS = 2
+KILLS = 1
 
 
 def test_killed_runs_resume_to_the_uninterrupted_weights(folder, tmp_path):
-  """SIGKILLs at random moments of a run (the second on a resumed run),
-  then a resume: the weights equal an uninterrupted run's (here, in the
-  test process), bit for bit."""
+  """A SIGKILL at a random moment of a run, then a resume: the weights
+  equal an uninterrupted run's (here, in the test process), bit for bit.
+  (benchmarks/fault_campaign.py kills resumed runs, many times.)"""
   flags = [f'--dataset=folder:{folder}', '--mode=train',
            f'--train_steps={KILLED_RUN_STEPS}', '--checkpoint_steps=4',
-           '--deterministic', *TINY]
+           '--deterministic', '--export_formats=none', *TINY]
   reference = run(*flags, f'--model_dir={tmp_path}/reference')
   assert reference.returncode == 0, reference.stderr[-3000:]
   expected = _fingerprint(reference.stderr)
@@ -109,7 +109,7 @@ def test_a_chunked_run_resumed_from_a_middle_checkpoint_ends_identical(
   step 3 gives the uninterrupted run's weights, bit for bit."""
   flags = [f'--dataset=folder:{folder}', '--mode=train', '--train_steps=6',
            '--checkpoint_steps=3', '--deterministic',
-           '--contrastive_chunk_size=4', *TINY]
+           '--contrastive_chunk_size=4', '--export_formats=none', *TINY]
   reference_dir, resumed_dir = tmp_path / 'reference', tmp_path / 'resumed'
   reference = run(*flags, f'--model_dir={reference_dir}')
   assert reference.returncode == 0, reference.stderr[-3000:]
@@ -154,7 +154,7 @@ def _stop_with(stop_signal, flags, log_path, before_signal=None):
 
 def test_sigterm_and_ctrl_c_save_the_current_step_and_exit(folder, tmp_path):
   """SIGTERM stops a run, saved where it stopped; the relaunch resumes there
-  and Ctrl-C stops it in turn; the next launch resumes from that."""
+  and Ctrl-C stops it in turn, saved where it stopped."""
   model_dir = str(tmp_path / 'm')
   # No periodic checkpoint, and more steps than any machine runs before the
   # signal arrives: any checkpoint is the signal's.
@@ -185,9 +185,6 @@ def test_sigterm_and_ctrl_c_save_the_current_step_and_exit(folder, tmp_path):
     assert f'Stopped by {name} at step {step}' in stderr
     assert not os.path.exists(os.path.join(model_dir, 'saved_model'))
     previous = step
-  resumed = run(*flags[:2], '--train_steps=' + str(step + 2), *flags[3:])
-  assert resumed.returncode == 0, resumed.stderr[-3000:]
-  assert f'Resuming from {model_dir}/ckpt-{step}' in resumed.stderr
 
 
 def test_a_second_ctrl_c_aborts_at_once():
