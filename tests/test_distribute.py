@@ -165,7 +165,7 @@ def test_run_py_trains_on_two_cpu_replicas(tmp_path, rng):
                '--cpu_replicas=2', '--image_size=16', '--resnet_depth=18',
                '--width_multiplier=0.125', '--train_batch_size=8',
                '--eval_batch_size=4', '--train_steps=3', '--knn_k=3',
-               f'--model_dir={tmp_path}/m')
+               '--export_formats=none', f'--model_dir={tmp_path}/m')
   assert result.returncode == 0, result.stderr[-3000:]
   assert 'MirroredStrategy over 2 logical CPU devices' in result.stderr
   outcome = json.load(open(tmp_path / 'm' / 'result.json'))
