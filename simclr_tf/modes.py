@@ -30,7 +30,6 @@ from simclr_tf.network import original
 from simclr_tf.network import original_variables
 from simclr_tf.network.model import create_model
 from simclr_tf.run_context import RunContext
-from simclr_tf.serving import format_names
 from simclr_tf.serving import formats
 from simclr_tf.serving.embed import EmbedError, EmbedOutputs, embed_folder
 from simclr_tf.settings import checks
@@ -204,10 +203,6 @@ def export_model(context: RunContext, model,
   """The run's exports of `model` in --export_formats (the chief writes
   them); {format: path}."""
   if not context.chief:
-    return {}
-  if not format_names.export_formats(context.config.train.export_formats):
-    print(f'No export at step {global_step} (--export_formats=none): '
-          '--mode=export writes one from any checkpoint.', flush=True)
     return {}
   return formats.export_all(model, context.config, global_step)
 

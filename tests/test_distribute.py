@@ -71,11 +71,15 @@ def one_step(replicas, global_bn, precision='float32', optimizer='lars',
                         args=(values,))
   metrics['contrast_loss_after'] = float(strategy.reduce(
       tf.distribute.ReduceOp.MEAN, losses, axis=None))
-  # Every replica's copy of every variable (moving statistics included).
-  metrics['replicas_in_sync'] = all(
-      all(np.array_equal(copy.numpy(), variable.values[0].numpy())
-          for copy in variable.values)
-      for variable in task.model.variables if hasattr(variable, 'values'))
+  # Every variable (moving statistics included) has a copy on each
+  # replica, and the copies are equal (a Keras variable holds the
+  # distributed one as its value).
+  if replicas > 1:
+    copies = [[c.numpy() for c in v.value.values]
+              for v in task.model.variables]
+    metrics['replicas_in_sync'] = all(
+        len(c) == replicas and all(np.array_equal(x, c[0]) for x in c)
+        for c in copies)
   return metrics, weights, [w.numpy() for w in task.model.weights]
 
 

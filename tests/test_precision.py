@@ -256,9 +256,10 @@ def test_bfloat16_step_with_matmul_weight_gradients_matches_tensorflows(
   theirs_model, _, _ = _one_step(config, images, labels)
   # With oneDNN's kernels on an AMD EPYC with AVX512_BF16 both ways give
   # the same bits; TensorFlow's own bfloat16 kernels (what CPUs without
-  # AVX-512 run) round elsewhere, and the gradients differ by up to 1.5% of their norm (up to
-  # 3.5% of the largest element, here and there): bfloat16's precision,
-  # where a wrong gradient would differ by its whole size.
+  # AVX-512 run) round elsewhere, and the gradients differ by up to 1.5% of
+  # their norm (up to 3.5% of the largest element, here and there):
+  # bfloat16's precision, where a wrong gradient would differ by its whole
+  # size.
   for (path, mine), (_, gradient) in zip(ours, theirs):
     assert np.abs(gradient).max() > 0, path
     assert (np.linalg.norm(mine - gradient) <=

@@ -90,10 +90,14 @@ def export_all(model, config: RunConfig, global_step: int) -> dict[str, str]:
   """Writes the run's --export_formats of `model` at `global_step` under
   its model_dir, computing in --export_precision; {format: path}."""
   train = config.train
+  names = format_names.export_formats(train.export_formats)
+  if not names:  # --export_formats=none.
+    print(f'No export at step {global_step} (--export_formats=none): '
+          '--mode=export writes one from any checkpoint.', flush=True)
+    return {}
   prepared = export.prepare(model, config.augment, global_step,
                             config.data.max_image_pixels,
                             train.export_precision)
-  names = format_names.export_formats(train.export_formats)
   keep = train.keep_hub_module_max
   paths = {}
   if 'saved_model' in names:

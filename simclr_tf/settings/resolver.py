@@ -289,7 +289,7 @@ def resolve_command(command: Command, *, open_source=None, strategy=None,
   record = read_record(mode, values)
   recorded = record.values()
   checks.check(mode != 'export' or format_names.export_formats(
-      values.get('export_formats', 'saved_model')),
+      values['export_formats']),
       '--mode=export with --export_formats=none writes nothing; name the '
       'formats to write (saved_model by default).')
   # A directory without a checkpoint to work on fails before any dataset is
