@@ -1,16 +1,20 @@
 """The linear probe against independent solvers (scipy, scikit-learn
 fitted cold to a tight tolerance), on every label and on a few."""
 
+from concurrent import futures
+import warnings
+
 import numpy as np
 import pytest
 import scipy.optimize
+import threadpoolctl
 from sklearn import linear_model
 from sklearn import model_selection
 
 from simclr_tf.evaluation import features
 from simclr_tf.evaluation import few_labels
 from simclr_tf.evaluation.probe import Fit, fit_logistic, linear_probe
-from simclr_tf.evaluation.probe import _path
+from simclr_tf.evaluation.probe import _path, fitting_threads
 from simclr_tf.evaluation.probe import PROBE_C_GRID, standardized
 
 
@@ -165,7 +169,8 @@ def test_the_probe_is_converged_at_the_c_it_reports(rng):
   # Every C on the path is solved from zero weights: at each, the test
   # accuracy is the tight solution's.
   for c in (0.01, 100.0):
-    fitted = fit_logistic(standard_train[fit], train_y[fit], c)
+    with fitting_threads(1):
+      fitted = fit_logistic(standard_train[fit], train_y[fit], c)
     tight = _tight_logistic_regression(standard_train[fit], train_y[fit], c)
     assert fitted.converged and fitted.iterations > 0
     assert abs(fitted.model.score(standard_test, test_y) -
@@ -220,3 +225,29 @@ def test_few_label_probes_match_scikit_learn_model_selection(rng):
     expected = linear_probe(train_s[rows], train_y[rows], test_s, 4,
                             standardize=False, seed=seed)
     assert accuracy == features.accuracy(expected.scores, test_y)
+
+
+def test_fits_in_threads_keep_their_own_convergence_and_the_threads(
+    rng, monkeypatch):
+  x, y = _ill_conditioned_classes(rng, 800)
+  blas_threads = [pool['num_threads']
+                  for pool in threadpoolctl.threadpool_info()]
+  # Few-label subsets fit in threads side by side: too few iterations is
+  # each one's own non-convergence, not printed.
+  monkeypatch.setattr('simclr_tf.evaluation.probe.PROBE_MAX_ITER', 3)
+  with warnings.catch_warnings(record=True) as printed:
+    warnings.simplefilter('always')
+    with fitting_threads(2), futures.ThreadPoolExecutor(2) as pool:
+      fits = list(pool.map(lambda c: fit_logistic(x, y, c), [1e-3, 1.0]))
+  assert [f.iterations for f in fits] == [3, 3]
+  assert not any(f.converged for f in fits) and not printed
+  monkeypatch.setattr('simclr_tf.evaluation.probe.PROBE_MAX_ITER', 3000)
+  with fitting_threads(2), futures.ThreadPoolExecutor(2) as pool:
+    fits = list(pool.map(lambda c: fit_logistic(x, y, c), [1e-3, 1.0]))
+  assert all(f.converged for f in fits)
+  # The process has its BLAS / OpenMP threads back; a fit outside
+  # fitting_threads is refused.
+  assert [pool['num_threads'] for pool in threadpoolctl.threadpool_info()
+          ] == blas_threads
+  with pytest.raises(RuntimeError, match='fitting_threads'):
+    fit_logistic(x, y, 1.0)

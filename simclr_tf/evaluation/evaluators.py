@@ -10,7 +10,8 @@ evaluators yield theirs:
 
 The baselines do not depend on the model evaluated: baseline_cache.py
 keeps their metrics under --data_dir for the next run with the same data,
-architecture and settings.
+architecture and settings. The pixel baseline runs side by side with the
+others (ALONGSIDE).
 
 `evaluate` runs them; result.json and the result table (report.py) are
 built from the metrics they yield.
@@ -19,6 +20,7 @@ built from the metrics they yield.
 from collections.abc import Iterator
 
 import dataclasses
+import threading
 import time
 
 from absl import logging
@@ -228,30 +230,71 @@ EVALUATORS = {'supervised_head': supervised_head, 'knn': frozen_features,
 assert set(EVALUATORS) == set(evaluator_names.EVALUATORS)
 
 
+# Evaluators run in a thread of their own, side by side with the others:
+# the pixel baseline needs no model (nor the distribution strategy), and
+# most of its time is scikit-learn fits on one core, while the others
+# extract features with TensorFlow or fit on the other core.
+ALONGSIDE = ('raw_pixels',)
+
+
+class _Alongside(threading.Thread):
+  """One evaluator's metrics and seconds, computed in a daemon thread (an
+  interrupted run does not wait for it)."""
+
+  def __init__(self, compute):
+    super().__init__(daemon=True)
+    self._compute = compute
+    self._result = self._error = None
+    self.start()
+
+  def run(self):
+    try:
+      self._result = self._compute()
+    except BaseException as e:  # pylint: disable=broad-except
+      self._error = e
+
+  def result(self):
+    self.join()
+    if self._error is not None:
+      raise self._error
+    return self._result
+
+
 def evaluate(context: RunContext, model, global_step: int,
-             clock=time.perf_counter) -> list[Metric]:
+             clock=time.perf_counter, alongside=ALONGSIDE) -> list[Metric]:
   """What the run's evaluators yield for `model` at `global_step`, and
   each column's `evaluation_seconds` by `clock`: the model's (its
-  evaluators together) and each baseline's (about 0 when read back)."""
+  evaluators together) and each baseline's (about 0 when read back).
+  Evaluators named in `alongside` run side by side with the rest, so the
+  columns' seconds may sum to more than the evaluation took."""
   sources.require_labels(context.source, 'evaluation')
   # The resolver names them (from --knn, --linear_probe, ... unless given).
   names = context.config.eval.evaluators
   if names is None:
     raise ValueError('The configuration names no evaluators: resolve it '
                      '(settings/resolver.py) or give eval.evaluators.')
+
+  def run(evaluator):
+    started = clock()
+    yielded = list(evaluator(context, model, names))
+    return yielded, clock() - started
+
+  evaluators = []  # One call serves knn and linear_probe.
+  for name in names:
+    if EVALUATORS[name] not in evaluators:
+      evaluators.append(EVALUATORS[name])
+  side = {evaluator: _Alongside(lambda e=evaluator: run(e))
+          for evaluator in evaluators
+          if any(EVALUATORS[name] is evaluator for name in alongside)}
+  here = {e: run(e) for e in evaluators if e not in side}
+  done = [side[e].result() if e in side else here[e] for e in evaluators]
   metrics = [Metric('global_step', global_step),
              Metric('eval_split', context.eval_split)]
-  done = []
   seconds = {}  # Per column: None (the model) or the baseline's name.
-  for name in names:
-    evaluator = EVALUATORS[name]
-    if evaluator not in done:  # One call serves knn and linear_probe.
-      done.append(evaluator)
-      started = clock()
-      yielded = list(evaluator(context, model, names))
-      column = yielded[0].baseline if yielded else None
-      seconds[column] = seconds.get(column, 0.0) + clock() - started
-      metrics += yielded
+  for yielded, took in done:
+    column = yielded[0].baseline if yielded else None
+    seconds[column] = seconds.get(column, 0.0) + took
+    metrics += yielded
   metrics += [Metric('evaluation_seconds', int(round(value)), column)
               for column, value in seconds.items()]
   return metrics

@@ -7,8 +7,11 @@ Features are standardised with the statistics of every training example
 examples chooses its C by stratified cross-validation, since a held-out
 tenth of 600 labels is too few to choose by; a larger one is probed as
 every label is (a held-out tenth: 600 labels there), since five folds
-over the whole grid would cost five times the fits and more.
+over the whole grid would cost five times the fits and more. The subsets'
+probes run side by side, one per core (probe.fit_workers).
 """
+
+from concurrent import futures
 
 import numpy as np
 
@@ -34,18 +37,30 @@ def few_label_metrics(train_features, train_labels, test_features,
   if standardize:
     train_features, test_features = probe.standardized(train_features,
                                                        test_features)
+  tasks = [(fraction, subset_seed) for fraction in fractions
+           for subset_seed in range(seed, seed + num_subsets)]
+  rows = {task: subsets.label_fraction_indices(train_labels, *task)
+          for task in tasks}
+
+  def test_accuracy(task):
+    fraction, subset_seed = task
+    fitted = probe.linear_probe(
+        train_features[rows[task]], train_labels[rows[task]], test_features,
+        num_classes, standardize=False, seed=subset_seed,
+        cross_validate=len(rows[task]) < cross_validation_below)
+    return features.accuracy(fitted.scores, test_labels), fitted.c
+
+  workers = probe.fit_workers(
+      max(map(len, rows.values()), default=0) * train_features.shape[1])
+  # The largest subsets first: the last to finish are then short.
+  order = sorted(tasks, key=lambda task: -len(rows[task]))
+  with probe.fitting_threads(workers), futures.ThreadPoolExecutor(
+      workers) as pool:
+    fitted = dict(zip(order, pool.map(test_accuracy, order)))
   results = {}
   for fraction in fractions:
-    accuracies, chosen_c = [], []
-    for subset_seed in range(seed, seed + num_subsets):
-      rows = subsets.label_fraction_indices(train_labels, fraction,
-                                            subset_seed)
-      fitted = probe.linear_probe(
-          train_features[rows], train_labels[rows], test_features,
-          num_classes, standardize=False, seed=subset_seed,
-          cross_validate=len(rows) < cross_validation_below)
-      accuracies.append(features.accuracy(fitted.scores, test_labels))
-      chosen_c.append(fitted.c)
+    own = [task for task in tasks if task[0] == fraction]
+    accuracies = [fitted[task][0] for task in own]
     prefix = evaluator_names.few_label_prefix(fraction)
     results.update({
         f'{prefix}_label_fraction': fraction,
@@ -53,6 +68,6 @@ def few_label_metrics(train_features, train_labels, test_features,
         f'{prefix}_top_1_accuracy_std': float(
             np.std(accuracies, ddof=1) if num_subsets > 1 else 0.0),
         f'{prefix}_top_1_accuracies': accuracies,
-        f'{prefix}_train_labels': len(rows),
-        f'{prefix}_c': chosen_c})
+        f'{prefix}_train_labels': len(rows[own[-1]]),
+        f'{prefix}_c': [fitted[task][1] for task in own]})
   return results

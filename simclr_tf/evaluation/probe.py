@@ -1,7 +1,10 @@
 """The linear probe: multinomial logistic regression on frozen features,
 solved to convergence (scikit-learn, L-BFGS) at every penalty it tries."""
 
+import contextlib
 import dataclasses
+import os
+import threading
 import time
 import warnings
 
@@ -24,10 +27,12 @@ PROBE_MAX_ITER = 3000
 # (fewer than this many examples per class would leave a fold without a
 # class).
 PROBE_FOLDS = 5
-# Fits of fewer feature values than this run on one thread: scikit-learn's
-# L-BFGS iterations are short, and waking BLAS / OpenMP threads for each
-# costs more than they share (2 cores, Fashion-MNIST pixels: 75 against
-# 103 ms an iteration on 54,000 x 784, 1.3 against 8.8 on 480 x 784).
+# Fits of fewer feature values than this run on one thread each, and
+# independent ones (few_labels.py, evaluators side by side) as many at once
+# as there are cores: scikit-learn's L-BFGS iterations are short, and
+# waking BLAS / OpenMP threads for each costs more than they share (2
+# cores, Fashion-MNIST pixels: 75 against 103 ms an iteration on 54,000 x
+# 784, 1.3 against 8.8 on 480 x 784). Larger fits run on every core.
 ONE_THREAD_BELOW = 64_000_000
 
 
@@ -63,6 +68,14 @@ class Fit:
   iterations: int
 
 
+# Per thread: whether scikit-learn warned that this thread's fit did not
+# converge (fitting_threads routes its warnings here).
+_noted = threading.local()
+_held = 0  # How many fitting_threads are entered, in any thread.
+_holding = threading.Lock()
+_restore = None  # What the first of them set, to undo.
+
+
 def fit_logistic(x, y, c) -> Fit:
   """Multinomial logistic regression at inverse L2 strength `c`, solved
   cold: a start from another C's solution can meet the gradient tolerance
@@ -70,20 +83,69 @@ def fit_logistic(x, y, c) -> Fit:
 
   The features are centred on their mean first. That moves no prediction
   (the intercept is not penalised and absorbs the shift) but L-BFGS needs
-  2-2.5x fewer iterations (pixels in [0, 1], C = 0.1 and 1).
+  2-2.5x fewer iterations (pixels in [0, 1], C = 0.1 and 1). Callers hold
+  fitting_threads.
   """
+  if not _held:
+    raise RuntimeError('fit_logistic runs inside probe.fitting_threads.')
   regression = linear_model.LogisticRegression(C=c, solver='lbfgs',
                                                max_iter=PROBE_MAX_ITER)
   model = pipeline.make_pipeline(
       preprocessing.StandardScaler(with_std=False), regression)
-  threads = 1 if np.size(x) < ONE_THREAD_BELOW else None
-  with warnings.catch_warnings(record=True) as caught, threadpool_limits(
-      threads):
-    warnings.simplefilter('always', exceptions.ConvergenceWarning)
-    model.fit(x, y)
-  converged = not any(issubclass(w.category, exceptions.ConvergenceWarning)
-                      for w in caught)
-  return Fit(model, converged, int(regression.n_iter_[0]))
+  _noted.unconverged = False
+  model.fit(x, y)
+  return Fit(model, not _noted.unconverged, int(regression.n_iter_[0]))
+
+
+def usable_cores() -> int:
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:  # Not on Linux.
+    return os.cpu_count() or 1
+
+
+def fit_workers(values_per_fit: int) -> int:
+  """How many fits of `values_per_fit` feature values run side by side (on
+  one thread each when more than one)."""
+  return usable_cores() if values_per_fit < ONE_THREAD_BELOW else 1
+
+
+@contextlib.contextmanager
+def fitting_threads(workers: int):
+  """Around fits (fit_logistic) in this thread and threads it starts: BLAS
+  and OpenMP on one thread while `workers` > 1 fits run side by side (else
+  on every core), and scikit-learn's ConvergenceWarning noted for the fit
+  of the thread that raised it (Fit.converged) instead of printed.
+
+  Both are process-wide state, so the first of nested or concurrent callers
+  (few-label subsets, evaluators side by side) sets them, with its
+  `workers`, and the last restores them; a fit never does: fits in several
+  threads that set and restored them in turn would undo each other's.
+  """
+  global _held, _restore
+  with _holding:
+    if not _held:
+      _restore = contextlib.ExitStack()
+      _restore.enter_context(threadpool_limits(1 if workers > 1 else None))
+      _restore.enter_context(warnings.catch_warnings())
+      warnings.simplefilter('always', exceptions.ConvergenceWarning)
+      show_others = warnings.showwarning
+
+      def note(message, category, *args, **kwargs):
+        if issubclass(category, exceptions.ConvergenceWarning):
+          _noted.unconverged = True
+        else:
+          show_others(message, category, *args, **kwargs)
+
+      warnings.showwarning = note
+    _held += 1
+  try:
+    yield
+  finally:
+    with _holding:
+      _held -= 1
+      if not _held:
+        _restore.close()
 
 
 def scores_of(model, x, num_classes):
@@ -147,7 +209,9 @@ def _path(features, labels, num_classes, splits, c_grid, whole_grid):
   middle of the grid and walks towards stronger penalties while held-out
   accuracy does not fall, or else towards weaker ones while it rises:
   held-out accuracy is unimodal in C in practice, and the weak penalties
-  are the slow fits, so most paths fit three Cs.
+  are the slow fits, so most paths fit three Cs. (Fitting the walk's next
+  C and the one after it side by side was no faster: the weak penalty it
+  may not need is the slowest fit.)
   """
   grid = sorted(c_grid)
   scored = {}
@@ -191,6 +255,15 @@ def linear_probe(train_features, train_labels, test_features, num_classes,
   natural common scale (pixels) may skip that, since standardising nearly
   constant ones (the border of Fashion-MNIST images) blows up their noise.
   """
+  with fitting_threads(fit_workers(np.size(train_features))):
+    return _linear_probe(train_features, train_labels, test_features,
+                         num_classes, standardize, validation_fraction, seed,
+                         c_grid, cross_validate)
+
+
+def _linear_probe(train_features, train_labels, test_features, num_classes,
+                  standardize, validation_fraction, seed, c_grid,
+                  cross_validate) -> ProbeResult:
   train_features = np.asarray(train_features, np.float32)
   test_features = np.asarray(test_features, np.float32)
   train_labels = np.asarray(train_labels, np.int64)
