@@ -51,6 +51,10 @@ class AugmentConfig:
   use_blur: bool = True
   # Smallest area of a random crop, as a fraction of the image.
   min_crop_area: float = 0.08
+  # Side of the two pretraining views in pixels, to which their crops are
+  # resized; 0: image_size. Evaluation, fine-tuning and the supervised
+  # head's evaluation view stay at image_size.
+  view_size: int = 0
   crop_aspect_ratio_range: tuple[float, float] = (3 / 4, 4 / 3)
   flip_prob: float = 0.5
   jitter_prob: float = 0.8

@@ -73,3 +73,19 @@ def test_every_docs_page_is_linked_from_the_readme():
             for line in _prose_lines('README.md')
             for target in _LINK.findall(line)}
   assert [page for page in PAGES[1:] if page not in linked] == []
+
+
+def _command(text: str, start: str) -> list[str]:
+  """The words of the shell command in `text` that begins with `start`,
+  continuation lines joined."""
+  command = text[text.index(start):].replace('\\\n', ' ')
+  return command.splitlines()[0].split()
+
+
+def test_the_readme_shows_the_command_the_quickstart_runs():
+  with open(os.path.join(REPO, 'README.md'), encoding='utf-8') as f:
+    readme = _command(f.read(), '.venv/bin/python run.py')
+  with open(os.path.join(REPO, 'scripts', 'quickstart.sh'),
+            encoding='utf-8') as f:
+    script = _command(f.read(), '.venv/bin/python run.py')
+  assert script[-1] == '"$@"' and readme == script[:-1]

@@ -83,6 +83,32 @@ def test_small_views_are_crops_of_their_area_range():
   assert small_spans.mean() < span(batch['view1']).mean() - 0.2
 
 
+def test_smaller_views_are_the_same_crops_at_view_size():
+  # A horizontal ramp: a view's span of values is the width it was cropped
+  # from, whatever size the crop is resized to.
+  ramp = np.tile(np.linspace(0, 255, 20).astype(np.uint8)[None, :, None],
+                 [20, 1, 3])
+  source = array_source.ArraySource(
+      'ramp', {'train': np.stack([ramp] * 16)},
+      {'train': np.zeros(16, np.int64)}, num_classes=1)
+  augment = AugmentConfig(image_size=16, jitter_prob=0.0, grayscale_prob=0.0,
+                          use_blur=False, min_crop_area=0.2)
+  first = lambda config: _first_batches(pipeline.train_dataset(
+      source, pipeline.Split('train'), global_batch_size=16,
+      augment_config=config, data=DataConfig(seed=3), views=2,
+      eval_view=True), 1)[0]
+  full = first(augment)
+  small = first(dataclasses.replace(augment, view_size=10))
+  span = lambda views: views[..., 0].max(-1) - views[..., 0].min(-1)
+  for view in ('view1', 'view2'):
+    assert small[view].shape == (16, 10, 10, 3)
+    np.testing.assert_allclose(span(small[view]).mean(1),
+                               span(full[view]).mean(1), atol=0.06)
+  # The supervised head's evaluation view stays at the image size.
+  np.testing.assert_array_equal(small['eval_view'], full['eval_view'])
+  assert full['eval_view'].shape == (16, 16, 16, 3)
+
+
 def test_training_batches_repeat_for_the_same_seed_only():
   source = _source()
 

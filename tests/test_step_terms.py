@@ -58,14 +58,15 @@ def _task(train_mode='pretrain', lineareval_view='eval', chunk=0):
   return task
 
 
-def _batch(train_mode, small_views=0):
+def _batch(train_mode, small_views=0, view_size=SIZE):
   rng = np.random.default_rng(2)
-  images = lambda: rng.random((PER_REPLICA, SIZE, SIZE, 3), np.float32)
+  images = lambda size=SIZE: rng.random((PER_REPLICA, size, size, 3),
+                                        np.float32)
   labels = rng.integers(0, 3, PER_REPLICA)
   if train_mode == 'finetune':
     return {'image': images(), 'label': labels}
-  batch = {'view1': images(), 'view2': images(), 'label': labels,
-           'eval_view': images()}
+  batch = {'view1': images(view_size), 'view2': images(view_size),
+           'label': labels, 'eval_view': images()}
   if small_views:
     batch['small_views'] = rng.random(
         (PER_REPLICA, small_views, SIZE // 2, SIZE // 2, 3), np.float32)
@@ -135,15 +136,18 @@ def test_steps_compute_the_stored_numbers(name):
 
 
 # Between them, these meet every term: NT-Xent and the multi-crop loss, the
-# supervised head on the views and on the evaluation view, weight decay.
-@pytest.mark.parametrize('lineareval_view, small_views',
-                         [('pretrain', 2), ('eval', 0)])
+# supervised head on the views and on the evaluation view (also with views
+# smaller than it, --view_size), weight decay.
+@pytest.mark.parametrize('lineareval_view, small_views, view_size',
+                         [('pretrain', 2, SIZE), ('eval', 0, SIZE),
+                          ('eval', 0, SIZE - 2)])
 def test_plain_and_cached_steps_evaluate_the_same_terms(lineareval_view,
-                                                        small_views):
+                                                        small_views,
+                                                        view_size):
   # A cached step of one chunk sees the batches a plain step sees: every
   # term and every gradient must agree, though computed the other way
   # (projections first, then the images again against their gradient).
-  batch = _batch('pretrain', small_views)
+  batch = _batch('pretrain', small_views, view_size)
   results = []
   for chunk in (0, PER_REPLICA):
     task = _task(lineareval_view=lineareval_view)

@@ -273,14 +273,14 @@ def pretrain_view(image, seed, config: AugmentConfig, small: bool = False,
   """One SimCLR view: the transformations its augmentations name, in
   augmentation_names.AUGMENTATIONS's order. The default (crop, flip, colour
   distortion, blur where on) draws from the same seeds whatever else is
-  named. `small`: a multi-crop view, cropped from the small crops' area
-  range to `small_view_size` pixels; `second`: the second view, made of
-  config.second_view_augmentations when given."""
+  named, at `view_size` pixels. `small`: a multi-crop view, cropped from
+  the small crops' area range to `small_view_size` pixels; `second`: the
+  second view, made of config.second_view_augmentations when given."""
   names = augmentation_names.view_augmentations(config, second)
   crop_seed, flip_seed, color_seed, blur_seed = split_seed(seed, 4)
   rotate_seed, noise_seed, cutout_seed = split_seed(
       tf.random.experimental.stateless_fold_in(seed, 1), 3)
-  size = small_view_size(config) if small else config.image_size
+  size = small_view_size(config) if small else view_size(config)
   image = to_float(image)
   if 'crop' in names:
     image = random_crop_and_resize(
@@ -317,6 +317,12 @@ def pretrain_view(image, seed, config: AugmentConfig, small: bool = False,
 def crop_area_range(config: AugmentConfig) -> tuple[float, float]:
   """The area a random crop covers, as a fraction of the image."""
   return (config.min_crop_area, 1.0)
+
+
+def view_size(config: AugmentConfig) -> int:
+  """The side of the two pretraining views in pixels (view_size 0: the
+  image's)."""
+  return config.view_size or config.image_size
 
 
 def small_view_size(config: AugmentConfig) -> int:

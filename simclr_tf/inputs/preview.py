@@ -34,6 +34,8 @@ def preview_grid(source: Source, split: str, config: AugmentConfig,
       for second, view_seed in enumerate(augment.split_seed(pair_seed, 2)):
         view = augment.pretrain_view(example['image'], view_seed, config,
                                      second=bool(second))
+        if view.shape[0] != size:  # --view_size: shown at the image's.
+          view = augment.resize(view, size)
         tiles += [_tile(view, scale), white]
       tiles.append(white)
     rows.append(np.concatenate(tiles, axis=1))

@@ -65,6 +65,8 @@ def check_settings(values: dict):
         'channels (64 x width rounds to 0); use 1/64 or more.')
   check(values['color_jitter_strength'] >= 0,
         '--color_jitter_strength must be >= 0.')
+  check(values['view_size'] >= 0, '--view_size must be >= 0 (0: the '
+        'image size).')
   check(0 < values['min_crop_area'] <= 1,
         '--min_crop_area must be in (0, 1].')
   check(values['lineareval_view'] in LINEAREVAL_VIEWS,

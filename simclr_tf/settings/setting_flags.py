@@ -59,6 +59,9 @@ _help('image_size', 'Input side in pixels; default: the dataset\'s '
 _help('color_jitter_strength', 'Strength s of colour jitter '
       '(brightness, contrast, saturation 0.8 s; hue 0.2 s); 1.0 for '
       'ImageNet.')
+_help('view_size', 'Side of the two pretraining views in pixels '
+      '(their crops are resized to it; smaller trains faster); 0: '
+      '--image_size. Evaluation and fine-tuning stay at --image_size.')
 _help('min_crop_area', 'Smallest area of a random crop, as a '
       'fraction of the image (the paper: 0.08).')
 _help('use_blur', 'Gaussian blur in pretraining; default: on above '
