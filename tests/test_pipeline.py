@@ -29,6 +29,16 @@ def _first_batches(dataset, n):
   return list(dataset.take(n).as_numpy_iterator())
 
 
+def _ramp_source(count=16):
+  """20 px horizontal ramps: a view's span of values is the width it was
+  cropped from."""
+  ramp = np.tile(np.linspace(0, 255, 20).astype(np.uint8)[None, :, None],
+                 [20, 1, 3])
+  return array_source.ArraySource(
+      'ramp', {'train': np.stack([ramp] * count)},
+      {'train': np.zeros(count, np.int64)}, num_classes=1)
+
+
 def test_pretrain_batches_hold_two_different_views_in_range():
   source = _source()
   dataset = pipeline.train_dataset(
@@ -61,14 +71,9 @@ def test_small_views_leave_the_two_views_as_they_were():
 
 
 def test_small_views_are_crops_of_their_area_range():
-  # A horizontal ramp: a view's span of values is the width it was cropped
-  # from. Areas up to 0.14 with aspect ratios up to 4/3 are at most
+  # Areas up to 0.14 with aspect ratios up to 4/3 are at most
   # sqrt(0.14 * 4/3) = 0.43 of the width; the two views reach the whole.
-  ramp = np.tile(np.linspace(0, 255, 20).astype(np.uint8)[None, :, None],
-                 [20, 1, 3])
-  source = array_source.ArraySource(
-      'ramp', {'train': np.stack([ramp] * 16)},
-      {'train': np.zeros(16, np.int64)}, num_classes=1)
+  source = _ramp_source()
   augment = AugmentConfig(image_size=16, num_small_crops=4, small_crop_size=6,
                           jitter_prob=0.0, grayscale_prob=0.0,
                           use_blur=False, min_crop_area=0.2)
@@ -84,13 +89,8 @@ def test_small_views_are_crops_of_their_area_range():
 
 
 def test_smaller_views_are_the_same_crops_at_view_size():
-  # A horizontal ramp: a view's span of values is the width it was cropped
-  # from, whatever size the crop is resized to.
-  ramp = np.tile(np.linspace(0, 255, 20).astype(np.uint8)[None, :, None],
-                 [20, 1, 3])
-  source = array_source.ArraySource(
-      'ramp', {'train': np.stack([ramp] * 16)},
-      {'train': np.zeros(16, np.int64)}, num_classes=1)
+  # A view's span of values is the width of its crop at any --view_size.
+  source = _ramp_source()
   augment = AugmentConfig(image_size=16, jitter_prob=0.0, grayscale_prob=0.0,
                           use_blur=False, min_crop_area=0.2)
   first = lambda config: _first_batches(pipeline.train_dataset(
