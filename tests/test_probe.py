@@ -2,12 +2,14 @@
 fitted cold to a tight tolerance), on every label and on a few."""
 
 from concurrent import futures
+import threading
 import warnings
 
 import numpy as np
 import pytest
 import scipy.optimize
 import threadpoolctl
+from sklearn import exceptions
 from sklearn import linear_model
 from sklearn import model_selection
 
@@ -232,19 +234,37 @@ def test_fits_in_threads_keep_their_own_convergence_and_the_threads(
   x, y = _ill_conditioned_classes(rng, 800)
   blas_threads = [pool['num_threads']
                   for pool in threadpoolctl.threadpool_info()]
-  # Few-label subsets fit in threads side by side: too few iterations is
-  # each one's own non-convergence, not printed.
-  monkeypatch.setattr('simclr_tf.evaluation.probe.PROBE_MAX_ITER', 3)
+  # Fits side by side in threads, each its own convergence: within 30
+  # iterations C = 0.001 converges (13 from zero weights) and C = 100 (296)
+  # does not, which is noted for its fit alone and not printed.
+  monkeypatch.setattr('simclr_tf.evaluation.probe.PROBE_MAX_ITER', 30)
+  penalties = [1e-3, 100.0] * 4
   with warnings.catch_warnings(record=True) as printed:
     warnings.simplefilter('always')
     with fitting_threads(2), futures.ThreadPoolExecutor(2) as pool:
-      fits = list(pool.map(lambda c: fit_logistic(x, y, c), [1e-3, 1.0]))
-  assert [f.iterations for f in fits] == [3, 3]
-  assert not any(f.converged for f in fits) and not printed
-  monkeypatch.setattr('simclr_tf.evaluation.probe.PROBE_MAX_ITER', 3000)
+      fits = list(pool.map(lambda c: fit_logistic(x, y, c), penalties))
+  assert [f.converged for f in fits] == [c < 1 for c in penalties]
+  assert [f.iterations == 30 for f in fits] == [c > 1 for c in penalties]
+  assert not printed
+  # Deterministically interleaved: the C = 1 fit is still running when the
+  # other thread's fit warns.
+  warned = threading.Event()
+
+  def interleaved_fit(regression, features, labels):
+    del features, labels
+    if regression.C == 1.0:
+      assert warned.wait(10)
+    else:
+      warnings.warn('did not converge', exceptions.ConvergenceWarning)
+      warned.set()
+    regression.n_iter_ = np.array([1])
+    return regression
+
+  monkeypatch.setattr(linear_model.LogisticRegression, 'fit',
+                      interleaved_fit)
   with fitting_threads(2), futures.ThreadPoolExecutor(2) as pool:
-    fits = list(pool.map(lambda c: fit_logistic(x, y, c), [1e-3, 1.0]))
-  assert all(f.converged for f in fits)
+    fits = list(pool.map(lambda c: fit_logistic(x, y, c), [1.0, 2.0]))
+  assert [f.converged for f in fits] == [True, False]
   # The process has its BLAS / OpenMP threads back; a fit outside
   # fitting_threads is refused.
   assert [pool['num_threads'] for pool in threadpoolctl.threadpool_info()

@@ -283,9 +283,9 @@ def evaluate(context: RunContext, model, global_step: int,
   for name in names:
     if EVALUATORS[name] not in evaluators:
       evaluators.append(EVALUATORS[name])
-  side = {evaluator: _Alongside(lambda e=evaluator: run(e))
-          for evaluator in evaluators
-          if any(EVALUATORS[name] is evaluator for name in alongside)}
+  beside = {EVALUATORS[name] for name in alongside}
+  side = {e: _Alongside(lambda e=e: run(e)) for e in evaluators
+          if e in beside}
   here = {e: run(e) for e in evaluators if e not in side}
   done = [side[e].result() if e in side else here[e] for e in evaluators]
   metrics = [Metric('global_step', global_step),

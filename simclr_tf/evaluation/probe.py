@@ -3,12 +3,12 @@ solved to convergence (scikit-learn, L-BFGS) at every penalty it tries."""
 
 import contextlib
 import dataclasses
-import os
 import threading
 import time
 import warnings
 
 from absl import logging
+import joblib
 import numpy as np
 from sklearn import exceptions
 from sklearn import linear_model
@@ -97,17 +97,11 @@ def fit_logistic(x, y, c) -> Fit:
   return Fit(model, not _noted.unconverged, int(regression.n_iter_[0]))
 
 
-def usable_cores() -> int:
-  try:
-    return len(os.sched_getaffinity(0))
-  except AttributeError:  # Not on Linux.
-    return os.cpu_count() or 1
-
-
 def fit_workers(values_per_fit: int) -> int:
   """How many fits of `values_per_fit` feature values run side by side (on
-  one thread each when more than one)."""
-  return usable_cores() if values_per_fit < ONE_THREAD_BELOW else 1
+  one thread each when more than one): one per core this process may use
+  (joblib counts affinity and CPU quotas)."""
+  return joblib.cpu_count() if values_per_fit < ONE_THREAD_BELOW else 1
 
 
 @contextlib.contextmanager
@@ -255,15 +249,6 @@ def linear_probe(train_features, train_labels, test_features, num_classes,
   natural common scale (pixels) may skip that, since standardising nearly
   constant ones (the border of Fashion-MNIST images) blows up their noise.
   """
-  with fitting_threads(fit_workers(np.size(train_features))):
-    return _linear_probe(train_features, train_labels, test_features,
-                         num_classes, standardize, validation_fraction, seed,
-                         c_grid, cross_validate)
-
-
-def _linear_probe(train_features, train_labels, test_features, num_classes,
-                  standardize, validation_fraction, seed, c_grid,
-                  cross_validate) -> ProbeResult:
   train_features = np.asarray(train_features, np.float32)
   test_features = np.asarray(test_features, np.float32)
   train_labels = np.asarray(train_labels, np.int64)
@@ -272,18 +257,19 @@ def _linear_probe(train_features, train_labels, test_features, num_classes,
                                                  test_features)
   splits = (cross_validation_folds(train_labels, seed) if cross_validate
             else held_out_split(len(train_labels), validation_fraction, seed))
-  if not splits:  # One example of some class: nothing to hold out.
-    c, validation = 1.0, None
-    final = fit_logistic(train_features, train_labels, c)
-    converged = final.converged
-  else:
-    c, validation, fits, converged = _path(
-        train_features, train_labels, num_classes, splits, c_grid,
-        whole_grid=cross_validate)
-    if cross_validate:
+  with fitting_threads(fit_workers(train_features.size)):
+    if not splits:  # One example of some class: nothing to hold out.
+      c, validation = 1.0, None
       final = fit_logistic(train_features, train_labels, c)
-      converged &= final.converged
+      converged = final.converged
     else:
-      final = fits[0]
+      c, validation, fits, converged = _path(
+          train_features, train_labels, num_classes, splits, c_grid,
+          whole_grid=cross_validate)
+      if cross_validate:
+        final = fit_logistic(train_features, train_labels, c)
+        converged &= final.converged
+      else:
+        final = fits[0]
   return ProbeResult(scores_of(final.model, test_features, num_classes), c,
                      validation, bool(converged), final.iterations)
