@@ -81,10 +81,30 @@ class Outcome:
 _PROGRESS_LINE = re.compile(r'(?:\S.*\] )?step (\d+)/\d+ ')
 
 
+def ephemeral_ports() -> range:
+  """The ports the kernel hands to outgoing connections and to bind(0)."""
+  try:
+    with open('/proc/sys/net/ipv4/ip_local_port_range') as f:
+      low, high = map(int, f.read().split())
+  except (OSError, ValueError):
+    low, high = 32768, 60999  # Linux's default.
+  return range(low, high + 1)
+
+
 def free_port() -> int:
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]
+  """A port free now and outside the ephemeral range: a port bind(0) gave
+  could be handed to another process's outgoing connection (a gRPC
+  channel) before the worker binds it ("Could not start gRPC server")."""
+  ephemeral = ephemeral_ports()
+  candidates = [p for p in range(10000, 65536) if p not in ephemeral]
+  for port in random.SystemRandom().sample(candidates, 200):
+    with socket.socket() as s:
+      try:
+        s.bind(('127.0.0.1', port))
+      except OSError:
+        continue
+      return port
+  raise RuntimeError('No free port outside the ephemeral range.')
 
 
 class Workers:
@@ -119,6 +139,11 @@ class Workers:
         self.lines[index].append(line.rstrip('\n'))
         self.times[index].append(time.monotonic())
         self._wanted.notify_all()
+    # stderr closed: the worker is exiting. Waiters look at its exit code,
+    # which they would otherwise see only on a later line or their timeout.
+    self.processes[index].wait()
+    with self._wanted:
+      self._wanted.notify_all()
 
   def steps(self, index) -> list:
     """(step, time) of each progress line of worker `index` (plain, or

@@ -5,6 +5,7 @@ included) stops them all, each time with the documented exit code and
 line, to resume exactly (benchmarks/fault_campaign.py runs the faults)."""
 
 import os
+import socket
 
 import numpy as np
 import pytest
@@ -171,3 +172,17 @@ def test_preempted_lost_and_timed_out_workers_stop_together_and_resume(
   assert last.finish() == [0, 0], last.stderr(0)[-3000:]
   expected = uninterrupted[1][0]
   assert fault_campaign.fingerprints(last) == [expected, expected]
+
+
+def test_worker_ports_are_free_and_outside_the_kernels_ephemeral_range():
+  # A port in the ephemeral range can be handed to another process's
+  # outgoing connection between the check and the worker's bind.
+  ephemeral = fault_campaign.ephemeral_ports()
+  with open('/proc/sys/net/ipv4/ip_local_port_range') as f:
+    low, high = map(int, f.read().split())
+  assert (ephemeral.start, ephemeral.stop - 1) == (low, high)
+  ports = {fault_campaign.free_port() for _ in range(20)}
+  assert not any(low <= port <= high for port in ports)
+  for port in ports:
+    with socket.socket() as s:
+      s.bind(('127.0.0.1', port))  # Free: raises if not.
