@@ -57,10 +57,12 @@ setting_flags.define(
     ['model_dir', 'data_dir', 'train_epochs', 'checkpoint_epochs',
      'width_multiplier', 'contrastive_chunk_size', 'temperature',
      'num_small_crops', 'small_crop_size', 'small_crop_min_area',
-     'small_crop_max_area', 'learning_rate'],
+     'small_crop_max_area', 'learning_rate', 'view_size', 'min_crop_area',
+     'color_jitter_strength'],
     defaults={'model_dir': '/tmp/simclr_fashion_mnist', 'train_epochs': None,
               'checkpoint_epochs': 6, 'width_multiplier': None,
-              'temperature': None, 'learning_rate': None})
+              'temperature': None, 'learning_rate': None, 'view_size': None,
+              'min_crop_area': None, 'color_jitter_strength': None})
 flags.DEFINE_boolean('resume', False, 'Keep the pretraining checkpoints '
                      'and continue.')
 flags.DEFINE_float('budget_minutes', 60, 'Pretraining time limit; training '
@@ -95,7 +97,8 @@ def recipe(model_dir: str, train_mode: str = 'pretrain', *,
   optional = {'train_batch_size': FLAGS.batch_size,
               'width_multiplier': FLAGS.width_multiplier,
               'temperature': FLAGS.temperature,
-              'learning_rate': FLAGS.learning_rate}
+              'learning_rate': FLAGS.learning_rate,
+              'color_jitter_strength': FLAGS.color_jitter_strength}
   given = {
       'data_dir': FLAGS.data_dir, 'model_dir': model_dir,
       'train_mode': train_mode,
@@ -113,7 +116,10 @@ def recipe(model_dir: str, train_mode: str = 'pretrain', *,
                  small_crop_size=FLAGS.small_crop_size,
                  small_crop_min_area=FLAGS.small_crop_min_area,
                  small_crop_max_area=FLAGS.small_crop_max_area)
-  if not pretrain:
+    given.update({name: value for name, value in (
+        ('view_size', FLAGS.view_size),
+        ('min_crop_area', FLAGS.min_crop_area)) if value is not None})
+  else:
     given['min_crop_area'] = 0.08
   return resolver.resolve(given, preset='fashion_mnist',
                           mixed_precision=FLAGS.precision)

@@ -5,11 +5,10 @@
   python -m benchmarks.findings --study=batch_size       # Figure 9
 
 Each study pretrains several small encoders (ResNet-18 at --width_multiplier,
-the fashion_mnist preset's optimiser and crop range at STUDY_RECIPE's base
-learning rate and temperature) on the
-first --train_examples images of the training split, then fits the
-converged linear probe of docs/evaluation.md on --probe_examples of them and
-tests it on the evaluation split. It writes <study>.json and <study>.png
+from the recipe --recipe names in STUDY_RECIPES) on the first
+--train_examples images of the training split, then fits the converged
+linear probe of docs/evaluation.md on --probe_examples of them and tests it
+on the evaluation split. It writes <study>.json and <study>.png
 under --output; every finished run is also kept under --model_dir, so that
 --resume continues a study that was cut off. The same --seed gives the same
 figures on the same machine (TensorFlow's deterministic ops are on).
@@ -47,11 +46,21 @@ from simclr_tf.storage import records
 from simclr_tf.training.train import train
 
 STUDIES = ('augmentations', 'projection_head', 'batch_size')
-# The base learning rate and temperature of every study's runs, over the
-# fashion_mnist preset: those of docs/findings.md's results.
-STUDY_RECIPE = {'learning_rate': 0.075, 'temperature': 0.3}
+# What every run of a study starts from: a preset and settings over it.
+# 'hour': the fashion_mnist preset at base learning rate 0.075 and
+# temperature 0.3 (docs/findings.md's first results, 125 steps a cell,
+# where SimCLR's composition ended barely above random weights);
+# 'quickstart': the fashion_mnist_quickstart preset's crops, jitter and
+# temperature, which learn more per step (docs/recipes.md), with views at
+# the image size (view_size is a speed setting, not a study variable).
+STUDY_RECIPES = {
+    'hour': ('fashion_mnist', {'learning_rate': 0.075, 'temperature': 0.3}),
+    'quickstart': ('fashion_mnist_quickstart', {'view_size': 0}),
+}
 
 flags.DEFINE_enum('study', None, STUDIES, 'Which finding to rerun.')
+flags.DEFINE_enum('recipe', 'hour', list(STUDY_RECIPES), 'The recipe every '
+                  'run of the study starts from (STUDY_RECIPES).')
 # The settings this benchmark takes, defined as run.py defines them.
 setting_flags.define(
     flags.FLAGS,
@@ -116,10 +125,12 @@ class Study:
   width_multiplier: float
   image_size: int
   precision: str
+  recipe: str = 'hour'  # A key of STUDY_RECIPES.
 
   def config(self, run_name: str, **settings) -> RunConfig:
-    """A run's configuration: the fashion_mnist preset's recipe with
-    STUDY_RECIPE on this study's data, with `settings` over it."""
+    """A run's configuration: the study's recipe (STUDY_RECIPES) on this
+    study's data, with `settings` over it."""
+    preset, recipe = STUDY_RECIPES[self.recipe]
     split = (f'train[:{self.train_examples}]' if self.train_examples
              else 'train')
     epochs = settings.pop('train_epochs')
@@ -134,8 +145,8 @@ class Study:
         'lineareval_while_pretraining': False, 'jit_compile': False,
         'knn_train_examples': self.probe_examples,
         'probe_train_examples': self.probe_examples,
-        **STUDY_RECIPE, **settings}
-    return resolver.resolve(given, preset='fashion_mnist',
+        **recipe, **settings}
+    return resolver.resolve(given, preset=preset,
                             mixed_precision=self.precision)
 
 
@@ -374,7 +385,8 @@ def main(_):
                 seed=FLAGS.seed, train_examples=FLAGS.train_examples,
                 probe_examples=FLAGS.probe_examples,
                 width_multiplier=FLAGS.width_multiplier,
-                image_size=FLAGS.image_size, precision=FLAGS.precision)
+                image_size=FLAGS.image_size, precision=FLAGS.precision,
+                recipe=FLAGS.recipe)
   epochs = FLAGS.epochs or DEFAULT_EPOCHS.get(study.name)
   base = study.config('random_weights', train_epochs=epochs or 1)
   source = catalog.make_source(base.data)

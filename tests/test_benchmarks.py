@@ -136,6 +136,33 @@ def test_semi_supervised_configs_come_from_the_resolver_without_flag_changes():
   assert report['evaluators'] == ['supervised_head', 'knn']
 
 
+_HOUR_RECIPE_CHECK = r'''
+import json
+from absl import flags
+from benchmarks import fashion_mnist
+flags.FLAGS(['fashion_mnist.py', '--view_size=20', '--min_crop_area=0.4',
+             '--color_jitter_strength=1.0', '--temperature=0.2'])
+pretrain = fashion_mnist.recipe('/tmp/unused', epochs=24)
+supervised = fashion_mnist.recipe('/tmp/unused', 'finetune', epochs=2)
+print(json.dumps({
+    'pretrain': [pretrain.augment.view_size, pretrain.augment.min_crop_area,
+                 pretrain.augment.color_jitter_strength,
+                 pretrain.train.temperature, pretrain.optim.warmup_epochs],
+    'supervised': [supervised.augment.view_size,
+                   supervised.augment.min_crop_area]}))
+'''
+
+
+def test_the_hours_benchmark_takes_view_crop_and_jitter_for_pretraining_only():
+  output = subprocess.run(
+      [sys.executable, '-c', _HOUR_RECIPE_CHECK],
+      capture_output=True, text=True, cwd=REPO, check=True).stdout
+  report = json.loads(output.strip().splitlines()[-1])
+  # Warm-up: a tenth of the epochs, at most 2.
+  assert report['pretrain'] == [20, 0.4, 1.0, 0.2, 2]
+  # The supervised baseline crops as the paper fine-tunes, at image size.
+  assert report['supervised'] == [0, 0.08]
+
 _ARCHITECTURE_CHECK = r'''
 import json, os, sys
 from absl import flags
@@ -206,7 +233,13 @@ result = {'transformations': names, 'cells': cells,
           'simclr_default': {'final_avg_pool': {'linear_probe': 5.0}},
           'random_weights': {'final_avg_pool': {'linear_probe': 4.0}}}
 grid = findings.heat_map(result)
+quick = findings.Study(**{**study.__dict__, 'recipe': 'quickstart'}).config(
+    'simclr_default', train_epochs=2, train_batch_size=64)
 print(json.dumps({
+    'quickstart': [quick.train.temperature, quick.augment.min_crop_area,
+                   quick.augment.color_jitter_strength,
+                   quick.augment.view_size, quick.optim.learning_rate,
+                   quick.model.encoder.width_multiplier],
     'augmentations': config.augment.augmentations,
     'second': config.augment.second_view_augmentations,
     'split': config.data.train_split, 'seed': config.data.seed,
@@ -239,6 +272,10 @@ def test_findings_cells_are_the_paper_protocol_and_the_grid_is_symmetric():
   assert report['model_dir'] == '/tmp/unused/augmentations/color+crop'
   # Cell (i, j) and (j, i) are the same run; the diagonal the single one.
   assert report['grid'] == [[0, 1, 2], [1, 11, 12], [2, 12, 22]]
+  # --recipe=quickstart: that preset's temperature, crops, jitter and base
+  # learning rate (docs/recipes.md), views at the image size, the study's
+  # width.
+  assert report['quickstart'] == [0.2, 0.4, 1.0, 0, 0.2, 0.25]
 
 
 def test_side_by_side_summary_averages_rounds_and_takes_the_ratios():
