@@ -148,9 +148,27 @@ class SupervisedHeadConfig:
   lineareval_learning_rate_scale: float = 0.1
 
 
-TRAIN_MODES = ('pretrain', 'finetune')
+TRAIN_MODES = ('pretrain', 'finetune', 'distill')
+# The modes that train the supervised head and the encoder under it on
+# class targets: labels, or a teacher's predictions.
+CLASSIFIER_MODES = ('finetune', 'distill')
 # Compute precisions; variables, losses and softmax stay float32 in all.
 PRECISIONS = ('float32', 'bfloat16', 'float16')
+
+
+@dataclasses.dataclass(frozen=True)
+class DistillConfig:
+  """Distillation (`train_mode` 'distill', SimCLRv2's third stage): a
+  fixed teacher's predictions on every training image train the model."""
+
+  # A run directory of this project (its latest checkpoint) or an exported
+  # SavedModel whose serving_default signature gives `logits_sup`.
+  teacher: str | None = None
+  # Both class distributions are softmax(logits / this).
+  distill_temperature: float = 1.0
+  # > 0: plus this times the cross-entropy on the images whose labels the
+  # run may use (`label_fraction`'s class-balanced subset).
+  distill_label_weight: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,6 +178,7 @@ class ModelConfig:
   encoder: EncoderConfig = EncoderConfig()
   projection_head: ProjectionHeadConfig = ProjectionHeadConfig()
   supervised_head: SupervisedHeadConfig = SupervisedHeadConfig()
+  distill: DistillConfig = DistillConfig()
   train_mode: str = 'pretrain'
   # -1: fine-tune everything; 0: freeze the stem; 1-4: freeze up to that
   # block group.

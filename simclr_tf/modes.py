@@ -38,6 +38,7 @@ from simclr_tf.settings.command import Command
 from simclr_tf.storage import checkpoints
 from simclr_tf.storage import lock
 from simclr_tf.storage import records
+from simclr_tf.training import teacher
 from simclr_tf.training.train import EveryNthCheckpoint, train
 
 # What the modes raise when the input cannot work: one line for the user
@@ -102,6 +103,8 @@ def model_mode(command: Command):
   trains = mode in resolver.TRAINING_MODES
   if trains and config.train.checkpoint:
     checkpoints.locate(config.train.checkpoint)  # Fails now if missing.
+  if trains and config.model.train_mode == 'distill':
+    teacher.check_fits(teacher.describe(config.model.distill.teacher), config)
   context = RunContext(config, strategy, source)
   if context.chief:
     checks.check_writable(config.train.model_dir)

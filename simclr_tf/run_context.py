@@ -41,7 +41,8 @@ class RunContext:
   @functools.cached_property
   def labeled_indices(self) -> np.ndarray | None:
     """The training examples whose labels evaluations may fit on: a
-    fine-tuning run's label-fraction subset, or None (all)."""
+    fine-tuning or distillation run's label-fraction subset, or None
+    (all)."""
     return subsets.labeled_indices(self.config, self.source)
 
   def train_subset(self, count: int) -> subsets.TrainSubset:

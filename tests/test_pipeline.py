@@ -140,6 +140,27 @@ def test_finetune_batches_use_only_the_label_fraction_subset():
   assert set(seen.tolist()) == {1, 5, 9, 30}
 
 
+def test_distillation_batches_hide_every_label_outside_the_labeled_subset():
+  source = _source()
+  labeled = np.array([1, 5, 9, 30])
+
+  def batches(split):
+    return _first_batches(pipeline.train_dataset(
+        source, split, global_batch_size=8, augment_config=_AUGMENT,
+        data=DataConfig(seed=2), views=1), 5)
+
+  # The same images in the same order as reading every label; an id (the
+  # label) is kept only in the subset.
+  hidden, plain = batches(pipeline.Split('train', labeled=labeled)), batches(
+      pipeline.Split('train'))
+  for h, p in zip(hidden, plain):
+    np.testing.assert_array_equal(h['image'], p['image'])
+    np.testing.assert_array_equal(
+        h['label'], np.where(np.isin(p['label'], labeled), p['label'], -1))
+  epoch = np.concatenate([b['label'] for b in hidden])[:40]
+  assert sorted(epoch[epoch >= 0].tolist()) == [1, 5, 9, 30]
+
+
 def _distributed_ids(strategy, make_dataset, steps):
   dist = strategy.distribute_datasets_from_function(make_dataset)
   seen = []

@@ -13,7 +13,7 @@ import tensorflow as tf
 from simclr_tf.config import AugmentConfig, DataConfig
 from simclr_tf.inputs import augment
 from simclr_tf.inputs import sequential
-from simclr_tf.inputs.sources import Source, select
+from simclr_tf.inputs.sources import UNLABELED, Source, select
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,6 +23,9 @@ class Split:
   name: str
   # Indices (in `Source.records` order) to keep, e.g. a label-fraction subset.
   indices: np.ndarray | None = None
+  # Indices (same order) whose labels training sees; the others' read
+  # UNLABELED. None: every label. (Distillation's labeled subset.)
+  labeled: np.ndarray | None = None
 
   def num_examples(self, source: Source) -> int:
     if self.indices is not None:
@@ -94,6 +97,16 @@ def _in_memory_lookup(source: Source, split: Split):
                         'label': tf.gather(labels, index)}
 
 
+def _visible_labels(source: Source, split: Split) -> tf.Tensor:
+  """Per example of `split` (in its own order): its label where
+  `split.labeled` holds it, else UNLABELED."""
+  ids = (split.indices if split.indices is not None
+         else np.arange(source.num_examples(split.name)))
+  labels = np.asarray(source.labels(split.name), np.int64)[ids]
+  return tf.constant(np.where(np.isin(ids, split.labeled), labels,
+                              UNLABELED).astype(np.int64))
+
+
 def _keep_mask(source: Source, split: Split):
   if split.indices is None:
     return None
@@ -143,9 +156,17 @@ def train_dataset(source: Source, split: Split, *,
     first = start_step * per_step * num_pipelines + pipeline_id
     stream = shuffled_positions(split.num_examples(source), data.seed, first,
                                 num_pipelines)
+    if split.labeled is not None:
+      visible = _visible_labels(source, split)
+      lookup_all = lookup
+      lookup = lambda index: {**lookup_all(index),
+                              'label': tf.gather(visible, index)}
     stream = stream.map(lambda position, index: (position, lookup(index)))
     augment_seed = data.seed
   else:
+    if split.labeled is not None:
+      raise ValueError(f'{source.name}: hiding some labels needs random '
+                       'access to its records; add --cache_dataset.')
     augment_seed = _pipeline_seed(data.seed, input_context)
     files = source.record_files(split.name)[pipeline_id::num_pipelines]
     if not files:

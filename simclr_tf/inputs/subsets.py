@@ -40,19 +40,26 @@ def label_fraction_indices(labels: np.ndarray, fraction: float,
                           classes)[0]
 
 def labeled_indices(config: RunConfig, source: Source):
-  """The training examples whose labels a run may use: when fine-tuning on
-  a label fraction, that seeded class-balanced subset; else None (all)."""
+  """The training examples whose labels a run may use: when fine-tuning or
+  distilling on a label fraction, that seeded class-balanced subset; else
+  None (all)."""
   data = config.data
-  if config.model.train_mode == 'finetune' and data.label_fraction < 1:
+  if config.model.train_mode != 'pretrain' and data.label_fraction < 1:
     return label_fraction_indices(
         source.labels(data.train_split), data.label_fraction, data.seed)
   return None
 
 
 def training_split(config: RunConfig, source: Source):
-  """The training split; for fine-tuning, the label-fraction subset."""
-  return pipeline.Split(config.data.train_split,
-                        labeled_indices(config, source))
+  """The training split; for fine-tuning, the label-fraction subset; for
+  distillation, every image, its label seen only where
+  --distill_label_weight uses the label-fraction subset's."""
+  name = config.data.train_split
+  if config.model.train_mode == 'distill':
+    uses_labels = config.model.distill.distill_label_weight > 0
+    return pipeline.Split(
+        name, labeled=labeled_indices(config, source) if uses_labels else None)
+  return pipeline.Split(name, labeled_indices(config, source))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -23,10 +23,11 @@ def projection_layers(proj_head_mode: str, num_proj_layers: int) -> int:
 
 def has_supervised_head(model_config) -> bool:
   """Whether a ModelConfig's model has a supervised head: it has classes,
-  and fine-tunes or trains the head while pretraining."""
+  and fine-tunes or distils (trains it on class targets) or trains it
+  while pretraining."""
   head = model_config.supervised_head
   return bool(head.num_classes) and (
-      model_config.train_mode == 'finetune' or
+      model_config.train_mode != 'pretrain' or
       head.lineareval_while_pretraining)
 
 

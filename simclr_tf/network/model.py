@@ -35,7 +35,7 @@ class SimCLRModel(keras.Model):
           standardize=architectures.standardizes_supervised_head(config),
           encoder_config=config.encoder,
           name='head_supervised')
-    if config.train_mode == 'finetune':
+    if config.train_mode != 'pretrain':  # Fine-tuning or distillation.
       self.encoder.freeze_through(config.fine_tune_after_block)
       # The supervised head reads hiddens[ft_proj_selector]: the projection
       # layers after it get no gradient, so they are not trained.

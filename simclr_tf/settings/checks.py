@@ -3,7 +3,8 @@
 import importlib.util
 import os
 
-from simclr_tf.config import LINEAREVAL_VIEWS, RunConfig
+from simclr_tf.config import CLASSIFIER_MODES, LINEAREVAL_VIEWS
+from simclr_tf.config import RunConfig
 from simclr_tf.evaluation.evaluator_names import label_fractions
 from simclr_tf.inputs.augmentation_names import AUGMENTATIONS
 from simclr_tf.inputs.augmentation_names import NO_AUGMENTATION
@@ -83,8 +84,9 @@ def check_settings(values: dict):
   check(-1 <= values['fine_tune_after_block'] <= 4,
         '--fine_tune_after_block must be in [-1, 4].')
   if values['fine_tune_after_block'] >= 0:
-    check(values['train_mode'] == 'finetune',
-          '--fine_tune_after_block needs --train_mode=finetune.')
+    check(values['train_mode'] in CLASSIFIER_MODES,
+          '--fine_tune_after_block needs --train_mode=finetune or distill.')
+  check_distillation(values)
   head_layers = architectures.projection_layers(values['proj_head_mode'],
                                                 values['num_proj_layers'])
   check(0 <= values['ft_proj_selector'] <= head_layers,
@@ -101,6 +103,24 @@ def check_settings(values: dict):
   check(0 < values['cutout_fraction'] <= 1,
         '--cutout_fraction must be in (0, 1].')
   check(values['noise_stddev'] >= 0, '--noise_stddev must be >= 0.')
+
+
+def check_distillation(values: dict):
+  """--teacher and distillation's loss settings go with
+  --train_mode=distill, and it needs them."""
+  distill = values['train_mode'] == 'distill'
+  check(distill == bool(values['teacher']),
+        '--train_mode=distill needs --teacher=<a run directory or an exported '
+        'SavedModel>.' if distill else
+        '--teacher is for --train_mode=distill.')
+  check(0 < values['distill_temperature'] < float('inf'),
+        f'--distill_temperature={values["distill_temperature"]} must be a '
+        'number > 0.')
+  check(0 <= values['distill_label_weight'] < float('inf'),
+        f'--distill_label_weight={values["distill_label_weight"]} must be a '
+        'number >= 0.')
+  check(not values['distill_label_weight'] or distill,
+        '--distill_label_weight is for --train_mode=distill.')
 
 
 def check_label_fractions(value: str):
@@ -221,7 +241,7 @@ def check_batches(config: RunConfig, replicas: int):
     per_replica = config.train.train_batch_size // replicas
     check(config.model.train_mode == 'pretrain',
           '--contrastive_chunk_size applies to pretraining only; leave it '
-          'out with --train_mode=finetune.')
+          f'out with --train_mode={config.model.train_mode}.')
     check(per_replica % chunk == 0,
           f'--contrastive_chunk_size={chunk} does not divide the '
           f'{per_replica} examples per replica (--train_batch_size='

@@ -29,6 +29,7 @@ _SECTIONS = (('data', config.DataConfig), ('augment', config.AugmentConfig),
              ('model.encoder', config.EncoderConfig),
              ('model.projection_head', config.ProjectionHeadConfig),
              ('model.supervised_head', config.SupervisedHeadConfig),
+             ('model.distill', config.DistillConfig),
              ('optim', config.OptimConfig), ('train', config.TrainConfig),
              ('eval', config.EvalConfig))
 _NO_DEFAULT = object()
@@ -87,7 +88,8 @@ def build(values: Mapping[str, Any]) -> config.RunConfig:
   model = dataclasses.replace(
       make('model'), encoder=make('model.encoder'),
       projection_head=make('model.projection_head'),
-      supervised_head=make('model.supervised_head'))
+      supervised_head=make('model.supervised_head'),
+      distill=make('model.distill'))
   return config.RunConfig(data=make('data'), augment=make('augment'),
                           model=model, optim=make('optim'),
                           train=make('train'), eval=make('eval'))

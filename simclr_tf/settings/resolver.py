@@ -46,7 +46,8 @@ ARCHITECTURE = ('resnet_depth', 'width_multiplier', 'sk_ratio', 'se_ratio',
 # What else a continued run (resume, evaluation, export) keeps.
 SAME_RUN = ARCHITECTURE + ('ft_proj_selector', 'lineareval_while_pretraining',
                            'lineareval_standardize', 'train_mode',
-                           'fine_tune_after_block')
+                           'fine_tune_after_block', 'teacher',
+                           'distill_temperature', 'distill_label_weight')
 # Modes that work on the model a model_dir (or --checkpoint) holds.
 CONTINUING_MODES = ('train', 'eval', 'train_then_eval', 'export')
 TRAINING_MODES = ('train', 'train_then_eval')
@@ -309,6 +310,13 @@ def resolve_command(command: Command, *, open_source=None, strategy=None,
                    mixed_precision=command.mixed_precision)
   if config.model.train_mode == 'finetune' and source is not None:
     sources.require_labels(source, 'fine-tuning')
+  if config.model.distill.distill_label_weight and source is not None:
+    sources.require_labels(source, 'distillation with '
+                           '--distill_label_weight')
+    # Which images keep their labels is looked up by index.
+    checks.check(source.random_access or config.data.cache_dataset,
+                 f'--distill_label_weight needs random access to '
+                 f'{source.name}\'s training records; add --cache_dataset.')
   return Resolved(config, config.data, config.eval, record, source)
 
 

@@ -25,8 +25,8 @@ def _help(name, text, choices=None):
   HELP[name] = (text, choices)
 
 
-_help('train_mode', 'Contrastive pretraining, or supervised '
-      'fine-tuning.', TRAIN_MODES)
+_help('train_mode', 'Contrastive pretraining, supervised fine-tuning, '
+      'or distillation of --teacher.', TRAIN_MODES)
 _help('model_dir', 'Checkpoints, summaries, result.json and exports; '
       'default: models/<dataset>-<train_mode>.')
 _help('checkpoint', 'Initial encoder weights for a new run '
@@ -43,7 +43,14 @@ _help('train_split', 'Training split, in TFDS syntax (train, '
 _help('eval_split', 'Evaluation split; default: the dataset\'s test '
       'split (val/ or test/ for folders).')
 _help('label_fraction', 'Class-balanced fraction of training labels '
-      'used for fine-tuning (0.01 and 0.1 in the paper).')
+      'used for fine-tuning (0.01 and 0.1 in the paper), and by '
+      '--distill_label_weight.')
+_help('teacher', '--train_mode=distill: the teacher, a run directory '
+      '(its latest checkpoint) or an exported SavedModel with logits_sup.')
+_help('distill_temperature', 'Temperature of the teacher\'s and the '
+      'student\'s softmax in distillation.')
+_help('distill_label_weight', 'Distillation also minimises this times the '
+      'cross-entropy on the --label_fraction subset\'s labels (0: none).')
 _help('cache_dataset', 'Read the training records of a TFDS TFRecord '
       'dataset into memory once (then shuffled as a whole).')
 _help('shuffle_buffer', 'TFDS TFRecord datasets: records permuted '

@@ -184,7 +184,8 @@ class ProgressHook(Hook):
   # The contrastive loss and the supervised head's apart: their sum would
   # read as unstable pretraining whenever the supervised head's loss moves.
   SHOWN = ('contrast_loss', 'contrast_acc', 'supervised_loss',
-           'supervised_acc')
+           'supervised_acc', 'distill_loss', 'distill_label_loss',
+           'teacher_agreement')
 
   def __init__(self, every_seconds: float, log=logging.info):
     self.every_seconds = every_seconds

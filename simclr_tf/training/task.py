@@ -14,8 +14,10 @@ import tensorflow as tf
 
 from simclr_tf.config import RunConfig
 from simclr_tf.network.model import SimCLRModel, create_model
+from simclr_tf.training import distillation
 from simclr_tf.training import gradient_cache
 from simclr_tf.training import optim
+from simclr_tf.training import teacher
 from simclr_tf.training import terms
 
 PRETRAIN_METRICS = ('total_loss', 'contrast_loss', 'contrast_acc',
@@ -23,6 +25,8 @@ PRETRAIN_METRICS = ('total_loss', 'contrast_loss', 'contrast_acc',
                     'weight_decay')
 FINETUNE_METRICS = ('total_loss', 'supervised_loss', 'supervised_acc',
                     'weight_decay')
+DISTILL_METRICS = ('total_loss',) + distillation.DISTILLATION_TERMS + (
+    'weight_decay',)
 
 
 # Without --summary_steps, summaries come every SUMMARY_STEPS_MAX steps, or
@@ -107,10 +111,19 @@ class TrainTask:
     with strategy.scope():
       self.model = build_model(config)
       self.optimizer = build_optimizer(config, plan, self.model)
-      self.objective = terms.Objective(config, self.model)
-      names = PRETRAIN_METRICS if self.pretrain else FINETUNE_METRICS
+      self.teacher = None
+      if config.model.train_mode == 'distill':
+        spec = teacher.describe(config.model.distill.teacher)
+        teacher.check_fits(spec, config)
+        self.teacher = teacher.build(spec, config.model.precision)
+      self.objective = terms.Objective(config, self.model, self.teacher)
+      names = {'pretrain': PRETRAIN_METRICS, 'finetune': FINETUNE_METRICS,
+               'distill': DISTILL_METRICS}[config.model.train_mode]
       if self.model.supervised_head is None:
         names = [n for n in names if not n.startswith('supervised')]
+      if self.teacher is not None:  # Without a label weight, no label term.
+        names = [n for n in names if n not in distillation.DISTILLATION_TERMS
+                 or n in self.objective.per_image_names]
       self.metrics = {name: keras.metrics.Mean(name=name) for name in names}
     self.checkpoint = tf.train.Checkpoint(model=self.model,
                                           optimizer=self.optimizer)

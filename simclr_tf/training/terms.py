@@ -7,7 +7,8 @@ The terms come in three kinds, by what they need:
 
 * per-image terms: one value per image of a pass over the views, averaged
   over the batch (the supervised head's cross-entropy on the views, and its
-  accuracy). A plain step takes the mean; a cached step sums each chunk's.
+  accuracy; distillation's terms, distillation.py). A plain step takes the
+  mean; a cached step sums each chunk's.
 * batch terms: the projections of the whole batch (NT-Xent; with small
   views, the multi-crop loss), with their metrics.
 * model terms: the model's variables or inputs beside the views, once per
@@ -22,11 +23,13 @@ import tensorflow as tf
 
 from simclr_tf.config import RunConfig
 from simclr_tf.network.model import SimCLRModel
+from simclr_tf.training import distillation
 from simclr_tf.training import objective
 from simclr_tf.training import optim
 
 # The terms that add up to the loss, in the order they are summed.
-LOSS_TERMS = ('contrast_loss', 'supervised_loss', 'weight_decay')
+LOSS_TERMS = ('contrast_loss', 'supervised_loss', 'distill_loss',
+              'distill_label_loss', 'weight_decay')
 # What `supervised_head_terms` yields per image.
 SUPERVISED_HEAD_TERMS = ('supervised_loss', 'supervised_acc')
 
@@ -34,12 +37,15 @@ SUPERVISED_HEAD_TERMS = ('supervised_loss', 'supervised_acc')
 class Objective:
   """The named terms of one run's training step."""
 
-  def __init__(self, config: RunConfig, model: SimCLRModel):
+  def __init__(self, config: RunConfig, model: SimCLRModel, teacher=None):
+    """`teacher` (distillation): images -> the teacher's logits."""
     self.model = model
     self.optim = config.optim
     self.temperature = config.train.temperature
     self.hidden_norm = config.train.hidden_norm
     self.pretrain = config.model.train_mode == 'pretrain'
+    self.teacher = teacher
+    self.distill = config.model.distill
     has_head = model.supervised_head is not None
     # In pretraining the supervised head may learn from each image's
     # evaluation view, in a pass of its own (docs/evaluation.md).
@@ -52,6 +58,10 @@ class Objective:
   @property
   def per_image_names(self) -> tuple:
     """The per-image terms' names, in the order `image_pass` yields them."""
+    if self.teacher is not None:
+      return tuple(name for name in distillation.DISTILLATION_TERMS
+                   if name != 'distill_label_loss' or
+                   self.distill.distill_label_weight)
     return SUPERVISED_HEAD_TERMS if self.supervised_head_on_views else ()
 
   def views(self, batch) -> tuple:
@@ -66,8 +76,15 @@ class Objective:
     their projections (None in fine-tuning) and per-image terms [V N]."""
     outputs = self.model(images, training=True,
                          supervised=self.supervised_head_on_views)
-    per_image = (supervised_head_terms(labels, outputs['logits_sup'])
-                 if self.supervised_head_on_views else {})
+    if self.teacher is not None:
+      per_image = distillation.distillation_terms(
+          self.teacher(images), outputs['logits_sup'], labels,
+          self.distill.distill_temperature,
+          self.distill.distill_label_weight)
+    elif self.supervised_head_on_views:
+      per_image = supervised_head_terms(labels, outputs['logits_sup'])
+    else:
+      per_image = {}
     return (outputs['proj_head_output'] if self.pretrain else None), per_image
 
   def small_view_pass(self, small_images):

@@ -128,6 +128,10 @@ def train(context: RunContext, *, hooks: Sequence[Hook] = (),
     logging.info('Fine-tuning on %d labeled examples (%.1f%% of %s).',
                  len(split.indices), 100 * config.data.label_fraction,
                  split.name)
+  if split.labeled is not None:
+    logging.info('Distilling on every image of %s; %d of them keep their '
+                 'labels (%.1f%%).', split.name, len(split.labeled),
+                 100 * config.data.label_fraction)
   plan = make_plan(config, split.num_examples(source))
   logging.info('Training %s for %d steps (%d examples, %d steps/epoch, '
                'warmup %d, checkpoint every %d).', config.model.train_mode,
