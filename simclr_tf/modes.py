@@ -38,7 +38,7 @@ from simclr_tf.settings.command import Command
 from simclr_tf.storage import checkpoints
 from simclr_tf.storage import lock
 from simclr_tf.storage import records
-from simclr_tf.training import teacher
+from simclr_tf.training.teacher import TeacherSpec
 from simclr_tf.training.train import EveryNthCheckpoint, train
 
 # What the modes raise when the input cannot work: one line for the user
@@ -103,8 +103,6 @@ def model_mode(command: Command):
   trains = mode in resolver.TRAINING_MODES
   if trains and config.train.checkpoint:
     checkpoints.locate(config.train.checkpoint)  # Fails now if missing.
-  if trains and config.model.train_mode == 'distill':
-    teacher.check_fits(teacher.describe(config.model.distill.teacher), config)
   context = RunContext(config, strategy, source)
   if context.chief:
     checks.check_writable(config.train.model_dir)
@@ -120,7 +118,8 @@ def model_mode(command: Command):
       write_flags(config, command)
     logging.info('Model directory: %s', config.train.model_dir)
     if trains:
-      run_train(context, then_eval=mode == 'train_then_eval')
+      run_train(context, then_eval=mode == 'train_then_eval',
+                teacher=resolved.teacher_spec)
     elif mode == 'eval':
       run_eval(context, command.eval_watch, command.eval_timeout)
     else:
@@ -215,9 +214,10 @@ def _rounded(results: dict) -> str:
                    for k, v in results.items())
 
 
-def run_train(context: RunContext, then_eval: bool) -> dict | None:
-  """Trains (resuming), exports, then evaluates or runs the kNN monitor;
-  returns result.json's content when it evaluates."""
+def run_train(context: RunContext, then_eval: bool,
+              teacher: TeacherSpec | None = None) -> dict | None:
+  """Trains (resuming; distilling `teacher`), exports, then evaluates or
+  runs the kNN monitor; returns result.json's content when it evaluates."""
   config = context.config
   monitor = None
   every = config.eval.knn_every_n_checkpoints
@@ -229,7 +229,7 @@ def run_train(context: RunContext, then_eval: bool) -> dict | None:
       report.write_summary(context, step, results)
 
     monitor = EveryNthCheckpoint(every, knn_monitor)
-  result = train(context, at_checkpoints=monitor)
+  result = train(context, at_checkpoints=monitor, teacher=teacher)
   try:
     export_model(context, result.model, result.global_step)
     export_failure = None

@@ -156,9 +156,19 @@ def _distill_batch():
           'label': np.array([2, -1, -1, 0, -1, 1, -1, -1, 0, -1, 2, -1])}
 
 
+def _spec(path, image_size, num_classes=3):
+  """The resolver's description of the teacher at `path` for a run on
+  `image_size` px images of `num_classes` classes."""
+  return resolver.resolve_teacher(registry.build({
+      'model_dir': 'unused', 'image_size': image_size,
+      'num_classes': num_classes, 'train_mode': 'distill',
+      'teacher': str(path)}))
+
+
 def _distill_step(config, replicas, initial):
   strategy = helpers.cpu_strategy(replicas)
-  task = TrainTask(config, strategy, Plan(64, 8, 100, 0, 10))
+  task = TrainTask(config, strategy, Plan(64, 8, 100, 0, 10),
+                   _spec(config.model.distill.teacher, SIZE))
   task.model.set_weights(initial)
   teacher_before = [v.numpy() for v in task.teacher.variables]
   batch, local = _distill_batch(), GLOBAL_BATCH // replicas
@@ -223,8 +233,8 @@ def test_the_teacher_computes_what_its_runs_saved_model_does(tiny_run):
       np.float32)
   exported = tf.saved_model.load(saved_model).signatures['serving_default'](
       images=tf.constant(images))['logits_sup'].numpy()
-  run_spec = teacher.describe(tiny_run.model_dir)
-  model_spec = teacher.describe(saved_model)
+  run_spec = _spec(tiny_run.model_dir, 16)
+  model_spec = _spec(saved_model, 16)
   for spec in (run_spec, model_spec):
     assert (spec.num_classes, spec.image_size) == (3, 16)
     logits = teacher.build(spec, 'float32')(tf.constant(images)).numpy()
@@ -292,8 +302,7 @@ def _folder_images(folder):
 def test_a_student_learns_its_teachers_predictions(distilled):
   folder, teacher_dir, student_dir, _, _ = distilled
   images = _folder_images(folder)
-  target = teacher.build(teacher.describe(str(teacher_dir)), 'float32')(
-      images).numpy()
+  target = teacher.build(_spec(teacher_dir, 16), 'float32')(images).numpy()
   saved_model = tf.io.gfile.glob(os.path.join(student_dir, 'saved_model',
                                               '*'))[0]
   student = tf.saved_model.load(saved_model).signatures['serving_default'](

@@ -123,6 +123,20 @@ def check_distillation(values: dict):
         '--distill_label_weight is for --train_mode=distill.')
 
 
+def check_teacher_fits(num_classes: int, image_size: int, config: RunConfig):
+  """A distillation run's teacher predicts the run's classes on the run's
+  images."""
+  path = config.model.distill.teacher
+  classes = config.model.supervised_head.num_classes
+  check(num_classes == classes,
+        f'--teacher={path} predicts {num_classes} classes; this run\'s '
+        f'dataset has {classes or "no labels (give --num_classes)"}.')
+  size = config.augment.image_size
+  check(image_size == size,
+        f'--teacher={path} takes {image_size} px images; this run trains on '
+        f'{size} px (--image_size={image_size}).')
+
+
 def check_label_fractions(value: str):
   """Fails on a --label_fractions value that is not comma-separated
   fractions in (0, 1)."""

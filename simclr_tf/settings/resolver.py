@@ -35,6 +35,7 @@ from simclr_tf.settings import registry
 from simclr_tf.settings.command import Command
 from simclr_tf.storage import checkpoints
 from simclr_tf.storage import records
+from simclr_tf.training import teacher
 
 # Settings that fix a model's variables and inputs (image_size through the
 # stem it picks). Unless given, a run on a model_dir that holds checkpoints
@@ -267,6 +268,9 @@ class Resolved:
   # The dataset, opened when the mode needs it (None: an export whose
   # flags.json recorded enough, an import).
   source: sources.Source | None = None
+  # What a distillation run's --teacher holds (None: no training run of
+  # --train_mode=distill).
+  teacher_spec: teacher.TeacherSpec | None = None
 
 
 def check_given(command: Command):
@@ -317,7 +321,53 @@ def resolve_command(command: Command, *, open_source=None, strategy=None,
     checks.check(source.random_access or config.data.cache_dataset,
                  f'--distill_label_weight needs random access to '
                  f'{source.name}\'s training records; add --cache_dataset.')
-  return Resolved(config, config.data, config.eval, record, source)
+  distilled_from = None
+  if config.model.train_mode == 'distill' and mode in TRAINING_MODES:
+    distilled_from = resolve_teacher(config)
+  return Resolved(config, config.data, config.eval, record, source,
+                  distilled_from)
+
+
+def resolve_teacher(config: RunConfig) -> teacher.TeacherSpec:
+  """The --teacher of a distillation run, checked to predict the run's
+  classes on the run's images; one line (UsageError) when it cannot."""
+  path = config.model.distill.teacher
+  fail = lambda why: checks.UsageError(f'--teacher={path} {why}.')
+  if not os.path.isdir(path):
+    raise fail('is not a directory: give a run directory or an exported '
+               'SavedModel')
+  if teacher.is_saved_model(path):
+    try:
+      spec = teacher.saved_model_spec(path)
+    except ValueError as e:
+      raise fail(str(e)) from None
+  elif checkpoints.candidates(path):
+    spec = _run_teacher(path, fail)
+  else:
+    raise fail(f'holds neither checkpoints of a run nor a '
+               f'{teacher.SAVED_MODEL_FILE}')
+  checks.check_teacher_fits(spec.num_classes, spec.image_size, config)
+  return spec
+
+
+def _run_teacher(path: str, fail) -> teacher.TeacherSpec:
+  """A run directory as a teacher: the network its flags.json records
+  (as a run continued from it takes it), with class logits."""
+  recorded = read_settings(path)
+  if not recorded:
+    raise fail(f'holds checkpoints but no readable {records.FLAGS_FILE}: '
+               'give a run directory of this project, or an exported '
+               'SavedModel')
+  # Recorded before a setting existed: the value it had then.
+  config = registry.build({**registry.LEGACY_DEFAULTS, **recorded,
+                           'model_dir': path})
+  if not architectures.has_supervised_head(config.model):
+    raise fail('has no supervised head, so no class predictions; fine-tune '
+               f'it first (--train_mode=finetune --checkpoint={path})')
+  return teacher.TeacherSpec(
+      path, config.model.supervised_head.num_classes,
+      config.augment.image_size, checkpoint=checkpoints.latest_in(path),
+      model=config.model)
 
 
 def resolve_import(command: Command, checkpoint_path: str,

@@ -94,7 +94,8 @@ class TrainTask:
   """What one training run optimises, under `strategy`."""
 
   def __init__(self, config: RunConfig, strategy: tf.distribute.Strategy,
-               plan: Plan):
+               plan: Plan, teacher_spec: teacher.TeacherSpec | None = None):
+    """`teacher_spec`: what a distillation run distils."""
     self.config = config
     self.strategy = strategy
     self.plan = plan
@@ -113,9 +114,10 @@ class TrainTask:
       self.optimizer = build_optimizer(config, plan, self.model)
       self.teacher = None
       if config.model.train_mode == 'distill':
-        spec = teacher.describe(config.model.distill.teacher)
-        teacher.check_fits(spec, config)
-        self.teacher = teacher.build(spec, config.model.precision)
+        if teacher_spec is None:
+          raise ValueError('Distillation needs the teacher\'s description '
+                           '(settings.resolver.resolve_teacher).')
+        self.teacher = teacher.build(teacher_spec, config.model.precision)
       self.objective = terms.Objective(config, self.model, self.teacher)
       names = {'pretrain': PRETRAIN_METRICS, 'finetune': FINETUNE_METRICS,
                'distill': DISTILL_METRICS}[config.model.train_mode]

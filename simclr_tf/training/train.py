@@ -30,6 +30,7 @@ from simclr_tf.training.hooks import (CheckpointHook, EveryNthCheckpointHook,
                                       NanGuardHook, PreemptionHook,
                                       ProgressHook, SummaryHook, TimeBudgetHook)
 from simclr_tf.training.loop import Hook
+from simclr_tf.training.teacher import TeacherSpec
 from simclr_tf.training.task import TrainTask, make_plan
 
 
@@ -115,11 +116,12 @@ def _write_view_summary(config, source, split, task, writer, max_images=4):
 
 
 def train(context: RunContext, *, hooks: Sequence[Hook] = (),
-          at_checkpoints: EveryNthCheckpoint | None = None) -> TrainResult:
+          at_checkpoints: EveryNthCheckpoint | None = None,
+          teacher: TeacherSpec | None = None) -> TrainResult:
   """Trains the run of `context` (its configuration, source, strategy)
   until the plan's last step or a hook stops it, resuming from its
   model_dir if that holds checkpoints; `hooks` run after the standard
-  ones."""
+  ones. A distillation run distils `teacher` (resolver.resolve_teacher)."""
   config, strategy, source = context.config, context.strategy, context.source
   chief = context.chief
   loop_settings = config.train
@@ -137,7 +139,7 @@ def train(context: RunContext, *, hooks: Sequence[Hook] = (),
                'warmup %d, checkpoint every %d).', config.model.train_mode,
                plan.total_steps, plan.num_examples, plan.steps_per_epoch,
                plan.warmup_steps, plan.checkpoint_steps)
-  task = TrainTask(config, strategy, plan)
+  task = TrainTask(config, strategy, plan, teacher)
   _restore(task, config)
   # Every worker saves (saving is collective under multi-worker strategies),
   # but only the chief into model_dir; the others into a temporary place
