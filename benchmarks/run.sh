@@ -11,6 +11,9 @@
 #   bash benchmarks/run.sh semi_supervised # fine-tuning on 1% / 10% of the labels, from the encoder
 #                                          #   fashion_mnist left in /tmp/simclr_fashion_mnist (~40 min)
 #                                          #        -> benchmarks/results/semi_supervised/
+#   bash benchmarks/run.sh distillation    # 1% of the labels: teachers fine-tuned from the same encoder,
+#                                          #   distilled into the same network and into ResNet-18 x0.25
+#                                          #        -> benchmarks/results/distillation/
 #   bash benchmarks/run.sh gradient_cache  # memory and speed of --contrastive_chunk_size (~15 min)
 #                                          #        -> benchmarks/results/gradient_cache.json
 #   bash benchmarks/run.sh findings --study=augmentations   # the paper's studies (~29, 11, 14 min
@@ -24,10 +27,11 @@
 # Extra arguments go to the script (see its --help).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-name="${1:?usage: bash benchmarks/run.sh throughput|side_by_side|fashion_mnist|semi_supervised|gradient_cache|findings|small_folder|original_import [flags]}"
+name="${1:?usage: bash benchmarks/run.sh throughput|side_by_side|fashion_mnist|semi_supervised|distillation|gradient_cache|findings|small_folder|original_import [flags]}"
 shift
 
 if { [ "$name" = fashion_mnist ] || [ "$name" = semi_supervised ] || [ "$name" = findings ] \
+      || [ "$name" = distillation ] \
       || [ "$name" = small_folder ]; } \
     && [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null; then
   sudo_cmd=""; [ "$(id -u)" = 0 ] || sudo_cmd="sudo"
@@ -46,6 +50,9 @@ case "$name" in
   semi_supervised)
     exec .venv/bin/python -m benchmarks.semi_supervised \
       --output=benchmarks/results/semi_supervised "$@" ;;
+  distillation)
+    exec .venv/bin/python -m benchmarks.distillation \
+      --output=benchmarks/results/distillation "$@" ;;
   gradient_cache)
     exec .venv/bin/python -m benchmarks.gradient_cache --timed_steps=3 \
       --output=benchmarks/results/gradient_cache.json "$@" ;;
@@ -65,5 +72,6 @@ case "$name" in
     exec .venv/bin/python -m benchmarks.original_import \
       --output=benchmarks/results/original_import.json "$@" ;;
   *) echo "unknown benchmark: $name (throughput, side_by_side, fashion_mnist," \
-       "semi_supervised, gradient_cache, findings or original_import)" >&2; exit 2 ;;
+       "semi_supervised, distillation, gradient_cache, findings or original_import)" >&2
+     exit 2 ;;
 esac

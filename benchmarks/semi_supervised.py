@@ -42,13 +42,13 @@ import numpy as np
 import tensorflow as tf
 
 from benchmarks import charts
+from benchmarks import fine_tuning
 from simclr_tf import modes
 from simclr_tf.config import DataConfig, RunConfig
 from simclr_tf.evaluation import evaluators
 from simclr_tf.evaluation import features
 from simclr_tf.inputs import catalog
 from simclr_tf.run_context import RunContext
-from simclr_tf.settings import resolver
 from simclr_tf.settings import setting_flags
 from simclr_tf.storage import checkpoints
 from simclr_tf.storage import records
@@ -85,10 +85,8 @@ flags.DEFINE_list('crop_search', [], 'Only try these crop lower bounds on '
                   'weight decay); writes crop_search.json.')
 FLAGS = flags.FLAGS
 
-NUM_TRAIN = 60000
-POOL_SIZE = 50000  # Labeled subsets come from here; the rest validates.
-LABEL_POOL = f'train[:{POOL_SIZE}]'
-VALIDATION = f'train[{POOL_SIZE}:]'
+NUM_TRAIN = fine_tuning.NUM_TRAIN
+VALIDATION = fine_tuning.VALIDATION
 METHODS = ('SimCLR', 'random weights')
 
 
@@ -123,40 +121,17 @@ def make_setting(method: str, labels: int, seed: int, learning_rate: float,
                  min_crop_area(method) if crop is None else crop)
 
 
-def encoder_architecture() -> dict:
-  """The architecture that --encoder's run recorded (its flags.json; {}
-  without one), so that every method builds the encoder's network whatever
-  the preset says."""
-  directory = (FLAGS.encoder if os.path.isdir(FLAGS.encoder)
-               else os.path.dirname(FLAGS.encoder))
-  return resolver.Record(resolver.read_settings(directory),
-                         resolver.ARCHITECTURE).values()
-
-
 def fine_tuning_config(setting: Setting, model_dir: str, *, epochs: int,
                        batch_size: int, encoder: str | None) -> RunConfig:
-  """The fashion_mnist preset with --encoder's architecture, fine-tuned the
-  SimCLR code's way."""
-  all_labels = setting.labels >= NUM_TRAIN
-  given = {
-      **encoder_architecture(),
-      'data_dir': FLAGS.data_dir, 'model_dir': model_dir,
-      'train_mode': 'finetune', 'num_classes': 10, 'image_size': 28,
-      'train_split': 'train' if all_labels else LABEL_POOL,
-      # A fraction of the 50k pool that gives 1% / 10% of the 60k.
-      'label_fraction': 1.0 if all_labels else setting.labels / POOL_SIZE,
-      'seed': setting.seed, 'checkpoint': encoder,
-      'ft_proj_selector': 1, 'zero_init_logits_layer': True,
-      'fine_tune_after_block': -1, 'optimizer': 'momentum',
-      'learning_rate': setting.learning_rate,
-      'learning_rate_scaling': 'sqrt', 'weight_decay': setting.weight_decay,
-      'warmup_epochs': 0, 'train_epochs': epochs,
-      'train_batch_size': batch_size, 'checkpoint_epochs': epochs,
-      'min_crop_area': setting.min_crop_area,
-      'keep_checkpoint_max': 1,
-      'log_every_seconds': 60, 'lineareval_while_pretraining': False,
-      'jit_compile': False}
-  return resolver.resolve(given, preset='fashion_mnist')
+  """The fashion_mnist preset with --encoder's architecture (whatever the
+  preset says), fine-tuned the SimCLR code's way."""
+  return fine_tuning.config(
+      {**fine_tuning.recorded_architecture(FLAGS.encoder),
+       **fine_tuning.subset_settings(setting.labels, setting.seed),
+       'checkpoint': encoder},
+      model_dir=model_dir, data_dir=FLAGS.data_dir, epochs=epochs,
+      batch_size=batch_size, learning_rate=setting.learning_rate,
+      weight_decay=setting.weight_decay, min_crop_area=setting.min_crop_area)
 
 
 def fine_tune(setting: Setting, source, encoder: str, *, epochs: int,

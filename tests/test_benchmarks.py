@@ -163,6 +163,45 @@ def test_the_hours_benchmark_takes_view_crop_and_jitter_for_pretraining_only():
   # The supervised baseline crops as the paper fine-tunes, at image size.
   assert report['supervised'] == [0, 0.08]
 
+_DISTILLATION_CHECK = r'''
+import json
+from absl import flags
+from benchmarks import distillation
+flags.FLAGS(['distillation.py', '--distill_label_weight=0.5',
+             '--distill_temperature=2', '--model_dir=/tmp/unused'])
+teacher = distillation.run_config(
+    'teacher', 2, train_mode='finetune', init=None, learning_rate=0.01,
+    epochs=40, batch_size=64, architecture={'width_multiplier': 0.5})
+student = distillation.run_config(
+    'small', 2, train_mode='distill', init=None, learning_rate=0.02,
+    epochs=1, batch_size=256, teacher='/tmp/unused/teacher-s2',
+    architecture={'resnet_depth': 18, 'width_multiplier': 0.25})
+subset = lambda c: [c.data.train_split, c.data.label_fraction, c.data.seed]
+print(json.dumps({
+    'subsets': [subset(teacher), subset(student)],
+    'teacher': [teacher.model.train_mode,
+                teacher.model.encoder.width_multiplier,
+                teacher.train.model_dir],
+    'student': [student.model.train_mode, student.model.distill.teacher,
+                student.model.distill.distill_temperature,
+                student.model.distill.distill_label_weight,
+                student.model.encoder.width_multiplier,
+                student.augment.min_crop_area, student.optim.learning_rate,
+                student.model.supervised_head.num_classes]}))
+'''
+
+
+def test_distillation_students_see_their_teachers_labeled_subset():
+  output = subprocess.run(
+      [sys.executable, '-c', _DISTILLATION_CHECK],
+      capture_output=True, text=True, cwd=REPO, check=True).stdout
+  report = json.loads(output.strip().splitlines()[-1])
+  # The same split, fraction and seed: the same 600 labeled images.
+  assert report['subsets'] == [['train[:50000]', 600 / 50000, 2]] * 2
+  assert report['teacher'] == ['finetune', 0.5, '/tmp/unused/teacher-s2']
+  assert report['student'] == ['distill', '/tmp/unused/teacher-s2', 2.0,
+                               0.5, 0.25, 0.08, 0.02, 10]
+
 _ARCHITECTURE_CHECK = r'''
 import json, os, sys
 from absl import flags
