@@ -74,24 +74,50 @@ supervised = {'train_seconds': 2700.0, 'label_top_1_accuracy': 0.91,
 fashion_mnist.add_to_result(directory, supervised)
 with open(os.path.join(directory, 'result.json')) as f:
   result = json.load(f)
-print(json.dumps({'epochs': epochs, 'result': result, 'drawn': drawn}))
+
+from absl import flags
+flags.FLAGS(['fashion_mnist.py', '--view_size=20', '--min_crop_area=0.4',
+             '--color_jitter_strength=1.0', '--temperature=0.2'])
+pretrain = fashion_mnist.recipe('/tmp/unused', epochs=24)
+baseline = fashion_mnist.recipe('/tmp/unused', 'finetune', epochs=2)
+print(json.dumps({'epochs': epochs, 'result': result, 'drawn': drawn,
+    'pretrain': [pretrain.augment.view_size, pretrain.augment.min_crop_area,
+                 pretrain.augment.color_jitter_strength,
+                 pretrain.train.temperature, pretrain.optim.warmup_epochs],
+    'supervised': [baseline.augment.view_size,
+                   baseline.augment.min_crop_area]}))
 '''
 
 
-def test_fashion_mnist_supervised_baseline_fills_its_budget_and_joins_the_result(
-    tmp_path):
+@pytest.fixture(scope='module')
+def fashion_mnist_report(tmp_path_factory):
   # In a subprocess: the benchmark scripts define the same absl flags.
+  directory = tmp_path_factory.mktemp('fashion_mnist')
   output = subprocess.run(
-      [sys.executable, '-c', _SUPERVISED_CHECK, str(tmp_path)],
+      [sys.executable, '-c', _SUPERVISED_CHECK, str(directory)],
       capture_output=True, text=True, cwd=REPO, check=True).stdout
-  report = json.loads(output.strip().splitlines()[-1])
+  return json.loads(output.strip().splitlines()[-1]), str(directory)
+
+
+def test_fashion_mnist_supervised_baseline_fills_its_budget_and_joins_the_result(
+    fashion_mnist_report):
+  report, directory = fashion_mnist_report
   assert report['epochs'] == 43
   assert report['result']['methods'] == {
       'SimCLR, linear probe': 0.87,
       'supervised (45 min), its own head': 0.91,
       'supervised (45 min), linear probe': 0.92}
   assert report['result']['supervised']['train_seconds'] == 2700.0
-  assert report['drawn'] == [str(tmp_path)]
+  assert report['drawn'] == [directory]
+
+
+def test_the_hours_benchmark_takes_view_crop_and_jitter_for_pretraining_only(
+    fashion_mnist_report):
+  report, _ = fashion_mnist_report
+  # Warm-up: a tenth of the epochs, at most 2.
+  assert report['pretrain'] == [20, 0.4, 1.0, 0.2, 2]
+  # The supervised baseline crops as the paper fine-tunes, at image size.
+  assert report['supervised'] == [0, 0.08]
 
 
 _CONFIGS_CHECK = r'''
@@ -135,33 +161,6 @@ def test_semi_supervised_configs_come_from_the_resolver_without_flag_changes():
   assert report['learning_rate'] == 0.1
   assert report['evaluators'] == ['supervised_head', 'knn']
 
-
-_HOUR_RECIPE_CHECK = r'''
-import json
-from absl import flags
-from benchmarks import fashion_mnist
-flags.FLAGS(['fashion_mnist.py', '--view_size=20', '--min_crop_area=0.4',
-             '--color_jitter_strength=1.0', '--temperature=0.2'])
-pretrain = fashion_mnist.recipe('/tmp/unused', epochs=24)
-supervised = fashion_mnist.recipe('/tmp/unused', 'finetune', epochs=2)
-print(json.dumps({
-    'pretrain': [pretrain.augment.view_size, pretrain.augment.min_crop_area,
-                 pretrain.augment.color_jitter_strength,
-                 pretrain.train.temperature, pretrain.optim.warmup_epochs],
-    'supervised': [supervised.augment.view_size,
-                   supervised.augment.min_crop_area]}))
-'''
-
-
-def test_the_hours_benchmark_takes_view_crop_and_jitter_for_pretraining_only():
-  output = subprocess.run(
-      [sys.executable, '-c', _HOUR_RECIPE_CHECK],
-      capture_output=True, text=True, cwd=REPO, check=True).stdout
-  report = json.loads(output.strip().splitlines()[-1])
-  # Warm-up: a tenth of the epochs, at most 2.
-  assert report['pretrain'] == [20, 0.4, 1.0, 0.2, 2]
-  # The supervised baseline crops as the paper fine-tunes, at image size.
-  assert report['supervised'] == [0, 0.08]
 
 _DISTILLATION_CHECK = r'''
 import json
