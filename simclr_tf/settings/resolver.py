@@ -268,8 +268,7 @@ class Resolved:
   # The dataset, opened when the mode needs it (None: an export whose
   # flags.json recorded enough, an import).
   source: sources.Source | None = None
-  # What a distillation run's --teacher holds (None: no training run of
-  # --train_mode=distill).
+  # A distillation's --teacher, described (None: no distillation run).
   teacher_spec: teacher.TeacherSpec | None = None
 
 
@@ -321,9 +320,8 @@ def resolve_command(command: Command, *, open_source=None, strategy=None,
     checks.check(source.random_access or config.data.cache_dataset,
                  f'--distill_label_weight needs random access to '
                  f'{source.name}\'s training records; add --cache_dataset.')
-  distilled_from = None
-  if config.model.train_mode == 'distill' and mode in TRAINING_MODES:
-    distilled_from = resolve_teacher(config)
+  distills = config.model.train_mode == 'distill' and mode in TRAINING_MODES
+  distilled_from = resolve_teacher(config) if distills else None
   return Resolved(config, config.data, config.eval, record, source,
                   distilled_from)
 
@@ -333,7 +331,7 @@ def resolve_teacher(config: RunConfig) -> teacher.TeacherSpec:
   classes on the run's images; one line (UsageError) when it cannot."""
   path = config.model.distill.teacher
   fail = lambda why: checks.UsageError(f'--teacher={path} {why}.')
-  if not os.path.isdir(path):
+  if not tf.io.gfile.isdir(path):
     raise fail('is not a directory: give a run directory or an exported '
                'SavedModel')
   if teacher.is_saved_model(path):
@@ -358,9 +356,11 @@ def _run_teacher(path: str, fail) -> teacher.TeacherSpec:
     raise fail(f'holds checkpoints but no readable {records.FLAGS_FILE}: '
                'give a run directory of this project, or an exported '
                'SavedModel')
-  # Recorded before a setting existed: the value it had then.
-  config = registry.build({**registry.LEGACY_DEFAULTS, **recorded,
-                           'model_dir': path})
+  try:  # Recorded before a setting existed: the value it had then.
+    config = registry.build({**registry.LEGACY_DEFAULTS, **recorded,
+                             'model_dir': path})
+  except ValueError as e:
+    raise fail(f'records no network to build ({e})') from None
   if not architectures.has_supervised_head(config.model):
     raise fail('has no supervised head, so no class predictions; fine-tune '
                f'it first (--train_mode=finetune --checkpoint={path})')
