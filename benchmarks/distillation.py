@@ -148,12 +148,6 @@ def _int8_accuracy(model, config: RunConfig, step: int) -> dict:
           'size_mib': round(os.path.getsize(model_file) / 2**20, 2)}
 
 
-def summary(values: list[float]) -> dict:
-  return {'mean': float(np.mean(values)), 'std': float(np.std(values)),
-          'min': float(np.min(values)), 'max': float(np.max(values)),
-          'runs': len(values)}
-
-
 def main(_):
   encoder = checkpoints.locate(FLAGS.encoder)
   small_init = (checkpoints.locate(FLAGS.small_encoder)
@@ -191,12 +185,12 @@ def main(_):
     records.write_json(os.path.join(FLAGS.model_dir, 'runs.json'), runs)
 
   def row(kind):
-    return summary([r['test_top_1'] for name, r in runs.items()
+    return fine_tuning.summary([r['test_top_1'] for name, r in runs.items()
                     if name.rsplit('-s', 1)[0] == kind])
 
   table = {kind: row(kind) for kind in ('teacher', 'self', 'small_fine_tuned',
                                         'small')}
-  table['small, TFLite int8'] = summary(
+  table['small, TFLite int8'] = fine_tuning.summary(
       [r['tflite_int8']['test_top_1'] for name, r in runs.items()
        if name.startswith('small-s')])
   result = {

@@ -6,6 +6,8 @@ and each run's configuration from the resolver.
 
 import os
 
+import numpy as np
+
 from simclr_tf.config import RunConfig
 from simclr_tf.settings import resolver
 
@@ -51,3 +53,10 @@ def config(given: dict, *, model_dir: str, data_dir: str, epochs: float,
       'keep_checkpoint_max': 1, 'log_every_seconds': 60,
       'lineareval_while_pretraining': False, 'jit_compile': False,
       **given}, preset='fashion_mnist')
+
+
+def summary(values: list[float]) -> dict:
+  """Mean, spread and range of one method's runs over subsets."""
+  return {'mean': float(np.mean(values)), 'std': float(np.std(values)),
+          'min': float(np.min(values)), 'max': float(np.max(values)),
+          'runs': len(values)}

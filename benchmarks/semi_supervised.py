@@ -38,7 +38,6 @@ from absl import app
 from absl import flags
 from absl import logging
 import keras
-import numpy as np
 import tensorflow as tf
 
 from benchmarks import charts
@@ -201,12 +200,6 @@ def frozen_probe(source, encoder: str, labels: int, seed: int) -> dict:
   return {'labels': labels, 'seed': seed, **metrics}
 
 
-def summary(values: list[float]) -> dict:
-  return {'mean': float(np.mean(values)), 'std': float(np.std(values)),
-          'min': float(np.min(values)), 'max': float(np.max(values)),
-          'runs': len(values)}
-
-
 def plot(table: dict, title: str, directory: str, ceiling: dict | None):
   plt = charts.pyplot()
   # Fine-tuned rows first (result.json stores them sorted by name).
@@ -296,7 +289,7 @@ def main(_):
                   and r['labels'] == labels
                   and r['learning_rate'] == pick['learning_rate']
                   and r['weight_decay'] == pick['weight_decay']]
-      row[column] = summary([r['test_top_1'] for r in matching])
+      row[column] = fine_tuning.summary([r['test_top_1'] for r in matching])
       row[column].update(learning_rate=pick['learning_rate'],
                          weight_decay=pick['weight_decay'],
                          min_crop_area=pick['min_crop_area'])
@@ -305,7 +298,7 @@ def main(_):
                      for seed in (seeds if labels == 600 else seeds[:1])]
             for labels in budgets}
   table['SimCLR frozen, linear probe on the subset'] = {
-      column: summary([p['linear_probe_top_1_accuracy']
+      column: fine_tuning.summary([p['linear_probe_top_1_accuracy']
                        for p in probes[labels]])
       for labels, column in columns}
   architecture = probe_config(600, 0).model

@@ -149,9 +149,6 @@ class SupervisedHeadConfig:
 
 
 TRAIN_MODES = ('pretrain', 'finetune', 'distill')
-# The modes that train the supervised head and the encoder under it on
-# class targets: labels, or a teacher's predictions.
-CLASSIFIER_MODES = ('finetune', 'distill')
 # Compute precisions; variables, losses and softmax stay float32 in all.
 PRECISIONS = ('float32', 'bfloat16', 'float16')
 

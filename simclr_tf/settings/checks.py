@@ -3,8 +3,7 @@
 import importlib.util
 import os
 
-from simclr_tf.config import CLASSIFIER_MODES, LINEAREVAL_VIEWS
-from simclr_tf.config import RunConfig
+from simclr_tf.config import LINEAREVAL_VIEWS, RunConfig
 from simclr_tf.evaluation.evaluator_names import label_fractions
 from simclr_tf.inputs.augmentation_names import AUGMENTATIONS
 from simclr_tf.inputs.augmentation_names import NO_AUGMENTATION
@@ -84,7 +83,7 @@ def check_settings(values: dict):
   check(-1 <= values['fine_tune_after_block'] <= 4,
         '--fine_tune_after_block must be in [-1, 4].')
   if values['fine_tune_after_block'] >= 0:
-    check(values['train_mode'] in CLASSIFIER_MODES,
+    check(values['train_mode'] != 'pretrain',
           '--fine_tune_after_block needs --train_mode=finetune or distill.')
   check_distillation(values)
   head_layers = architectures.projection_layers(values['proj_head_mode'],

@@ -14,7 +14,6 @@ import tensorflow as tf
 
 from simclr_tf.config import RunConfig
 from simclr_tf.network.model import SimCLRModel, create_model
-from simclr_tf.training import distillation
 from simclr_tf.training import gradient_cache
 from simclr_tf.training import optim
 from simclr_tf.training import teacher
@@ -25,8 +24,6 @@ PRETRAIN_METRICS = ('total_loss', 'contrast_loss', 'contrast_acc',
                     'weight_decay')
 FINETUNE_METRICS = ('total_loss', 'supervised_loss', 'supervised_acc',
                     'weight_decay')
-DISTILL_METRICS = ('total_loss',) + distillation.DISTILLATION_TERMS + (
-    'weight_decay',)
 
 
 # Without --summary_steps, summaries come every SUMMARY_STEPS_MAX steps, or
@@ -119,13 +116,13 @@ class TrainTask:
                            '(settings.resolver.resolve_teacher).')
         self.teacher = teacher.build(teacher_spec, config.model.precision)
       self.objective = terms.Objective(config, self.model, self.teacher)
-      names = {'pretrain': PRETRAIN_METRICS, 'finetune': FINETUNE_METRICS,
-               'distill': DISTILL_METRICS}[config.model.train_mode]
+      if self.teacher is not None:  # The terms its objective yields.
+        names = ('total_loss', *self.objective.per_image_names,
+                 'weight_decay')
+      else:
+        names = PRETRAIN_METRICS if self.pretrain else FINETUNE_METRICS
       if self.model.supervised_head is None:
         names = [n for n in names if not n.startswith('supervised')]
-      if self.teacher is not None:  # Without a label weight, no label term.
-        names = [n for n in names if n not in distillation.DISTILLATION_TERMS
-                 or n in self.objective.per_image_names]
       self.metrics = {name: keras.metrics.Mean(name=name) for name in names}
     self.checkpoint = tf.train.Checkpoint(model=self.model,
                                           optimizer=self.optimizer)
