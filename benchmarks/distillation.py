@@ -20,7 +20,8 @@ images from the first 50,000, the last 10,000 validating):
    TFLite int8 and tested through the interpreter.
 
 Writes result.json (test top-1 of each, mean and spread over subsets,
-training time, parameters, the int8 student) to --output.
+the students' test top-1 after each epoch, training time without those
+evaluations, parameters, the int8 student) to --output.
 """
 
 import dataclasses
@@ -47,6 +48,7 @@ from simclr_tf.settings import resolver
 from simclr_tf.settings import setting_flags
 from simclr_tf.storage import checkpoints
 from simclr_tf.storage import records
+from simclr_tf.training.train import EveryNthCheckpoint
 from simclr_tf.training.train import train
 
 flags.DEFINE_string('encoder', '/tmp/simclr_fashion_mnist/pretrain',
@@ -88,7 +90,8 @@ def run_config(name: str, seed: int, *, train_mode: str, init: str | None,
   given = {**architecture, **fine_tuning.subset_settings(LABELS, seed),
            'checkpoint': init}
   if train_mode == 'distill':
-    given.update(teacher=teacher,
+    # A checkpoint each epoch, where the student's curve is read.
+    given.update(teacher=teacher, checkpoint_epochs=1,
                  distill_temperature=FLAGS.distill_temperature,
                  distill_label_weight=FLAGS.distill_label_weight)
   return fine_tuning.config(
@@ -99,30 +102,45 @@ def run_config(name: str, seed: int, *, train_mode: str, init: str | None,
 
 
 def _train(config: RunConfig, source) -> tuple[dict, object]:
-  """Trains a run from scratch (its directory replaced); its test top-1,
-  time and size, and the trained model."""
+  """Trains a run from scratch (its directory replaced); its test top-1
+  (and, distilling, after each epoch's checkpoint: its curve), time and
+  size, and the trained model."""
   directory = config.train.model_dir
   if tf.io.gfile.exists(directory):
     tf.io.gfile.rmtree(directory)
   keras.utils.set_random_seed(config.data.seed)  # As run.py seeds.
   strategy = tf.distribute.get_strategy()
   run = RunContext(config, strategy, source)
-  distilled = (resolver.resolve_teacher(config)
-               if config.model.train_mode == 'distill' else None)
+  distilling = config.model.train_mode == 'distill'
+  curve, evaluating = [], [0.0]
+
+  def test_top_1(model):
+    return features.label_accuracy(model, strategy, run.eval_data('test'))[
+        'label_top_1_accuracy']
+
+  def read_curve(task, step):
+    started = time.monotonic()
+    curve.append({'step': step, 'test_top_1': test_top_1(task.model)})
+    evaluating[0] += time.monotonic() - started
+
   started = time.monotonic()
-  trained = train(run, teacher=distilled)
-  seconds = time.monotonic() - started
+  trained = train(run, teacher=(resolver.resolve_teacher(config)
+                                if distilling else None),
+                  at_checkpoints=(EveryNthCheckpoint(1, read_curve)
+                                  if distilling else None))
+  seconds = time.monotonic() - started - evaluating[0]
   # What a teacher's run directory holds beside its checkpoint: the
   # configuration that builds its network (as run.py records it).
   records.write_json(os.path.join(directory, records.FLAGS_FILE),
                      {'config': dataclasses.asdict(config)}, default=str)
   result = {
-      'test_top_1': features.label_accuracy(
-          trained.model, strategy, run.eval_data('test'))[
-              'label_top_1_accuracy'],
+      'test_top_1': test_top_1(trained.model),
       'train_seconds': round(seconds, 1), 'steps': trained.global_step,
       'parameters': int(sum(np.prod(v.shape) for v in
                             trained.model.trainable_variables))}
+  if distilling:
+    result['curve'] = curve + [{'step': trained.global_step,
+                                'test_top_1': result['test_top_1']}]
   logging.info('%s: %s', directory, result)
   return result, trained
 
@@ -193,6 +211,15 @@ def main(_):
   table['small, TFLite int8'] = fine_tuning.summary(
       [r['tflite_int8']['test_top_1'] for name, r in runs.items()
        if name.startswith('small-s')])
+
+  def curve(kind):
+    """The mean test top-1 over subsets after each epoch."""
+    curves = [r['curve'] for name, r in runs.items()
+              if name.rsplit('-s', 1)[0] == kind]
+    return [{'step': points[0]['step'],
+             'test_top_1': float(np.mean([p['test_top_1'] for p in points]))}
+            for points in zip(*curves)]
+
   result = {
       'title': ('Fashion-MNIST, 1% of the labels: teachers fine-tuned from '
                 f'ResNet-{teacher_config.model.encoder.resnet_depth} '
@@ -201,6 +228,7 @@ def main(_):
                 f'network and into ResNet-18 x{FLAGS.small_width} (test '
                 'top-1, mean and spread over subsets)'),
       'encoder': encoder, 'small_encoder': small_init, 'table': table,
+      'curves': {kind: curve(kind) for kind in ('self', 'small')},
       'runs': runs, 'date': time.strftime('%Y-%m-%d'),
       'settings': {name: FLAGS[name].value for name in (
           'seeds', 'teacher_learning_rate', 'epochs_1pct', 'batch_1pct',
