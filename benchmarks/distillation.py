@@ -73,7 +73,7 @@ flags.DEFINE_integer('epochs_1pct', 40, 'Fine-tuning epochs on 1%.')
 flags.DEFINE_integer('batch_1pct', 64, 'Fine-tuning batch size on 1%.')
 flags.DEFINE_float('distill_learning_rate', 0.01, 'Base learning rate of '
                    'the students (times sqrt(batch size)).')
-flags.DEFINE_float('distill_epochs', 10, 'Distillation epochs over the '
+flags.DEFINE_float('distill_epochs', 5, 'Distillation epochs over the '
                    '50,000 images.')
 flags.DEFINE_integer('distill_batch_size', 256, 'Distillation batch size.')
 FLAGS = flags.FLAGS
