@@ -12,7 +12,7 @@
 #                                          #   fashion_mnist left in /tmp/simclr_fashion_mnist (~40 min)
 #                                          #        -> benchmarks/results/semi_supervised/
 #   bash benchmarks/run.sh distillation    # 1% of the labels: teachers fine-tuned from the same encoder,
-#                                          #   distilled into the same network and into ResNet-18 x0.25
+#                                          #   distilled into the same network and into ResNet-18 x0.25 (~70 min)
 #                                          #        -> benchmarks/results/distillation/
 #   bash benchmarks/run.sh gradient_cache  # memory and speed of --contrastive_chunk_size (~15 min)
 #                                          #        -> benchmarks/results/gradient_cache.json
