@@ -112,23 +112,24 @@ def _train(config: RunConfig, source) -> tuple[dict, object]:
   strategy = tf.distribute.get_strategy()
   run = RunContext(config, strategy, source)
   distilling = config.model.train_mode == 'distill'
-  curve, evaluating = [], [0.0]
+  curve, evaluating = [], 0.0
 
   def test_top_1(model):
     return features.label_accuracy(model, strategy, run.eval_data('test'))[
         'label_top_1_accuracy']
 
   def read_curve(task, step):
+    nonlocal evaluating
     started = time.monotonic()
     curve.append({'step': step, 'test_top_1': test_top_1(task.model)})
-    evaluating[0] += time.monotonic() - started
+    evaluating += time.monotonic() - started
 
   started = time.monotonic()
   trained = train(run, teacher=(resolver.resolve_teacher(config)
                                 if distilling else None),
                   at_checkpoints=(EveryNthCheckpoint(1, read_curve)
                                   if distilling else None))
-  seconds = time.monotonic() - started - evaluating[0]
+  seconds = time.monotonic() - started - evaluating
   # What a teacher's run directory holds beside its checkpoint: the
   # configuration that builds its network (as run.py records it).
   records.write_json(os.path.join(directory, records.FLAGS_FILE),
@@ -202,23 +203,20 @@ def main(_):
         trained.model, student_config, trained.global_step)
     records.write_json(os.path.join(FLAGS.model_dir, 'runs.json'), runs)
 
-  def row(kind):
-    return fine_tuning.summary([r['test_top_1'] for name, r in runs.items()
-                    if name.rsplit('-s', 1)[0] == kind])
+  def of_kind(kind):
+    """The runs of one kind ('self', 'small', ...) over the subsets."""
+    return [r for name, r in runs.items() if name.rsplit('-s', 1)[0] == kind]
 
-  table = {kind: row(kind) for kind in ('teacher', 'self', 'small_fine_tuned',
-                                        'small')}
+  table = {kind: fine_tuning.summary([r['test_top_1'] for r in of_kind(kind)])
+           for kind in ('teacher', 'self', 'small_fine_tuned', 'small')}
   table['small, TFLite int8'] = fine_tuning.summary(
-      [r['tflite_int8']['test_top_1'] for name, r in runs.items()
-       if name.startswith('small-s')])
+      [r['tflite_int8']['test_top_1'] for r in of_kind('small')])
 
   def curve(kind):
     """The mean test top-1 over subsets after each epoch."""
-    curves = [r['curve'] for name, r in runs.items()
-              if name.rsplit('-s', 1)[0] == kind]
     return [{'step': points[0]['step'],
              'test_top_1': float(np.mean([p['test_top_1'] for p in points]))}
-            for points in zip(*curves)]
+            for points in zip(*[r['curve'] for r in of_kind(kind)])]
 
   result = {
       'title': ('Fashion-MNIST, 1% of the labels: teachers fine-tuned from '
