@@ -1,8 +1,8 @@
 """Training on several machines (MultiWorkerMirroredStrategy from TF_CONFIG)
 with real workers on 127.0.0.1: the same weights everywhere, only the chief
-writes, and a preempted, interrupted, lost or timed-out worker (the chief
-included) stops them all, each time with the documented exit code and
-line, to resume exactly (benchmarks/fault_campaign.py runs the faults)."""
+writes, and a preempted or lost worker (the chief included) stops them all,
+each time with the documented exit code and line, to resume exactly
+(benchmarks/fault_campaign.py runs every kind of fault)."""
 
 import os
 import socket
@@ -99,7 +99,7 @@ def test_only_errors_about_a_peer_count_as_a_lost_worker(error, own, cluster,
   assert distribute.peers_lost(error, own, cluster) == expected
 
 
-STEPS = 32
+STEPS = 24  # Six checkpoints: one more than are kept.
 CHECKPOINT_STEPS = 4
 KEEP_CHECKPOINTS = 5  # --keep_checkpoint_max's default.
 
@@ -139,20 +139,20 @@ def test_two_workers_train_identically_and_only_the_chief_writes(
 # Each fault in a launch of its own, one after the other on one run: a
 # preemption notice (SIGTERM) to worker 1 while TensorFlow's platform
 # detection says Google Cloud GPU VM (the detection patched), where
-# TensorFlow's own handler would ignore it; SIGKILL of the chief; a time
-# budget spent on one worker's clock only, while the detection says Google
-# Cloud CPU VM (a stand-in metadata server, which TensorFlow's handler
-# polls). Each launch costs ~40 s of both cores here, so the rest is left
-# to benchmarks/fault_campaign.py's draws: SIGTERM to the chief and
-# off-cloud, Ctrl-C (the SIGTERM path, tested in one process by
+# TensorFlow's own handler would ignore it; SIGKILL of the chief while the
+# detection says Google Cloud CPU VM (a stand-in metadata server, which
+# TensorFlow's handler polls). Each launch costs ~25 s of both cores, so
+# the rest is left to benchmarks/fault_campaign.py's draws: SIGTERM to the
+# chief and off-cloud, Ctrl-C (the SIGTERM path, tested in one process by
 # test_resume.py), a killed worker 1 (10-20 s of missed heartbeats before
-# the survivor notices; its error is read in the cases above).
+# the survivor notices; its error is read in the cases above), a time
+# budget spent on one worker's clock (its stop, agreed by every worker, is
+# tested with fake workers in test_loop.py).
 FAULTS = [Fault('sigterm', worker=1, platform='gce-gpu'),
-          Fault('sigkill', worker=0),
-          Fault('time_budget', worker=1, platform='gce-cpu')]
+          Fault('sigkill', worker=0, platform='gce-cpu')]
 
 
-def test_preempted_lost_and_timed_out_workers_stop_together_and_resume(
+def test_preempted_and_lost_workers_stop_together_and_resume(
     data_folder, uninterrupted, tmp_path):
   model_dir = tmp_path / 'm'
   # The weights are the subject; exports are the uninterrupted run's.

@@ -49,7 +49,7 @@ def _wait_for_checkpoint_after(model_dir, step, process, timeout=120):
   return False
 
 
-KILLED_RUN_STEPS = 40
+KILLED_RUN_STEPS = 20
 KILLS = 1
 
 
