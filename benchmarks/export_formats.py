@@ -31,7 +31,6 @@ from simclr_tf.network.model import SimCLRModel
 from simclr_tf.serving import formats
 from simclr_tf.serving import onnx_format
 from simclr_tf.serving import tflite_format
-from simclr_tf.serving import torch_format
 from simclr_tf.settings import registry
 from simclr_tf.settings import setting_flags
 from simclr_tf.storage import records
