@@ -119,8 +119,8 @@ def recipe(model_dir: str, train_mode: str = 'pretrain', *,
     given.update({name: value for name, value in (
         ('view_size', FLAGS.view_size),
         ('min_crop_area', FLAGS.min_crop_area)) if value is not None})
-  else:
-    given['min_crop_area'] = 0.08
+  else:  # The paper's fine-tuning crops, at the image size.
+    given.update(min_crop_area=0.08, view_size=0)
   return resolver.resolve(given, preset='fashion_mnist',
                           mixed_precision=FLAGS.precision)
 

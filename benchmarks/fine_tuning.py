@@ -50,6 +50,7 @@ def config(given: dict, *, model_dir: str, data_dir: str, epochs: float,
       'weight_decay': weight_decay, 'warmup_epochs': 0,
       'train_epochs': epochs, 'train_batch_size': batch_size,
       'checkpoint_epochs': epochs, 'min_crop_area': min_crop_area,
+      'view_size': 0,  # Fine-tuning views are at the image size.
       'keep_checkpoint_max': 1, 'log_every_seconds': 60,
       'lineareval_while_pretraining': False, 'jit_compile': False,
       **given}, preset='fashion_mnist')

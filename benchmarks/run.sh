@@ -4,9 +4,9 @@
 #   bash benchmarks/run.sh side_by_side --baseline_tree=DIR
 #                                          # against PyTorch + lightly and another checkout (~25 min)
 #                                          #        -> benchmarks/results/side_by_side.json
-#   bash benchmarks/run.sh fashion_mnist   # learning (about 2 h on 2 cores with bfloat16 units: 1 h of
-#                                          #   pretraining and evaluation, then the supervised baseline
-#                                          #   as long; about three times as long in float32)
+#   bash benchmarks/run.sh fashion_mnist   # learning (about 1.5 h on 2 cores with bfloat16 units: 35-50
+#                                          #   min of pretraining and evaluation, then the supervised
+#                                          #   baseline as long; about three times as long in float32)
 #                                          #        -> benchmarks/results/fashion_mnist/
 #   bash benchmarks/run.sh semi_supervised # fine-tuning on 1% / 10% of the labels, from the encoder
 #                                          #   fashion_mnist left in /tmp/simclr_fashion_mnist (~40 min)

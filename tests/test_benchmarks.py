@@ -288,6 +288,9 @@ print(json.dumps({
         config.model.supervised_head.lineareval_while_pretraining),
     'probe_examples': config.eval.probe_train_examples,
     'temperature': config.train.temperature,
+    'hour_augment': [config.augment.min_crop_area,
+                     config.augment.color_jitter_strength,
+                     config.augment.view_size],
     'learning_rate': config.optim.learning_rate,
     'model_dir': config.train.model_dir, 'grid': grid.tolist()}))
 '''
@@ -307,6 +310,9 @@ def test_findings_cells_are_the_paper_protocol_and_the_grid_is_symmetric():
   assert report['probe_examples'] == 500
   # The studies' own learning rate and temperature (docs/findings.md).
   assert (report['learning_rate'], report['temperature']) == (0.075, 0.3)
+  # Crops from 20%, jitter 0.5, views at the image size: the hour's recipe
+  # when the studies were first run, whatever the preset is now.
+  assert report['hour_augment'] == [0.2, 0.5, 0]
   assert report['model_dir'] == '/tmp/unused/augmentations/color+crop'
   # Cell (i, j) and (j, i) are the same run; the diagonal the single one.
   assert report['grid'] == [[0, 1, 2], [1, 11, 12], [2, 12, 22]]
