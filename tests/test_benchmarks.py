@@ -378,6 +378,44 @@ def test_onednn_layers_sums_the_log_per_primitive():
        '512x4096:4096x512'): [1, 1.25]}
 
 
+def test_onednn_layers_counts_each_primitives_flops_from_its_shape():
+  from benchmarks import onednn_layers  # pylint: disable=g-import-not-at-top
+  # 256 images, 4x4 outputs, 3x3 kernel, 512 -> 512 channels: multiply-adds
+  # per output pixel 3 * 3 * 512 per output channel.
+  assert onednn_layers.flops(
+      'convolution', 'mb256_ic512oc512_ih4oh4kh3sh1dh0ph1_iw4ow4kw3sw1dw0pw1'
+  ) == 2 * 256 * (4 * 4) * (3 * 3 * 512) * 512
+  # Stride 2 on a padded 34 px input: 16x16 outputs.
+  assert onednn_layers.flops(
+      'convolution', 'mb8_ic3oc16_ih34oh16kh3sh2dh0ph0_iw34ow16kw3sw2dw0pw0'
+  ) == 2 * 8 * 16 * 16 * 9 * 3 * 16
+  # Grouped (depthwise) convolutions count each group's channels only.
+  assert onednn_layers.flops(
+      'convolution', 'g32mb2_ic32oc32_ih8oh8kh3sh1dh0ph1_iw8ow8kw3sw1dw0pw1'
+  ) == 2 * 2 * 64 * 9 * 1 * 32
+  assert onednn_layers.flops('matmul', '512x4096:4096x256') == (
+      2 * 512 * 4096 * 256)
+  assert onednn_layers.flops('matmul', '3x4x5:3x5x6') == 2 * 3 * 4 * 5 * 6
+  assert onednn_layers.flops('batch_normalization', 'mb256ic64ih32iw32') is None
+
+
+
+def test_weight_gradient_layers_are_the_resnets_3x3_convolutions():
+  from benchmarks import weight_gradient_layers  # pylint: disable=g-import-not-at-top
+  shapes = [(l['input_size'], l['in_channels'], l['out_channels'],
+             l['strides'])
+            for l in weight_gradient_layers.layers(32, 1.0, 256)]
+  # ResNet-18 with the CIFAR stem at 32 px: groups at 32, 16, 8, 4 px with
+  # 64-512 channels; each strided 3x3 reads the previous group's output
+  # padded by one pixel per side.
+  assert shapes == [(32, 64, 64, 1), (34, 64, 128, 2), (16, 128, 128, 1),
+                    (18, 128, 256, 2), (8, 256, 256, 1), (10, 256, 512, 2),
+                    (4, 512, 512, 1)]
+  quarter = weight_gradient_layers.layers(28, 0.25, 1024)
+  assert [(l['input_size'], l['out_channels']) for l in quarter] == [
+      (28, 16), (30, 32), (14, 32), (16, 64), (7, 64), (9, 128), (4, 128)]
+
+
 _SMALL_FOLDER_CHECK = r'''
 import json, sys
 import numpy as np
