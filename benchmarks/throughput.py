@@ -58,7 +58,8 @@ flags.DEFINE_enum('mixed_precision', 'auto',
                   ['auto', *PRECISIONS], 'As run.py.')
 # The settings this benchmark takes, defined as run.py defines them.
 setting_flags.define(
-    flags.FLAGS, ['jit_compile', 'steps_per_loop', 'lineareval_view'],
+    flags.FLAGS, ['jit_compile', 'steps_per_loop', 'lineareval_view',
+                  'recompute'],
     defaults={'steps_per_loop': 1})
 flags.DEFINE_integer('warmup_calls', 2, 'Untimed loop calls (tracing).')
 flags.DEFINE_integer('timed_steps', 6, 'Timed training steps.')
@@ -91,7 +92,8 @@ def run_config(depth, width, image_size, batch_size, stored_size, strategy,
       'num_proj_layers': 2, 'train_batch_size': batch_size,
       'train_steps': train_steps, 'checkpoint_steps': train_steps,
       'steps_per_loop': FLAGS.steps_per_loop, 'jit_compile': FLAGS.jit_compile,
-      'lineareval_view': FLAGS.lineareval_view, **settings},
+      'lineareval_view': FLAGS.lineareval_view, 'recompute': FLAGS.recompute,
+      **settings},
       source=source, strategy=strategy,
       mixed_precision=FLAGS.mixed_precision)
   return config, source

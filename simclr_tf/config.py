@@ -85,6 +85,10 @@ class AugmentConfig:
   noise_stddev: float = 0.1
 
 
+# What a training step recomputes in its backward pass instead of keeping.
+RECOMPUTE_MODES = ('none', 'blocks')
+
+
 @dataclasses.dataclass(frozen=True)
 class EncoderConfig:
   """The ResNet encoder (`resnet_depth`, `width_multiplier`, ...)."""
@@ -101,6 +105,10 @@ class EncoderConfig:
   # block starts as its shortcut), as SimCLR trains; False: gamma = 1, the
   # standard initialisation that random-weights baselines use.
   zero_init_residual: bool = True
+  # RECOMPUTE_MODES: 'blocks' keeps only each residual block's input for
+  # the backward pass, which runs the block's forward pass again
+  # (network/recompute.py): less memory, more time.
+  recompute: str = 'none'
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,6 +12,7 @@ import tensorflow as tf
 
 from simclr_tf.config import EncoderConfig
 from simclr_tf.network.architectures import DEPTHS
+from simclr_tf.network import recompute
 from simclr_tf.network.layers import BatchNormRelu, get_layers, set_layers
 from simclr_tf.network.speedups import weight_gradients
 
@@ -217,6 +218,7 @@ class BlockGroup(keras.layers.Layer):
   def __init__(self, config: EncoderConfig, block_cls, filters, num_blocks,
                strides, **kwargs):
     super().__init__(**kwargs)
+    self.recompute_blocks = config.recompute == 'blocks'
     self.num_blocks = set_layers(self, 'block', [
         block_cls(config, filters, strides if i == 0 else 1,
                   use_projection=(i == 0), name=f'block{i + 1}')
@@ -228,7 +230,10 @@ class BlockGroup(keras.layers.Layer):
 
   def call(self, inputs, training=None):
     for block in self.blocks:
-      inputs = block(inputs, training=training)
+      if training and self.recompute_blocks:
+        inputs = recompute.recomputed_call(block, inputs, training)
+      else:
+        inputs = block(inputs, training=training)
     return inputs
 
 

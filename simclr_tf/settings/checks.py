@@ -3,7 +3,7 @@
 import importlib.util
 import os
 
-from simclr_tf.config import LINEAREVAL_VIEWS, RunConfig
+from simclr_tf.config import LINEAREVAL_VIEWS, RECOMPUTE_MODES, RunConfig
 from simclr_tf.evaluation.evaluator_names import label_fractions
 from simclr_tf.inputs.augmentation_names import AUGMENTATIONS
 from simclr_tf.inputs.augmentation_names import NO_AUGMENTATION
@@ -69,6 +69,8 @@ def check_settings(values: dict):
         'image size).')
   check(0 < values['min_crop_area'] <= 1,
         '--min_crop_area must be in (0, 1].')
+  check(values['recompute'] in RECOMPUTE_MODES,
+        f'--recompute must be one of {", ".join(RECOMPUTE_MODES)}.')
   check(values['lineareval_view'] in LINEAREVAL_VIEWS,
         f'--lineareval_view must be one of {", ".join(LINEAREVAL_VIEWS)}.')
   check(values['num_small_crops'] >= 0 and values['small_crop_size'] >= 0,

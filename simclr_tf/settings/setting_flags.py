@@ -11,7 +11,8 @@ import typing
 from absl import flags
 
 from simclr_tf.config import (LEARNING_RATE_SCALINGS, LINEAREVAL_VIEWS,
-                              OPTIMIZERS, PRECISIONS, TRAIN_MODES)
+                              OPTIMIZERS, PRECISIONS, RECOMPUTE_MODES,
+                              TRAIN_MODES)
 from simclr_tf.inputs import augmentation_names
 from simclr_tf.network import architectures
 from simclr_tf.settings import registry
@@ -101,6 +102,9 @@ _help('sk_ratio', 'Selective-kernel ratio (SimCLRv2: 0.0625); 0 turns '
 _help('se_ratio', 'Squeeze-excitation ratio; 0 turns it off.')
 _help('global_bn', 'Batch-norm statistics over the global batch.')
 _help('batch_norm_decay', 'Batch-norm moving-average momentum.')
+_help('recompute', 'Training keeps only each residual block\'s input '
+      'and computes the block again in the backward pass (blocks): less '
+      'memory, more time; none keeps every activation.', RECOMPUTE_MODES)
 _help('proj_head_mode', 'Projection head.',
       architectures.PROJ_HEAD_MODES)
 _help('proj_out_dim', 'Projection output width.')

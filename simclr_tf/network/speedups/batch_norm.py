@@ -1,9 +1,31 @@
 """Batch norm through TensorFlow's fused kernel, with Keras' semantics."""
 
+import contextlib
+import threading
+
 import keras
 import tensorflow as tf
 
 from simclr_tf.devices import distribute
+
+_state = threading.local()
+
+
+@contextlib.contextmanager
+def moving_averages_frozen():
+  """Batch norm called (traced) inside normalises with the batch statistics
+  in training but leaves its moving averages alone: for a forward pass
+  computed again (network/recompute.py), whose first pass updated them."""
+  previous = getattr(_state, 'frozen', False)
+  _state.frozen = True
+  try:
+    yield
+  finally:
+    _state.frozen = previous
+
+
+def _moving_averages_are_frozen() -> bool:
+  return getattr(_state, 'frozen', False)
 
 
 class FusedBatchNormalization(keras.layers.BatchNormalization):
@@ -28,9 +50,22 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
       return super().call(inputs, training=training, mask=mask)
     if training and self.trainable:
       if self._statistics_are_synchronized():
+        if _moving_averages_are_frozen():
+          return self._synchronized_without_update(inputs)
         return super().call(inputs, training=training, mask=mask)
       return self._fused(inputs, training=True)
     return self._fused(inputs, training=False)
+
+  def _synchronized_without_update(self, inputs):
+    """What Keras' training call computes, without the moving averages'
+    update: float32 statistics over every replica, float32 normalisation."""
+    x = tf.cast(inputs, tf.float32)
+    mean, variance = self._moments(x, None)
+    outputs = keras.ops.batch_normalization(
+        x, mean, variance, axis=self.axis,
+        offset=tf.cast(self.beta, tf.float32) if self.center else None,
+        scale=tf.cast(self.gamma, tf.float32), epsilon=self.epsilon)
+    return tf.cast(outputs, self.compute_dtype)
 
   def _fused(self, inputs, training):
     channels = inputs.shape[-1]
@@ -52,6 +87,7 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
       # its synchronized path) uses the biased one.
       count = tf.cast(tf.size(as_4d) // channels, tf.float32)
       variance = variance * (count - 1.0) / tf.maximum(count, 2.0)
+    if training and not _moving_averages_are_frozen():
       self.moving_mean.assign(self.moving_mean * self.momentum +
                               mean * (1.0 - self.momentum))
       self.moving_variance.assign(self.moving_variance * self.momentum +

@@ -1,0 +1,90 @@
+"""--recompute=blocks against keeping every activation: the same gradients,
+the same batch-norm moving averages (moved once per step), and blocks that
+do run again in the backward pass."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from simclr_tf.network import resnet
+from simclr_tf.settings import registry
+from simclr_tf.training.task import Plan, TrainTask
+from tests import helpers
+
+GLOBAL_BATCH = 8
+SIZE = 12
+
+
+def _gradients(recompute, replicas, precision):
+  """Every trainable variable's gradient of one step's loss (summed over
+  replicas), and every variable (moving averages included) before and
+  after the step's passes, from the same initial weights."""
+  config = registry.build({
+      'model_dir': 'unused', 'image_size': SIZE, 'resnet_depth': 18,
+      'width_multiplier': 0.125, 'cifar_stem': True, 'num_classes': 3,
+      'proj_out_dim': 16, 'num_proj_layers': 2, 'global_bn': True,
+      'train_batch_size': GLOBAL_BATCH, 'precision': precision,
+      'recompute': recompute})
+  strategy = helpers.cpu_strategy(replicas)
+  keras.utils.set_random_seed(0)
+  task = TrainTask(config, strategy, Plan(64, 8, 100, 0, 10))
+  for variable in task.model.batch_norm_variables:
+    if variable.name == 'gamma':  # Zero-gamma blocks would hide the rest.
+      variable.assign(tf.ones_like(variable) * 0.7)
+  rng = np.random.default_rng(0)
+  batch = {'view1': rng.uniform(0, 1, (GLOBAL_BATCH, SIZE, SIZE, 3)),
+           'view2': rng.uniform(0, 1, (GLOBAL_BATCH, SIZE, SIZE, 3)),
+           'eval_view': rng.uniform(0, 1, (GLOBAL_BATCH, SIZE, SIZE, 3)),
+           'label': rng.integers(0, 3, GLOBAL_BATCH)}
+  local = GLOBAL_BATCH // replicas
+  values = strategy.experimental_distribute_values_from_function(
+      lambda ctx: {k: tf.constant(
+          v[ctx.replica_id_in_sync_group * local:][:local],
+          tf.float32 if v.dtype == np.float64 else None)
+                   for k, v in batch.items()})
+
+  @tf.function
+  def step(values):
+    gradients = strategy.run(lambda b: task.gradients(b)[0], args=(values,))
+    return [strategy.reduce(tf.distribute.ReduceOp.SUM, g, axis=None)
+            for g in gradients]
+
+  before = [v.numpy() for v in task.model.variables]
+  gradients = [g.numpy() for g in step(values)]
+  return gradients, before, [v.numpy() for v in task.model.variables]
+
+
+@pytest.mark.parametrize('replicas, precision', [
+    # Statistics over both replicas: Keras' batch norm path.
+    (2, 'float32'),
+    # One replica: the fused batch norm, and the matmul weight gradients
+    # (network/speedups/weight_gradients.py) inside the recomputed blocks.
+    (1, 'bfloat16'),
+])
+def test_recomputed_blocks_give_the_same_step(replicas, precision,
+                                              monkeypatch, cpu_kernels):
+  calls = []
+  residual = resnet.BasicBlock.residual
+
+  def counted(self, inputs, training):
+    calls.append(self.name)
+    return residual(self, inputs, training)
+
+  monkeypatch.setattr(resnet.BasicBlock, 'residual', counted)
+  kept, initial, kept_variables = _gradients('none', replicas, precision)
+  kept_calls, calls[:] = len(calls), []
+  again, _, again_variables = _gradients('blocks', replicas, precision)
+  # Each of the 8 blocks ran once more on each replica, for the backward
+  # pass of the two views' pass (the evaluation view's pass has none).
+  assert len(calls) - kept_calls == 8 * replicas
+  # The same ops on the same inputs: the same gradients, to the bit here.
+  for want, got in zip(kept, again):
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-30)
+  # The moving averages moved, and moved once: as far as without
+  # recomputation (updated again in the backward pass, they would be off
+  # by up to 0.14 here).
+  moved = [not np.array_equal(a, b) for a, b in zip(initial, kept_variables)]
+  assert sum(moved) >= 40
+  for want, got in zip(kept_variables, again_variables):
+    np.testing.assert_array_equal(got, want)
