@@ -4,10 +4,10 @@ do run again in the backward pass."""
 
 import keras
 import numpy as np
-import pytest
 import tensorflow as tf
 
 from simclr_tf.network import resnet
+from simclr_tf.network.speedups import batch_norm
 from simclr_tf.settings import registry
 from simclr_tf.training.task import Plan, TrainTask
 from tests import helpers
@@ -55,15 +55,11 @@ def _gradients(recompute, replicas, precision):
   return gradients, before, [v.numpy() for v in task.model.variables]
 
 
-@pytest.mark.parametrize('replicas, precision', [
-    # Statistics over both replicas: Keras' batch norm path.
-    (2, 'float32'),
-    # One replica: the fused batch norm, and the matmul weight gradients
-    # (network/speedups/weight_gradients.py) inside the recomputed blocks.
-    (1, 'bfloat16'),
-])
-def test_recomputed_blocks_give_the_same_step(replicas, precision,
-                                              monkeypatch, cpu_kernels):
+def test_recomputed_blocks_give_the_same_step(monkeypatch, cpu_kernels):
+  """One replica in bfloat16: the fused batch norm, and the matmul weight
+  gradients (network/speedups/weight_gradients.py) inside the recomputed
+  blocks. (Statistics over several replicas, Keras' path: below.)"""
+  replicas, precision = 1, 'bfloat16'
   calls = []
   residual = resnet.BasicBlock.residual
 
@@ -88,3 +84,39 @@ def test_recomputed_blocks_give_the_same_step(replicas, precision,
   assert sum(moved) >= 40
   for want, got in zip(kept_variables, again_variables):
     np.testing.assert_array_equal(got, want)
+
+
+def test_frozen_batch_norm_over_replicas_normalises_alike_and_moves_nothing():
+  """Statistics over two replicas (Keras' synchronized path): under
+  moving_averages_frozen the same outputs as Keras' own training call,
+  with the moving averages where they were."""
+  strategy = helpers.cpu_strategy(2)
+  with strategy.scope():
+    layer = batch_norm.FusedBatchNormalization(synchronized=True,
+                                               momentum=0.9)
+    layer.build((None, 3, 3, 4))
+  rng = np.random.default_rng(0)
+  images = rng.normal(2.0, 3.0, (2, 5, 3, 3, 4)).astype(np.float32)
+  inputs = strategy.experimental_distribute_values_from_function(
+      lambda ctx: tf.constant(images[ctx.replica_id_in_sync_group]))
+
+  def call(x, frozen):
+    if frozen:
+      with batch_norm.moving_averages_frozen():
+        return layer(x, training=True)
+    return layer(x, training=True)
+
+  def moving():
+    return [v.numpy() for v in (layer.moving_mean, layer.moving_variance)]
+
+  initial = moving()
+  frozen = tf.function(lambda x: strategy.run(call, args=(x, True)))(inputs)
+  assert all(np.array_equal(a, b) for a, b in zip(moving(), initial))
+  plain = tf.function(lambda x: strategy.run(call, args=(x, False)))(inputs)
+  for got, want in zip(strategy.experimental_local_results(frozen),
+                       strategy.experimental_local_results(plain)):
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-6,
+                               atol=1e-6)
+  # The reference: numpy's statistics over both replicas' images.
+  mean = images.reshape(-1, 4).mean(0)
+  np.testing.assert_allclose(moving()[0], 0.1 * mean, rtol=1e-5)
