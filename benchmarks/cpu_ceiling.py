@@ -10,14 +10,13 @@ fastest of each kind is the ceiling. Run it alone: on 2 cores anything
 beside it lowers every figure.
 """
 
-import time
-
 from absl import app
 from absl import flags
 import numpy as np
 import tensorflow as tf
 
 from benchmarks import throughput
+from benchmarks import timing
 
 flags.DEFINE_list('precisions', ['bfloat16', 'float32'], 'Precisions.')
 flags.DEFINE_integer('repeats', 10, 'Timed calls per shape (the fastest '
@@ -31,14 +30,7 @@ CONVOLUTION_BATCH = 256
 
 
 def fastest_seconds(function, *args) -> float:
-  for _ in range(3):
-    function(*args).numpy()
-  times = []
-  for _ in range(FLAGS.repeats):
-    started = time.perf_counter()
-    function(*args).numpy()
-    times.append(time.perf_counter() - started)
-  return min(times)
+  return min(timing.call_seconds(function, *args, repeats=FLAGS.repeats))
 
 
 def measure(precision: str) -> dict:

@@ -15,14 +15,13 @@ AMX, AVX512_BF16 and AVX-512 code paths differ); docs/benchmarks.md has the
 figures per CPU kind.
 """
 
-import time
-
 from absl import app
 from absl import flags
 import numpy as np
 import tensorflow as tf
 
 from benchmarks import throughput
+from benchmarks import timing
 from simclr_tf.network.speedups import weight_gradients
 
 flags.DEFINE_enum('precision', 'bfloat16', ['bfloat16', 'float32'],
@@ -56,14 +55,8 @@ def layers(image_size: int, width: float, images: int) -> list[dict]:
 
 
 def _median_seconds(function, *args) -> float:
-  for _ in range(3):
-    function(*args).numpy()
-  times = []
-  for _ in range(FLAGS.repeats):
-    started = time.perf_counter()
-    function(*args).numpy()
-    times.append(time.perf_counter() - started)
-  return float(np.median(times))
+  return float(np.median(timing.call_seconds(function, *args,
+                                             repeats=FLAGS.repeats)))
 
 
 def measure(layer: dict, dtype) -> dict:
