@@ -16,50 +16,37 @@ GLOBAL_BATCH = 8
 SIZE = 12
 
 
-def _gradients(recompute, replicas, precision):
-  """Every trainable variable's gradient of one step's loss (summed over
-  replicas), and every variable (moving averages included) before and
-  after the step's passes, from the same initial weights."""
+def _gradients(recompute, precision):
+  """Every trainable variable's gradient of one step's loss on one replica,
+  and every variable (moving averages included) before and after the
+  step's passes, from the same initial weights."""
   config = registry.build({
       'model_dir': 'unused', 'image_size': SIZE, 'resnet_depth': 18,
       'width_multiplier': 0.125, 'cifar_stem': True, 'num_classes': 3,
-      'proj_out_dim': 16, 'num_proj_layers': 2, 'global_bn': True,
+      'proj_out_dim': 16, 'num_proj_layers': 2,
       'train_batch_size': GLOBAL_BATCH, 'precision': precision,
       'recompute': recompute})
-  strategy = helpers.cpu_strategy(replicas)
   keras.utils.set_random_seed(0)
-  task = TrainTask(config, strategy, Plan(64, 8, 100, 0, 10))
+  task = TrainTask(config, tf.distribute.get_strategy(),
+                   Plan(64, 8, 100, 0, 10))
   for variable in task.model.batch_norm_variables:
     if variable.name == 'gamma':  # Zero-gamma blocks would hide the rest.
       variable.assign(tf.ones_like(variable) * 0.7)
   rng = np.random.default_rng(0)
-  batch = {'view1': rng.uniform(0, 1, (GLOBAL_BATCH, SIZE, SIZE, 3)),
-           'view2': rng.uniform(0, 1, (GLOBAL_BATCH, SIZE, SIZE, 3)),
-           'eval_view': rng.uniform(0, 1, (GLOBAL_BATCH, SIZE, SIZE, 3)),
-           'label': rng.integers(0, 3, GLOBAL_BATCH)}
-  local = GLOBAL_BATCH // replicas
-  values = strategy.experimental_distribute_values_from_function(
-      lambda ctx: {k: tf.constant(
-          v[ctx.replica_id_in_sync_group * local:][:local],
-          tf.float32 if v.dtype == np.float64 else None)
-                   for k, v in batch.items()})
-
-  @tf.function
-  def step(values):
-    gradients = strategy.run(lambda b: task.gradients(b)[0], args=(values,))
-    return [strategy.reduce(tf.distribute.ReduceOp.SUM, g, axis=None)
-            for g in gradients]
-
+  batch = {name: tf.constant(rng.uniform(0, 1, (GLOBAL_BATCH, SIZE, SIZE, 3)),
+                             tf.float32)
+           for name in ('view1', 'view2', 'eval_view')}
+  batch['label'] = tf.constant(rng.integers(0, 3, GLOBAL_BATCH))
   before = [v.numpy() for v in task.model.variables]
-  gradients = [g.numpy() for g in step(values)]
-  return gradients, before, [v.numpy() for v in task.model.variables]
+  gradients = tf.function(lambda b: task.gradients(b)[0])(batch)
+  return ([g.numpy() for g in gradients], before,
+          [v.numpy() for v in task.model.variables])
 
 
 def test_recomputed_blocks_give_the_same_step(monkeypatch, cpu_kernels):
   """One replica in bfloat16: the fused batch norm, and the matmul weight
   gradients (network/speedups/weight_gradients.py) inside the recomputed
   blocks. (Statistics over several replicas, Keras' path: below.)"""
-  replicas, precision = 1, 'bfloat16'
   calls = []
   residual = resnet.BasicBlock.residual
 
@@ -68,18 +55,18 @@ def test_recomputed_blocks_give_the_same_step(monkeypatch, cpu_kernels):
     return residual(self, inputs, training)
 
   monkeypatch.setattr(resnet.BasicBlock, 'residual', counted)
-  kept, initial, kept_variables = _gradients('none', replicas, precision)
+  kept, initial, kept_variables = _gradients('none', 'bfloat16')
   kept_calls, calls[:] = len(calls), []
-  again, _, again_variables = _gradients('blocks', replicas, precision)
-  # Each of the 8 blocks ran once more on each replica, for the backward
-  # pass of the two views' pass (the evaluation view's pass has none).
-  assert len(calls) - kept_calls == 8 * replicas
+  again, _, again_variables = _gradients('blocks', 'bfloat16')
+  # Each of the 8 blocks ran once more, for the backward pass of the two
+  # views' pass (the evaluation view's pass has none).
+  assert len(calls) - kept_calls == 8
   # The same ops on the same inputs: the same gradients, to the bit here.
   for want, got in zip(kept, again):
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-30)
   # The moving averages moved, and moved once: as far as without
   # recomputation (updated again in the backward pass, they were off by
-  # up to 0.14 in this model in float32).
+  # up to 0.14 here).
   moved = [not np.array_equal(a, b) for a, b in zip(initial, kept_variables)]
   assert sum(moved) >= 40
   for want, got in zip(kept_variables, again_variables):
