@@ -8,12 +8,14 @@ import os
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from simclr_tf.inputs import array_source
 from simclr_tf.settings import checks
 from simclr_tf.settings import recipes
 from simclr_tf.settings import registry
 from simclr_tf.settings import resolver
+from simclr_tf.settings.command import Command
 from simclr_tf.storage import records
 from tests import helpers
 
@@ -54,6 +56,17 @@ CASES = [
      'eval', _source(),
      {'resnet_depth': 34, 'image_size': 16, 'temperature': 0.5,
       'model_dir': os.path.join('models', 'My_Photos-pretrain')}),
+    ('a continued run reads the data it was trained on',
+     {}, None, _record({'dataset': 'fashion_mnist', 'data_dir': '/images',
+                        'train_split': 'train[:100]'}, resumes=True),
+     'eval', _source(),
+     {'dataset': 'fashion_mnist', 'data_dir': '/images',
+      'train_split': 'train[:100]', 'eval_split': None}),
+    ('a given --dataset evaluates a run on other data',
+     {'dataset': 'cifar10'}, None,
+     _record({'dataset': 'fashion_mnist', 'train_split': 'train[:100]'},
+             resumes=True), 'eval', _source(),
+     {'dataset': 'cifar10', 'train_split': 'train[:100]'}),
     ('the preset and given flags win over the record',
      {'width_multiplier': 0.5}, 'imagenet2012',
      _record({'resnet_depth': 34, 'width_multiplier': 2.0}), 'eval',
@@ -206,6 +219,25 @@ def test_read_record_picks_the_run_continued(tmp_path):
   assert resolver.read_record('preview', values) == resolver.Record()
   assert resolver.read_record('train', {'model_dir': str(tmp_path / 'x'),
                                         'dataset': 'cifar10'}).taken == ()
+
+
+def test_eval_of_a_run_opens_the_dataset_it_trained_on(tmp_path):
+  # `run.py --mode=eval --model_dir=RUN` with nothing else: the source opened
+  # is the recorded one, not config.py's default dataset.
+  _write_run(tmp_path, {'dataset': 'fashion_mnist', 'data_dir': '/images',
+                        'train_split': 'train[:100]'}, checkpoint=False)
+  tf.train.Checkpoint(step=tf.Variable(7)).write(str(tmp_path / 'ckpt-7'))
+  opened = []
+
+  def open_source(data):
+    opened.append(data)
+    return _source(32)
+
+  command = Command('eval', given={'model_dir': str(tmp_path)})
+  resolved = resolver.resolve_command(command, open_source=open_source)
+  assert [(d.dataset, d.data_dir, d.train_split) for d in opened] == [
+      ('fashion_mnist', '/images', 'train[:100]')]
+  assert resolved.data == opened[0]
 
 
 def test_read_record_of_a_damaged_flags_json_is_empty(tmp_path):
