@@ -44,11 +44,8 @@ from simclr_tf.training import teacher
 ARCHITECTURE = ('resnet_depth', 'width_multiplier', 'sk_ratio', 'se_ratio',
                 'proj_head_mode', 'proj_out_dim', 'num_proj_layers',
                 'image_size')
-# Where a run's images come from: a continued run reads the same data
-# unless told otherwise (an evaluation of a Fashion-MNIST run needs no
-# --dataset).
 DATA_SOURCE = ('dataset', 'data_dir', 'train_split', 'eval_split')
-# What else a continued run (resume, evaluation, export) keeps.
+# What a continued run (resume, evaluation, export) keeps, its data included.
 SAME_RUN = ARCHITECTURE + DATA_SOURCE + (
     'ft_proj_selector', 'lineareval_while_pretraining',
     'lineareval_standardize', 'train_mode', 'fine_tune_after_block',
