@@ -70,6 +70,20 @@ flags.DEFINE_string('output', None, 'JSON file for the results.')
 flags.DEFINE_string('profile_dir', None, 'Also profile two model steps per '
                     'configuration into DIR/<config> (TensorBoard\'s profile '
                     'tab) and add the time per op type to the results.')
+# XLA auto-clustering of some ops only, while oneDNN keeps the convolutions
+# and matmuls (TensorFlow reads TF_XLA_FLAGS when it first builds a
+# function's graph).
+XLA_CLUSTERS = {
+    'none': None,
+    # Elementwise ops, reductions, batch norm and data movement.
+    'fusible': '--tf_xla_auto_jit=fusible --tf_xla_cpu_global_jit',
+    # Elementwise ops only.
+    'pointwise': '--tf_xla_auto_jit=1 --tf_xla_cpu_global_jit '
+                 '--tf_xla_ops_to_cluster=PW',
+}
+flags.DEFINE_enum('xla_clusters', 'none', list(XLA_CLUSTERS), 'Which ops '
+                  'XLA compiles into fused clusters beside oneDNN\'s '
+                  'kernels (TF_XLA_FLAGS in each configuration\'s process).')
 flags.DEFINE_string('child', None, 'Internal: run one configuration here.')
 FLAGS = flags.FLAGS
 
@@ -141,6 +155,10 @@ def measure(name):
 
   cached = iter(dataset().take(1).cache().repeat())
   model_seconds = _timed(task, cached, calls)
+  # Profiled before the input pipeline is timed: its iterator would go on
+  # filling its prefetch buffers beside the profiled steps.
+  op_types = (profile(task, cached, os.path.join(FLAGS.profile_dir, name))
+              if FLAGS.profile_dir else None)
 
   batches = iter(dataset())
   for _ in range(3):
@@ -152,12 +170,13 @@ def measure(name):
   input_seconds = time.perf_counter() - started
 
   flops = forward_flops(task.model, image_size) * 3 * 2
-  op_types = (profile(task, cached, os.path.join(FLAGS.profile_dir, name))
-              if FLAGS.profile_dir else None)
   return {
       'config': name, 'resnet_depth': depth, 'image_size': image_size,
       'batch_size': batch_size, 'precision': config.model.precision,
       'jit_compile': config.train.jit_compile,
+      'xla_clusters': next((name for name, value in XLA_CLUSTERS.items()
+                            if value == os.environ.get('TF_XLA_FLAGS')),
+                           'other'),
       'lineareval_view': config.model.supervised_head.lineareval_view,
       'steps_per_loop': FLAGS.steps_per_loop,
       'device': precision.device_type(strategy),
@@ -205,6 +224,8 @@ def main(_):
     return
   passed = [a for a in sys.argv[1:] if not a.startswith('--output')
             and not a.startswith('--configs')]
+  if XLA_CLUSTERS[FLAGS.xla_clusters]:
+    os.environ['TF_XLA_FLAGS'] = XLA_CLUSTERS[FLAGS.xla_clusters]
   results = []
   for name in FLAGS.configs:
     if name not in CONFIGS:
