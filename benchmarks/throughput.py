@@ -174,7 +174,9 @@ def measure(name):
       'config': name, 'resnet_depth': depth, 'image_size': image_size,
       'batch_size': batch_size, 'precision': config.model.precision,
       'jit_compile': config.train.jit_compile,
-      'xla_clusters': next((name for name, value in XLA_CLUSTERS.items()
+      # What this process was started with (the parent sets it: set later,
+      # after the imports, it is not read).
+      'xla_clusters': next((mode for mode, value in XLA_CLUSTERS.items()
                             if value == os.environ.get('TF_XLA_FLAGS')),
                            'other'),
       'lineareval_view': config.model.supervised_head.lineareval_view,

@@ -10,9 +10,10 @@ The layers are those of ResNet-18 with the CIFAR stem at 32 px, batch 128
 (two views: 256 images), and of the quickstart's ResNet-18 x0.25 at 28 px,
 batch 512 (1,024 images): per block group, its stride-1 3x3 convolution and
 the strided one into it. The largest difference between the two ways,
-relative to the largest value, is recorded beside the times. Whether the matmuls pay off depends on the CPU's kernels (oneDNN's
-AMX, AVX512_BF16 and AVX-512 code paths differ); docs/benchmarks.md has the
-figures per CPU kind.
+relative to the largest value, is recorded beside the times. Whether the
+matmuls pay off depends on the CPU's kernels (oneDNN's AMX, AVX512_BF16 and
+AVX-512 code paths differ); docs/benchmarks.md has the figures per CPU
+kind.
 """
 
 from absl import app
