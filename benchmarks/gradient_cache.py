@@ -1,4 +1,7 @@
-"""Memory and speed of gradient caching (--contrastive_chunk_size).
+"""Memory and speed of gradient caching (--contrastive_chunk_size), and of
+plain batches of several sizes (memory's share per image and its share
+whatever the batch, with --mixed_precision and --recompute as throughput
+takes them).
 
   python -m benchmarks.gradient_cache \
       --output=benchmarks/results/gradient_cache.json
@@ -26,6 +29,7 @@ from simclr_tf.training.train import train
 # name: (throughput configuration (model, image size), batch, chunk size)
 CASES = {
     'resnet18_32px_b64': ('resnet18_32px_b128', 64, 0),
+    'resnet18_32px_b128': ('resnet18_32px_b128', 128, 0),
     'resnet18_32px_b512': ('resnet18_32px_b128', 512, 0),
     'resnet18_32px_b512_chunks64': ('resnet18_32px_b128', 512, 64),
     'resnet50_224px_b16': ('resnet50_224px_b32', 16, 0),
@@ -34,8 +38,8 @@ CASES = {
 }
 
 flags.DEFINE_list('cases', list(CASES), f'Any of {list(CASES)}.')
-# --timed_steps (timed training steps) and --output (the JSON file) come
-# from benchmarks.throughput.
+# --timed_steps (timed training steps), --output (the JSON file),
+# --mixed_precision and --recompute come from benchmarks.throughput.
 flags.DEFINE_string('case', None, 'Internal: run one case here.')
 FLAGS = flags.FLAGS
 
@@ -57,6 +61,7 @@ def measure(name):
   return {'case': name, 'resnet_depth': depth, 'image_size': image_size,
           'batch_size': batch, 'contrastive_chunk_size': chunk,
           'precision': config.model.precision,
+          'recompute': config.model.encoder.recompute,
           'images_per_second': timer.images_per_second(batch,
                                                        skip_calls=warmup),
           'peak_memory_gb':
@@ -75,7 +80,9 @@ def main(_):
                            f'{list(CASES)}.')
     results.append(throughput.in_own_process(
         'benchmarks.gradient_cache',
-        [f'--case={name}', f'--timed_steps={FLAGS.timed_steps}']))
+        [f'--case={name}', f'--timed_steps={FLAGS.timed_steps}',
+         f'--mixed_precision={FLAGS.mixed_precision}',
+         f'--recompute={FLAGS.recompute}']))
   throughput.write_record(FLAGS.output, results)
 
 
