@@ -37,16 +37,17 @@ def _stage(name: str):
         f'peak {_STAGES[-1]["peak_gb"]:.3f} GB', flush=True)
 
 
+# The imports below are stages of their own: each is measured after it.
 _stage('python')
-import tensorflow as tf  # pylint: disable=g-import-not-at-top,wrong-import-position
+import tensorflow as tf
 _stage('import tensorflow')
-from absl import app  # pylint: disable=g-import-not-at-top,wrong-import-position
-from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-position
+from absl import app
+from absl import flags
 
-from benchmarks import throughput  # pylint: disable=g-import-not-at-top,wrong-import-position
-from simclr_tf.config import DataConfig  # pylint: disable=g-import-not-at-top,wrong-import-position
-from simclr_tf.inputs import pipeline  # pylint: disable=g-import-not-at-top,wrong-import-position
-from simclr_tf.training.task import TrainTask, make_plan  # pylint: disable=g-import-not-at-top,wrong-import-position
+from benchmarks import throughput
+from simclr_tf.config import DataConfig
+from simclr_tf.inputs import pipeline
+from simclr_tf.training.task import TrainTask, make_plan
 
 # --mixed_precision, --recompute and --output come from benchmarks.throughput.
 flags.DEFINE_enum('config', 'resnet18_32px_b128', list(throughput.CONFIGS),
