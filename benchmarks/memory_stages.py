@@ -45,8 +45,6 @@ from absl import app
 from absl import flags
 
 from benchmarks import throughput
-from simclr_tf.config import DataConfig
-from simclr_tf.inputs import pipeline
 from simclr_tf.training.task import TrainTask, make_plan
 
 # --mixed_precision, --recompute and --output come from benchmarks.throughput.
@@ -65,10 +63,7 @@ def main(_):
                                          batch_size, stored_size, strategy)
   task = TrainTask(config, strategy, make_plan(config, batch_size))
   _stage('model and optimizer built')
-  batches = iter(pipeline.train_dataset(
-      source, pipeline.Split('train'), global_batch_size=batch_size,
-      augment_config=config.augment, data=DataConfig(seed=0), views=2,
-      eval_view=task.objective.supervised_head_on_eval_view))
+  batches = iter(throughput.train_batches(config, source, task))
   next(batches)
   _stage('input pipeline, first batch')
   started = time.perf_counter()

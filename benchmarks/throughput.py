@@ -113,6 +113,16 @@ def run_config(depth, width, image_size, batch_size, stored_size, strategy,
   return config, source
 
 
+def train_batches(config, source, task):
+  """The pretraining input of `task` over `source`: two views and, when
+  its supervised head learns from it, the evaluation view."""
+  return pipeline.train_dataset(
+      source, pipeline.Split('train'),
+      global_batch_size=config.train.train_batch_size,
+      augment_config=config.augment, data=DataConfig(seed=0), views=2,
+      eval_view=task.objective.supervised_head_on_eval_view)
+
+
 def _timed(task, iterator, calls):
   for _ in range(FLAGS.warmup_calls):
     task.run_steps(iterator, FLAGS.steps_per_loop)
@@ -146,21 +156,14 @@ def measure(name):
 
   task = TrainTask(config, strategy,
                    make_plan(config, _NUM_IMAGES))
-
-  def dataset():
-    return pipeline.train_dataset(
-        source, pipeline.Split('train'), global_batch_size=batch_size,
-        augment_config=config.augment, data=DataConfig(seed=0), views=2,
-        eval_view=task.objective.supervised_head_on_eval_view)
-
-  cached = iter(dataset().take(1).cache().repeat())
+  cached = iter(train_batches(config, source, task).take(1).cache().repeat())
   model_seconds = _timed(task, cached, calls)
   # Profiled before the input pipeline is timed: its iterator would go on
   # filling its prefetch buffers beside the profiled steps.
   op_types = (profile(task, cached, os.path.join(FLAGS.profile_dir, name))
               if FLAGS.profile_dir else None)
 
-  batches = iter(dataset())
+  batches = iter(train_batches(config, source, task))
   for _ in range(3):
     next(batches)
   input_batches = max(20, 2000 // batch_size)
